@@ -1,0 +1,125 @@
+//! The admin listener: `/healthz`, `/readyz`, `/status` and `/metrics`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::frontend::http::{plain, HttpResponse};
+use crate::metrics::Metrics;
+use crate::server::ConnectionCount;
+use crate::upstream::Upstreams;
+
+/// What the admin endpoints report on.
+pub struct Admin {
+    /// Upstream set and health.
+    pub upstreams: Arc<Upstreams>,
+    /// Metric registry.
+    pub metrics: Arc<Metrics>,
+    /// Open client connections.
+    pub connections: Arc<ConnectionCount>,
+}
+
+impl Admin {
+    /// Serves the admin listener until `shutdown`; connections are tracked on `tracker`.
+    pub async fn run(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let stream = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(error) => {
+                        tracing::warn!(%error, "admin accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let admin = self.clone();
+            let shutdown = shutdown.clone();
+            tracker.spawn(async move {
+                let service = service_fn(move |request| {
+                    let admin = admin.clone();
+                    async move { Ok::<_, Infallible>(admin.handle(&request)) }
+                });
+                let mut builder = http1::Builder::new();
+                builder
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(std::time::Duration::from_secs(10));
+                let connection = builder.serve_connection(TokioIo::new(stream), service);
+                tokio::select! {
+                    _ = connection => {}
+                    _ = shutdown.cancelled() => {}
+                }
+            });
+        }
+    }
+
+    fn handle(&self, request: &Request<Incoming>) -> HttpResponse {
+        if request.method() != Method::GET {
+            return plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        }
+        match request.uri().path() {
+            "/healthz" => plain(StatusCode::OK, "ok"),
+            "/readyz" if self.upstreams.any_in_rotation() => plain(StatusCode::OK, "ready"),
+            "/readyz" => plain(StatusCode::SERVICE_UNAVAILABLE, "no upstream in rotation"),
+            "/status" => typed(self.status().to_string(), "application/json"),
+            "/metrics" => typed(
+                self.metrics.render(&self.upstreams),
+                "text/plain; version=0.0.4",
+            ),
+            _ => plain(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+
+    /// The `/status` document.
+    pub fn status(&self) -> serde_json::Value {
+        let selected = self.upstreams.selected();
+        let upstreams: Vec<_> = self
+            .upstreams
+            .all()
+            .iter()
+            .map(|u| {
+                json!({
+                    "name": u.name(),
+                    "state": u.state().as_str(),
+                    "head": u.head(),
+                    "lag": self.upstreams.lag(u),
+                    "latency_ms": u.latency().as_secs_f64() * 1000.0,
+                    "priority": u.config.priority,
+                    "selected": selected == Some(u.index),
+                })
+            })
+            .collect();
+        json!({
+            "chain_id": self.upstreams.chain_id(),
+            "upstreams": upstreams,
+            "connections": self.connections.get(),
+            // WebSocket subscriptions are not served by this version, so there are none.
+            "subscriptions": {"newHeads": 0, "logs": 0},
+        })
+    }
+}
+
+fn typed(body: String, content_type: &'static str) -> HttpResponse {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}

@@ -1,0 +1,119 @@
+//! `ethgate check`: validate a config file and, with `--probe`, dial every upstream.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use ethgate::config::{Config, UpstreamConfig};
+use ethgate::upstream::probe::{probe_endpoint, Report};
+use ethgate::upstream::HttpPool;
+
+pub fn check(path: &Path, probe: bool) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(errors) => {
+            println!("{}: {} problem(s)", path.display(), errors.0.len());
+            println!("{errors}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "{}: valid ({} upstreams)",
+        path.display(),
+        config.upstreams.len()
+    );
+    if !probe {
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            println!("cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if runtime.block_on(probe_all(&config)) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Probes every upstream, prints one line each; true when all are reachable on the right chain.
+async fn probe_all(config: &Config) -> bool {
+    let timeout = config.health.timeout.max(Duration::from_secs(2));
+    let pool = HttpPool::new(timeout);
+    let mut expected = config.chain_id;
+    let mut all_good = true;
+    for upstream in &config.upstreams {
+        let started = Instant::now();
+        let http = match &upstream.http {
+            Some(uri) => tokio::time::timeout(timeout, probe_endpoint(&pool, uri))
+                .await
+                .unwrap_or_else(|_| Err(format!("timed out after {timeout:?}"))),
+            None => Err("no http endpoint".to_string()),
+        };
+        let latency = started.elapsed();
+        let ws = ws_handshake(upstream, timeout).await;
+        let (line, good) = describe(upstream, &http, ws, latency, &mut expected);
+        all_good &= good;
+        println!("{line}");
+    }
+    all_good
+}
+
+fn describe(
+    upstream: &UpstreamConfig,
+    http: &Result<Report, String>,
+    ws: Option<Result<(), String>>,
+    latency: Duration,
+    expected: &mut Option<u64>,
+) -> (String, bool) {
+    let ws = match ws {
+        None => "ws=-".to_string(),
+        Some(Ok(())) => "ws=ok".to_string(),
+        Some(Err(e)) => format!("ws=error({e})"),
+    };
+    match http {
+        Err(error) => (
+            format!("{}: unreachable: {error} {ws}", upstream.name),
+            false,
+        ),
+        Ok(report) => {
+            let expected_id = *expected.get_or_insert(report.chain_id);
+            let chain_ok = report.chain_id == expected_id;
+            let verdict = if !chain_ok {
+                "wrong_chain"
+            } else if report.syncing {
+                "syncing"
+            } else {
+                "ok"
+            };
+            let line = format!(
+                "{}: {verdict} chain_id={} head={} syncing={} latency_ms={:.1} {ws}",
+                upstream.name,
+                report.chain_id,
+                report.head,
+                report.syncing,
+                latency.as_secs_f64() * 1000.0
+            );
+            (line, chain_ok)
+        }
+    }
+}
+
+async fn ws_handshake(upstream: &UpstreamConfig, timeout: Duration) -> Option<Result<(), String>> {
+    let url = upstream.ws.as_ref()?.to_string();
+    let outcome = match tokio::time::timeout(timeout, tokio_tungstenite::connect_async(url)).await {
+        Ok(Ok((mut socket, _))) => {
+            let _ = socket.close(None).await;
+            Ok(())
+        }
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err(format!("timed out after {timeout:?}")),
+    };
+    Some(outcome)
+}

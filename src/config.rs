@@ -1,0 +1,197 @@
+//! Configuration: raw TOML structs (unknown keys rejected) validated into a typed [`Config`].
+//!
+//! Every problem names the key it concerns, and validation collects all problems at once so
+//! `ethgate check` can print them together.
+
+mod duration;
+mod raw;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+pub use duration::parse_duration;
+pub use raw::DEFAULT_DENY_METHODS;
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Expected chain id; when `None` the first verified upstream sets it.
+    pub chain_id: Option<u64>,
+    /// Client-facing listener settings.
+    pub server: ServerConfig,
+    /// Who may connect and which methods they may call.
+    pub access: AccessConfig,
+    /// Health-check thresholds.
+    pub health: HealthConfig,
+    /// Upstream Ethereum clients, in the order written.
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Admin listener settings.
+    pub admin: AdminConfig,
+    /// Logging defaults (command-line flags override them).
+    pub log: LogConfig,
+    /// Addresses whose balance is watched.
+    pub watch: Vec<WatchConfig>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// HTTP and WebSocket listen address.
+    pub listen: SocketAddr,
+    /// Concurrent client connections before accept waits.
+    pub max_connections: usize,
+    /// Largest request body or WebSocket message.
+    pub max_request_bytes: usize,
+    /// Longest batch accepted.
+    pub max_batch_len: usize,
+    /// Deadline for a whole request head to arrive.
+    pub header_timeout: Duration,
+    /// Budget of one upstream attempt.
+    pub request_timeout: Duration,
+    /// How long in-flight requests may run after shutdown starts.
+    pub shutdown_grace: Duration,
+    /// How long a subscription may go unserved before its client is closed.
+    pub subscription_grace: Duration,
+    /// TLS termination, when configured.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[server.tls]`.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// PEM CA bundle for client certificates (mTLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+/// `[access]`.
+#[derive(Debug, Clone)]
+pub struct AccessConfig {
+    /// Client networks allowed to connect.
+    pub allow: Vec<IpNet>,
+    /// Whether a PROXY protocol header is expected from trusted proxies.
+    pub proxy_protocol: bool,
+    /// Load balancers whose client-address claims are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Denied method names and `prefix_*` patterns.
+    pub deny_methods: Vec<String>,
+}
+
+/// `[health]`.
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    /// Probe period per upstream.
+    pub interval: Duration,
+    /// Probe timeout.
+    pub timeout: Duration,
+    /// Blocks behind the best head tolerated before an upstream is `lagging`.
+    pub max_lag_blocks: u64,
+    /// Time without a new head, while another upstream advances, before `stalled`.
+    pub no_new_heads: Duration,
+    /// Consecutive failures that make an upstream `unreachable`.
+    pub failure_threshold: u32,
+    /// Consecutive successes that bring it back.
+    pub recovery_threshold: u32,
+}
+
+/// One `[[upstream]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamConfig {
+    /// Unique name used in logs, metrics and /status.
+    pub name: String,
+    /// JSON-RPC over HTTP endpoint.
+    pub http: Option<http::Uri>,
+    /// JSON-RPC over WebSocket endpoint.
+    pub ws: Option<http::Uri>,
+    /// Lower is preferred.
+    pub priority: u32,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Admin listen address.
+    pub listen: SocketAddr,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Output format.
+    pub format: LogFormat,
+    /// Level or `tracing` filter directive.
+    pub level: String,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// One `[[watch]]`.
+#[derive(Debug, Clone)]
+pub struct WatchConfig {
+    /// Account address, `0x` + 40 hex digits.
+    pub address: String,
+    /// Warning threshold in wei.
+    pub min_balance_wei: u128,
+    /// Poll period.
+    pub interval: Duration,
+}
+
+/// Why a configuration could not be loaded: every problem found, each naming its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
+        Self::from_toml_str(&text)
+    }
+
+    /// Parses and validates a TOML document.
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigErrors> {
+        let raw: raw::RawConfig =
+            toml::from_str(text).map_err(|e| ConfigErrors(vec![toml_error(&e)]))?;
+        raw.validate()
+    }
+}
+
+/// Renders a TOML error on one line, with the key path when toml knows it.
+fn toml_error(e: &toml::de::Error) -> String {
+    let message = e.message().trim().to_string();
+    match e.span() {
+        Some(span) => format!("config (at byte {}): {message}", span.start),
+        None => format!("config: {message}"),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,503 @@
+//! The TOML file as written, and its validation into [`Config`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use super::*;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    chain_id: Option<u64>,
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    access: RawAccess,
+    #[serde(default)]
+    health: RawHealth,
+    #[serde(default)]
+    upstream: Vec<RawUpstream>,
+    #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    watch: Vec<RawWatch>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    max_connections: Option<usize>,
+    max_request_bytes: Option<usize>,
+    max_batch_len: Option<usize>,
+    header_timeout: Option<String>,
+    request_timeout: Option<String>,
+    shutdown_grace: Option<String>,
+    subscription_grace: Option<String>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAccess {
+    allow: Option<Vec<String>>,
+    proxy_protocol: Option<bool>,
+    trusted_proxies: Option<Vec<String>>,
+    deny_methods: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    interval: Option<String>,
+    timeout: Option<String>,
+    max_lag_blocks: Option<u64>,
+    no_new_heads: Option<String>,
+    failure_threshold: Option<u32>,
+    recovery_threshold: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    name: String,
+    http: Option<String>,
+    ws: Option<String>,
+    #[serde(default)]
+    priority: u32,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<String>,
+    level: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWatch {
+    address: String,
+    min_balance: Option<String>,
+    interval: Option<String>,
+}
+
+/// The deny list used when `access.deny_methods` is not set.
+pub const DEFAULT_DENY_METHODS: [&str; 6] = [
+    "admin_*",
+    "personal_*",
+    "debug_*",
+    "miner_*",
+    "txpool_*",
+    "engine_*",
+];
+
+/// Collects problems while validating, so all of them are reported at once.
+#[derive(Default)]
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn add(&mut self, key: &str, message: impl std::fmt::Display) {
+        self.0.push(format!("{key}: {message}"));
+    }
+
+    fn duration(&mut self, key: &str, value: Option<&str>, default: &str) -> Duration {
+        let text = value.unwrap_or(default);
+        parse_duration(text).unwrap_or_else(|e| {
+            self.add(key, e);
+            Duration::ZERO
+        })
+    }
+
+    fn socket_addr(&mut self, key: &str, value: Option<&str>, default: &str) -> SocketAddr {
+        let text = value.unwrap_or(default);
+        text.parse().unwrap_or_else(|_| {
+            self.add(key, format!("invalid address {text:?} (expected IP:PORT)"));
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        })
+    }
+
+    fn nets(&mut self, key: &str, values: &[String]) -> Vec<IpNet> {
+        let mut nets = Vec::with_capacity(values.len());
+        for (i, text) in values.iter().enumerate() {
+            match parse_net(text) {
+                Ok(net) => nets.push(net),
+                Err(e) => self.add(&format!("{key}[{i}]"), e),
+            }
+        }
+        nets
+    }
+
+    fn positive(&mut self, key: &str, value: Option<usize>, default: usize) -> usize {
+        let value = value.unwrap_or(default);
+        if value == 0 {
+            self.add(key, "must be at least 1");
+        }
+        value
+    }
+}
+
+/// Parses a CIDR strictly (no host bits set); a bare address means that one host.
+pub(crate) fn parse_net(text: &str) -> Result<IpNet, String> {
+    let address = text.split('/').next().unwrap_or(text);
+    // "010.0.0.1" is octal to some tools and decimal to others: refuse the ambiguity.
+    if !address.contains(':')
+        && address
+            .split('.')
+            .any(|o| o.len() > 1 && o.starts_with('0'))
+    {
+        return Err(format!("{text:?} has an octet with a leading zero"));
+    }
+    if !text.contains('/') {
+        let ip: std::net::IpAddr = text
+            .parse()
+            .map_err(|_| format!("invalid address or CIDR {text:?}"))?;
+        return Ok(IpNet::from(ip));
+    }
+    let net: IpNet = text.parse().map_err(|_| format!("invalid CIDR {text:?}"))?;
+    if net.trunc() != net {
+        return Err(format!(
+            "CIDR {text:?} has host bits set (did you mean {}?)",
+            net.trunc()
+        ));
+    }
+    Ok(net)
+}
+
+impl RawConfig {
+    pub(super) fn validate(self) -> Result<Config, ConfigErrors> {
+        let mut p = Problems::default();
+        if self.chain_id == Some(0) {
+            p.add("chain_id", "must be a positive integer");
+        }
+        let server = self.server.validate(&mut p);
+        let access = self.access.validate(&mut p);
+        let health = self.health.validate(&mut p);
+        let upstreams = validate_upstreams(self.upstream, &mut p);
+        let admin = AdminConfig {
+            listen: p.socket_addr(
+                "admin.listen",
+                self.admin.listen.as_deref(),
+                "127.0.0.1:9545",
+            ),
+        };
+        let log = self.log.validate(&mut p);
+        let watch = self
+            .watch
+            .into_iter()
+            .enumerate()
+            .map(|(i, w)| w.validate(&format!("watch[{i}]"), &mut p))
+            .collect();
+        if !p.0.is_empty() {
+            return Err(ConfigErrors(p.0));
+        }
+        Ok(Config {
+            chain_id: self.chain_id,
+            server,
+            access,
+            health,
+            upstreams,
+            admin,
+            log,
+            watch,
+        })
+    }
+}
+
+impl RawServer {
+    fn validate(self, p: &mut Problems) -> ServerConfig {
+        let tls = self.tls.and_then(|tls| match (tls.cert, tls.key) {
+            (Some(cert), Some(key)) => Some(TlsConfig {
+                cert,
+                key,
+                client_ca: tls.client_ca,
+            }),
+            (None, _) => {
+                p.add("server.tls.cert", "required when [server.tls] is present");
+                None
+            }
+            (_, None) => {
+                p.add("server.tls.key", "required when [server.tls] is present");
+                None
+            }
+        });
+        if tls.is_some() {
+            p.add(
+                "server.tls",
+                "TLS termination is not available in this version of ethgate; \
+                 remove [server.tls] or terminate TLS in front of it",
+            );
+        }
+        let request_timeout = p.duration(
+            "server.request_timeout",
+            self.request_timeout.as_deref(),
+            "30s",
+        );
+        if request_timeout.is_zero() {
+            p.add("server.request_timeout", "must be greater than zero");
+        }
+        ServerConfig {
+            listen: p.socket_addr("server.listen", self.listen.as_deref(), "0.0.0.0:8545"),
+            max_connections: p.positive("server.max_connections", self.max_connections, 10_000),
+            max_request_bytes: p.positive(
+                "server.max_request_bytes",
+                self.max_request_bytes,
+                5 * 1024 * 1024,
+            ),
+            max_batch_len: p.positive("server.max_batch_len", self.max_batch_len, 1000),
+            header_timeout: p.duration(
+                "server.header_timeout",
+                self.header_timeout.as_deref(),
+                "10s",
+            ),
+            request_timeout,
+            shutdown_grace: p.duration(
+                "server.shutdown_grace",
+                self.shutdown_grace.as_deref(),
+                "15s",
+            ),
+            subscription_grace: p.duration(
+                "server.subscription_grace",
+                self.subscription_grace.as_deref(),
+                "30s",
+            ),
+            tls,
+        }
+    }
+}
+
+impl RawAccess {
+    fn validate(self, p: &mut Problems) -> AccessConfig {
+        let allow = match self.allow {
+            Some(allow) => p.nets("access.allow", &allow),
+            None => vec![
+                "127.0.0.0/8".parse().expect("literal CIDR"),
+                "::1/128".parse().expect("literal CIDR"),
+            ],
+        };
+        let proxy_protocol = self.proxy_protocol.unwrap_or(false);
+        if proxy_protocol {
+            p.add(
+                "access.proxy_protocol",
+                "the PROXY protocol is not available in this version of ethgate",
+            );
+        }
+        let trusted_proxies = p.nets(
+            "access.trusted_proxies",
+            &self.trusted_proxies.unwrap_or_default(),
+        );
+        let deny_methods = self
+            .deny_methods
+            .unwrap_or_else(|| DEFAULT_DENY_METHODS.map(String::from).to_vec());
+        for (i, pattern) in deny_methods.iter().enumerate() {
+            let stem = pattern.strip_suffix('*').unwrap_or(pattern);
+            if stem.is_empty() || stem.contains('*') {
+                p.add(
+                    &format!("access.deny_methods[{i}]"),
+                    format!("{pattern:?} must be a method name or a prefix ending in a single '*'"),
+                );
+            }
+        }
+        AccessConfig {
+            allow,
+            proxy_protocol,
+            trusted_proxies,
+            deny_methods,
+        }
+    }
+}
+
+impl RawHealth {
+    fn validate(self, p: &mut Problems) -> HealthConfig {
+        let interval = p.duration("health.interval", self.interval.as_deref(), "2s");
+        let timeout = p.duration("health.timeout", self.timeout.as_deref(), "1s");
+        if interval.is_zero() {
+            p.add("health.interval", "must be greater than zero");
+        }
+        if timeout.is_zero() {
+            p.add("health.timeout", "must be greater than zero");
+        } else if timeout >= interval && !interval.is_zero() {
+            p.add(
+                "health.timeout",
+                format!("must be shorter than health.interval ({interval:?})"),
+            );
+        }
+        let failure_threshold = self.failure_threshold.unwrap_or(3);
+        if failure_threshold == 0 {
+            p.add("health.failure_threshold", "must be at least 1");
+        }
+        let recovery_threshold = self.recovery_threshold.unwrap_or(2);
+        if recovery_threshold == 0 {
+            p.add("health.recovery_threshold", "must be at least 1");
+        }
+        let no_new_heads = p.duration("health.no_new_heads", self.no_new_heads.as_deref(), "60s");
+        if !no_new_heads.is_zero() && no_new_heads <= interval {
+            p.add(
+                "health.no_new_heads",
+                format!("must be longer than health.interval ({interval:?})"),
+            );
+        }
+        HealthConfig {
+            interval,
+            timeout,
+            max_lag_blocks: self.max_lag_blocks.unwrap_or(5),
+            no_new_heads,
+            failure_threshold,
+            recovery_threshold,
+        }
+    }
+}
+
+fn validate_upstreams(raw: Vec<RawUpstream>, p: &mut Problems) -> Vec<UpstreamConfig> {
+    if raw.is_empty() {
+        p.add("upstream", "at least one [[upstream]] is required");
+    }
+    let mut upstreams: Vec<UpstreamConfig> = Vec::with_capacity(raw.len());
+    for (i, u) in raw.into_iter().enumerate() {
+        let key = format!("upstream[{i}]");
+        if u.name.trim().is_empty() {
+            p.add(&format!("{key}.name"), "must not be empty");
+        } else if upstreams.iter().any(|seen| seen.name == u.name) {
+            p.add(
+                &format!("{key}.name"),
+                format!("duplicate upstream name {:?}", u.name),
+            );
+        }
+        if u.http.is_none() && u.ws.is_none() {
+            p.add(&key, "needs at least one of `http` or `ws`");
+        }
+        let http = u
+            .http
+            .and_then(|url| parse_url(p, &format!("{key}.http"), &url, &["http"]));
+        let ws =
+            u.ws.and_then(|url| parse_url(p, &format!("{key}.ws"), &url, &["ws", "wss"]));
+        upstreams.push(UpstreamConfig {
+            name: u.name,
+            http,
+            ws,
+            priority: u.priority,
+        });
+    }
+    upstreams
+}
+
+fn parse_url(p: &mut Problems, key: &str, text: &str, schemes: &[&str]) -> Option<http::Uri> {
+    let uri: http::Uri = match text.parse() {
+        Ok(uri) => uri,
+        Err(e) => {
+            p.add(key, format!("invalid URL {text:?}: {e}"));
+            return None;
+        }
+    };
+    match uri.scheme_str() {
+        Some(scheme) if schemes.contains(&scheme) && uri.host().is_some() => Some(uri),
+        Some("https") => {
+            p.add(
+                key,
+                format!("invalid URL {text:?}: https upstreams are not supported yet"),
+            );
+            None
+        }
+        _ => {
+            p.add(
+                key,
+                format!(
+                    "invalid URL {text:?}: expected {}://HOST[:PORT][/PATH]",
+                    schemes.join("|")
+                ),
+            );
+            None
+        }
+    }
+}
+
+impl RawLog {
+    fn validate(self, p: &mut Problems) -> LogConfig {
+        let format = match self.format.as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                p.add(
+                    "log.format",
+                    format!("{other:?} is not one of \"text\", \"json\""),
+                );
+                LogFormat::Text
+            }
+        };
+        let level = self.level.unwrap_or_else(|| "info".to_string());
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
+            p.add("log.level", format!("invalid level {level:?}: {e}"));
+        }
+        LogConfig { format, level }
+    }
+}
+
+impl RawWatch {
+    fn validate(self, key: &str, p: &mut Problems) -> WatchConfig {
+        let valid_address = self.address.len() == 42
+            && self.address.starts_with("0x")
+            && self.address[2..].bytes().all(|b| b.is_ascii_hexdigit());
+        if !valid_address {
+            p.add(
+                &format!("{key}.address"),
+                format!("{:?} is not 0x + 40 hex digits", self.address),
+            );
+        }
+        let min_balance_wei = match self.min_balance.as_deref().map(parse_ether) {
+            None => 0,
+            Some(Ok(wei)) => wei,
+            Some(Err(e)) => {
+                p.add(&format!("{key}.min_balance"), e);
+                0
+            }
+        };
+        WatchConfig {
+            address: self.address.to_ascii_lowercase(),
+            min_balance_wei,
+            interval: p.duration(&format!("{key}.interval"), self.interval.as_deref(), "1m"),
+        }
+    }
+}
+
+/// Parses a decimal ether amount such as `"0.5"` into wei.
+pub(crate) fn parse_ether(text: &str) -> Result<u128, String> {
+    let bad = || format!("{text:?} is not a decimal ether amount like \"0.5\"");
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    let digits_ok = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if (whole.is_empty() && fraction.is_empty()) || !digits_ok(whole) || !digits_ok(fraction) {
+        return Err(bad());
+    }
+    if fraction.len() > 18 {
+        return Err(format!("{text:?} has more than 18 decimals"));
+    }
+    let whole: u128 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| bad())?
+    };
+    let scaled_fraction: u128 = format!("{fraction:0<18}").parse().map_err(|_| bad())?;
+    whole
+        .checked_mul(10u128.pow(18))
+        .and_then(|w| w.checked_add(scaled_fraction))
+        .ok_or_else(bad)
+}

@@ -1,0 +1,213 @@
+use super::*;
+
+const MINIMAL: &str = r#"
+[[upstream]]
+name = "a"
+http = "http://127.0.0.1:8545"
+"#;
+
+fn errors(toml: &str) -> Vec<String> {
+    Config::from_toml_str(toml)
+        .expect_err("config should be invalid")
+        .0
+}
+
+fn with_upstream(extra: &str) -> String {
+    format!("{extra}\n{MINIMAL}")
+}
+
+#[test]
+fn minimal_config_gets_documented_defaults() {
+    let c = Config::from_toml_str(MINIMAL).unwrap();
+    assert_eq!(c.server.listen, "0.0.0.0:8545".parse().unwrap());
+    assert_eq!(c.server.max_request_bytes, 5 * 1024 * 1024);
+    assert_eq!(c.server.max_batch_len, 1000);
+    assert_eq!(c.server.request_timeout, Duration::from_secs(30));
+    assert_eq!(c.health.interval, Duration::from_secs(2));
+    assert_eq!(c.health.failure_threshold, 3);
+    assert_eq!(c.admin.listen, "127.0.0.1:9545".parse().unwrap());
+    assert_eq!(c.access.allow.len(), 2);
+    assert_eq!(c.access.deny_methods.len(), DEFAULT_DENY_METHODS.len());
+    assert_eq!(c.log.format, LogFormat::Text);
+    assert_eq!(c.upstreams[0].priority, 0);
+}
+
+#[test]
+fn documented_example_config_is_valid() {
+    let text = include_str!("../../config/ethgate.toml");
+    Config::from_toml_str(text).unwrap_or_else(|e| panic!("config/ethgate.toml: {e}"));
+}
+
+#[test]
+fn unknown_keys_are_rejected() {
+    let problems = errors(&with_upstream("[health]\nfailure_treshold = 3"));
+    assert!(problems[0].contains("failure_treshold"), "{problems:?}");
+}
+
+#[test]
+fn at_least_one_upstream_is_required() {
+    assert_eq!(
+        errors(""),
+        vec!["upstream: at least one [[upstream]] is required"]
+    );
+}
+
+#[test]
+fn upstream_names_must_be_unique() {
+    let problems = errors(&format!("{MINIMAL}{MINIMAL}"));
+    assert_eq!(
+        problems,
+        vec![r#"upstream[1].name: duplicate upstream name "a""#]
+    );
+}
+
+#[test]
+fn upstream_needs_http_or_ws() {
+    let problems = errors("[[upstream]]\nname = \"a\"");
+    assert_eq!(
+        problems,
+        vec!["upstream[0]: needs at least one of `http` or `ws`"]
+    );
+}
+
+#[test]
+fn invalid_upstream_url_names_the_key() {
+    let problems = errors("[[upstream]]\nname = \"a\"\nhttp = \"ftp://x\"\n[[upstream]]\nname = \"b\"\nhttp = \"http://x\"\nws = \"http://y\"");
+    assert!(
+        problems[0].starts_with("upstream[0].http: invalid URL \"ftp://x\""),
+        "{problems:?}"
+    );
+    assert!(
+        problems[1].starts_with("upstream[1].ws: invalid URL \"http://y\""),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn tls_cert_and_key_go_together() {
+    let problems = errors(&with_upstream("[server.tls]\ncert = \"c.pem\""));
+    assert_eq!(
+        problems,
+        vec!["server.tls.key: required when [server.tls] is present"]
+    );
+}
+
+#[test]
+fn probe_timeout_must_be_shorter_than_interval() {
+    let problems = errors(&with_upstream(
+        "[health]\ninterval = \"1s\"\ntimeout = \"1s\"",
+    ));
+    assert_eq!(problems.len(), 1);
+    assert!(problems[0].starts_with("health.timeout: must be shorter than health.interval"));
+}
+
+#[test]
+fn no_new_heads_must_exceed_interval() {
+    let problems = errors(&with_upstream(
+        "[health]\ninterval = \"2s\"\nno_new_heads = \"1s\"",
+    ));
+    assert!(
+        problems[0].starts_with("health.no_new_heads:"),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn thresholds_must_be_positive() {
+    let problems = errors(&with_upstream(
+        "[health]\nfailure_threshold = 0\nrecovery_threshold = 0",
+    ));
+    assert_eq!(
+        problems,
+        vec![
+            "health.failure_threshold: must be at least 1",
+            "health.recovery_threshold: must be at least 1"
+        ]
+    );
+}
+
+#[test]
+fn durations_name_their_key() {
+    let problems = errors(&with_upstream("[server]\nrequest_timeout = \"5 seconds\""));
+    assert!(
+        problems[0].starts_with("server.request_timeout: duration"),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn limits_must_be_positive() {
+    let problems = errors(&with_upstream("[server]\nmax_batch_len = 0"));
+    assert_eq!(problems, vec!["server.max_batch_len: must be at least 1"]);
+}
+
+#[test]
+fn listen_addresses_must_parse() {
+    let problems = errors(&with_upstream("[admin]\nlisten = \"localhost\""));
+    assert!(
+        problems[0].starts_with("admin.listen: invalid address"),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn cidrs_are_strict() {
+    let problems = errors(&with_upstream(
+        "[access]\nallow = [\"10.0.0.1/8\", \"010.0.0.0/8\", \"10.0.0.0/33\", \"10.0.0.5\", \"::1/128\"]",
+    ));
+    assert_eq!(problems.len(), 3, "{problems:?}");
+    assert!(problems[0].starts_with("access.allow[0]: CIDR \"10.0.0.1/8\" has host bits set"));
+    assert!(problems[1].starts_with("access.allow[1]:"));
+    assert!(problems[2].starts_with("access.allow[2]:"));
+}
+
+#[test]
+fn deny_patterns_allow_only_a_trailing_star() {
+    let problems = errors(&with_upstream(
+        "[access]\ndeny_methods = [\"*\", \"a*b\", \"debug_*\"]",
+    ));
+    assert_eq!(problems.len(), 2, "{problems:?}");
+}
+
+#[test]
+fn log_format_and_level_are_checked() {
+    let problems = errors(&with_upstream("[log]\nformat = \"xml\"\nlevel = \"lots[\""));
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(problems[0].starts_with("log.format:"));
+    assert!(problems[1].starts_with("log.level:"));
+}
+
+#[test]
+fn watch_address_and_balance_are_checked() {
+    let problems = errors(&with_upstream(
+        "[[watch]]\naddress = \"0x12\"\nmin_balance = \"abc\"",
+    ));
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(problems[0].starts_with("watch[0].address:"));
+    assert!(problems[1].starts_with("watch[0].min_balance:"));
+}
+
+#[test]
+fn ether_amounts_convert_to_wei() {
+    assert_eq!(raw::parse_ether("0.5"), Ok(500_000_000_000_000_000));
+    assert_eq!(raw::parse_ether("2"), Ok(2_000_000_000_000_000_000));
+    assert_eq!(raw::parse_ether(".000000000000000001"), Ok(1));
+    assert!(raw::parse_ether("1.0000000000000000001").is_err());
+    assert!(raw::parse_ether("-1").is_err());
+    assert!(raw::parse_ether(".").is_err());
+}
+
+#[test]
+fn chain_id_zero_is_rejected() {
+    assert_eq!(
+        errors(&with_upstream("chain_id = 0")),
+        vec!["chain_id: must be a positive integer"]
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let problems =
+        errors("[server]\nlisten = \"x\"\n[health]\nmax_lag_blocks = 1\ntimeout = \"9s\"");
+    assert_eq!(problems.len(), 3, "{problems:?}");
+}

@@ -1,0 +1,253 @@
+//! JSON-RPC 2.0 framing: decoding client requests without building value trees, encoding
+//! upstream requests with ethgate's own ids, and splicing upstream answers back under the
+//! client's original id bytes.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+
+/// A standard error that ethgate produces itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RpcError {
+    /// JSON-RPC error code.
+    pub code: i64,
+    /// Human-readable message.
+    pub message: Cow<'static, str>,
+    /// Optional detail, sent as the error's `data` string.
+    pub data: Option<String>,
+}
+
+impl RpcError {
+    /// An error with a fixed message.
+    pub const fn new(code: i64, message: &'static str) -> Self {
+        RpcError {
+            code,
+            message: Cow::Borrowed(message),
+            data: None,
+        }
+    }
+
+    /// The same error carrying a detail string in `data`.
+    pub fn with_data(mut self, data: String) -> Self {
+        self.data = Some(data);
+        self
+    }
+}
+
+/// -32700: the body is not JSON.
+pub const PARSE_ERROR: RpcError = RpcError::new(-32700, "parse error");
+/// -32600: valid JSON but not a JSON-RPC request.
+pub const INVALID_REQUEST: RpcError = RpcError::new(-32600, "invalid request");
+/// -32600: a batch with no element.
+pub const EMPTY_BATCH: RpcError = RpcError::new(-32600, "empty batch");
+/// -32600: a batch longer than `server.max_batch_len`.
+pub const BATCH_TOO_LARGE: RpcError = RpcError::new(-32600, "batch too large");
+/// -32601: `eth_subscribe` over HTTP.
+pub const NOTIFICATIONS_UNSUPPORTED: RpcError =
+    RpcError::new(-32601, "notifications not supported");
+/// -32002: no upstream could serve the call.
+pub const NO_HEALTHY_UPSTREAM: RpcError = RpcError::new(-32002, "no healthy upstream");
+/// -32002: every attempt timed out.
+pub const UPSTREAM_TIMEOUT: RpcError = RpcError::new(-32002, "upstream timeout");
+
+/// -32601 for a method matched by the deny list.
+pub fn method_not_allowed(method: &str) -> RpcError {
+    RpcError {
+        code: -32601,
+        message: Cow::Owned(format!("method not allowed: {method}")),
+        data: None,
+    }
+}
+
+/// One decoded request; every field borrows from the request body.
+#[derive(Debug)]
+pub struct Call<'a> {
+    /// The client's id, exactly as sent; `None` for a notification.
+    pub id: Option<&'a RawValue>,
+    /// Method name.
+    pub method: Cow<'a, str>,
+    /// Parameters, exactly as sent.
+    pub params: Option<&'a RawValue>,
+}
+
+/// A decoded request body.
+#[derive(Debug)]
+pub enum Incoming<'a> {
+    /// A single request object (or the error that makes it invalid).
+    Single(Result<Call<'a>, RpcError>),
+    /// A batch; each element decoded on its own.
+    Batch(Vec<Result<Call<'a>, RpcError>>),
+}
+
+#[derive(Deserialize)]
+struct WireRequest<'a> {
+    #[serde(borrow)]
+    jsonrpc: Option<Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    method: Option<Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    params: Option<&'a RawValue>,
+}
+
+/// Keeps a present `null` as `Some(raw "null")`; only an absent key is `None`.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// Decodes a request body: a parse error only when the body is not JSON at all.
+pub fn decode(body: &[u8]) -> Result<Incoming<'_>, RpcError> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'[') {
+        let elements: Vec<&RawValue> = serde_json::from_slice(body).map_err(|_| PARSE_ERROR)?;
+        return Ok(Incoming::Batch(
+            elements
+                .into_iter()
+                .map(|raw| decode_call(raw.get().as_bytes()))
+                .collect(),
+        ));
+    }
+    match serde_json::from_slice::<WireRequest>(body) {
+        Ok(wire) => Ok(Incoming::Single(validate(wire))),
+        Err(_) if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() => {
+            Ok(Incoming::Single(Err(INVALID_REQUEST)))
+        }
+        Err(_) => Err(PARSE_ERROR),
+    }
+}
+
+fn decode_call(element: &[u8]) -> Result<Call<'_>, RpcError> {
+    serde_json::from_slice::<WireRequest>(element)
+        .map_err(|_| INVALID_REQUEST)
+        .and_then(validate)
+}
+
+fn validate(wire: WireRequest<'_>) -> Result<Call<'_>, RpcError> {
+    if wire.jsonrpc.as_deref() != Some("2.0") {
+        return Err(INVALID_REQUEST);
+    }
+    let method = wire
+        .method
+        .filter(|m| !m.is_empty())
+        .ok_or(INVALID_REQUEST)?;
+    if let Some(id) = wire.id {
+        if !matches!(
+            id.get().as_bytes().first(),
+            Some(b'"' | b'-' | b'0'..=b'9' | b'n')
+        ) {
+            return Err(INVALID_REQUEST);
+        }
+    }
+    if let Some(params) = wire.params {
+        if !matches!(params.get().as_bytes().first(), Some(b'[' | b'{' | b'n')) {
+            return Err(INVALID_REQUEST);
+        }
+    }
+    Ok(Call {
+        id: wire.id,
+        method,
+        params: wire.params,
+    })
+}
+
+/// Appends `{"jsonrpc":"2.0","id":ID,"method":M,"params":P}` with ethgate's numeric id.
+pub fn encode_request(out: &mut Vec<u8>, id: u64, method: &str, params: Option<&RawValue>) {
+    out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
+    out.extend_from_slice(id.to_string().as_bytes());
+    out.extend_from_slice(b",\"method\":");
+    // Writing a &str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, method);
+    if let Some(params) = params {
+        out.extend_from_slice(b",\"params\":");
+        out.extend_from_slice(params.get().as_bytes());
+    }
+    out.push(b'}');
+}
+
+/// The part of an upstream response object that ethgate looks at; borrows from the body.
+#[derive(Debug, Deserialize)]
+pub struct UpstreamResponse<'a> {
+    /// Echo of ethgate's id.
+    #[serde(default, borrow, deserialize_with = "present")]
+    pub id: Option<&'a RawValue>,
+    /// Result, exactly as the upstream wrote it.
+    #[serde(default, borrow, deserialize_with = "present")]
+    pub result: Option<&'a RawValue>,
+    /// Error object, exactly as the upstream wrote it.
+    #[serde(default, borrow, deserialize_with = "present")]
+    pub error: Option<&'a RawValue>,
+}
+
+impl UpstreamResponse<'_> {
+    /// ethgate's numeric id echoed by the upstream.
+    pub fn numeric_id(&self) -> Option<u64> {
+        self.id.and_then(|raw| raw.get().parse().ok())
+    }
+
+    /// Code and message of a JSON-RPC error answer.
+    pub fn error_summary(&self) -> Option<(i64, String)> {
+        #[derive(Deserialize)]
+        struct ErrorObject {
+            code: i64,
+            #[serde(default)]
+            message: String,
+        }
+        let raw = self.error?;
+        let parsed: ErrorObject = serde_json::from_str(raw.get()).ok()?;
+        Some((parsed.code, parsed.message))
+    }
+}
+
+/// Appends a response object for `id` whose result or error is copied from the upstream.
+pub fn encode_relayed(out: &mut Vec<u8>, id: &RawValue, answer: &UpstreamResponse<'_>) {
+    out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
+    out.extend_from_slice(id.get().as_bytes());
+    match (answer.error, answer.result) {
+        (Some(error), _) if error.get() != "null" => {
+            out.extend_from_slice(b",\"error\":");
+            out.extend_from_slice(error.get().as_bytes());
+        }
+        (_, Some(result)) => {
+            out.extend_from_slice(b",\"result\":");
+            out.extend_from_slice(result.get().as_bytes());
+        }
+        _ => out.extend_from_slice(b",\"result\":null"),
+    }
+    out.push(b'}');
+}
+
+/// Appends a response object for `id` carrying a raw JSON result.
+pub fn encode_result(out: &mut Vec<u8>, id: &RawValue, result: &str) {
+    out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
+    out.extend_from_slice(id.get().as_bytes());
+    out.extend_from_slice(b",\"result\":");
+    out.extend_from_slice(result.as_bytes());
+    out.push(b'}');
+}
+
+/// Appends an error response object; `id` `None` writes `null`.
+pub fn encode_error(out: &mut Vec<u8>, id: Option<&RawValue>, error: &RpcError) {
+    out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
+    out.extend_from_slice(id.map_or("null", RawValue::get).as_bytes());
+    out.extend_from_slice(b",\"error\":{\"code\":");
+    out.extend_from_slice(error.code.to_string().as_bytes());
+    out.extend_from_slice(b",\"message\":");
+    let _ = serde_json::to_writer(&mut *out, error.message.as_ref());
+    if let Some(data) = &error.data {
+        out.extend_from_slice(b",\"data\":");
+        let _ = serde_json::to_writer(&mut *out, data);
+    }
+    out.extend_from_slice(b"}}");
+}
+
+/// A complete error response body.
+pub fn error_body(id: Option<&RawValue>, error: &RpcError) -> Vec<u8> {
+    let mut out = Vec::with_capacity(96);
+    encode_error(&mut out, id, error);
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,130 @@
+use super::*;
+
+fn single(body: &str) -> Result<Call<'_>, RpcError> {
+    match decode(body.as_bytes()) {
+        Ok(Incoming::Single(call)) => call,
+        other => panic!("expected a single call, got {other:?}"),
+    }
+}
+
+#[test]
+fn ids_of_every_type_are_kept_byte_for_byte() {
+    for id in [
+        "1",
+        "0",
+        "-7",
+        "123456789012345678901234567890",
+        "1.5e3",
+        "\"a\\\"b\\u00e9\"",
+        "null",
+    ] {
+        let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"eth_blockNumber"}}"#);
+        let call = single(&body).expect("valid call");
+        assert_eq!(call.id.map(RawValue::get), Some(id));
+    }
+}
+
+#[test]
+fn absent_id_is_a_notification() {
+    let call = single(r#"{"jsonrpc":"2.0","method":"eth_blockNumber"}"#).expect("valid");
+    assert!(call.id.is_none());
+}
+
+#[test]
+fn garbage_is_a_parse_error_but_json_non_request_is_invalid() {
+    assert_eq!(decode(b"{not json").unwrap_err(), PARSE_ERROR);
+    assert_eq!(decode(b"[1,").unwrap_err(), PARSE_ERROR);
+    assert_eq!(single("42").unwrap_err(), INVALID_REQUEST);
+    assert_eq!(
+        single(r#"{"jsonrpc":"2.0","id":1}"#).unwrap_err(),
+        INVALID_REQUEST
+    );
+    assert_eq!(
+        single(r#"{"jsonrpc":"1.0","id":1,"method":"m"}"#).unwrap_err(),
+        INVALID_REQUEST
+    );
+    assert_eq!(
+        single(r#"{"jsonrpc":"2.0","id":{},"method":"m"}"#).unwrap_err(),
+        INVALID_REQUEST
+    );
+    assert_eq!(
+        single(r#"{"jsonrpc":"2.0","id":1,"method":"m","params":3}"#).unwrap_err(),
+        INVALID_REQUEST
+    );
+}
+
+#[test]
+fn batch_elements_are_decoded_independently() {
+    let Ok(Incoming::Batch(calls)) =
+        decode(br#" [{"jsonrpc":"2.0","id":1,"method":"a"}, 5, {"jsonrpc":"2.0","id":"x","method":"b","params":[1]}]"#)
+    else {
+        panic!("expected a batch");
+    };
+    assert_eq!(calls.len(), 3);
+    assert_eq!(calls[0].as_ref().unwrap().method, "a");
+    assert_eq!(calls[1].as_ref().unwrap_err(), &INVALID_REQUEST);
+    assert_eq!(calls[2].as_ref().unwrap().params.unwrap().get(), "[1]");
+}
+
+#[test]
+fn escaped_method_names_are_unescaped() {
+    let call = single(r#"{"jsonrpc":"2.0","id":1,"method":"eth_\u0062lockNumber"}"#).unwrap();
+    assert_eq!(call.method, "eth_blockNumber");
+}
+
+#[test]
+fn upstream_request_uses_ethgate_id_and_raw_params() {
+    let params = RawValue::from_string("[\"0x1\", false]".into()).unwrap();
+    let mut out = Vec::new();
+    encode_request(&mut out, 7, "eth_getBlockByNumber", Some(&params));
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        r#"{"jsonrpc":"2.0","id":7,"method":"eth_getBlockByNumber","params":["0x1", false]}"#
+    );
+}
+
+#[test]
+fn relayed_answer_carries_client_id_and_upstream_bytes() {
+    let upstream: UpstreamResponse =
+        serde_json::from_str(r#"{"jsonrpc":"2.0","id":3,"result":{"a" : 1}}"#).unwrap();
+    assert_eq!(upstream.numeric_id(), Some(3));
+    let id = RawValue::from_string("123456789012345678901234567890".into()).unwrap();
+    let mut out = Vec::new();
+    encode_relayed(&mut out, &id, &upstream);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        r#"{"jsonrpc":"2.0","id":123456789012345678901234567890,"result":{"a" : 1}}"#
+    );
+}
+
+#[test]
+fn relayed_error_is_unchanged() {
+    let upstream: UpstreamResponse = serde_json::from_str(
+        r#"{"jsonrpc":"2.0","id":0,"error":{"code":3,"message":"execution reverted","data":"0x08c379a0"}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        upstream.error_summary(),
+        Some((3, "execution reverted".into()))
+    );
+    let id = RawValue::from_string("\"q\"".into()).unwrap();
+    let mut out = Vec::new();
+    encode_relayed(&mut out, &id, &upstream);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        r#"{"jsonrpc":"2.0","id":"q","error":{"code":3,"message":"execution reverted","data":"0x08c379a0"}}"#
+    );
+}
+
+#[test]
+fn error_body_defaults_to_null_id_and_escapes_message() {
+    let body = error_body(None, &method_not_allowed("admin_\"x"));
+    assert_eq!(
+        String::from_utf8(body).unwrap(),
+        r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32601,"message":"method not allowed: admin_\"x"}}"#
+    );
+    let body = error_body(None, &NO_HEALTHY_UPSTREAM.with_data("a: refused".into()));
+    assert!(String::from_utf8(body)
+        .unwrap()
+        .ends_with(r#""data":"a: refused"}}"#));
+}

@@ -1,0 +1,148 @@
+//! The `ethgate` binary: CLI, logging, runtime, exit codes.
+
+mod check;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use ethgate::config::{Config, LogFormat};
+
+#[derive(Parser)]
+#[command(
+    name = "ethgate",
+    version,
+    about = "JSON-RPC failover proxy for Ethereum clients"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve until SIGINT/SIGTERM.
+    Run {
+        /// Config file (TOML).
+        #[arg(long, env = "ETHGATE_CONFIG")]
+        config: PathBuf,
+        /// Log format; overrides [log] format.
+        #[arg(long, value_enum)]
+        log_format: Option<CliLogFormat>,
+        /// Log level or tracing filter (e.g. "debug", "ethgate=debug"); overrides [log] level.
+        #[arg(long)]
+        log_level: Option<String>,
+        /// Tokio worker threads (default: one per core).
+        #[arg(long, env = "ETHGATE_WORKERS")]
+        workers: Option<usize>,
+    },
+    /// Validate a config file; with --probe also dial every upstream.
+    Check {
+        /// Config file (TOML).
+        #[arg(long, env = "ETHGATE_CONFIG")]
+        config: PathBuf,
+        /// Dial every upstream (eth_chainId, eth_blockNumber, eth_syncing, WS handshake).
+        #[arg(long)]
+        probe: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CliLogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run {
+            config,
+            log_format,
+            log_level,
+            workers,
+        } => run(config, log_format, log_level, workers),
+        Command::Check { config, probe } => check::check(&config, probe),
+    }
+}
+
+fn run(
+    path: PathBuf,
+    log_format: Option<CliLogFormat>,
+    log_level: Option<String>,
+    workers: Option<usize>,
+) -> ExitCode {
+    let config = match Config::load(&path) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("ethgate: invalid config {}:\n{errors}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let format = match log_format {
+        Some(CliLogFormat::Json) => LogFormat::Json,
+        Some(CliLogFormat::Text) => LogFormat::Text,
+        None => config.log.format,
+    };
+    let level = log_level.unwrap_or_else(|| config.log.level.clone());
+    if let Err(error) = init_logging(format, &level) {
+        eprintln!("ethgate: --log-level: {error}");
+        return ExitCode::FAILURE;
+    }
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = workers.filter(|&w| w > 0) {
+        builder.worker_threads(workers);
+    }
+    let runtime = match builder.enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("ethgate: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        tokio::spawn(warn_on_sighup());
+        let server = ethgate::Server::bind(config).await?;
+        server.run(ethgate::shutdown::signal()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("ethgate: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGHUP's default action would kill the process; until live reload exists, say so instead.
+async fn warn_on_sighup() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::warn!("SIGHUP received: live reload is not available in this version; restart ethgate to apply config changes");
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+        LogFormat::Text => builder.init(),
+    }
+    Ok(())
+}

@@ -1,0 +1,321 @@
+//! Prometheus metrics: fixed label sets backed by atomics, so recording on the request path
+//! is a couple of relaxed increments with no lock and no allocation.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::upstream::Upstreams;
+
+/// Method names that get their own label; anything else is `other`.
+const KNOWN_METHODS: &[&str] = &[
+    "eth_blockNumber",
+    "eth_call",
+    "eth_chainId",
+    "eth_estimateGas",
+    "eth_feeHistory",
+    "eth_gasPrice",
+    "eth_getBalance",
+    "eth_getBlockByHash",
+    "eth_getBlockByNumber",
+    "eth_getBlockReceipts",
+    "eth_getBlockTransactionCountByHash",
+    "eth_getBlockTransactionCountByNumber",
+    "eth_getCode",
+    "eth_getFilterChanges",
+    "eth_getFilterLogs",
+    "eth_getLogs",
+    "eth_getProof",
+    "eth_getStorageAt",
+    "eth_getTransactionByBlockHashAndIndex",
+    "eth_getTransactionByBlockNumberAndIndex",
+    "eth_getTransactionByHash",
+    "eth_getTransactionCount",
+    "eth_getTransactionReceipt",
+    "eth_getUncleByBlockHashAndIndex",
+    "eth_getUncleCountByBlockHash",
+    "eth_maxPriorityFeePerGas",
+    "eth_newBlockFilter",
+    "eth_newFilter",
+    "eth_newPendingTransactionFilter",
+    "eth_sendRawTransaction",
+    "eth_sendTransaction",
+    "eth_subscribe",
+    "eth_syncing",
+    "eth_uninstallFilter",
+    "eth_unsubscribe",
+    "net_listening",
+    "net_peerCount",
+    "net_version",
+    "web3_clientVersion",
+    "web3_sha3",
+];
+
+/// Client transports.
+pub const TRANSPORTS: [&str; 2] = ["http", "ws"];
+/// Outcomes of one client call.
+pub const RESULTS: [&str; 5] = ["ok", "rpc_error", "denied", "invalid", "unavailable"];
+/// Outcomes of one upstream attempt.
+const UPSTREAM_RESULTS: [&str; 7] = [
+    "ok",
+    "missing_data",
+    "not_sent",
+    "no_answer",
+    "http_error",
+    "timeout",
+    "bad_answer",
+];
+const FAILOVER_KINDS: [&str; 2] = ["request", "subscription"];
+const DENY_REASONS: [&str; 1] = ["not_allowed"];
+/// Upper bounds of the latency histogram buckets, in seconds.
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A cumulative histogram with fixed buckets.
+#[derive(Default)]
+struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|&le| seconds <= le) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (le, bucket) in BUCKETS.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+}
+
+fn counters(n: usize) -> Box<[AtomicU64]> {
+    (0..n).map(|_| AtomicU64::new(0)).collect()
+}
+
+/// Every metric ethgate exports.
+pub struct Metrics {
+    requests: Box<[AtomicU64]>,
+    durations: [Histogram; TRANSPORTS.len()],
+    upstream_requests: Box<[AtomicU64]>,
+    upstream_count: usize,
+    failovers: Box<[AtomicU64]>,
+    denied_connections: Box<[AtomicU64]>,
+}
+
+impl Metrics {
+    /// Metrics for `upstream_count` upstreams, all zero.
+    pub fn new(upstream_count: usize) -> Self {
+        Metrics {
+            requests: counters(TRANSPORTS.len() * (KNOWN_METHODS.len() + 1) * RESULTS.len()),
+            durations: Default::default(),
+            upstream_requests: counters(upstream_count * UPSTREAM_RESULTS.len()),
+            upstream_count,
+            failovers: counters(FAILOVER_KINDS.len()),
+            denied_connections: counters(DENY_REASONS.len()),
+        }
+    }
+
+    /// Counts one client call.
+    pub fn request(&self, transport: &str, method: &str, result: &str) {
+        let t = position(&TRANSPORTS, transport);
+        let m = method_index(method);
+        let r = position(&RESULTS, result);
+        let i = (t * (KNOWN_METHODS.len() + 1) + m) * RESULTS.len() + r;
+        self.requests[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records the duration of one client request (a whole batch counts once).
+    pub fn request_duration(&self, transport: &str, elapsed: Duration) {
+        self.durations[position(&TRANSPORTS, transport)].observe(elapsed);
+    }
+
+    /// Counts one attempt on upstream `index`.
+    pub fn upstream_result(&self, index: usize, result: &str) {
+        let i = index * UPSTREAM_RESULTS.len() + position(&UPSTREAM_RESULTS, result);
+        if let Some(counter) = self.upstream_requests.get(i) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts one failover of `kind` (`request` or `subscription`).
+    pub fn failover(&self, kind: &str) {
+        self.failovers[position(&FAILOVER_KINDS, kind)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one connection closed at accept.
+    pub fn denied_connection(&self, reason: &str) {
+        self.denied_connections[position(&DENY_REASONS, reason)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Renders the Prometheus text exposition.
+    pub fn render(&self, upstreams: &Upstreams) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        self.render_requests(&mut out);
+        render_upstreams(&mut out, upstreams);
+        self.render_upstream_requests(&mut out, upstreams);
+        header(
+            &mut out,
+            "ethgate_failovers_total",
+            "counter",
+            "Failovers to another upstream.",
+        );
+        for (kind, c) in FAILOVER_KINDS.iter().zip(self.failovers.iter()) {
+            let _ = writeln!(
+                out,
+                "ethgate_failovers_total{{kind=\"{kind}\"}} {}",
+                c.load(Ordering::Relaxed)
+            );
+        }
+        header(
+            &mut out,
+            "ethgate_denied_connections_total",
+            "counter",
+            "Connections closed at accept.",
+        );
+        for (reason, c) in DENY_REASONS.iter().zip(self.denied_connections.iter()) {
+            let _ = writeln!(
+                out,
+                "ethgate_denied_connections_total{{reason=\"{reason}\"}} {}",
+                c.load(Ordering::Relaxed)
+            );
+        }
+        out
+    }
+
+    fn render_requests(&self, out: &mut String) {
+        header(
+            out,
+            "ethgate_requests_total",
+            "counter",
+            "Client JSON-RPC calls by outcome.",
+        );
+        for (t, transport) in TRANSPORTS.iter().enumerate() {
+            let methods = KNOWN_METHODS.iter().chain(std::iter::once(&"other"));
+            for (m, method) in methods.enumerate() {
+                for (r, result) in RESULTS.iter().enumerate() {
+                    let i = (t * (KNOWN_METHODS.len() + 1) + m) * RESULTS.len() + r;
+                    let value = self.requests[i].load(Ordering::Relaxed);
+                    if value > 0 {
+                        let _ = writeln!(out, "ethgate_requests_total{{transport=\"{transport}\",method=\"{method}\",result=\"{result}\"}} {value}");
+                    }
+                }
+            }
+        }
+        header(
+            out,
+            "ethgate_request_duration_seconds",
+            "histogram",
+            "Client request latency.",
+        );
+        for (transport, histogram) in TRANSPORTS.iter().zip(&self.durations) {
+            histogram.render(
+                out,
+                "ethgate_request_duration_seconds",
+                &format!("transport=\"{transport}\""),
+            );
+        }
+    }
+
+    fn render_upstream_requests(&self, out: &mut String, upstreams: &Upstreams) {
+        header(
+            out,
+            "ethgate_upstream_requests_total",
+            "counter",
+            "Attempts on each upstream by outcome.",
+        );
+        for upstream in upstreams.all().iter().take(self.upstream_count) {
+            for (r, result) in UPSTREAM_RESULTS.iter().enumerate() {
+                let value = self.upstream_requests[upstream.index * UPSTREAM_RESULTS.len() + r]
+                    .load(Ordering::Relaxed);
+                let _ = writeln!(out, "ethgate_upstream_requests_total{{upstream=\"{}\",result=\"{result}\"}} {value}", upstream.name());
+            }
+        }
+    }
+}
+
+fn render_upstreams(out: &mut String, upstreams: &Upstreams) {
+    header(
+        out,
+        "ethgate_upstream_up",
+        "gauge",
+        "1 when the upstream is in rotation.",
+    );
+    for u in upstreams.all() {
+        let _ = writeln!(
+            out,
+            "ethgate_upstream_up{{upstream=\"{}\"}} {}",
+            u.name(),
+            u8::from(u.in_rotation())
+        );
+    }
+    header(
+        out,
+        "ethgate_upstream_head",
+        "gauge",
+        "Last head block number reported.",
+    );
+    for u in upstreams.all() {
+        let _ = writeln!(
+            out,
+            "ethgate_upstream_head{{upstream=\"{}\"}} {}",
+            u.name(),
+            u.head()
+        );
+    }
+    header(
+        out,
+        "ethgate_upstream_lag_blocks",
+        "gauge",
+        "Blocks behind the best upstream head.",
+    );
+    for u in upstreams.all() {
+        let _ = writeln!(
+            out,
+            "ethgate_upstream_lag_blocks{{upstream=\"{}\"}} {}",
+            u.name(),
+            upstreams.lag(u)
+        );
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Index of `value` in a fixed label set; unknown values fall on the last entry.
+fn position(set: &[&str], value: &str) -> usize {
+    set.iter()
+        .position(|s| *s == value)
+        .unwrap_or(set.len() - 1)
+}
+
+fn method_index(method: &str) -> usize {
+    static INDEX: OnceLock<HashMap<&'static str, usize>> = OnceLock::new();
+    let index = INDEX.get_or_init(|| {
+        KNOWN_METHODS
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (*m, i))
+            .collect()
+    });
+    index.get(method).copied().unwrap_or(KNOWN_METHODS.len())
+}

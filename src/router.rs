@@ -1,0 +1,277 @@
+//! The router: tries in-rotation upstreams in order (sticky choice first), classifies every
+//! failure, and decides from that class and the methods involved whether the next candidate
+//! may be tried.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::timeout;
+
+use crate::jsonrpc::{self, Call, RpcError, UpstreamResponse};
+use crate::metrics::Metrics;
+use crate::policy;
+use crate::upstream::{SendError, Upstream, Upstreams};
+
+/// Why one attempt on one upstream did not produce a final answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AttemptError {
+    /// Transport failure, classified by whether the request could have arrived.
+    #[error(transparent)]
+    Send(#[from] SendError),
+    /// No answer within `server.request_timeout`.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// An answer that is not a JSON-RPC response to what was sent.
+    #[error("invalid answer: {0}")]
+    BadAnswer(String),
+}
+
+impl AttemptError {
+    /// Whether the request certainly never reached the upstream.
+    pub fn certainly_not_sent(&self) -> bool {
+        matches!(self, AttemptError::Send(SendError::NotSent(_)))
+    }
+
+    /// Whether the next candidate may be tried: always for reads, only when the request
+    /// never left ethgate for writes.
+    pub fn retryable(&self, contains_write: bool) -> bool {
+        !contains_write || self.certainly_not_sent()
+    }
+
+    /// Whether this failure says something about the upstream's health (passive signal).
+    pub fn counts_against_health(&self) -> bool {
+        matches!(
+            self,
+            AttemptError::Send(SendError::NotSent(_) | SendError::NoAnswer(_))
+                | AttemptError::Timeout(_)
+        )
+    }
+
+    /// Short label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            AttemptError::Send(SendError::NotSent(_)) => "not_sent",
+            AttemptError::Send(SendError::NoAnswer(_)) => "no_answer",
+            AttemptError::Send(SendError::Status(_)) => "http_error",
+            AttemptError::Timeout(_) => "timeout",
+            AttemptError::BadAnswer(_) => "bad_answer",
+        }
+    }
+}
+
+/// One response rendered under the client's id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The complete response object.
+    pub body: Vec<u8>,
+    /// Whether it carries a JSON-RPC error.
+    pub is_error: bool,
+}
+
+/// Rendered responses, one per forwarded call (`None` for notifications).
+pub type Rendered = Vec<Option<Reply>>;
+
+/// Routes calls to upstreams.
+pub struct Router {
+    upstreams: Arc<Upstreams>,
+    request_timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl Router {
+    /// A router over `upstreams` with a per-attempt budget of `request_timeout`.
+    pub fn new(
+        upstreams: Arc<Upstreams>,
+        request_timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Router {
+            upstreams,
+            request_timeout,
+            metrics,
+        }
+    }
+
+    /// The upstream set.
+    pub fn upstreams(&self) -> &Arc<Upstreams> {
+        &self.upstreams
+    }
+
+    /// In-rotation upstreams to try, sticky choice first, then by priority.
+    pub fn candidates(&self) -> Vec<usize> {
+        let selected = self.upstreams.selected();
+        let all = self.upstreams.all();
+        selected
+            .into_iter()
+            .chain(
+                self.upstreams
+                    .priority_order()
+                    .iter()
+                    .copied()
+                    .filter(|&i| Some(i) != selected && all[i].in_rotation()),
+            )
+            .collect()
+    }
+
+    /// Forwards `calls` (as a batch when `batch`) and renders one response per call under
+    /// the client's ids.
+    pub async fn forward(&self, calls: &[&Call<'_>], batch: bool) -> Result<Rendered, RpcError> {
+        let body = encode(calls, batch);
+        let contains_write = calls.iter().any(|c| policy::is_write(&c.method));
+        let mut failures: Vec<(usize, AttemptError)> = Vec::new();
+        let mut missing_data: Option<(u64, Rendered)> = None;
+        for index in self.candidates() {
+            let upstream = &self.upstreams.all()[index];
+            if missing_data
+                .as_ref()
+                .is_some_and(|(floor, _)| upstream.head() < *floor)
+            {
+                continue;
+            }
+            match self.attempt(upstream, body.clone(), calls, batch).await {
+                Ok((rendered, false)) => {
+                    self.metrics.upstream_result(index, "ok");
+                    self.note_selection(index, &failures);
+                    return Ok(rendered);
+                }
+                Ok((rendered, true)) => {
+                    self.metrics.upstream_result(index, "missing_data");
+                    if contains_write {
+                        return Ok(rendered);
+                    }
+                    missing_data = Some((upstream.head(), rendered));
+                }
+                Err(error) => {
+                    self.metrics.upstream_result(index, error.label());
+                    if error.counts_against_health() {
+                        self.upstreams
+                            .record_passive_failure(index, &error.to_string());
+                    }
+                    let retry = error.retryable(contains_write);
+                    failures.push((index, error));
+                    if !retry {
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some((_, rendered)) = missing_data {
+            return Ok(rendered);
+        }
+        Err(self.final_error(&failures, contains_write))
+    }
+
+    async fn attempt(
+        &self,
+        upstream: &Upstream,
+        body: Bytes,
+        calls: &[&Call<'_>],
+        batch: bool,
+    ) -> Result<(Rendered, bool), AttemptError> {
+        let uri = upstream
+            .config
+            .http
+            .as_ref()
+            .ok_or_else(|| SendError::NotSent("no http endpoint".into()))?;
+        let answer = timeout(self.request_timeout, self.upstreams.pool().post(uri, body))
+            .await
+            .map_err(|_| AttemptError::Timeout(self.request_timeout))??;
+        render(&answer, calls, batch).map_err(AttemptError::BadAnswer)
+    }
+
+    fn note_selection(&self, index: usize, failures: &[(usize, AttemptError)]) {
+        let all = self.upstreams.all();
+        self.upstreams.select(index, |previous| {
+            failures
+                .iter()
+                .find(|(i, _)| *i == previous)
+                .map(|(_, e)| e.to_string())
+                .unwrap_or_else(|| format!("{} is {}", all[previous].name(), all[previous].state()))
+        });
+    }
+
+    fn final_error(&self, failures: &[(usize, AttemptError)], contains_write: bool) -> RpcError {
+        if failures.is_empty() {
+            return jsonrpc::NO_HEALTHY_UPSTREAM;
+        }
+        if failures
+            .iter()
+            .all(|(_, e)| matches!(e, AttemptError::Timeout(_)))
+        {
+            return jsonrpc::UPSTREAM_TIMEOUT;
+        }
+        let all = self.upstreams.all();
+        let mut detail: Vec<String> = failures
+            .iter()
+            .map(|(i, e)| format!("{}: {e}", all[*i].name()))
+            .collect();
+        if contains_write
+            && failures
+                .last()
+                .is_some_and(|(_, e)| !e.certainly_not_sent())
+        {
+            detail.push("a write that may have reached an upstream is not retried".into());
+        }
+        jsonrpc::NO_HEALTHY_UPSTREAM.with_data(detail.join("; "))
+    }
+}
+
+/// Encodes the forwarded calls with ethgate's ids `0..n`.
+fn encode(calls: &[&Call<'_>], batch: bool) -> Bytes {
+    let mut out = Vec::with_capacity(64 + calls.len() * 96);
+    if batch {
+        out.push(b'[');
+    }
+    for (i, call) in calls.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        jsonrpc::encode_request(&mut out, i as u64, &call.method, call.params);
+    }
+    if batch {
+        out.push(b']');
+    }
+    Bytes::from(out)
+}
+
+/// Splices an upstream answer into per-call responses; the flag says whether any answer is
+/// a "lacks the data" error worth retrying elsewhere.
+fn render(body: &[u8], calls: &[&Call<'_>], batch: bool) -> Result<(Rendered, bool), String> {
+    let answers: Vec<UpstreamResponse> = if batch {
+        serde_json::from_slice(body).map_err(|e| format!("not a JSON-RPC batch answer: {e}"))?
+    } else {
+        vec![serde_json::from_slice(body).map_err(|e| format!("not a JSON-RPC answer: {e}"))?]
+    };
+    let mut missing_data = false;
+    let mut rendered = Vec::with_capacity(calls.len());
+    for (i, call) in calls.iter().enumerate() {
+        let answer = if batch {
+            answers
+                .iter()
+                .find(|a| a.numeric_id() == Some(i as u64))
+                .ok_or_else(|| format!("batch answer lacks id {i}"))?
+        } else {
+            &answers[0]
+        };
+        if answer.result.is_none() && answer.error.is_none() {
+            return Err(format!("answer {i} has neither result nor error"));
+        }
+        let error = answer.error_summary();
+        if let Some((_, message)) = &error {
+            missing_data |= policy::is_missing_data(message);
+        }
+        rendered.push(call.id.map(|id| {
+            let mut body = Vec::with_capacity(answer.result.map_or(64, |r| r.get().len() + 48));
+            jsonrpc::encode_relayed(&mut body, id, answer);
+            Reply {
+                body,
+                is_error: error.is_some(),
+            }
+        }));
+    }
+    Ok((rendered, missing_data))
+}
+
+#[cfg(test)]
+mod tests;

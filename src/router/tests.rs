@@ -1,0 +1,100 @@
+use serde_json::value::RawValue;
+
+use super::*;
+
+fn call<'a>(id: Option<&'a RawValue>, method: &'a str) -> Call<'a> {
+    Call {
+        id,
+        method: method.into(),
+        params: None,
+    }
+}
+
+fn raw(text: &str) -> Box<RawValue> {
+    RawValue::from_string(text.to_string()).unwrap()
+}
+
+#[test]
+fn only_writes_that_never_left_are_retried() {
+    let not_sent = AttemptError::Send(SendError::NotSent("refused".into()));
+    let no_answer = AttemptError::Send(SendError::NoAnswer("reset".into()));
+    let timeout = AttemptError::Timeout(Duration::from_secs(1));
+    let status = AttemptError::Send(SendError::Status(503));
+    let bad = AttemptError::BadAnswer("html".into());
+    for error in [&not_sent, &no_answer, &timeout, &status, &bad] {
+        assert!(error.retryable(false), "reads retry on {error}");
+    }
+    assert!(not_sent.retryable(true));
+    for error in [&no_answer, &timeout, &status, &bad] {
+        assert!(!error.retryable(true), "writes must not retry on {error}");
+    }
+}
+
+#[test]
+fn connect_errors_and_timeouts_count_against_health_but_answers_do_not() {
+    assert!(AttemptError::Send(SendError::NotSent("x".into())).counts_against_health());
+    assert!(AttemptError::Send(SendError::NoAnswer("x".into())).counts_against_health());
+    assert!(AttemptError::Timeout(Duration::from_secs(1)).counts_against_health());
+    assert!(!AttemptError::Send(SendError::Status(429)).counts_against_health());
+    assert!(!AttemptError::BadAnswer("x".into()).counts_against_health());
+}
+
+#[test]
+fn batch_is_encoded_with_sequential_ids() {
+    let params = raw("[1]");
+    let id_a = raw("\"a\"");
+    let a = call(Some(&id_a), "eth_a");
+    let mut b = call(None, "eth_b");
+    b.params = Some(&params);
+    let body = encode(&[&a, &b], true);
+    assert_eq!(
+        &body[..],
+        br#"[{"jsonrpc":"2.0","id":0,"method":"eth_a"},{"jsonrpc":"2.0","id":1,"method":"eth_b","params":[1]}]"#
+    );
+}
+
+#[test]
+fn reversed_batch_answer_is_restored_to_request_order_with_client_ids() {
+    let id_a = raw("123456789012345678901234567890");
+    let id_b = raw("\"b\"");
+    let a = call(Some(&id_a), "eth_a");
+    let b = call(Some(&id_b), "eth_b");
+    let answer =
+        br#"[{"jsonrpc":"2.0","id":1,"result":"B"},{"jsonrpc":"2.0","id":0,"result":"A"}]"#;
+    let (rendered, missing) = render(answer, &[&a, &b], true).unwrap();
+    assert!(!missing);
+    let bodies: Vec<String> = rendered
+        .into_iter()
+        .map(|r| String::from_utf8(r.unwrap().body).unwrap())
+        .collect();
+    assert_eq!(
+        bodies[0],
+        r#"{"jsonrpc":"2.0","id":123456789012345678901234567890,"result":"A"}"#
+    );
+    assert_eq!(bodies[1], r#"{"jsonrpc":"2.0","id":"b","result":"B"}"#);
+}
+
+#[test]
+fn notification_gets_no_reply_and_incomplete_batch_is_a_bad_answer() {
+    let id = raw("1");
+    let a = call(Some(&id), "eth_a");
+    let n = call(None, "eth_n");
+    let answer = br#"[{"id":0,"result":"A"},{"id":1,"result":null}]"#;
+    let (rendered, _) = render(answer, &[&a, &n], true).unwrap();
+    assert!(rendered[1].is_none());
+    assert!(render(br#"[{"id":0,"result":"A"}]"#, &[&a, &n], true).is_err());
+    assert!(render(b"<html>502</html>", &[&a], false).is_err());
+    assert!(render(br#"{"id":0}"#, &[&a], false).is_err());
+}
+
+#[test]
+fn missing_data_errors_are_flagged_and_others_are_not() {
+    let id = raw("1");
+    let a = call(Some(&id), "eth_call");
+    let missing = br#"{"id":0,"error":{"code":-32000,"message":"header not found"}}"#;
+    let (rendered, flagged) = render(missing, &[&a], false).unwrap();
+    assert!(flagged);
+    assert!(rendered[0].as_ref().unwrap().is_error);
+    let reverted = br#"{"id":0,"error":{"code":3,"message":"execution reverted"}}"#;
+    assert!(!render(reverted, &[&a], false).unwrap().1);
+}

@@ -1,0 +1,294 @@
+//! Upstream Ethereum nodes: one [`Upstream`] per configured node and the [`Upstreams`] set
+//! that holds their health model and publishes, through atomics, which ones are in rotation.
+
+pub mod health;
+pub mod http;
+pub mod probe;
+
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, HealthConfig, UpstreamConfig};
+use crate::metrics::Metrics;
+use health::{evaluate, ChainSummary, Facts, State};
+pub use http::{HttpPool, SendError};
+
+/// One upstream node as the request path sees it: immutable settings plus atomics.
+#[derive(Debug)]
+pub struct Upstream {
+    /// Position in the configured list.
+    pub index: usize,
+    /// Configured settings.
+    pub config: UpstreamConfig,
+    state: AtomicU8,
+    head: AtomicU64,
+    latency_micros: AtomicU64,
+}
+
+impl Upstream {
+    /// Current state.
+    pub fn state(&self) -> State {
+        State::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    /// Whether requests may be routed here.
+    pub fn in_rotation(&self) -> bool {
+        self.state() == State::Healthy
+    }
+
+    /// Last head reported (0 before any).
+    pub fn head(&self) -> u64 {
+        self.head.load(Ordering::Relaxed)
+    }
+
+    /// Round trip of the last successful probe.
+    pub fn latency(&self) -> Duration {
+        Duration::from_micros(self.latency_micros.load(Ordering::Relaxed))
+    }
+
+    /// Name from the config.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+}
+
+/// Sentinel for "no upstream selected yet".
+const NONE_SELECTED: usize = usize::MAX;
+
+/// The set of upstreams, their shared health model and the sticky selection.
+pub struct Upstreams {
+    list: Vec<Arc<Upstream>>,
+    /// Indexes sorted by (priority, configured position).
+    by_priority: Vec<usize>,
+    facts: Mutex<Vec<Facts>>,
+    health: HealthConfig,
+    expected_chain_id: OnceLock<u64>,
+    selected: AtomicUsize,
+    pool: HttpPool,
+    metrics: Arc<Metrics>,
+}
+
+impl Upstreams {
+    /// Builds the set from a validated config; nothing is in rotation until probed.
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Self {
+        let list: Vec<Arc<Upstream>> = config
+            .upstreams
+            .iter()
+            .enumerate()
+            .map(|(index, u)| {
+                Arc::new(Upstream {
+                    index,
+                    config: u.clone(),
+                    state: AtomicU8::new(State::Unreachable as u8),
+                    head: AtomicU64::new(0),
+                    latency_micros: AtomicU64::new(0),
+                })
+            })
+            .collect();
+        let mut by_priority: Vec<usize> = (0..list.len()).collect();
+        by_priority.sort_by_key(|&i| (list[i].config.priority, i));
+        let expected_chain_id = OnceLock::new();
+        if let Some(id) = config.chain_id {
+            let _ = expected_chain_id.set(id);
+        }
+        let now = Instant::now();
+        let connect_timeout = (config.server.request_timeout / 2).min(Duration::from_secs(5));
+        Upstreams {
+            facts: Mutex::new(list.iter().map(|_| Facts::new(now)).collect()),
+            list,
+            by_priority,
+            health: config.health.clone(),
+            expected_chain_id,
+            selected: AtomicUsize::new(NONE_SELECTED),
+            pool: HttpPool::new(connect_timeout),
+            metrics,
+        }
+    }
+
+    /// Every upstream, in configured order.
+    pub fn all(&self) -> &[Arc<Upstream>] {
+        &self.list
+    }
+
+    /// Upstream indexes in priority order.
+    pub fn priority_order(&self) -> &[usize] {
+        &self.by_priority
+    }
+
+    /// The shared HTTP pool.
+    pub fn pool(&self) -> &HttpPool {
+        &self.pool
+    }
+
+    /// The chain id every upstream must report, once known.
+    pub fn chain_id(&self) -> Option<u64> {
+        self.expected_chain_id.get().copied()
+    }
+
+    /// The upstream that serves the next request: the sticky choice while it is in rotation.
+    pub fn selected(&self) -> Option<usize> {
+        let index = self.selected.load(Ordering::Acquire);
+        (index != NONE_SELECTED && self.list[index].in_rotation()).then_some(index)
+    }
+
+    /// Makes `index` the sticky choice, logging and counting a failover when it replaces
+    /// another upstream; `reason` says why the previous one was left.
+    pub fn select(&self, index: usize, reason: impl FnOnce(usize) -> String) {
+        let previous = self.selected.swap(index, Ordering::AcqRel);
+        if previous == index {
+            return;
+        }
+        let to = self.list[index].name();
+        if previous == NONE_SELECTED {
+            tracing::info!(upstream = to, "selected upstream");
+            return;
+        }
+        self.metrics.failover("request");
+        let from = self.list[previous].name();
+        tracing::warn!(from, to, reason = reason(previous), "failover");
+    }
+
+    /// Moves the sticky choice when it left rotation (or none was made yet), so the switch
+    /// happens, and is logged, when health changes rather than on the next request.
+    fn reselect(&self) {
+        if self.selected().is_some() {
+            return;
+        }
+        let next = self
+            .by_priority
+            .iter()
+            .copied()
+            .find(|&i| self.list[i].in_rotation());
+        if let Some(next) = next {
+            self.select(next, |previous| {
+                format!(
+                    "{} is {}",
+                    self.list[previous].name(),
+                    self.list[previous].state()
+                )
+            });
+        }
+    }
+
+    /// Whether at least one upstream is in rotation.
+    pub fn any_in_rotation(&self) -> bool {
+        self.list.iter().any(|u| u.in_rotation())
+    }
+
+    /// Records a probe's outcome and re-evaluates every upstream.
+    pub fn record_probe(
+        &self,
+        index: usize,
+        outcome: Result<probe::Report, String>,
+        rtt: Duration,
+    ) {
+        let now = Instant::now();
+        let mut facts = self.lock_facts();
+        let me = &mut facts[index];
+        let ok = outcome.is_ok();
+        match outcome {
+            Ok(report) => {
+                let expected = *self.expected_chain_id.get_or_init(|| report.chain_id);
+                me.chain = Some((report.chain_id, report.chain_id == expected));
+                me.syncing = report.syncing;
+                me.observe_head(report.head, now);
+                me.latency = Some(rtt);
+                me.last_error = None;
+            }
+            Err(error) => me.last_error = Some(error),
+        }
+        me.reachable.record(ok, &self.health);
+        self.publish(&facts, now);
+    }
+
+    /// Counts a connect error or timeout seen on real traffic as a failed probe.
+    pub fn record_passive_failure(&self, index: usize, error: &str) {
+        let now = Instant::now();
+        let mut facts = self.lock_facts();
+        facts[index].last_error = Some(error.to_string());
+        if facts[index].reachable.record(false, &self.health).is_some() {
+            self.publish(&facts, now);
+        }
+    }
+
+    fn lock_facts(&self) -> std::sync::MutexGuard<'_, Vec<Facts>> {
+        // A panic while holding the lock cannot leave the facts half-written in a way that
+        // matters: every field is overwritten by the next probe.
+        self.facts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Evaluates every upstream, stores the results in the atomics, logs transitions.
+    fn publish(&self, facts: &[Facts], now: Instant) {
+        let summary = ChainSummary::of(facts.iter());
+        let all: Vec<&Facts> = facts.iter().collect();
+        for (upstream, fact) in self.list.iter().zip(facts) {
+            let state = evaluate(fact, &all, summary, &self.health, now);
+            let head = fact.head.unwrap_or(0);
+            upstream.head.store(head, Ordering::Relaxed);
+            if let Some(latency) = fact.latency {
+                upstream
+                    .latency_micros
+                    .store(latency.as_micros() as u64, Ordering::Relaxed);
+            }
+            let previous = State::from_u8(upstream.state.swap(state as u8, Ordering::AcqRel));
+            if previous != state {
+                log_transition(upstream, previous, state, fact, summary.best_head);
+            }
+        }
+        self.reselect();
+    }
+
+    /// Starts one prober task per upstream on `tracker`, stopped by `shutdown`.
+    pub fn spawn_probers(self: &Arc<Self>, tracker: &TaskTracker, shutdown: &CancellationToken) {
+        for upstream in &self.list {
+            tracker.spawn(probe::run(self.clone(), upstream.index, shutdown.clone()));
+        }
+    }
+
+    /// Probes every upstream once, concurrently, so start-up routes without waiting a period.
+    pub async fn probe_all_once(self: &Arc<Self>) {
+        let rounds = self
+            .list
+            .iter()
+            .map(|u| probe::probe_and_record(self, u.index));
+        futures_util::future::join_all(rounds).await;
+    }
+
+    /// Lag behind the best head, for /status.
+    pub fn lag(&self, upstream: &Upstream) -> u64 {
+        let best = self
+            .list
+            .iter()
+            .filter(|u| u.state() != State::WrongChain && u.state() != State::Unreachable)
+            .map(|u| u.head())
+            .max()
+            .unwrap_or(0);
+        best.saturating_sub(upstream.head())
+    }
+
+    /// Health settings in force.
+    pub fn health_config(&self) -> &HealthConfig {
+        &self.health
+    }
+}
+
+fn log_transition(upstream: &Upstream, from: State, to: State, fact: &Facts, best_head: u64) {
+    let head = fact.head.unwrap_or(0);
+    let reason = fact.last_error.as_deref().unwrap_or("");
+    if to == State::Healthy {
+        tracing::info!(upstream = upstream.name(), %from, %to, head, "upstream in rotation");
+    } else {
+        let chain_id = fact.chain.map(|(id, _)| id);
+        tracing::warn!(
+            upstream = upstream.name(), %from, %to, head, best_head, ?chain_id, reason,
+            "upstream out of rotation"
+        );
+    }
+}

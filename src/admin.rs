@@ -19,6 +19,7 @@ use crate::frontend::http::{plain, HttpResponse};
 use crate::metrics::Metrics;
 use crate::server::ConnectionCount;
 use crate::upstream::Upstreams;
+use crate::watch::Balances;
 
 /// What the admin endpoints report on.
 pub struct Admin {
@@ -28,6 +29,8 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     /// Open client connections.
     pub connections: Arc<ConnectionCount>,
+    /// Watched balances.
+    pub balances: Arc<Balances>,
 }
 
 impl Admin {
@@ -79,10 +82,11 @@ impl Admin {
             "/readyz" if self.upstreams.any_in_rotation() => plain(StatusCode::OK, "ready"),
             "/readyz" => plain(StatusCode::SERVICE_UNAVAILABLE, "no upstream in rotation"),
             "/status" => typed(self.status().to_string(), "application/json"),
-            "/metrics" => typed(
-                self.metrics.render(&self.upstreams),
-                "text/plain; version=0.0.4",
-            ),
+            "/metrics" => {
+                let mut text = self.metrics.render(&self.upstreams);
+                self.balances.render(&mut text);
+                typed(text, "text/plain; version=0.0.4")
+            }
             _ => plain(StatusCode::NOT_FOUND, "not found\n"),
         }
     }
@@ -112,6 +116,7 @@ impl Admin {
             "connections": self.connections.get(),
             // WebSocket subscriptions are not served by this version, so there are none.
             "subscriptions": {"newHeads": 0, "logs": 0},
+            "balances": self.balances.status(),
         })
     }
 }

@@ -16,6 +16,7 @@
 //! - [`admin`]: `/healthz`, `/readyz`, `/status`, `/metrics`.
 //! - [`metrics`]: atomic counters and their Prometheus rendering.
 //! - [`shutdown`]: SIGINT/SIGTERM handling.
+//! - [`watch`]: balance watch of the Chainlink node's addresses.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -28,6 +29,7 @@ pub mod router;
 pub mod server;
 pub mod shutdown;
 pub mod upstream;
+pub mod watch;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -85,12 +87,13 @@ impl Server {
         // 1. Shared state: metrics, upstreams, router, front end.
         let metrics = Arc::new(metrics::Metrics::new(config.upstreams.len()));
         let upstreams = Arc::new(upstream::Upstreams::new(&config, metrics.clone()));
+        let router = Arc::new(router::Router::new(
+            upstreams.clone(),
+            config.server.request_timeout,
+            metrics.clone(),
+        ));
         let frontend = Arc::new(frontend::Frontend {
-            router: router::Router::new(
-                upstreams.clone(),
-                config.server.request_timeout,
-                metrics.clone(),
-            ),
+            router: router.clone(),
             deny: policy::DenyList::new(&config.access.deny_methods),
             max_batch_len: config.server.max_batch_len,
             max_request_bytes: config.server.max_request_bytes,
@@ -107,10 +110,13 @@ impl Server {
         let stop_tasks = CancellationToken::new();
         let tracker = TaskTracker::new();
         upstreams.spawn_probers(&tracker, &stop_tasks);
+        let balances = Arc::new(watch::Balances::new(&config.watch));
+        balances.spawn(&router, &tracker, &stop_tasks);
         let admin_state = Arc::new(admin::Admin {
             upstreams: upstreams.clone(),
             metrics,
             connections: connections.clone(),
+            balances,
         });
         tracker.spawn(admin_state.run(admin, tracker.clone(), stop_tasks.clone()));
 

@@ -12,7 +12,7 @@ use crate::router::{Reply, Router};
 /// What the front end needs to answer a client call.
 pub struct Frontend {
     /// Routes calls to upstreams.
-    pub router: Router,
+    pub router: Arc<Router>,
     /// Methods refused outright.
     pub deny: DenyList,
     /// Largest batch accepted.

@@ -47,11 +47,16 @@ pub struct Server {
     config: Config,
     client: TcpListener,
     admin: TcpListener,
+    tls: Option<Arc<server::tls::Tls>>,
 }
 
 impl Server {
     /// Binds the client and admin listeners of `config` (port 0 picks a free port).
     pub async fn bind(config: Config) -> anyhow::Result<Server> {
+        let tls = match &config.server.tls {
+            Some(tls) => Some(Arc::new(server::tls::Tls::load(tls)?)),
+            None => None,
+        };
         let client = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("server.listen: cannot bind {}", config.server.listen))?;
@@ -62,6 +67,7 @@ impl Server {
             config,
             client,
             admin,
+            tls,
         })
     }
 
@@ -77,12 +83,18 @@ impl Server {
         self.admin.local_addr().unwrap_or(self.config.admin.listen)
     }
 
+    /// The TLS material, for reloading certificates (SIGHUP) while serving.
+    pub fn tls(&self) -> Option<Arc<server::tls::Tls>> {
+        self.tls.clone()
+    }
+
     /// Serves until `shutdown` completes, then drains within `server.shutdown_grace`.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let Server {
             config,
             client,
             admin,
+            tls,
         } = self;
         // 1. Shared state: metrics, upstreams, router, front end.
         let metrics = Arc::new(metrics::Metrics::new(config.upstreams.len()));
@@ -99,7 +111,7 @@ impl Server {
             max_request_bytes: config.server.max_request_bytes,
             metrics: metrics.clone(),
         });
-        let access = Arc::new(server::access::Access::new(config.access.allow.clone()));
+        let access = Arc::new(server::access::Access::new(&config.access));
         log_access(&config);
         let connections = Arc::new(server::ConnectionCount::default());
 
@@ -126,10 +138,12 @@ impl Server {
             listener: client,
             frontend,
             access,
+            tls,
             connections,
         };
         tracing::info!(
             listen = %port.listener.local_addr()?,
+            tls = port.tls.is_some(),
             upstreams = config.upstreams.len(),
             "ethgate serving"
         );

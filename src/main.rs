@@ -101,8 +101,8 @@ fn run(
         }
     };
     let result = runtime.block_on(async {
-        tokio::spawn(warn_on_sighup());
         let server = ethgate::Server::bind(config).await?;
+        tokio::spawn(reload_on_sighup(server.tls()));
         server.run(ethgate::shutdown::signal()).await
     });
     match result {
@@ -115,8 +115,9 @@ fn run(
     }
 }
 
-/// SIGHUP's default action would kill the process; until live reload exists, say so instead.
-async fn warn_on_sighup() {
+/// SIGHUP re-reads the TLS certificate and key (a bad file keeps the old pair). Its default
+/// action would kill the process, so it is handled even without TLS.
+async fn reload_on_sighup(tls: Option<std::sync::Arc<ethgate::server::tls::Tls>>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -124,7 +125,17 @@ async fn warn_on_sighup() {
             return;
         };
         while hup.recv().await.is_some() {
-            tracing::warn!("SIGHUP received: live reload is not available in this version; restart ethgate to apply config changes");
+            match &tls {
+                Some(tls) => match tls.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: TLS certificate and key reloaded"),
+                    Err(error) => {
+                        tracing::error!(%error, "SIGHUP: TLS reload refused; the previous certificate stays")
+                    }
+                },
+                None => tracing::warn!(
+                    "SIGHUP received: only TLS material reloads in this version; restart ethgate to apply other config changes"
+                ),
+            }
         }
     }
 }

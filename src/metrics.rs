@@ -68,7 +68,7 @@ const UPSTREAM_RESULTS: [&str; 7] = [
     "bad_answer",
 ];
 const FAILOVER_KINDS: [&str; 2] = ["request", "subscription"];
-const DENY_REASONS: [&str; 1] = ["not_allowed"];
+const DENY_REASONS: [&str; 2] = ["not_allowed", "proxy_header"];
 /// Upper bounds of the latency histogram buckets, in seconds.
 const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -119,6 +119,7 @@ pub struct Metrics {
     upstream_count: usize,
     failovers: Box<[AtomicU64]>,
     denied_connections: Box<[AtomicU64]>,
+    tls_handshake_failures: AtomicU64,
 }
 
 impl Metrics {
@@ -131,6 +132,7 @@ impl Metrics {
             upstream_count,
             failovers: counters(FAILOVER_KINDS.len()),
             denied_connections: counters(DENY_REASONS.len()),
+            tls_handshake_failures: AtomicU64::new(0),
         }
     }
 
@@ -166,6 +168,11 @@ impl Metrics {
         self.denied_connections[position(&DENY_REASONS, reason)].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts one failed TLS handshake.
+    pub fn tls_handshake_failure(&self) {
+        self.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Renders the Prometheus text exposition.
     pub fn render(&self, upstreams: &Upstreams) -> String {
         let mut out = String::with_capacity(16 * 1024);
@@ -198,6 +205,14 @@ impl Metrics {
                 c.load(Ordering::Relaxed)
             );
         }
+        header(
+            &mut out,
+            "ethgate_tls_handshake_failures_total",
+            "counter",
+            "TLS handshakes that failed or timed out.",
+        );
+        let failures = self.tls_handshake_failures.load(Ordering::Relaxed);
+        let _ = writeln!(out, "ethgate_tls_handshake_failures_total {failures}");
         out
     }
 

@@ -241,13 +241,6 @@ impl RawServer {
                 None
             }
         });
-        if tls.is_some() {
-            p.add(
-                "server.tls",
-                "TLS termination is not available in this version of ethgate; \
-                 remove [server.tls] or terminate TLS in front of it",
-            );
-        }
         let request_timeout = p.duration(
             "server.request_timeout",
             self.request_timeout.as_deref(),

@@ -1,8 +1,12 @@
-//! The client port's accept loop: connection limit, access check, then one hyper HTTP/1
-//! connection per socket, drained gracefully on shutdown.
+//! The client port: accept loop with a connection limit, the access check right after
+//! accept, optional PROXY header and TLS handshake, then one hyper HTTP/1 connection per
+//! socket, drained gracefully on shutdown.
 
 pub mod access;
+pub mod proxy_protocol;
+pub mod tls;
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,14 +14,16 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerConfig;
 use crate::frontend::{self, Frontend};
 use access::Access;
+use tls::Tls;
 
 /// Back-off after a failed accept (e.g. out of file descriptors), so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
@@ -39,10 +45,23 @@ pub struct ClientPort {
     pub listener: TcpListener,
     /// Request handling shared by every connection.
     pub frontend: Arc<Frontend>,
-    /// Allowlist.
+    /// Allowlist, trusted proxies and PROXY protocol setting.
     pub access: Arc<Access>,
+    /// TLS material, when the port speaks HTTPS only.
+    pub tls: Option<Arc<Tls>>,
     /// Open connections.
     pub connections: Arc<ConnectionCount>,
+}
+
+/// Per-connection settings shared by every connection task.
+struct Settings {
+    frontend: Arc<Frontend>,
+    access: Arc<Access>,
+    tls: Option<Arc<Tls>>,
+    connections: Arc<ConnectionCount>,
+    http: http1::Builder,
+    /// Bound for the PROXY header and the TLS handshake, like the request head.
+    handshake_timeout: Duration,
 }
 
 impl ClientPort {
@@ -53,12 +72,19 @@ impl ClientPort {
         // Cancelled when the grace period expires, to close connections still busy then.
         let force_close = CancellationToken::new();
         let limit = Arc::new(Semaphore::new(config.max_connections));
-        let mut builder = http1::Builder::new();
+        let mut http = http1::Builder::new();
         // Without a timer hyper silently ignores header_read_timeout.
-        builder
-            .timer(TokioTimer::new())
+        http.timer(TokioTimer::new())
             .header_read_timeout(config.header_timeout)
             .keep_alive(true);
+        let settings = Arc::new(Settings {
+            frontend: self.frontend,
+            access: self.access,
+            tls: self.tls,
+            connections: self.connections.clone(),
+            http,
+            handshake_timeout: config.header_timeout,
+        });
         loop {
             let permit = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -78,35 +104,86 @@ impl ClientPort {
                     }
                 },
             };
-            if !self.access.allows(peer.ip()) {
-                self.frontend.metrics.denied_connection("not_allowed");
-                self.access.log_denied(peer.ip());
-                drop(stream);
+            // Peers that send no PROXY header are judged now, before any byte is read.
+            if !settings.access.expects_proxy_header(peer.ip()) && !settings.admit(peer) {
                 continue;
             }
-            let _ = stream.set_nodelay(true);
-            let frontend = self.frontend.clone();
-            let service =
-                service_fn(move |request| frontend::http::handle(frontend.clone(), request));
-            let connection =
-                graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-            let connections = self.connections.clone();
-            connections.0.fetch_add(1, Ordering::Relaxed);
+            let settings = settings.clone();
+            let watcher = graceful.watcher();
             let force_close = force_close.clone();
+            settings.connections.0.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
                 tokio::select! {
-                    result = connection => if let Err(error) = result {
-                        tracing::debug!(%peer, %error, "client connection ended with an error");
-                    },
+                    _ = settings.serve(stream, peer, watcher) => {}
                     _ = force_close.cancelled() => {}
                 }
-                connections.0.fetch_sub(1, Ordering::Relaxed);
+                settings.connections.0.fetch_sub(1, Ordering::Relaxed);
                 drop(permit);
             });
         }
         drop(self.listener);
         drain(graceful, config.shutdown_grace, &self.connections).await;
         force_close.cancel();
+    }
+}
+
+impl Settings {
+    /// Applies the allowlist to a client address, counting and logging a refusal.
+    fn admit(&self, client: SocketAddr) -> bool {
+        if self.access.allows(client.ip()) {
+            return true;
+        }
+        self.frontend.metrics.denied_connection("not_allowed");
+        self.access.log_denied(client.ip());
+        false
+    }
+
+    async fn serve(&self, mut stream: TcpStream, peer: SocketAddr, watcher: Watcher) {
+        let _ = stream.set_nodelay(true);
+        let mut client = peer;
+        if self.access.expects_proxy_header(peer.ip()) {
+            match proxy_protocol::read_header(&mut stream, self.handshake_timeout).await {
+                Ok(header) => client = header.source.unwrap_or(peer),
+                Err(error) => {
+                    self.frontend.metrics.denied_connection("proxy_header");
+                    tracing::debug!(%peer, %error, "invalid PROXY header; connection closed");
+                    return;
+                }
+            }
+            if !self.admit(client) {
+                return;
+            }
+        }
+        let Some(tls) = &self.tls else {
+            return self.serve_http(stream, peer, client, watcher).await;
+        };
+        let handshake = tokio::time::timeout(self.handshake_timeout, tls.acceptor().accept(stream));
+        match handshake.await {
+            Ok(Ok(stream)) => self.serve_http(stream, peer, client, watcher).await,
+            Ok(Err(error)) => self.handshake_failed(client, &error.to_string()),
+            Err(_) => self.handshake_failed(client, "timed out"),
+        }
+    }
+
+    fn handshake_failed(&self, client: SocketAddr, error: &str) {
+        self.frontend.metrics.tls_handshake_failure();
+        tracing::debug!(%client, error, "TLS handshake failed");
+    }
+
+    async fn serve_http<IO>(&self, io: IO, peer: SocketAddr, client: SocketAddr, watcher: Watcher)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let frontend = self.frontend.clone();
+        let access = self.access.clone();
+        let service = service_fn(move |request| {
+            let client = access.client_address(peer, client, request.headers());
+            frontend::http::handle(frontend.clone(), client, request)
+        });
+        let connection = self.http.serve_connection(TokioIo::new(io), service);
+        if let Err(error) = watcher.watch(connection).await {
+            tracing::debug!(%client, %error, "client connection ended with an error");
+        }
     }
 }
 

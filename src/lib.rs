@@ -133,7 +133,7 @@ impl Server {
         tracker.spawn(admin_state.run(admin, tracker.clone(), stop_tasks.clone()));
 
         // 4. Serve clients until shutdown, then drain.
-        let stop_accepting = CancellationToken::new();
+        let drain = server::Drain::default();
         let port = server::ClientPort {
             listener: client,
             frontend,
@@ -147,13 +147,13 @@ impl Server {
             upstreams = config.upstreams.len(),
             "ethgate serving"
         );
-        let serving = port.run(&config.server, stop_accepting.clone());
+        let serving = port.run(&config.server, drain.clone());
         tokio::pin!(serving);
         tokio::select! {
             _ = &mut serving => {}
             _ = shutdown => {
                 tracing::info!("shutdown requested: no longer accepting connections");
-                stop_accepting.cancel();
+                drain.shutdown.cancel();
                 serving.await;
             }
         }

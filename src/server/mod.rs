@@ -14,16 +14,27 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::ServerConfig;
 use crate::frontend::{self, Frontend};
 use access::Access;
 use tls::Tls;
+
+/// How connections and WebSocket sessions are wound down on shutdown.
+#[derive(Clone, Default)]
+pub struct Drain {
+    /// Cancelled when shutdown starts: stop accepting, finish in-flight work.
+    pub shutdown: CancellationToken,
+    /// Cancelled when the grace period expires: close whatever is still open.
+    pub force_close: CancellationToken,
+    /// Every connection and session task, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+}
 
 /// Back-off after a failed accept (e.g. out of file descriptors), so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
@@ -62,15 +73,14 @@ struct Settings {
     http: http1::Builder,
     /// Bound for the PROXY header and the TLS handshake, like the request head.
     handshake_timeout: Duration,
+    drain: Drain,
 }
 
 impl ClientPort {
-    /// Accepts until `shutdown`, then waits up to `shutdown_grace` for open connections to
-    /// finish their in-flight requests.
-    pub async fn run(self, config: &ServerConfig, shutdown: CancellationToken) {
-        let graceful = GracefulShutdown::new();
-        // Cancelled when the grace period expires, to close connections still busy then.
-        let force_close = CancellationToken::new();
+    /// Accepts until `drain.shutdown`, then waits up to `shutdown_grace` for open connections
+    /// to finish their in-flight requests.
+    pub async fn run(self, config: &ServerConfig, drain: Drain) {
+        let shutdown = drain.shutdown.clone();
         let limit = Arc::new(Semaphore::new(config.max_connections));
         let mut http = http1::Builder::new();
         // Without a timer hyper silently ignores header_read_timeout.
@@ -84,6 +94,7 @@ impl ClientPort {
             connections: self.connections.clone(),
             http,
             handshake_timeout: config.header_timeout,
+            drain: drain.clone(),
         });
         loop {
             let permit = tokio::select! {
@@ -109,21 +120,18 @@ impl ClientPort {
                 continue;
             }
             let settings = settings.clone();
-            let watcher = graceful.watcher();
-            let force_close = force_close.clone();
             settings.connections.0.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(async move {
+            drain.tracker.spawn(async move {
                 tokio::select! {
-                    _ = settings.serve(stream, peer, watcher) => {}
-                    _ = force_close.cancelled() => {}
+                    _ = settings.serve(stream, peer) => {}
+                    _ = settings.drain.force_close.cancelled() => {}
                 }
                 settings.connections.0.fetch_sub(1, Ordering::Relaxed);
                 drop(permit);
             });
         }
         drop(self.listener);
-        drain(graceful, config.shutdown_grace, &self.connections).await;
-        force_close.cancel();
+        wait_for_connections(&drain, config.shutdown_grace, &self.connections).await;
     }
 }
 
@@ -138,7 +146,7 @@ impl Settings {
         false
     }
 
-    async fn serve(&self, mut stream: TcpStream, peer: SocketAddr, watcher: Watcher) {
+    async fn serve(&self, mut stream: TcpStream, peer: SocketAddr) {
         let _ = stream.set_nodelay(true);
         let mut client = peer;
         if self.access.expects_proxy_header(peer.ip()) {
@@ -155,11 +163,11 @@ impl Settings {
             }
         }
         let Some(tls) = &self.tls else {
-            return self.serve_http(stream, peer, client, watcher).await;
+            return self.serve_http(stream, peer, client).await;
         };
         let handshake = tokio::time::timeout(self.handshake_timeout, tls.acceptor().accept(stream));
         match handshake.await {
-            Ok(Ok(stream)) => self.serve_http(stream, peer, client, watcher).await,
+            Ok(Ok(stream)) => self.serve_http(stream, peer, client).await,
             Ok(Err(error)) => self.handshake_failed(client, &error.to_string()),
             Err(_) => self.handshake_failed(client, "timed out"),
         }
@@ -170,7 +178,7 @@ impl Settings {
         tracing::debug!(%client, error, "TLS handshake failed");
     }
 
-    async fn serve_http<IO>(&self, io: IO, peer: SocketAddr, client: SocketAddr, watcher: Watcher)
+    async fn serve_http<IO>(&self, io: IO, peer: SocketAddr, client: SocketAddr)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -180,19 +188,32 @@ impl Settings {
             let client = access.client_address(peer, client, request.headers());
             frontend::http::handle(frontend.clone(), client, request)
         });
-        let connection = self.http.serve_connection(TokioIo::new(io), service);
-        if let Err(error) = watcher.watch(connection).await {
+        let connection = self
+            .http
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        tokio::pin!(connection);
+        let result = tokio::select! {
+            result = connection.as_mut() => result,
+            _ = self.drain.shutdown.cancelled() => {
+                // Finish the request in flight, then close instead of keeping alive.
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(error) = result {
             tracing::debug!(%client, %error, "client connection ended with an error");
         }
     }
 }
 
-async fn drain(graceful: GracefulShutdown, grace: Duration, connections: &ConnectionCount) {
+async fn wait_for_connections(drain: &Drain, grace: Duration, connections: &ConnectionCount) {
     let open = connections.get();
     if open > 0 {
         tracing::info!(open, ?grace, "draining client connections");
     }
-    if tokio::time::timeout(grace, graceful.shutdown())
+    drain.tracker.close();
+    if tokio::time::timeout(grace, drain.tracker.wait())
         .await
         .is_err()
     {
@@ -201,5 +222,7 @@ async fn drain(graceful: GracefulShutdown, grace: Duration, connections: &Connec
             ?grace,
             "shutdown grace expired; closing remaining connections"
         );
+        drain.force_close.cancel();
+        drain.tracker.wait().await;
     }
 }

@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::frontend::http::{plain, HttpResponse};
 use crate::metrics::Metrics;
 use crate::server::ConnectionCount;
+use crate::subscription::Kind;
 use crate::upstream::Upstreams;
 use crate::watch::Balances;
 
@@ -31,6 +32,8 @@ pub struct Admin {
     pub connections: Arc<ConnectionCount>,
     /// Watched balances.
     pub balances: Arc<Balances>,
+    /// Client subscriptions.
+    pub hub: Arc<crate::subscription::Hub>,
 }
 
 impl Admin {
@@ -85,6 +88,7 @@ impl Admin {
             "/metrics" => {
                 let mut text = self.metrics.render(&self.upstreams);
                 self.balances.render(&mut text);
+                self.render_subscriptions(&mut text);
                 typed(text, "text/plain; version=0.0.4")
             }
             _ => plain(StatusCode::NOT_FOUND, "not found\n"),
@@ -114,10 +118,33 @@ impl Admin {
             "chain_id": self.upstreams.chain_id(),
             "upstreams": upstreams,
             "connections": self.connections.get(),
-            // WebSocket subscriptions are not served by this version, so there are none.
-            "subscriptions": {"newHeads": 0, "logs": 0},
+            "subscriptions": {
+                "newHeads": self.hub.count(Kind::NewHeads),
+                "logs": self.hub.count(Kind::Logs),
+                "newPendingTransactions": self.hub.count(Kind::NewPendingTransactions),
+                "syncing": self.hub.count(Kind::Syncing),
+            },
             "balances": self.balances.status(),
         })
+    }
+}
+
+impl Admin {
+    fn render_subscriptions(&self, out: &mut String) {
+        use std::fmt::Write;
+        let _ = writeln!(
+            out,
+            "# HELP ethgate_subscriptions Client subscriptions by kind."
+        );
+        let _ = writeln!(out, "# TYPE ethgate_subscriptions gauge");
+        for kind in Kind::ALL {
+            let _ = writeln!(
+                out,
+                "ethgate_subscriptions{{kind=\"{}\"}} {}",
+                kind.as_str(),
+                self.hub.count(kind)
+            );
+        }
     }
 }
 

@@ -28,6 +28,7 @@ pub mod policy;
 pub mod router;
 pub mod server;
 pub mod shutdown;
+pub mod subscription;
 pub mod upstream;
 pub mod watch;
 
@@ -96,50 +97,27 @@ impl Server {
             admin,
             tls,
         } = self;
-        // 1. Shared state: metrics, upstreams, router, front end.
-        let metrics = Arc::new(metrics::Metrics::new(config.upstreams.len()));
-        let upstreams = Arc::new(upstream::Upstreams::new(&config, metrics.clone()));
-        let router = Arc::new(router::Router::new(
-            upstreams.clone(),
-            config.server.request_timeout,
-            metrics.clone(),
-        ));
-        let frontend = Arc::new(frontend::Frontend {
-            router: router.clone(),
-            deny: policy::DenyList::new(&config.access.deny_methods),
-            max_batch_len: config.server.max_batch_len,
-            max_request_bytes: config.server.max_request_bytes,
-            metrics: metrics.clone(),
-        });
+        // 1. Shared state.
+        let drain = server::Drain::default();
+        let state = State::new(&config, drain.clone());
         let access = Arc::new(server::access::Access::new(&config.access));
         log_access(&config);
-        let connections = Arc::new(server::ConnectionCount::default());
 
         // 2. One probe round before serving, so the first requests find upstreams in rotation.
-        upstreams.probe_all_once().await;
+        state.upstreams.probe_all_once().await;
 
-        // 3. Background tasks: probers and the admin listener.
+        // 3. Background tasks: probers, subscription feed, balance watch, admin listener.
         let stop_tasks = CancellationToken::new();
         let tracker = TaskTracker::new();
-        upstreams.spawn_probers(&tracker, &stop_tasks);
-        let balances = Arc::new(watch::Balances::new(&config.watch));
-        balances.spawn(&router, &tracker, &stop_tasks);
-        let admin_state = Arc::new(admin::Admin {
-            upstreams: upstreams.clone(),
-            metrics,
-            connections: connections.clone(),
-            balances,
-        });
-        tracker.spawn(admin_state.run(admin, tracker.clone(), stop_tasks.clone()));
+        state.spawn_background(&config, admin, &tracker, &stop_tasks);
 
         // 4. Serve clients until shutdown, then drain.
-        let drain = server::Drain::default();
         let port = server::ClientPort {
             listener: client,
-            frontend,
+            frontend: state.frontend,
             access,
             tls,
-            connections,
+            connections: state.connections,
         };
         tracing::info!(
             listen = %port.listener.local_addr()?,
@@ -166,6 +144,86 @@ impl Server {
         Ok(())
     }
 }
+
+/// Everything shared between the client port, the admin port and background tasks.
+struct State {
+    metrics: Arc<metrics::Metrics>,
+    upstreams: Arc<upstream::Upstreams>,
+    router: Arc<router::Router>,
+    hub: Arc<subscription::Hub>,
+    frontend: Arc<frontend::Frontend>,
+    connections: Arc<server::ConnectionCount>,
+}
+
+impl State {
+    fn new(config: &Config, drain: server::Drain) -> State {
+        let metrics = Arc::new(metrics::Metrics::new(config.upstreams.len()));
+        let upstreams = Arc::new(upstream::Upstreams::new(config, metrics.clone()));
+        let router = Arc::new(router::Router::new(
+            upstreams.clone(),
+            config.server.request_timeout,
+            metrics.clone(),
+        ));
+        let hub = Arc::new(subscription::Hub::new());
+        let frontend = Arc::new(frontend::Frontend {
+            router: router.clone(),
+            hub: hub.clone(),
+            deny: policy::DenyList::new(&config.access.deny_methods),
+            max_batch_len: config.server.max_batch_len,
+            max_request_bytes: config.server.max_request_bytes,
+            metrics: metrics.clone(),
+            ws_queue_len: WS_QUEUE_LEN,
+            drain,
+        });
+        State {
+            metrics,
+            upstreams,
+            router,
+            hub,
+            frontend,
+            connections: Arc::new(server::ConnectionCount::default()),
+        }
+    }
+
+    fn spawn_background(
+        &self,
+        config: &Config,
+        admin: TcpListener,
+        tracker: &TaskTracker,
+        stop: &CancellationToken,
+    ) {
+        self.upstreams.spawn_probers(tracker, stop);
+        let health = &config.health;
+        let feed_settings = subscription::feed::FeedSettings {
+            grace: config.server.subscription_grace,
+            request_timeout: config.server.request_timeout,
+            connect_timeout: config.server.request_timeout.min(health.interval * 2),
+            ping_after: health.interval,
+            dead_after: health.interval * 2 + health.timeout,
+            check_every: health.interval,
+        };
+        let feed = subscription::feed::Feed::new(
+            self.hub.clone(),
+            self.upstreams.clone(),
+            self.metrics.clone(),
+            feed_settings,
+        );
+        tracker.spawn(feed.run(stop.clone()));
+        let balances = Arc::new(watch::Balances::new(&config.watch));
+        balances.spawn(&self.router, tracker, stop);
+        let admin_state = Arc::new(admin::Admin {
+            upstreams: self.upstreams.clone(),
+            metrics: self.metrics.clone(),
+            connections: self.connections.clone(),
+            balances,
+            hub: self.hub.clone(),
+        });
+        tracker.spawn(admin_state.run(admin, tracker.clone(), stop.clone()));
+    }
+}
+
+/// Messages queued for one WebSocket client before it is closed as too slow (1008).
+const WS_QUEUE_LEN: usize = 4096;
 
 fn log_access(config: &Config) {
     let allow: Vec<String> = config

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -120,6 +120,9 @@ pub struct Metrics {
     failovers: Box<[AtomicU64]>,
     denied_connections: Box<[AtomicU64]>,
     tls_handshake_failures: AtomicU64,
+    ws_connections: AtomicI64,
+    gap_filled_blocks: AtomicU64,
+    duplicates_dropped: AtomicU64,
 }
 
 impl Metrics {
@@ -133,6 +136,9 @@ impl Metrics {
             failovers: counters(FAILOVER_KINDS.len()),
             denied_connections: counters(DENY_REASONS.len()),
             tls_handshake_failures: AtomicU64::new(0),
+            ws_connections: AtomicI64::new(0),
+            gap_filled_blocks: AtomicU64::new(0),
+            duplicates_dropped: AtomicU64::new(0),
         }
     }
 
@@ -171,6 +177,26 @@ impl Metrics {
     /// Counts one failed TLS handshake.
     pub fn tls_handshake_failure(&self) {
         self.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A client WebSocket session started.
+    pub fn ws_connection_opened(&self) {
+        self.ws_connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A client WebSocket session ended.
+    pub fn ws_connection_closed(&self) {
+        self.ws_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Counts blocks delivered to fill a gap in an upstream's head stream.
+    pub fn gap_filled(&self, blocks: u64) {
+        self.gap_filled_blocks.fetch_add(blocks, Ordering::Relaxed);
+    }
+
+    /// Counts a head or pending transaction dropped as already delivered.
+    pub fn duplicate_dropped(&self) {
+        self.duplicates_dropped.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Renders the Prometheus text exposition.
@@ -213,6 +239,30 @@ impl Metrics {
         );
         let failures = self.tls_handshake_failures.load(Ordering::Relaxed);
         let _ = writeln!(out, "ethgate_tls_handshake_failures_total {failures}");
+        let plain = [
+            (
+                "ethgate_ws_connections",
+                "gauge",
+                "Open client WebSocket sessions.",
+                self.ws_connections.load(Ordering::Relaxed),
+            ),
+            (
+                "ethgate_gap_filled_blocks_total",
+                "counter",
+                "Blocks fetched to fill gaps in subscriptions.",
+                self.gap_filled_blocks.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "ethgate_duplicates_dropped_total",
+                "counter",
+                "Duplicate heads or transactions not delivered.",
+                self.duplicates_dropped.load(Ordering::Relaxed) as i64,
+            ),
+        ];
+        for (name, kind, help, value) in plain {
+            header(&mut out, name, kind, help);
+            let _ = writeln!(out, "{name} {value}");
+        }
         out
     }
 

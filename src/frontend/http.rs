@@ -33,10 +33,7 @@ async fn handle_request(
         Method::POST => rpc(&frontend, request).await,
         // A body-less GET is what load balancers send as a health check; geth answers 200.
         Method::GET if !is_websocket_upgrade(&request) => plain(StatusCode::OK, ""),
-        Method::GET => plain(
-            StatusCode::NOT_IMPLEMENTED,
-            "WebSocket is not available in this version of ethgate\n",
-        ),
+        Method::GET => super::ws::upgrade(frontend, request),
         Method::OPTIONS => {
             let mut response = plain(StatusCode::NO_CONTENT, "");
             response.headers_mut().insert(
@@ -73,7 +70,7 @@ async fn rpc(frontend: &Frontend, request: Request<Incoming>) -> HttpResponse {
         Err(error) if error.is::<http_body_util::LengthLimitError>() => return too_large(),
         Err(_) => return plain(StatusCode::BAD_REQUEST, "could not read the request body\n"),
     };
-    let answer = frontend.serve("http", &body).await;
+    let answer = frontend.serve(super::Transport::Http, &body).await.body;
     frontend.metrics.request_duration("http", started.elapsed());
     match answer {
         Some(json) => {

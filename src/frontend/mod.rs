@@ -1,26 +1,63 @@
-//! Client-facing protocol handling, shared by every transport.
+//! Client-facing protocol handling, shared by HTTP and WebSocket.
 
 pub mod http;
+pub mod ws;
 
 use std::sync::Arc;
+
+use serde_json::value::RawValue;
 
 use crate::jsonrpc::{self, Call, RpcError};
 use crate::metrics::Metrics;
 use crate::policy::DenyList;
 use crate::router::{Reply, Router};
+use crate::subscription::{Hub, PendingSubscription, SessionHandle};
 
 /// What the front end needs to answer a client call.
 pub struct Frontend {
     /// Routes calls to upstreams.
     pub router: Arc<Router>,
+    /// Client subscriptions.
+    pub hub: Arc<Hub>,
     /// Methods refused outright.
     pub deny: DenyList,
     /// Largest batch accepted.
     pub max_batch_len: usize,
-    /// Largest request body accepted.
+    /// Largest request body or WebSocket message accepted.
     pub max_request_bytes: usize,
     /// Where outcomes are counted.
     pub metrics: Arc<Metrics>,
+    /// Outgoing queue length of each WebSocket session.
+    pub ws_queue_len: usize,
+    /// How sessions are wound down on shutdown.
+    pub drain: crate::server::Drain,
+}
+
+/// The transport a request came on, and for WebSocket the session it belongs to.
+#[derive(Clone, Copy)]
+pub enum Transport<'s> {
+    /// HTTP POST: no subscriptions.
+    Http,
+    /// A WebSocket session.
+    Ws(&'s Arc<SessionHandle>),
+}
+
+impl Transport<'_> {
+    fn label(self) -> &'static str {
+        match self {
+            Transport::Http => "http",
+            Transport::Ws(_) => "ws",
+        }
+    }
+}
+
+/// The answer to one request body.
+#[derive(Default)]
+pub struct Served {
+    /// Response body; `None` when the request held only notifications.
+    pub body: Option<Vec<u8>>,
+    /// Subscriptions to activate once `body` is queued.
+    pub pending: Vec<PendingSubscription>,
 }
 
 /// A call answered without an upstream.
@@ -30,21 +67,33 @@ enum Local {
 }
 
 impl Frontend {
-    /// Decodes a request body and answers it; `None` when nothing is to be sent back
-    /// (only notifications).
-    pub async fn serve(&self, transport: &'static str, body: &[u8]) -> Option<Vec<u8>> {
-        match jsonrpc::decode(body) {
+    /// Decodes a request body and answers it.
+    pub async fn serve(&self, transport: Transport<'_>, body: &[u8]) -> Served {
+        let mut served = Served::default();
+        served.body = match jsonrpc::decode(body) {
             Err(error) | Ok(jsonrpc::Incoming::Single(Err(error))) => {
-                self.metrics.request(transport, "other", "invalid");
+                self.metrics.request(transport.label(), "other", "invalid");
                 Some(jsonrpc::error_body(None, &error))
             }
-            Ok(jsonrpc::Incoming::Single(Ok(call))) => self.serve_single(transport, &call).await,
-            Ok(jsonrpc::Incoming::Batch(items)) => self.serve_batch(transport, items).await,
-        }
+            Ok(jsonrpc::Incoming::Single(Ok(call))) => {
+                self.serve_single(transport, &call, &mut served.pending)
+                    .await
+            }
+            Ok(jsonrpc::Incoming::Batch(items)) => {
+                self.serve_batch(transport, items, &mut served.pending)
+                    .await
+            }
+        };
+        served
     }
 
-    async fn serve_single(&self, transport: &'static str, call: &Call<'_>) -> Option<Vec<u8>> {
-        if let Some(local) = self.local(transport, call) {
+    async fn serve_single(
+        &self,
+        transport: Transport<'_>,
+        call: &Call<'_>,
+        pending: &mut Vec<PendingSubscription>,
+    ) -> Option<Vec<u8>> {
+        if let Some(local) = self.local(transport, call, pending) {
             return self.render_local(transport, call, local);
         }
         match self.router.forward(&[call], false).await {
@@ -54,7 +103,8 @@ impl Frontend {
                 reply.map(|r| r.body)
             }
             Err(error) => {
-                self.metrics.request(transport, &call.method, "unavailable");
+                self.metrics
+                    .request(transport.label(), &call.method, "unavailable");
                 call.id.map(|id| jsonrpc::error_body(Some(id), &error))
             }
         }
@@ -62,8 +112,9 @@ impl Frontend {
 
     async fn serve_batch(
         &self,
-        transport: &'static str,
+        transport: Transport<'_>,
         items: Vec<Result<Call<'_>, RpcError>>,
+        pending: &mut Vec<PendingSubscription>,
     ) -> Option<Vec<u8>> {
         if items.is_empty() {
             return Some(jsonrpc::error_body(None, &jsonrpc::EMPTY_BATCH));
@@ -76,10 +127,10 @@ impl Frontend {
         for (i, item) in items.iter().enumerate() {
             match item {
                 Err(error) => {
-                    self.metrics.request(transport, "other", "invalid");
+                    self.metrics.request(transport.label(), "other", "invalid");
                     slots[i] = Some(jsonrpc::error_body(None, error));
                 }
-                Ok(call) => match self.local(transport, call) {
+                Ok(call) => match self.local(transport, call, pending) {
                     Some(local) => slots[i] = self.render_local(transport, call, local),
                     None => forwarded.push((i, call)),
                 },
@@ -96,7 +147,8 @@ impl Frontend {
                 }
                 Err(error) => {
                     for (i, call) in &forwarded {
-                        self.metrics.request(transport, &call.method, "unavailable");
+                        self.metrics
+                            .request(transport.label(), &call.method, "unavailable");
                         slots[*i] = call.id.map(|id| jsonrpc::error_body(Some(id), &error));
                     }
                 }
@@ -105,46 +157,85 @@ impl Frontend {
         join_batch(slots)
     }
 
-    /// Calls answered by ethgate itself: denied methods, subscriptions over HTTP, and
-    /// `eth_chainId` once the chain id is verified.
-    fn local(&self, transport: &str, call: &Call<'_>) -> Option<Local> {
+    /// Calls answered by ethgate itself: denied methods, subscriptions, and `eth_chainId`
+    /// once the chain id is verified.
+    fn local(
+        &self,
+        transport: Transport<'_>,
+        call: &Call<'_>,
+        pending: &mut Vec<PendingSubscription>,
+    ) -> Option<Local> {
         let method = call.method.as_ref();
         if self.deny.denies(method) {
             return Some(Local::Error(jsonrpc::method_not_allowed(method), "denied"));
         }
-        if transport == "http" && matches!(method, "eth_subscribe" | "eth_unsubscribe") {
-            return Some(Local::Error(jsonrpc::NOTIFICATIONS_UNSUPPORTED, "invalid"));
+        match (method, transport) {
+            ("eth_subscribe" | "eth_unsubscribe", Transport::Http) => {
+                Some(Local::Error(jsonrpc::NOTIFICATIONS_UNSUPPORTED, "invalid"))
+            }
+            // A subscription nobody can learn the id of would only leak.
+            ("eth_subscribe", Transport::Ws(_)) if call.id.is_none() => {
+                Some(Local::Error(jsonrpc::INVALID_REQUEST, "invalid"))
+            }
+            ("eth_subscribe", Transport::Ws(_)) => Some(match self.hub.prepare(call.params) {
+                Ok(subscription) => {
+                    let result = format!("\"{}\"", subscription.id());
+                    pending.push(subscription);
+                    Local::Result(result)
+                }
+                Err(error) => Local::Error(error, "invalid"),
+            }),
+            ("eth_unsubscribe", Transport::Ws(session)) => {
+                Some(self.unsubscribe(session, call.params))
+            }
+            ("eth_chainId", _) => {
+                let chain_id = self.router.upstreams().chain_id()?;
+                Some(Local::Result(format!("\"0x{chain_id:x}\"")))
+            }
+            _ => None,
         }
-        if method == "eth_chainId" {
-            let chain_id = self.router.upstreams().chain_id()?;
-            return Some(Local::Result(format!("\"0x{chain_id:x}\"")));
-        }
-        None
     }
 
-    fn render_local(&self, transport: &str, call: &Call<'_>, local: Local) -> Option<Vec<u8>> {
+    fn unsubscribe(&self, session: &SessionHandle, params: Option<&RawValue>) -> Local {
+        let id: Option<String> = params
+            .and_then(|p| serde_json::from_str::<Vec<String>>(p.get()).ok())
+            .and_then(|ids| ids.into_iter().next());
+        match id {
+            Some(id) if self.hub.unsubscribe(session.id(), &id) => Local::Result("true".into()),
+            // geth's answer for an id this connection does not hold.
+            Some(_) => Local::Error(RpcError::new(-32000, "subscription not found"), "rpc_error"),
+            None => Local::Error(RpcError::new(-32602, "invalid params"), "invalid"),
+        }
+    }
+
+    fn render_local(
+        &self,
+        transport: Transport<'_>,
+        call: &Call<'_>,
+        local: Local,
+    ) -> Option<Vec<u8>> {
+        let label = match &local {
+            Local::Error(_, label) => label,
+            Local::Result(_) => "ok",
+        };
+        self.metrics.request(transport.label(), &call.method, label);
         let id = call.id?;
         let mut out = Vec::with_capacity(96);
         match local {
-            Local::Error(error, label) => {
-                self.metrics.request(transport, &call.method, label);
-                jsonrpc::encode_error(&mut out, Some(id), &error);
-            }
-            Local::Result(result) => {
-                self.metrics.request(transport, &call.method, "ok");
-                jsonrpc::encode_result(&mut out, id, &result);
-            }
+            Local::Error(error, _) => jsonrpc::encode_error(&mut out, Some(id), &error),
+            Local::Result(result) => jsonrpc::encode_result(&mut out, id, &result),
         }
         Some(out)
     }
 
-    fn count(&self, transport: &str, call: &Call<'_>, reply: Option<&Reply>) {
+    fn count(&self, transport: Transport<'_>, call: &Call<'_>, reply: Option<&Reply>) {
         let result = if reply.is_some_and(|r| r.is_error) {
             "rpc_error"
         } else {
             "ok"
         };
-        self.metrics.request(transport, &call.method, result);
+        self.metrics
+            .request(transport.label(), &call.method, result);
     }
 }
 

@@ -1,0 +1,158 @@
+//! WebSocket sessions: the upgrade on any path, then per client one reader that dispatches
+//! calls concurrently and one ordered, bounded outgoing queue shared with the hub.
+
+use std::sync::Arc;
+
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+
+use super::http::{plain, HttpResponse};
+use super::{Frontend, Transport};
+use crate::subscription::SessionHandle;
+
+/// Calls of one session answered concurrently; more wait, which pauses reading.
+const CALLS_IN_FLIGHT: usize = 32;
+
+/// Answers a WebSocket upgrade request and starts the session once hyper hands over the socket.
+pub fn upgrade(frontend: Arc<Frontend>, request: Request<Incoming>) -> HttpResponse {
+    let key = request
+        .headers()
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(|k| derive_accept_key(k.as_bytes()));
+    let version_ok = request
+        .headers()
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v == "13");
+    let Some(accept) = key.filter(|_| version_ok) else {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "invalid WebSocket upgrade request\n",
+        );
+    };
+    let tracker = frontend.drain.tracker.clone();
+    tracker.spawn(async move {
+        match hyper::upgrade::on(request).await {
+            Ok(upgraded) => {
+                let config = WebSocketConfig::default()
+                    .max_message_size(Some(frontend.max_request_bytes))
+                    .max_frame_size(Some(frontend.max_request_bytes));
+                let socket = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
+                run_session(frontend, socket).await;
+            }
+            Err(error) => tracing::debug!(%error, "WebSocket upgrade failed"),
+        }
+    });
+    let mut response = Response::new(Full::default());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(accept) = HeaderValue::from_str(&accept) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    response
+}
+
+/// Runs one client session over any WebSocket `socket` until either side closes.
+pub async fn run_session<S>(frontend: Arc<Frontend>, socket: S)
+where
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin + Send,
+{
+    let (handle, mut outgoing) = SessionHandle::new(frontend.ws_queue_len);
+    let handle = Arc::new(handle);
+    frontend.metrics.ws_connection_opened();
+    let (mut sink, mut stream) = socket.split();
+    let mut calls = JoinSet::new();
+    let limit = Arc::new(Semaphore::new(CALLS_IN_FLIGHT));
+    let close = loop {
+        tokio::select! {
+            biased;
+            _ = frontend.drain.shutdown.cancelled() => break Some((1001, "server shutting down")),
+            _ = handle.closed() => break handle.close_reason(),
+            text = outgoing.recv() => match text {
+                Some(text) => {
+                    let sent = tokio::select! {
+                        sent = sink.send(Message::text(text)) => sent.is_ok(),
+                        _ = handle.closed() => false,
+                    };
+                    if !sent {
+                        break handle.close_reason();
+                    }
+                }
+                None => break None,
+            },
+            frame = stream.next() => match frame {
+                Some(Ok(Message::Text(text))) => dispatch(&frontend, &handle, &limit, &mut calls, text.as_bytes().to_vec()).await,
+                Some(Ok(Message::Binary(data))) => dispatch(&frontend, &handle, &limit, &mut calls, data.to_vec()).await,
+                Some(Ok(Message::Close(_))) | None => break None,
+                Some(Ok(_)) => {}
+                Some(Err(WsError::Capacity(_))) => break Some((1009, "message too big")),
+                Some(Err(error)) => {
+                    tracing::debug!(%error, "client WebSocket failed");
+                    break None;
+                }
+            },
+            Some(_) = calls.join_next(), if !calls.is_empty() => {}
+        }
+    };
+    calls.abort_all();
+    while calls.join_next().await.is_some() {}
+    frontend.hub.drop_session(handle.id());
+    frontend.metrics.ws_connection_closed();
+    // Either our close frame, or flushing the reply tungstenite queued to the client's.
+    let finish = async {
+        if let Some((code, reason)) = close {
+            let frame = CloseFrame {
+                code: CloseCode::from(code),
+                reason: reason.into(),
+            };
+            let _ = sink.send(Message::Close(Some(frame))).await;
+        }
+        let _ = sink.close().await;
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), finish).await;
+}
+
+/// Answers one message on its own task, so a slow upstream call does not hold up others.
+async fn dispatch(
+    frontend: &Arc<Frontend>,
+    handle: &Arc<SessionHandle>,
+    limit: &Arc<Semaphore>,
+    calls: &mut JoinSet<()>,
+    body: Vec<u8>,
+) {
+    let Ok(permit) = limit.clone().acquire_owned().await else {
+        return;
+    };
+    let frontend = frontend.clone();
+    let handle = handle.clone();
+    calls.spawn(async move {
+        let served = frontend.serve(Transport::Ws(&handle), &body).await;
+        if let Some(body) = served.body {
+            let text = String::from_utf8(body)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+            if !handle.push(text) {
+                return;
+            }
+        }
+        for subscription in served.pending {
+            frontend.hub.activate(subscription, &handle);
+        }
+        drop(permit);
+    });
+}

@@ -1,0 +1,361 @@
+//! The feed: follows one upstream's newHeads over WebSocket, turns every head into canonical
+//! changes, fetches the logs of each new block for every active filter, and fans the result
+//! out. On any loss it fails over to the next upstream, and the chain view fills the gap.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::value::RawValue;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::chain::{ChainView, Change, FetchHeader, Header, Plan};
+use super::logs::{DeliveredLogs, FilterLogs};
+use super::source::{Source, SourceError};
+use super::{Hub, Kind};
+use crate::metrics::Metrics;
+use crate::upstream::Upstreams;
+
+/// Pending transaction hashes remembered for dedupe.
+const PENDING_TX_MEMORY: usize = 10_000;
+
+/// Timing of the feed.
+#[derive(Debug, Clone)]
+pub struct FeedSettings {
+    /// How long subscribers may go unserved before they are closed with 1011.
+    pub grace: Duration,
+    /// Budget of one request to the source (header or logs fetch).
+    pub request_timeout: Duration,
+    /// Budget of a WebSocket connect.
+    pub connect_timeout: Duration,
+    /// Silence after which the source is pinged.
+    pub ping_after: Duration,
+    /// Silence after which the source is given up.
+    pub dead_after: Duration,
+    /// How often rotation and pending-subscription needs are re-checked.
+    pub check_every: Duration,
+}
+
+/// The feed's state across sources.
+pub struct Feed {
+    hub: Arc<Hub>,
+    upstreams: Arc<Upstreams>,
+    metrics: Arc<Metrics>,
+    settings: FeedSettings,
+    view: ChainView,
+    delivered_logs: DeliveredLogs,
+    seen_pending: (HashSet<String>, VecDeque<String>),
+    current: Option<usize>,
+    unserved_since: Option<Instant>,
+    last_syncing: Option<bool>,
+}
+
+impl Feed {
+    /// A feed over `upstreams` delivering into `hub`.
+    pub fn new(
+        hub: Arc<Hub>,
+        upstreams: Arc<Upstreams>,
+        metrics: Arc<Metrics>,
+        settings: FeedSettings,
+    ) -> Self {
+        Feed {
+            hub,
+            upstreams,
+            metrics,
+            settings,
+            view: ChainView::default(),
+            delivered_logs: DeliveredLogs::default(),
+            seen_pending: (HashSet::new(), VecDeque::new()),
+            current: None,
+            unserved_since: None,
+            last_syncing: None,
+        }
+    }
+
+    /// Runs until `shutdown`.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut failed: Vec<usize> = Vec::new();
+        while !shutdown.is_cancelled() {
+            let Some(index) = self.pick(&failed) else {
+                failed.clear();
+                self.wait_unserved(&shutdown).await;
+                continue;
+            };
+            match self.serve_from(index, &shutdown).await {
+                Ok(()) => return,
+                Err(error) => {
+                    let name = self.upstreams.all()[index].name().to_string();
+                    tracing::warn!(upstream = name, %error, "subscription source lost");
+                    self.unserved_since.get_or_insert_with(Instant::now);
+                    failed.push(index);
+                }
+            }
+        }
+    }
+
+    /// The next source: in rotation, has a WebSocket endpoint, not just failed; the current
+    /// one first, then those at or above the last delivered head, then by priority.
+    fn pick(&self, failed: &[usize]) -> Option<usize> {
+        let all = self.upstreams.all();
+        let last = self.view.last().map_or(0, |h| h.number);
+        let usable =
+            |i: &usize| all[*i].in_rotation() && all[*i].config.ws.is_some() && !failed.contains(i);
+        let order = self.upstreams.priority_order();
+        self.current
+            .filter(usable)
+            .or_else(|| {
+                order
+                    .iter()
+                    .copied()
+                    .filter(usable)
+                    .find(|&i| all[i].head() >= last)
+            })
+            .or_else(|| order.iter().copied().find(usable))
+    }
+
+    /// Waits a little while nothing can serve, closing subscribers once the grace is over.
+    async fn wait_unserved(&mut self, shutdown: &CancellationToken) {
+        let since = *self.unserved_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= self.settings.grace && !self.hub.is_empty() {
+            tracing::warn!(grace = ?self.settings.grace, "no upstream can serve subscriptions: closing subscribed clients");
+            self.hub
+                .close_subscribed_sessions(1011, "no upstream can serve subscriptions");
+            self.unserved_since = Some(Instant::now());
+        }
+        if self.hub.is_empty() {
+            self.unserved_since = None;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = tokio::time::sleep(self.settings.check_every) => {}
+        }
+    }
+
+    async fn serve_from(
+        &mut self,
+        index: usize,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SourceError> {
+        let upstream = self.upstreams.all()[index].clone();
+        let url = upstream
+            .config
+            .ws
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let s = &self.settings;
+        let mut source =
+            Source::connect(&url, s.connect_timeout, s.ping_after, s.dead_after).await?;
+        let heads = source
+            .subscribe(r#"["newHeads"]"#, s.request_timeout)
+            .await?;
+        let mut pending_txs: Option<String> = None;
+        let failover = self.current.is_some_and(|c| c != index);
+        if failover {
+            self.metrics.failover("subscription");
+        }
+        if let Some(since) = self.unserved_since.take() {
+            tracing::info!(
+                upstream = upstream.name(),
+                unserved_ms = since.elapsed().as_millis() as u64,
+                failover,
+                "subscription source connected"
+            );
+        }
+        self.current = Some(index);
+        // Right after a failover, a source behind the delivered head must pass it first.
+        let mut behind_ok = !failover;
+        let mut check = tokio::time::interval(self.settings.check_every);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    source.close().await;
+                    return Ok(());
+                }
+                notification = source.next_notification() => {
+                    let notification = notification?;
+                    if notification.subscription == heads {
+                        if self.on_head(&mut source, &notification.result, behind_ok).await? {
+                            behind_ok = true;
+                        }
+                    } else if pending_txs.as_deref() == Some(notification.subscription.as_str()) {
+                        self.on_pending_tx(&notification.result);
+                    }
+                }
+                _ = check.tick() => {
+                    if !upstream.in_rotation() {
+                        source.close().await;
+                        return Err(SourceError::Lost(format!("{} is {}", upstream.name(), upstream.state())));
+                    }
+                    if pending_txs.is_none() && self.hub.count(Kind::NewPendingTransactions) > 0 {
+                        let params = r#"["newPendingTransactions"]"#;
+                        pending_txs = Some(source.subscribe(params, self.settings.request_timeout).await?);
+                    }
+                    self.update_syncing();
+                }
+            }
+        }
+    }
+
+    /// Integrates one head; true when something new was delivered.
+    async fn on_head(
+        &mut self,
+        source: &mut Source,
+        raw: &RawValue,
+        behind_ok: bool,
+    ) -> Result<bool, SourceError> {
+        let head = match Header::parse(raw) {
+            Ok(head) => head,
+            Err(error) => {
+                tracing::debug!(%error, "unusable newHeads notification ignored");
+                return Ok(false);
+            }
+        };
+        let timeout = self.settings.request_timeout;
+        let plan = self
+            .view
+            .plan(head, behind_ok, &mut HeaderFetch { source, timeout })
+            .await?;
+        if plan.dropped {
+            self.metrics.duplicate_dropped();
+            return Ok(false);
+        }
+        self.deliver(source, plan).await?;
+        Ok(true)
+    }
+
+    async fn deliver(&mut self, source: &mut Source, plan: Plan) -> Result<(), SourceError> {
+        let reorg = plan.changes.iter().any(|c| matches!(c, Change::Removed(_)));
+        let added = plan
+            .changes
+            .iter()
+            .filter(|c| matches!(c, Change::Added(_)))
+            .count();
+        if !reorg && !plan.restarted && added > 1 {
+            self.metrics.gap_filled(added as u64 - 1);
+        }
+        if plan.restarted {
+            tracing::warn!("new head does not link to the delivered chain: restarting from it");
+        }
+        for change in &plan.changes {
+            match change {
+                Change::Removed(header) => {
+                    for (key, logs) in self.delivered_logs.retract(&header.hash) {
+                        for log in logs {
+                            self.hub.deliver(Kind::Logs, Some(&key), &log);
+                        }
+                    }
+                }
+                Change::Added(header) => {
+                    let logs = self.fetch_logs(source, &header.hash).await?;
+                    self.hub.deliver(Kind::NewHeads, None, &header.json);
+                    for (key, block_logs) in logs {
+                        for log in &block_logs {
+                            self.hub.deliver(Kind::Logs, Some(&key), log);
+                        }
+                        self.delivered_logs.record(&header.hash, key, block_logs);
+                    }
+                }
+            }
+            self.view.apply(change, plan.restarted);
+        }
+        Ok(())
+    }
+
+    /// The logs of one block for every active filter, fetched before anything of the block
+    /// is delivered so a failed fetch leaves the block for the next source.
+    async fn fetch_logs(
+        &self,
+        source: &mut Source,
+        block_hash: &str,
+    ) -> Result<Vec<FilterLogs>, SourceError> {
+        let mut all = Vec::new();
+        for (key, filter) in self.hub.active_filters() {
+            let result = source
+                .request(
+                    "eth_getLogs",
+                    &filter.params_for_block(block_hash),
+                    self.settings.request_timeout,
+                )
+                .await?;
+            let logs: Vec<&RawValue> =
+                serde_json::from_str(result.get()).map_err(|e| SourceError::Rpc {
+                    method: "eth_getLogs".into(),
+                    error: format!("not a list of logs: {e}"),
+                })?;
+            all.push((key, logs.into_iter().map(|l| Arc::from(l.get())).collect()));
+        }
+        Ok(all)
+    }
+
+    fn on_pending_tx(&mut self, raw: &RawValue) {
+        let hash = raw.get().to_ascii_lowercase();
+        let (seen, order) = &mut self.seen_pending;
+        if !seen.insert(hash.clone()) {
+            self.metrics.duplicate_dropped();
+            return;
+        }
+        order.push_back(hash);
+        if order.len() > PENDING_TX_MEMORY {
+            if let Some(old) = order.pop_front() {
+                seen.remove(&old);
+            }
+        }
+        self.hub
+            .deliver(Kind::NewPendingTransactions, None, raw.get());
+    }
+
+    /// Syncing is derived: true only while no upstream is in rotation and one reports syncing.
+    fn update_syncing(&mut self) {
+        let all = self.upstreams.all();
+        let syncing = !self.upstreams.any_in_rotation()
+            && all
+                .iter()
+                .any(|u| u.state() == crate::upstream::health::State::Syncing);
+        if self.last_syncing == Some(syncing) {
+            return;
+        }
+        let announce = self.last_syncing.is_some();
+        self.last_syncing = Some(syncing);
+        if announce {
+            let best = all.iter().map(|u| u.head()).max().unwrap_or(0);
+            let result = if syncing {
+                format!(
+                    r#"{{"syncing":true,"status":{{"currentBlock":"0x{best:x}","highestBlock":"0x{best:x}"}}}}"#
+                )
+            } else {
+                "false".to_string()
+            };
+            self.hub.deliver(Kind::Syncing, None, &result);
+        }
+    }
+}
+
+/// Fetches ancestors from the current source.
+struct HeaderFetch<'a> {
+    source: &'a mut Source,
+    timeout: Duration,
+}
+
+impl FetchHeader for HeaderFetch<'_> {
+    type Error = SourceError;
+
+    async fn by_hash(&mut self, hash: &str) -> Result<Header, SourceError> {
+        let params = format!(r#"["{hash}",false]"#);
+        let block = self
+            .source
+            .request("eth_getBlockByHash", &params, self.timeout)
+            .await?;
+        if block.get() == "null" {
+            return Err(SourceError::Rpc {
+                method: "eth_getBlockByHash".into(),
+                error: format!("{hash} unknown"),
+            });
+        }
+        Header::parse(&block).map_err(|error| SourceError::Rpc {
+            method: "eth_getBlockByHash".into(),
+            error,
+        })
+    }
+}

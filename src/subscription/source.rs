@@ -1,0 +1,217 @@
+//! One WebSocket connection to the upstream that currently feeds subscriptions: requests,
+//! upstream subscriptions, and liveness by ping so a half-open socket is noticed.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::net::TcpStream;
+use tokio::time::{timeout, Instant};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Why the source can no longer be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SourceError {
+    /// Connecting or the WebSocket handshake failed.
+    #[error("connect: {0}")]
+    Connect(String),
+    /// The socket closed or failed.
+    #[error("connection lost: {0}")]
+    Lost(String),
+    /// Nothing arrived, not even a pong, within the liveness window.
+    #[error("no pong within {0:?}")]
+    Silent(Duration),
+    /// A request got no answer in time.
+    #[error("{0} timed out")]
+    Timeout(String),
+    /// The upstream answered a request with an error.
+    #[error("{method}: {error}")]
+    Rpc {
+        /// Method called.
+        method: String,
+        /// The upstream's error object.
+        error: String,
+    },
+}
+
+/// A notification of one upstream subscription.
+#[derive(Debug)]
+pub struct Notification {
+    /// Upstream subscription id.
+    pub subscription: String,
+    /// The `result` of the notification.
+    pub result: Box<RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Incoming {
+    id: Option<u64>,
+    result: Option<Box<RawValue>>,
+    error: Option<Box<RawValue>>,
+    method: Option<String>,
+    params: Option<NotificationParams>,
+}
+
+#[derive(Deserialize)]
+struct NotificationParams {
+    subscription: String,
+    result: Box<RawValue>,
+}
+
+/// A live WebSocket connection to one upstream.
+pub struct Source {
+    socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    next_id: u64,
+    /// Notifications read while waiting for a request's answer.
+    buffered: VecDeque<Notification>,
+    /// Answers read while waiting for another request's answer.
+    answers: HashMap<u64, Incoming>,
+    last_seen: Instant,
+    ping_after: Duration,
+    dead_after: Duration,
+}
+
+impl Source {
+    /// Connects within `connect_timeout`; the socket is pinged after `ping_after` of silence
+    /// and given up after `dead_after` of silence.
+    pub async fn connect(
+        url: &str,
+        connect_timeout: Duration,
+        ping_after: Duration,
+        dead_after: Duration,
+    ) -> Result<Source, SourceError> {
+        let (socket, _) = timeout(connect_timeout, tokio_tungstenite::connect_async(url))
+            .await
+            .map_err(|_| SourceError::Connect(format!("timed out after {connect_timeout:?}")))?
+            .map_err(|e| SourceError::Connect(e.to_string()))?;
+        Ok(Source {
+            socket,
+            next_id: 1,
+            buffered: VecDeque::new(),
+            answers: HashMap::new(),
+            last_seen: Instant::now(),
+            ping_after,
+            dead_after,
+        })
+    }
+
+    /// Calls `method` and waits up to `limit` for its result.
+    pub async fn request(
+        &mut self,
+        method: &str,
+        params: &str,
+        limit: Duration,
+    ) -> Result<Box<RawValue>, SourceError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let body =
+            format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"{method}","params":{params}}}"#);
+        self.socket
+            .send(Message::text(body))
+            .await
+            .map_err(|e| SourceError::Lost(e.to_string()))?;
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(answer) = self.answers.remove(&id) {
+                return match (answer.result, answer.error) {
+                    (_, Some(error)) => Err(SourceError::Rpc {
+                        method: method.into(),
+                        error: error.get().into(),
+                    }),
+                    (Some(result), None) => Ok(result),
+                    (None, None) => Err(SourceError::Rpc {
+                        method: method.into(),
+                        error: "no result".into(),
+                    }),
+                };
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match timeout(remaining, self.read_one()).await {
+                Ok(result) => result?,
+                Err(_) => return Err(SourceError::Timeout(method.into())),
+            }
+        }
+    }
+
+    /// Subscribes upstream; returns the upstream's subscription id.
+    pub async fn subscribe(
+        &mut self,
+        params: &str,
+        limit: Duration,
+    ) -> Result<String, SourceError> {
+        let id = self.request("eth_subscribe", params, limit).await?;
+        serde_json::from_str(id.get()).map_err(|_| SourceError::Rpc {
+            method: "eth_subscribe".into(),
+            error: format!("unexpected subscription id {}", id.get()),
+        })
+    }
+
+    /// The next notification, pinging when quiet; an error means the source is gone.
+    pub async fn next_notification(&mut self) -> Result<Notification, SourceError> {
+        loop {
+            if let Some(notification) = self.buffered.pop_front() {
+                return Ok(notification);
+            }
+            let quiet_for = self.last_seen.elapsed();
+            if quiet_for >= self.dead_after {
+                return Err(SourceError::Silent(self.dead_after));
+            }
+            let wait = if quiet_for >= self.ping_after {
+                self.socket
+                    .send(Message::Ping(Vec::new().into()))
+                    .await
+                    .map_err(|e| SourceError::Lost(e.to_string()))?;
+                self.dead_after - quiet_for
+            } else {
+                self.ping_after - quiet_for
+            };
+            if let Ok(result) = timeout(wait, self.read_one()).await {
+                result?;
+            }
+        }
+    }
+
+    /// Reads one frame and files it as a notification or an answer.
+    async fn read_one(&mut self) -> Result<(), SourceError> {
+        let frame = match self.socket.next().await {
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => return Err(SourceError::Lost(e.to_string())),
+            None => return Err(SourceError::Lost("closed".into())),
+        };
+        self.last_seen = Instant::now();
+        let text = match frame {
+            Message::Text(text) => text,
+            Message::Close(frame) => {
+                return Err(SourceError::Lost(format!("closed by upstream: {frame:?}")))
+            }
+            _ => return Ok(()),
+        };
+        let Ok(message) = serde_json::from_str::<Incoming>(text.as_str()) else {
+            tracing::debug!(frame = %text.as_str(), "unparseable frame from upstream ignored");
+            return Ok(());
+        };
+        match (&message.method, message.id) {
+            (Some(method), _) if method == "eth_subscription" => {
+                if let Some(params) = message.params {
+                    self.buffered.push_back(Notification {
+                        subscription: params.subscription,
+                        result: params.result,
+                    });
+                }
+            }
+            (_, Some(id)) => {
+                self.answers.insert(id, message);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Closes the connection politely.
+    pub async fn close(mut self) {
+        let _ = timeout(Duration::from_secs(1), self.socket.close(None)).await;
+    }
+}

@@ -48,6 +48,8 @@ pub struct ServerConfig {
     pub max_request_bytes: usize,
     /// Longest batch accepted.
     pub max_batch_len: usize,
+    /// Messages queued for one WebSocket client before it is closed as too slow (1008).
+    pub ws_queue_len: usize,
     /// Deadline for a whole request head to arrive.
     pub header_timeout: Duration,
     /// Budget of one upstream attempt.

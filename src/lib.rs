@@ -172,7 +172,7 @@ impl State {
             max_batch_len: config.server.max_batch_len,
             max_request_bytes: config.server.max_request_bytes,
             metrics: metrics.clone(),
-            ws_queue_len: WS_QUEUE_LEN,
+            ws_queue_len: config.server.ws_queue_len,
             drain,
         });
         State {
@@ -221,9 +221,6 @@ impl State {
         tracker.spawn(admin_state.run(admin, tracker.clone(), stop.clone()));
     }
 }
-
-/// Messages queued for one WebSocket client before it is closed as too slow (1008).
-const WS_QUEUE_LEN: usize = 4096;
 
 fn log_access(config: &Config) {
     let allow: Vec<String> = config

@@ -40,6 +40,7 @@ struct RawServer {
     request_timeout: Option<String>,
     shutdown_grace: Option<String>,
     subscription_grace: Option<String>,
+    ws_queue_len: Option<usize>,
     tls: Option<RawTls>,
 }
 
@@ -258,6 +259,7 @@ impl RawServer {
                 5 * 1024 * 1024,
             ),
             max_batch_len: p.positive("server.max_batch_len", self.max_batch_len, 1000),
+            ws_queue_len: p.positive("server.ws_queue_len", self.ws_queue_len, 4096),
             header_timeout: p.duration(
                 "server.header_timeout",
                 self.header_timeout.as_deref(),
@@ -383,7 +385,7 @@ fn validate_upstreams(raw: Vec<RawUpstream>, p: &mut Problems) -> Vec<UpstreamCo
             .http
             .and_then(|url| parse_url(p, &format!("{key}.http"), &url, &["http"]));
         let ws =
-            u.ws.and_then(|url| parse_url(p, &format!("{key}.ws"), &url, &["ws", "wss"]));
+            u.ws.and_then(|url| parse_url(p, &format!("{key}.ws"), &url, &["ws"]));
         upstreams.push(UpstreamConfig {
             name: u.name,
             http,

@@ -162,9 +162,14 @@ impl ChainView {
         let mut branch = vec![Arc::new(head)];
         while let Some(current) = branch.last() {
             let parent_number = match current.number.checked_sub(1) {
-                Some(n) if n >= oldest && branch.len() <= MAX_WALK => n,
+                Some(n) if branch.len() <= MAX_WALK => n,
                 _ => return Ok(self.restart(branch)),
             };
+            // The branch now covers every delivered height from its lowest block up: the fork
+            // lies below the window, so everything delivered is retracted.
+            if parent_number < oldest {
+                break;
+            }
             if self
                 .window
                 .get(&parent_number)

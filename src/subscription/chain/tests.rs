@@ -161,6 +161,21 @@ async fn head_on_an_unrelated_chain_restarts_the_view() {
 }
 
 #[tokio::test]
+async fn fork_below_the_window_retracts_everything_delivered() {
+    let mut all = main_chain(12);
+    all.extend((5..=12).map(|n| header(n, 4, if n == 5 { 0 } else { 4 })));
+    let chain = Chain::new(all);
+    let mut view = ChainView::default();
+    for n in 9..=10 {
+        let plan = chain.plan(&view, header(n, 0, 0), true).await;
+        deliver(&mut view, &plan);
+    }
+    let plan = chain.plan(&view, header(12, 4, 4), false).await;
+    assert!(!plan.restarted);
+    assert_eq!(numbers(&plan), ["-10", "-9", "+9", "+10", "+11", "+12"]);
+}
+
+#[tokio::test]
 async fn missing_ancestor_is_an_error() {
     let chain = Chain::new(main_chain(3));
     let view = view_at(&chain, 3).await;

@@ -1,0 +1,7 @@
+//! Shared test support: each integration test crate uses only part of it.
+#![allow(dead_code)]
+
+pub mod devnet;
+pub mod mock;
+pub mod process;
+pub mod ws_client;

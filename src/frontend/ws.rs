@@ -23,6 +23,10 @@ use crate::subscription::SessionHandle;
 /// Calls of one session answered concurrently; more wait, which pauses reading.
 const CALLS_IN_FLIGHT: usize = 32;
 
+/// How long a close frame may wait behind data the client has not read yet (a slow client
+/// closed with 1008 sees the code once it catches up).
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Answers a WebSocket upgrade request and starts the session once hyper hands over the socket.
 pub fn upgrade(frontend: Arc<Frontend>, request: Request<Incoming>) -> HttpResponse {
     let key = request
@@ -125,7 +129,7 @@ where
         }
         let _ = sink.close().await;
     };
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), finish).await;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, finish).await;
 }
 
 /// Answers one message on its own task, so a slow upstream call does not hold up others.

@@ -132,7 +132,9 @@ impl Router {
             match self.attempt(upstream, body.clone(), calls, batch).await {
                 Ok((rendered, false)) => {
                     self.metrics.upstream_result(index, "ok");
-                    self.note_selection(index, &failures);
+                    if !failures.is_empty() {
+                        tracing::debug!(upstream = upstream.name(), retries = failures.len(), "served by a fallback");
+                    }
                     return Ok(rendered);
                 }
                 Ok((rendered, true)) => {
@@ -178,17 +180,6 @@ impl Router {
             .await
             .map_err(|_| AttemptError::Timeout(self.request_timeout))??;
         render(&answer, calls, batch).map_err(AttemptError::BadAnswer)
-    }
-
-    fn note_selection(&self, index: usize, failures: &[(usize, AttemptError)]) {
-        let all = self.upstreams.all();
-        self.upstreams.select(index, |previous| {
-            failures
-                .iter()
-                .find(|(i, _)| *i == previous)
-                .map(|(_, e)| e.to_string())
-                .unwrap_or_else(|| format!("{} is {}", all[previous].name(), all[previous].state()))
-        });
     }
 
     fn final_error(&self, failures: &[(usize, AttemptError)], contains_write: bool) -> RpcError {

@@ -69,6 +69,9 @@ pub struct Upstreams {
     health: HealthConfig,
     expected_chain_id: OnceLock<u64>,
     selected: AtomicUsize,
+    /// False until the start-up probe round is over, so the first upstream to answer is not
+    /// selected over a preferred one that answers a moment later.
+    started: std::sync::atomic::AtomicBool,
     pool: HttpPool,
     metrics: Arc<Metrics>,
 }
@@ -105,6 +108,7 @@ impl Upstreams {
             health: config.health.clone(),
             expected_chain_id,
             selected: AtomicUsize::new(NONE_SELECTED),
+            started: std::sync::atomic::AtomicBool::new(false),
             pool: HttpPool::new(connect_timeout),
             metrics,
         }
@@ -156,7 +160,7 @@ impl Upstreams {
     /// Moves the sticky choice when it left rotation (or none was made yet), so the switch
     /// happens, and is logged, when health changes rather than on the next request.
     fn reselect(&self) {
-        if self.selected().is_some() {
+        if self.selected().is_some() || !self.started.load(Ordering::Acquire) {
             return;
         }
         let next = self

@@ -1,0 +1,82 @@
+//! Graceful shutdown: stop accepting, let in-flight requests finish within `shutdown_grace`, return Ok.
+
+mod support;
+
+use serde_json::json;
+use std::time::Duration;
+use support::mock::{Gateway, GatewayConfig, HttpClient, MockUpstream, WAIT};
+
+const CALL: &str = r#"{"jsonrpc":"2.0","id":1,"method":"eth_call","params":[{"to":"0x00000000000000000000000000000000000000aa"},"latest"]}"#;
+
+/// Waits (at most `WAIT`) until connecting to `addr` is refused.
+async fn wait_refused(addr: std::net::SocketAddr) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{addr} still accepts connections after shutdown"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn in_flight_request_completes_after_shutdown_is_triggered() {
+    let a = MockUpstream::start().await;
+    a.set_result("eth_call", json!("0xfeed"));
+    let gw = Gateway::start(&GatewayConfig::new().upstream("a", &a, 0)).await;
+    gw.wait_all_healthy().await;
+
+    a.hold("eth_call");
+    let url = gw.url();
+    let client = tokio::spawn(async move { HttpClient::new().post(&url, CALL).await });
+    a.wait_for_calls("eth_call", 1).await;
+
+    gw.trigger_shutdown();
+    wait_refused(gw.addr()).await;
+    assert!(!client.is_finished(), "the in-flight request was cut short");
+    a.release("eth_call");
+
+    let (status, body) = client.await.expect("client task").expect("answered");
+    assert_eq!(status, 200);
+    let answer: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(
+        answer,
+        json!({"jsonrpc": "2.0", "id": 1, "result": "0xfeed"})
+    );
+    gw.stop().await.expect("run returns Ok");
+}
+
+#[tokio::test]
+async fn idle_server_shuts_down_cleanly() {
+    let a = MockUpstream::start().await;
+    let gw = Gateway::start(&GatewayConfig::new().upstream("a", &a, 0)).await;
+    gw.wait_all_healthy().await;
+    gw.call("eth_blockNumber", json!([])).await;
+    let addr = gw.addr();
+    gw.stop().await.expect("run returns Ok");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "listener closed"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_does_not_wait_past_grace() {
+    let a = MockUpstream::start().await;
+    let cfg = GatewayConfig::new()
+        .server("shutdown_grace", "\"300ms\"")
+        .server("request_timeout", "\"60s\"")
+        .upstream("a", &a, 0);
+    let gw = Gateway::start(&cfg).await;
+    gw.wait_all_healthy().await;
+    a.hold("eth_call");
+    let url = gw.url();
+    let client = tokio::spawn(async move { HttpClient::new().post(&url, CALL).await });
+    a.wait_for_calls("eth_call", 1).await;
+    // The held call never ends; `stop` panics unless run returns within WAIT.
+    gw.stop()
+        .await
+        .expect("run returns Ok after the grace period");
+    client.abort();
+}

@@ -380,6 +380,12 @@ fn validate_upstreams(raw: Vec<RawUpstream>, p: &mut Problems) -> Vec<UpstreamCo
         }
         if u.http.is_none() && u.ws.is_none() {
             p.add(&key, "needs at least one of `http` or `ws`");
+        } else if u.http.is_none() {
+            // Probes and calls go over HTTP; a WebSocket-only upstream would never be healthy.
+            p.add(
+                &format!("{key}.http"),
+                "required in this version (`ws` adds subscriptions)",
+            );
         }
         let http = u
             .http

@@ -71,6 +71,22 @@ fn upstream_needs_http_or_ws() {
 }
 
 #[test]
+fn websocket_only_upstream_is_refused_until_calls_go_over_ws() {
+    let problems = errors("[[upstream]]\nname = \"a\"\nws = \"ws://127.0.0.1:8546\"");
+    assert_eq!(
+        problems,
+        vec!["upstream[0].http: required in this version (`ws` adds subscriptions)"]
+    );
+}
+
+#[test]
+fn tls_to_upstreams_is_refused_with_a_reason() {
+    let problems = errors("[[upstream]]\nname = \"a\"\nhttp = \"https://x\"\nws = \"wss://x\"");
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(problems[0].contains("not supported yet"), "{problems:?}");
+}
+
+#[test]
 fn invalid_upstream_url_names_the_key() {
     let problems = errors("[[upstream]]\nname = \"a\"\nhttp = \"ftp://x\"\n[[upstream]]\nname = \"b\"\nhttp = \"http://x\"\nws = \"http://y\"");
     assert!(

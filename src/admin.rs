@@ -19,19 +19,19 @@ use crate::frontend::http::{plain, HttpResponse};
 use crate::metrics::Metrics;
 use crate::server::ConnectionCount;
 use crate::subscription::Kind;
-use crate::upstream::Upstreams;
+use crate::router::Router;
 use crate::watch::Balances;
 
 /// What the admin endpoints report on.
 pub struct Admin {
-    /// Upstream set and health.
-    pub upstreams: Arc<Upstreams>,
+    /// The router, holding the current upstream set.
+    pub router: Arc<Router>,
     /// Metric registry.
     pub metrics: Arc<Metrics>,
     /// Open client connections.
     pub connections: Arc<ConnectionCount>,
     /// Watched balances.
-    pub balances: Arc<Balances>,
+    pub balances: Arc<arc_swap::ArcSwap<Balances>>,
     /// Client subscriptions.
     pub hub: Arc<crate::subscription::Hub>,
 }
@@ -82,12 +82,12 @@ impl Admin {
         }
         match request.uri().path() {
             "/healthz" => plain(StatusCode::OK, "ok"),
-            "/readyz" if self.upstreams.any_in_rotation() => plain(StatusCode::OK, "ready"),
+            "/readyz" if self.router.upstreams().any_in_rotation() => plain(StatusCode::OK, "ready"),
             "/readyz" => plain(StatusCode::SERVICE_UNAVAILABLE, "no upstream in rotation"),
             "/status" => typed(self.status().to_string(), "application/json"),
             "/metrics" => {
-                let mut text = self.metrics.render(&self.upstreams);
-                self.balances.render(&mut text);
+                let mut text = self.metrics.render(&self.router.upstreams());
+                self.balances.load().render(&mut text);
                 self.render_subscriptions(&mut text);
                 typed(text, "text/plain; version=0.0.4")
             }
@@ -97,9 +97,9 @@ impl Admin {
 
     /// The `/status` document.
     pub fn status(&self) -> serde_json::Value {
-        let selected = self.upstreams.selected();
-        let upstreams: Vec<_> = self
-            .upstreams
+        let set = self.router.upstreams();
+        let selected = set.selected();
+        let upstreams: Vec<_> = set
             .all()
             .iter()
             .map(|u| {
@@ -107,7 +107,7 @@ impl Admin {
                     "name": u.name(),
                     "state": u.state().as_str(),
                     "head": u.head(),
-                    "lag": self.upstreams.lag(u),
+                    "lag": set.lag(u),
                     "latency_ms": u.latency().as_secs_f64() * 1000.0,
                     "priority": u.config.priority,
                     "selected": selected == Some(u.index),
@@ -115,7 +115,7 @@ impl Admin {
             })
             .collect();
         json!({
-            "chain_id": self.upstreams.chain_id(),
+            "chain_id": set.chain_id(),
             "upstreams": upstreams,
             "connections": self.connections.get(),
             "subscriptions": {
@@ -124,7 +124,7 @@ impl Admin {
                 "newPendingTransactions": self.hub.count(Kind::NewPendingTransactions),
                 "syncing": self.hub.count(Kind::Syncing),
             },
-            "balances": self.balances.status(),
+            "balances": self.balances.load().status(),
         })
     }
 }

@@ -17,7 +17,7 @@ pub use duration::parse_duration;
 pub use raw::DEFAULT_DENY_METHODS;
 
 /// Validated configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Expected chain id; when `None` the first verified upstream sets it.
     pub chain_id: Option<u64>,
@@ -38,7 +38,7 @@ pub struct Config {
 }
 
 /// `[server]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     /// HTTP and WebSocket listen address.
     pub listen: SocketAddr,
@@ -63,7 +63,7 @@ pub struct ServerConfig {
 }
 
 /// `[server.tls]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TlsConfig {
     /// PEM certificate chain.
     pub cert: PathBuf,
@@ -74,7 +74,7 @@ pub struct TlsConfig {
 }
 
 /// `[access]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AccessConfig {
     /// Client networks allowed to connect.
     pub allow: Vec<IpNet>,
@@ -87,7 +87,7 @@ pub struct AccessConfig {
 }
 
 /// `[health]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HealthConfig {
     /// Probe period per upstream.
     pub interval: Duration,
@@ -117,14 +117,14 @@ pub struct UpstreamConfig {
 }
 
 /// `[admin]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AdminConfig {
     /// Admin listen address.
     pub listen: SocketAddr,
 }
 
 /// `[log]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LogConfig {
     /// Output format.
     pub format: LogFormat,
@@ -142,7 +142,7 @@ pub enum LogFormat {
 }
 
 /// One `[[watch]]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WatchConfig {
     /// Account address, `0x` + 40 hex digits.
     pub address: String,

@@ -1,20 +1,23 @@
 //! ethgate: a JSON-RPC failover proxy for Ethereum clients.
 //!
-//! Clients (Chainlink nodes) send JSON-RPC over HTTP to one endpoint; ethgate health-checks
-//! several Ethereum clients and forwards each call to a healthy, in-sync one, sticking to it
-//! while it stays healthy and failing over when it does not.
+//! Clients (Chainlink nodes) send JSON-RPC over HTTP or WebSocket to one endpoint; ethgate
+//! health-checks several Ethereum clients and forwards each call to a healthy, in-sync one,
+//! sticking to it while it stays healthy and failing over when it does not. WebSocket
+//! subscriptions are owned by ethgate and survive upstream failover.
 //!
 //! # Layout
 //!
 //! - [`config`]: raw TOML structs validated into a typed [`config::Config`].
-//! - [`server`]: the client port's accept loop (connection limit, allowlist, graceful drain).
-//! - [`frontend`]: request limits, JSON-RPC decoding, local answers, batch assembly.
+//! - [`server`]: the client port (connection limit, allowlist, TLS, graceful drain).
+//! - [`frontend`]: HTTP and WebSocket handling, JSON-RPC dispatch, local answers, batches.
 //! - [`jsonrpc`]: framing: ids kept as raw bytes, upstream ids rewritten, answers spliced.
 //! - [`policy`]: deny list, write methods, "lacks the data" errors.
 //! - [`router`]: candidate order, attempts, failure classes and the retry decision.
 //! - [`upstream`]: upstream nodes, the shared HTTP pool, health probes and states.
+//! - [`subscription`]: hub, feed, canonical chain view, log filters.
 //! - [`admin`]: `/healthz`, `/readyz`, `/status`, `/metrics`.
 //! - [`metrics`]: atomic counters and their Prometheus rendering.
+//! - [`reload`]: applying a new config to a running server (SIGHUP).
 //! - [`shutdown`]: SIGINT/SIGTERM handling.
 //! - [`watch`]: balance watch of the Chainlink node's addresses.
 #![forbid(unsafe_code)]
@@ -25,6 +28,7 @@ pub mod frontend;
 pub mod jsonrpc;
 pub mod metrics;
 pub mod policy;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod shutdown;
@@ -32,16 +36,20 @@ pub mod subscription;
 pub mod upstream;
 pub mod watch;
 
+mod state;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use config::Config;
+use reload::{ReloadRequest, Reloader};
 
 /// A bound, not yet serving, ethgate instance.
 pub struct Server {
@@ -49,10 +57,12 @@ pub struct Server {
     client: TcpListener,
     admin: TcpListener,
     tls: Option<Arc<server::tls::Tls>>,
+    reloads: (Reloader, mpsc::Receiver<ReloadRequest>),
 }
 
 impl Server {
-    /// Binds the client and admin listeners of `config` (port 0 picks a free port).
+    /// Binds the client and admin listeners of `config` (port 0 picks a free port) and loads
+    /// the TLS material, so every start-up error surfaces before serving.
     pub async fn bind(config: Config) -> anyhow::Result<Server> {
         let tls = match &config.server.tls {
             Some(tls) => Some(Arc::new(server::tls::Tls::load(tls)?)),
@@ -69,6 +79,7 @@ impl Server {
             client,
             admin,
             tls,
+            reloads: Reloader::channel(),
         })
     }
 
@@ -84,9 +95,9 @@ impl Server {
         self.admin.local_addr().unwrap_or(self.config.admin.listen)
     }
 
-    /// The TLS material, for reloading certificates (SIGHUP) while serving.
-    pub fn tls(&self) -> Option<Arc<server::tls::Tls>> {
-        self.tls.clone()
+    /// A handle that applies new configs to the running server (what SIGHUP uses).
+    pub fn reloader(&self) -> Reloader {
+        self.reloads.0.clone()
     }
 
     /// Serves until `shutdown` completes, then drains within `server.shutdown_grace`.
@@ -96,29 +107,30 @@ impl Server {
             client,
             admin,
             tls,
+            reloads: (_, reload_requests),
         } = self;
         // 1. Shared state.
         let drain = server::Drain::default();
-        let state = State::new(&config, drain.clone());
-        let access = Arc::new(server::access::Access::new(&config.access));
+        let state = Arc::new(state::State::new(&config, tls, drain.clone()));
         log_access(&config);
 
         // 2. One probe round before serving, so the first requests find upstreams in rotation.
-        state.upstreams.probe_all_once().await;
+        state.router.upstreams().probe_all_once().await;
 
-        // 3. Background tasks: probers, subscription feed, balance watch, admin listener.
+        // 3. Background tasks: probers, subscription feed, balance watch, admin, reloads.
         let stop_tasks = CancellationToken::new();
         let tracker = TaskTracker::new();
         state.spawn_background(&config, admin, &tracker, &stop_tasks);
+        tracker.spawn(reload::run(
+            state.clone(),
+            config.clone(),
+            reload_requests,
+            tracker.clone(),
+            stop_tasks.clone(),
+        ));
 
         // 4. Serve clients until shutdown, then drain.
-        let port = server::ClientPort {
-            listener: client,
-            frontend: state.frontend,
-            access,
-            tls,
-            connections: state.connections,
-        };
+        let port = state.client_port(client);
         tracing::info!(
             listen = %port.listener.local_addr()?,
             tls = port.tls.is_some(),
@@ -145,92 +157,15 @@ impl Server {
     }
 }
 
-/// Everything shared between the client port, the admin port and background tasks.
-struct State {
-    metrics: Arc<metrics::Metrics>,
-    upstreams: Arc<upstream::Upstreams>,
-    router: Arc<router::Router>,
-    hub: Arc<subscription::Hub>,
-    frontend: Arc<frontend::Frontend>,
-    connections: Arc<server::ConnectionCount>,
-}
-
-impl State {
-    fn new(config: &Config, drain: server::Drain) -> State {
-        let metrics = Arc::new(metrics::Metrics::new(config.upstreams.len()));
-        let upstreams = Arc::new(upstream::Upstreams::new(config, metrics.clone()));
-        let router = Arc::new(router::Router::new(
-            upstreams.clone(),
-            config.server.request_timeout,
-            metrics.clone(),
-        ));
-        let hub = Arc::new(subscription::Hub::new());
-        let frontend = Arc::new(frontend::Frontend {
-            router: router.clone(),
-            hub: hub.clone(),
-            deny: policy::DenyList::new(&config.access.deny_methods),
-            max_batch_len: config.server.max_batch_len,
-            max_request_bytes: config.server.max_request_bytes,
-            metrics: metrics.clone(),
-            ws_queue_len: config.server.ws_queue_len,
-            drain,
-        });
-        State {
-            metrics,
-            upstreams,
-            router,
-            hub,
-            frontend,
-            connections: Arc::new(server::ConnectionCount::default()),
-        }
-    }
-
-    fn spawn_background(
-        &self,
-        config: &Config,
-        admin: TcpListener,
-        tracker: &TaskTracker,
-        stop: &CancellationToken,
-    ) {
-        self.upstreams.spawn_probers(tracker, stop);
-        let health = &config.health;
-        let feed_settings = subscription::feed::FeedSettings {
-            grace: config.server.subscription_grace,
-            request_timeout: config.server.request_timeout,
-            connect_timeout: config.server.request_timeout.min(health.interval * 2),
-            ping_after: health.interval,
-            dead_after: health.interval * 2 + health.timeout,
-            check_every: health.interval,
-        };
-        let feed = subscription::feed::Feed::new(
-            self.hub.clone(),
-            self.upstreams.clone(),
-            self.metrics.clone(),
-            feed_settings,
-        );
-        tracker.spawn(feed.run(stop.clone()));
-        let balances = Arc::new(watch::Balances::new(&config.watch));
-        balances.spawn(&self.router, tracker, stop);
-        let admin_state = Arc::new(admin::Admin {
-            upstreams: self.upstreams.clone(),
-            metrics: self.metrics.clone(),
-            connections: self.connections.clone(),
-            balances,
-            hub: self.hub.clone(),
-        });
-        tracker.spawn(admin_state.run(admin, tracker.clone(), stop.clone()));
-    }
-}
-
-fn log_access(config: &Config) {
+/// Logs the allowlist in force, warning when it admits everyone.
+pub(crate) fn log_access(config: &Config) {
     let allow: Vec<String> = config
         .access
         .allow
         .iter()
         .map(ToString::to_string)
         .collect();
-    let everyone = config.access.allow.iter().any(|net| net.prefix_len() == 0);
-    if everyone {
+    if config.access.allow.iter().any(|net| net.prefix_len() == 0) {
         tracing::warn!(allow = ?allow, "access.allow admits every address");
     } else {
         tracing::info!(allow = ?allow, "client networks allowed");

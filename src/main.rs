@@ -102,7 +102,7 @@ fn run(
     };
     let result = runtime.block_on(async {
         let server = ethgate::Server::bind(config).await?;
-        tokio::spawn(reload_on_sighup(server.tls()));
+        tokio::spawn(reload_on_sighup(path, server.reloader()));
         server.run(ethgate::shutdown::signal()).await
     });
     match result {
@@ -115,25 +115,26 @@ fn run(
     }
 }
 
-/// SIGHUP re-reads the TLS certificate and key (a bad file keeps the old pair). Its default
-/// action would kill the process, so it is handled even without TLS.
-async fn reload_on_sighup(tls: Option<std::sync::Arc<ethgate::server::tls::Tls>>) {
+/// SIGHUP re-reads the config file and applies it; an invalid file changes nothing. (Its
+/// default action would kill the process, so it is always handled.)
+async fn reload_on_sighup(path: PathBuf, reloader: ethgate::reload::Reloader) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
         let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: live reload is unavailable");
             return;
         };
         while hup.recv().await.is_some() {
-            match &tls {
-                Some(tls) => match tls.reload() {
-                    Ok(()) => tracing::info!("SIGHUP: TLS certificate and key reloaded"),
-                    Err(error) => {
-                        tracing::error!(%error, "SIGHUP: TLS reload refused; the previous certificate stays")
-                    }
-                },
-                None => tracing::warn!(
-                    "SIGHUP received: only TLS material reloads in this version; restart ethgate to apply other config changes"
+            tracing::info!(config = %path.display(), "SIGHUP: reloading the config");
+            match Config::load(&path) {
+                Ok(config) => {
+                    // The reload task logs the outcome itself.
+                    let _ = reloader.reload(config).await;
+                }
+                Err(errors) => tracing::error!(
+                    problems = %errors.0.join("; "),
+                    "config reload refused: invalid file; the previous config stays"
                 ),
             }
         }

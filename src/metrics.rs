@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::upstream::Upstreams;
+use crate::upstream::{Upstreams, ATTEMPT_RESULTS};
 
 /// Method names that get their own label; anything else is `other`.
 const KNOWN_METHODS: &[&str] = &[
@@ -57,16 +57,6 @@ const KNOWN_METHODS: &[&str] = &[
 pub const TRANSPORTS: [&str; 2] = ["http", "ws"];
 /// Outcomes of one client call.
 pub const RESULTS: [&str; 5] = ["ok", "rpc_error", "denied", "invalid", "unavailable"];
-/// Outcomes of one upstream attempt.
-const UPSTREAM_RESULTS: [&str; 7] = [
-    "ok",
-    "missing_data",
-    "not_sent",
-    "no_answer",
-    "http_error",
-    "timeout",
-    "bad_answer",
-];
 const FAILOVER_KINDS: [&str; 2] = ["request", "subscription"];
 const DENY_REASONS: [&str; 2] = ["not_allowed", "proxy_header"];
 /// Upper bounds of the latency histogram buckets, in seconds.
@@ -115,8 +105,6 @@ fn counters(n: usize) -> Box<[AtomicU64]> {
 pub struct Metrics {
     requests: Box<[AtomicU64]>,
     durations: [Histogram; TRANSPORTS.len()],
-    upstream_requests: Box<[AtomicU64]>,
-    upstream_count: usize,
     failovers: Box<[AtomicU64]>,
     denied_connections: Box<[AtomicU64]>,
     tls_handshake_failures: AtomicU64,
@@ -125,14 +113,18 @@ pub struct Metrics {
     duplicates_dropped: AtomicU64,
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Metrics {
-    /// Metrics for `upstream_count` upstreams, all zero.
-    pub fn new(upstream_count: usize) -> Self {
+    /// Every metric at zero.
+    pub fn new() -> Self {
         Metrics {
             requests: counters(TRANSPORTS.len() * (KNOWN_METHODS.len() + 1) * RESULTS.len()),
             durations: Default::default(),
-            upstream_requests: counters(upstream_count * UPSTREAM_RESULTS.len()),
-            upstream_count,
             failovers: counters(FAILOVER_KINDS.len()),
             denied_connections: counters(DENY_REASONS.len()),
             tls_handshake_failures: AtomicU64::new(0),
@@ -154,14 +146,6 @@ impl Metrics {
     /// Records the duration of one client request (a whole batch counts once).
     pub fn request_duration(&self, transport: &str, elapsed: Duration) {
         self.durations[position(&TRANSPORTS, transport)].observe(elapsed);
-    }
-
-    /// Counts one attempt on upstream `index`.
-    pub fn upstream_result(&self, index: usize, result: &str) {
-        let i = index * UPSTREAM_RESULTS.len() + position(&UPSTREAM_RESULTS, result);
-        if let Some(counter) = self.upstream_requests.get(i) {
-            counter.fetch_add(1, Ordering::Relaxed);
-        }
     }
 
     /// Counts one failover of `kind` (`request` or `subscription`).
@@ -204,7 +188,7 @@ impl Metrics {
         let mut out = String::with_capacity(16 * 1024);
         self.render_requests(&mut out);
         render_upstreams(&mut out, upstreams);
-        self.render_upstream_requests(&mut out, upstreams);
+        Self::render_upstream_requests(&mut out, upstreams);
         header(
             &mut out,
             "ethgate_failovers_total",
@@ -300,18 +284,20 @@ impl Metrics {
         }
     }
 
-    fn render_upstream_requests(&self, out: &mut String, upstreams: &Upstreams) {
+    fn render_upstream_requests(out: &mut String, upstreams: &Upstreams) {
         header(
             out,
             "ethgate_upstream_requests_total",
             "counter",
             "Attempts on each upstream by outcome.",
         );
-        for upstream in upstreams.all().iter().take(self.upstream_count) {
-            for (r, result) in UPSTREAM_RESULTS.iter().enumerate() {
-                let value = self.upstream_requests[upstream.index * UPSTREAM_RESULTS.len() + r]
-                    .load(Ordering::Relaxed);
-                let _ = writeln!(out, "ethgate_upstream_requests_total{{upstream=\"{}\",result=\"{result}\"}} {value}", upstream.name());
+        for upstream in upstreams.all() {
+            for (result, value) in ATTEMPT_RESULTS.iter().zip(upstream.attempts()) {
+                let name = upstream.name();
+                let _ = writeln!(
+                    out,
+                    "ethgate_upstream_requests_total{{upstream=\"{name}\",result=\"{result}\"}} {value}"
+                );
             }
         }
     }

@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use tokio::time::timeout;
 
 use crate::jsonrpc::{self, Call, RpcError, UpstreamResponse};
-use crate::metrics::Metrics;
 use crate::policy;
 use crate::upstream::{SendError, Upstream, Upstreams};
 
@@ -74,81 +74,60 @@ pub type Rendered = Vec<Option<Reply>>;
 
 /// Routes calls to upstreams.
 pub struct Router {
-    upstreams: Arc<Upstreams>,
+    /// The current upstream set; a reload swaps it while requests in flight keep theirs.
+    upstreams: ArcSwap<Upstreams>,
     request_timeout: Duration,
-    metrics: Arc<Metrics>,
 }
 
 impl Router {
     /// A router over `upstreams` with a per-attempt budget of `request_timeout`.
-    pub fn new(
-        upstreams: Arc<Upstreams>,
-        request_timeout: Duration,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        Router {
-            upstreams,
-            request_timeout,
-            metrics,
-        }
+    pub fn new(upstreams: Arc<Upstreams>, request_timeout: Duration) -> Self {
+        Router { upstreams: ArcSwap::new(upstreams), request_timeout }
     }
 
-    /// The upstream set.
-    pub fn upstreams(&self) -> &Arc<Upstreams> {
-        &self.upstreams
+    /// The current upstream set.
+    pub fn upstreams(&self) -> Arc<Upstreams> {
+        self.upstreams.load_full()
     }
 
-    /// In-rotation upstreams to try, sticky choice first, then by priority.
-    pub fn candidates(&self) -> Vec<usize> {
-        let selected = self.upstreams.selected();
-        let all = self.upstreams.all();
-        selected
-            .into_iter()
-            .chain(
-                self.upstreams
-                    .priority_order()
-                    .iter()
-                    .copied()
-                    .filter(|&i| Some(i) != selected && all[i].in_rotation()),
-            )
-            .collect()
+    /// Replaces the upstream set (reload); returns the previous one.
+    pub fn replace_upstreams(&self, upstreams: Arc<Upstreams>) -> Arc<Upstreams> {
+        self.upstreams.swap(upstreams)
     }
 
     /// Forwards `calls` (as a batch when `batch`) and renders one response per call under
     /// the client's ids.
     pub async fn forward(&self, calls: &[&Call<'_>], batch: bool) -> Result<Rendered, RpcError> {
+        // One set for the whole request, even if a reload swaps it meanwhile.
+        let upstreams = self.upstreams.load_full();
         let body = encode(calls, batch);
         let contains_write = calls.iter().any(|c| policy::is_write(&c.method));
         let mut failures: Vec<(usize, AttemptError)> = Vec::new();
         let mut missing_data: Option<(u64, Rendered)> = None;
-        for index in self.candidates() {
-            let upstream = &self.upstreams.all()[index];
-            if missing_data
-                .as_ref()
-                .is_some_and(|(floor, _)| upstream.head() < *floor)
-            {
+        for index in candidates(&upstreams) {
+            let upstream = &upstreams.all()[index];
+            if missing_data.as_ref().is_some_and(|(floor, _)| upstream.head() < *floor) {
                 continue;
             }
-            match self.attempt(upstream, body.clone(), calls, batch).await {
+            match self.attempt(&upstreams, upstream, body.clone(), calls, batch).await {
                 Ok((rendered, false)) => {
-                    self.metrics.upstream_result(index, "ok");
+                    upstream.count_attempt("ok");
                     if !failures.is_empty() {
                         tracing::debug!(upstream = upstream.name(), retries = failures.len(), "served by a fallback");
                     }
                     return Ok(rendered);
                 }
                 Ok((rendered, true)) => {
-                    self.metrics.upstream_result(index, "missing_data");
+                    upstream.count_attempt("missing_data");
                     if contains_write {
                         return Ok(rendered);
                     }
                     missing_data = Some((upstream.head(), rendered));
                 }
                 Err(error) => {
-                    self.metrics.upstream_result(index, error.label());
+                    upstream.count_attempt(error.label());
                     if error.counts_against_health() {
-                        self.upstreams
-                            .record_passive_failure(index, &error.to_string());
+                        upstreams.record_passive_failure(index, &error.to_string());
                     }
                     let retry = error.retryable(contains_write);
                     failures.push((index, error));
@@ -161,11 +140,12 @@ impl Router {
         if let Some((_, rendered)) = missing_data {
             return Ok(rendered);
         }
-        Err(self.final_error(&failures, contains_write))
+        Err(final_error(&upstreams, &failures, contains_write))
     }
 
     async fn attempt(
         &self,
+        upstreams: &Upstreams,
         upstream: &Upstream,
         body: Bytes,
         calls: &[&Call<'_>],
@@ -176,36 +156,38 @@ impl Router {
             .http
             .as_ref()
             .ok_or_else(|| SendError::NotSent("no http endpoint".into()))?;
-        let answer = timeout(self.request_timeout, self.upstreams.pool().post(uri, body))
+        let answer = timeout(self.request_timeout, upstreams.pool().post(uri, body))
             .await
             .map_err(|_| AttemptError::Timeout(self.request_timeout))??;
         render(&answer, calls, batch).map_err(AttemptError::BadAnswer)
     }
+}
 
-    fn final_error(&self, failures: &[(usize, AttemptError)], contains_write: bool) -> RpcError {
-        if failures.is_empty() {
-            return jsonrpc::NO_HEALTHY_UPSTREAM;
-        }
-        if failures
-            .iter()
-            .all(|(_, e)| matches!(e, AttemptError::Timeout(_)))
-        {
-            return jsonrpc::UPSTREAM_TIMEOUT;
-        }
-        let all = self.upstreams.all();
-        let mut detail: Vec<String> = failures
-            .iter()
-            .map(|(i, e)| format!("{}: {e}", all[*i].name()))
-            .collect();
-        if contains_write
-            && failures
-                .last()
-                .is_some_and(|(_, e)| !e.certainly_not_sent())
-        {
-            detail.push("a write that may have reached an upstream is not retried".into());
-        }
-        jsonrpc::NO_HEALTHY_UPSTREAM.with_data(detail.join("; "))
+/// In-rotation upstreams to try, sticky choice first, then by priority.
+pub fn candidates(upstreams: &Upstreams) -> Vec<usize> {
+    let selected = upstreams.selected();
+    let all = upstreams.all();
+    let others = upstreams
+        .priority_order()
+        .iter()
+        .copied()
+        .filter(|&i| Some(i) != selected && all[i].in_rotation());
+    selected.into_iter().chain(others).collect()
+}
+
+fn final_error(upstreams: &Upstreams, failures: &[(usize, AttemptError)], contains_write: bool) -> RpcError {
+    if failures.is_empty() {
+        return jsonrpc::NO_HEALTHY_UPSTREAM;
     }
+    if failures.iter().all(|(_, e)| matches!(e, AttemptError::Timeout(_))) {
+        return jsonrpc::UPSTREAM_TIMEOUT;
+    }
+    let all = upstreams.all();
+    let mut detail: Vec<String> = failures.iter().map(|(i, e)| format!("{}: {e}", all[*i].name())).collect();
+    if contains_write && failures.last().is_some_and(|(_, e)| !e.certainly_not_sent()) {
+        detail.push("a write that may have reached an upstream is not retried".into());
+    }
+    jsonrpc::NO_HEALTHY_UPSTREAM.with_data(detail.join("; "))
 }
 
 /// Encodes the forwarded calls with ethgate's ids `0..n`.

@@ -86,9 +86,18 @@ fn write_server_files(dir: &Path, pki: &Pki) {
 struct Running {
     addr: std::net::SocketAddr,
     admin: std::net::SocketAddr,
-    tls: Arc<ethgate::server::tls::Tls>,
+    reloader: ethgate::reload::Reloader,
+    toml: String,
     shutdown: CancellationToken,
     _upstream: MockUpstream,
+}
+
+impl Running {
+    /// Re-applies the same config, as SIGHUP does: the certificate files are read again.
+    async fn reload(&self) -> Result<Vec<String>, String> {
+        let config = ethgate::config::Config::from_toml_str(&self.toml).unwrap();
+        self.reloader.reload(config).await
+    }
 }
 
 impl Drop for Running {
@@ -112,17 +121,14 @@ async fn start(dir: &Path, client_ca: Option<&Path>) -> Running {
     );
     let config = ethgate::config::Config::from_toml_str(&toml).unwrap();
     let server = ethgate::Server::bind(config).await.unwrap();
-    let (addr, admin, tls) = (
-        server.local_addr(),
-        server.admin_addr(),
-        server.tls().unwrap(),
-    );
+    let (addr, admin, reloader) = (server.local_addr(), server.admin_addr(), server.reloader());
     let shutdown = CancellationToken::new();
     tokio::spawn(server.run(shutdown.clone().cancelled_owned()));
     Running {
         addr,
         admin,
-        tls,
+        reloader,
+        toml,
         shutdown,
         _upstream: upstream,
     }
@@ -295,7 +301,7 @@ async fn certificate_reload_keeps_open_connections_and_refuses_bad_files() {
     assert_eq!(block_number(&mut open).await.unwrap()["result"], "0x2a");
 
     write_server_files(&dir, &new_pki);
-    gw.tls.reload().expect("valid new pair reloads");
+    gw.reload().await.expect("valid new pair reloads");
     assert_eq!(
         block_number(&mut open).await.unwrap()["result"],
         "0x2a",
@@ -311,7 +317,7 @@ async fn certificate_reload_keeps_open_connections_and_refuses_bad_files() {
     assert!(stale.is_err(), "the old certificate is no longer served");
 
     std::fs::write(dir.join("server.crt"), "not a certificate").unwrap();
-    let error = gw.tls.reload().expect_err("garbage must be refused");
+    let error = gw.reload().await.expect_err("garbage must be refused");
     assert!(error.to_string().contains("server.crt"), "{error}");
     let still = https_block_number(gw.addr, client_config(new_pki.roots(), None)).await;
     assert_eq!(

@@ -291,16 +291,16 @@ impl RawAccess {
             ],
         };
         let proxy_protocol = self.proxy_protocol.unwrap_or(false);
-        if proxy_protocol {
-            p.add(
-                "access.proxy_protocol",
-                "the PROXY protocol is not available in this version of ethgate",
-            );
-        }
         let trusted_proxies = p.nets(
             "access.trusted_proxies",
             &self.trusted_proxies.unwrap_or_default(),
         );
+        if proxy_protocol && trusted_proxies.is_empty() {
+            p.add(
+                "access.proxy_protocol",
+                "needs access.trusted_proxies: the header is believed only from them",
+            );
+        }
         let deny_methods = self
             .deny_methods
             .unwrap_or_else(|| DEFAULT_DENY_METHODS.map(String::from).to_vec());

@@ -19,8 +19,8 @@ pub struct Frontend {
     pub router: Arc<Router>,
     /// Client subscriptions.
     pub hub: Arc<Hub>,
-    /// Methods refused outright.
-    pub deny: DenyList,
+    /// Methods refused outright (swapped on reload).
+    pub deny: arc_swap::ArcSwap<DenyList>,
     /// Largest batch accepted.
     pub max_batch_len: usize,
     /// Largest request body or WebSocket message accepted.
@@ -166,7 +166,7 @@ impl Frontend {
         pending: &mut Vec<PendingSubscription>,
     ) -> Option<Local> {
         let method = call.method.as_ref();
-        if self.deny.denies(method) {
+        if self.deny.load().denies(method) {
             return Some(Local::Error(jsonrpc::method_not_allowed(method), "denied"));
         }
         match (method, transport) {

@@ -14,6 +14,7 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use arc_swap::ArcSwap;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -57,7 +58,7 @@ pub struct ClientPort {
     /// Request handling shared by every connection.
     pub frontend: Arc<Frontend>,
     /// Allowlist, trusted proxies and PROXY protocol setting.
-    pub access: Arc<Access>,
+    pub access: Arc<ArcSwap<Access>>,
     /// TLS material, when the port speaks HTTPS only.
     pub tls: Option<Arc<Tls>>,
     /// Open connections.
@@ -67,7 +68,7 @@ pub struct ClientPort {
 /// Per-connection settings shared by every connection task.
 struct Settings {
     frontend: Arc<Frontend>,
-    access: Arc<Access>,
+    access: Arc<ArcSwap<Access>>,
     tls: Option<Arc<Tls>>,
     connections: Arc<ConnectionCount>,
     http: http1::Builder,
@@ -116,7 +117,7 @@ impl ClientPort {
                 },
             };
             // Peers that send no PROXY header are judged now, before any byte is read.
-            if !settings.access.expects_proxy_header(peer.ip()) && !settings.admit(peer) {
+            if !settings.access.load().expects_proxy_header(peer.ip()) && !settings.admit(peer) {
                 continue;
             }
             let settings = settings.clone();
@@ -138,20 +139,23 @@ impl ClientPort {
 impl Settings {
     /// Applies the allowlist to a client address, counting and logging a refusal.
     fn admit(&self, client: SocketAddr) -> bool {
-        if self.access.allows(client.ip()) {
+        let access = self.access.load();
+        if access.allows(client.ip()) {
             return true;
         }
         self.frontend.metrics.denied_connection("not_allowed");
-        self.access.log_denied(client.ip());
+        access.log_denied(client.ip());
         false
     }
 
     async fn serve(&self, mut stream: TcpStream, peer: SocketAddr) {
         let _ = stream.set_nodelay(true);
         let mut client = peer;
-        if self.access.expects_proxy_header(peer.ip()) {
+        if self.access.load().expects_proxy_header(peer.ip()) {
             match proxy_protocol::read_header(&mut stream, self.handshake_timeout).await {
-                Ok(header) => client = header.source.unwrap_or(peer),
+                // LOCAL / UNKNOWN: the load balancer itself (a health check), already trusted.
+                Ok(header) if header.source.is_none() => return self.serve_plain_or_tls(stream, peer, peer).await,
+                Ok(header) => client = header.client_or(peer),
                 Err(error) => {
                     self.frontend.metrics.denied_connection("proxy_header");
                     tracing::debug!(%peer, %error, "invalid PROXY header; connection closed");
@@ -162,6 +166,10 @@ impl Settings {
                 return;
             }
         }
+        self.serve_plain_or_tls(stream, peer, client).await
+    }
+
+    async fn serve_plain_or_tls(&self, stream: TcpStream, peer: SocketAddr, client: SocketAddr) {
         let Some(tls) = &self.tls else {
             return self.serve_http(stream, peer, client).await;
         };
@@ -185,7 +193,7 @@ impl Settings {
         let frontend = self.frontend.clone();
         let access = self.access.clone();
         let service = service_fn(move |request| {
-            let client = access.client_address(peer, client, request.headers());
+            let client = access.load().client_address(peer, client, request.headers());
             frontend::http::handle(frontend.clone(), client, request)
         });
         let connection = self

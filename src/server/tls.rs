@@ -32,23 +32,19 @@ pub enum TlsError {
 
 /// The current TLS settings, replaced whole on reload.
 pub struct Tls {
-    config: TlsConfig,
     current: ArcSwap<ServerConfig>,
 }
 
 impl Tls {
     /// Loads certificate, key and optional client CA.
     pub fn load(config: &TlsConfig) -> Result<Self, TlsError> {
-        let server_config = build(config)?;
-        Ok(Tls {
-            config: config.clone(),
-            current: ArcSwap::from_pointee(server_config),
-        })
+        Ok(Tls { current: ArcSwap::from_pointee(build(config)?) })
     }
 
-    /// Re-reads the files; on error the previous material stays in use.
-    pub fn reload(&self) -> Result<(), TlsError> {
-        self.current.store(Arc::new(build(&self.config)?));
+    /// Reads the files named by `config` (the same or new paths); on error the previous
+    /// material stays in use.
+    pub fn reload(&self, config: &TlsConfig) -> Result<(), TlsError> {
+        self.current.store(Arc::new(build(config)?));
         Ok(())
     }
 

@@ -15,7 +15,8 @@ use super::logs::{DeliveredLogs, FilterLogs};
 use super::source::{Source, SourceError};
 use super::{Hub, Kind};
 use crate::metrics::Metrics;
-use crate::upstream::Upstreams;
+use crate::router::Router;
+use crate::upstream::Upstream;
 
 /// Pending transaction hashes remembered for dedupe.
 const PENDING_TX_MEMORY: usize = 10_000;
@@ -40,28 +41,29 @@ pub struct FeedSettings {
 /// The feed's state across sources.
 pub struct Feed {
     hub: Arc<Hub>,
-    upstreams: Arc<Upstreams>,
+    router: Arc<Router>,
     metrics: Arc<Metrics>,
     settings: FeedSettings,
     view: ChainView,
     delivered_logs: DeliveredLogs,
     seen_pending: (HashSet<String>, VecDeque<String>),
-    current: Option<usize>,
+    /// Name of the upstream feeding now (names survive reloads; indexes do not).
+    current: Option<String>,
     unserved_since: Option<Instant>,
     last_syncing: Option<bool>,
 }
 
 impl Feed {
-    /// A feed over `upstreams` delivering into `hub`.
+    /// A feed over the router's upstreams delivering into `hub`.
     pub fn new(
         hub: Arc<Hub>,
-        upstreams: Arc<Upstreams>,
+        router: Arc<Router>,
         metrics: Arc<Metrics>,
         settings: FeedSettings,
     ) -> Self {
         Feed {
             hub,
-            upstreams,
+            router,
             metrics,
             settings,
             view: ChainView::default(),
@@ -75,20 +77,19 @@ impl Feed {
 
     /// Runs until `shutdown`.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let mut failed: Vec<usize> = Vec::new();
+        let mut failed: Vec<String> = Vec::new();
         while !shutdown.is_cancelled() {
-            let Some(index) = self.pick(&failed) else {
+            let Some(upstream) = self.pick(&failed) else {
                 failed.clear();
                 self.wait_unserved(&shutdown).await;
                 continue;
             };
-            match self.serve_from(index, &shutdown).await {
+            match self.serve_from(&upstream, &shutdown).await {
                 Ok(()) => return,
                 Err(error) => {
-                    let name = self.upstreams.all()[index].name().to_string();
-                    tracing::warn!(upstream = name, %error, "subscription source lost");
+                    tracing::warn!(upstream = upstream.name(), %error, "subscription source lost");
                     self.unserved_since.get_or_insert_with(Instant::now);
-                    failed.push(index);
+                    failed.push(upstream.name().to_string());
                 }
             }
         }
@@ -96,22 +97,32 @@ impl Feed {
 
     /// The next source: in rotation, has a WebSocket endpoint, not just failed; the current
     /// one first, then those at or above the last delivered head, then by priority.
-    fn pick(&self, failed: &[usize]) -> Option<usize> {
-        let all = self.upstreams.all();
+    fn pick(&self, failed: &[String]) -> Option<Arc<Upstream>> {
+        let upstreams = self.router.upstreams();
+        let all = upstreams.all();
         let last = self.view.last().map_or(0, |h| h.number);
-        let usable =
-            |i: &usize| all[*i].in_rotation() && all[*i].config.ws.is_some() && !failed.contains(i);
-        let order = self.upstreams.priority_order();
-        self.current
+        let usable = |u: &&Arc<Upstream>| {
+            u.in_rotation() && u.config.ws.is_some() && !failed.iter().any(|f| f == u.name())
+        };
+        let by_priority = || upstreams.priority_order().iter().map(|&i| &all[i]);
+        let current = self.current.as_deref();
+        by_priority()
             .filter(usable)
-            .or_else(|| {
-                order
-                    .iter()
-                    .copied()
-                    .filter(usable)
-                    .find(|&i| all[i].head() >= last)
-            })
-            .or_else(|| order.iter().copied().find(usable))
+            .find(|u| Some(u.name()) == current)
+            .or_else(|| by_priority().filter(usable).find(|u| u.head() >= last))
+            .or_else(|| by_priority().find(usable))
+            .cloned()
+    }
+
+    /// Whether the upstream named `name` is still configured and in rotation (after a reload
+    /// the set holds new objects, so it is looked up by name).
+    fn still_serving(&self, name: &str) -> Result<(), SourceError> {
+        let upstreams = self.router.upstreams();
+        match upstreams.all().iter().find(|u| u.name() == name) {
+            Some(u) if u.in_rotation() => Ok(()),
+            Some(u) => Err(SourceError::Lost(format!("{name} is {}", u.state()))),
+            None => Err(SourceError::Lost(format!("{name} was removed from the config"))),
+        }
     }
 
     /// Waits a little while nothing can serve, closing subscribers once the grace is over.
@@ -134,10 +145,9 @@ impl Feed {
 
     async fn serve_from(
         &mut self,
-        index: usize,
+        upstream: &Upstream,
         shutdown: &CancellationToken,
     ) -> Result<(), SourceError> {
-        let upstream = self.upstreams.all()[index].clone();
         let url = upstream
             .config
             .ws
@@ -151,7 +161,7 @@ impl Feed {
             .subscribe(r#"["newHeads"]"#, s.request_timeout)
             .await?;
         let mut pending_txs: Option<String> = None;
-        let failover = self.current.is_some_and(|c| c != index);
+        let failover = self.current.as_deref().is_some_and(|c| c != upstream.name());
         if failover {
             self.metrics.failover("subscription");
         }
@@ -163,7 +173,7 @@ impl Feed {
                 "subscription source connected"
             );
         }
-        self.current = Some(index);
+        self.current = Some(upstream.name().to_string());
         // Right after a failover, a source behind the delivered head must pass it first.
         let mut behind_ok = !failover;
         let mut check = tokio::time::interval(self.settings.check_every);
@@ -184,9 +194,9 @@ impl Feed {
                     }
                 }
                 _ = check.tick() => {
-                    if !upstream.in_rotation() {
+                    if let Err(lost) = self.still_serving(upstream.name()) {
                         source.close().await;
-                        return Err(SourceError::Lost(format!("{} is {}", upstream.name(), upstream.state())));
+                        return Err(lost);
                     }
                     if pending_txs.is_none() && self.hub.count(Kind::NewPendingTransactions) > 0 {
                         let params = r#"["newPendingTransactions"]"#;
@@ -308,8 +318,9 @@ impl Feed {
 
     /// Syncing is derived: true only while no upstream is in rotation and one reports syncing.
     fn update_syncing(&mut self) {
-        let all = self.upstreams.all();
-        let syncing = !self.upstreams.any_in_rotation()
+        let upstreams = self.router.upstreams();
+        let all = upstreams.all();
+        let syncing = !upstreams.any_in_rotation()
             && all
                 .iter()
                 .any(|u| u.state() == crate::upstream::health::State::Syncing);

@@ -4,6 +4,7 @@
 pub mod health;
 pub mod http;
 pub mod probe;
+mod reload;
 
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -18,6 +19,10 @@ use crate::metrics::Metrics;
 use health::{evaluate, ChainSummary, Facts, State};
 pub use http::{HttpPool, SendError};
 
+/// Outcomes of one attempt on an upstream, as counted in `ethgate_upstream_requests_total`.
+pub const ATTEMPT_RESULTS: [&str; 7] =
+    ["ok", "missing_data", "not_sent", "no_answer", "http_error", "timeout", "bad_answer"];
+
 /// One upstream node as the request path sees it: immutable settings plus atomics.
 #[derive(Debug)]
 pub struct Upstream {
@@ -28,9 +33,33 @@ pub struct Upstream {
     state: AtomicU8,
     head: AtomicU64,
     latency_micros: AtomicU64,
+    attempts: [AtomicU64; ATTEMPT_RESULTS.len()],
 }
 
 impl Upstream {
+    fn new(index: usize, config: UpstreamConfig) -> Self {
+        Upstream {
+            index,
+            config,
+            state: AtomicU8::new(State::Unreachable as u8),
+            head: AtomicU64::new(0),
+            latency_micros: AtomicU64::new(0),
+            attempts: Default::default(),
+        }
+    }
+
+    /// Counts one attempt with an outcome from [`ATTEMPT_RESULTS`].
+    pub fn count_attempt(&self, result: &str) {
+        if let Some(i) = ATTEMPT_RESULTS.iter().position(|r| *r == result) {
+            self.attempts[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Attempts so far, in the order of [`ATTEMPT_RESULTS`].
+    pub fn attempts(&self) -> [u64; ATTEMPT_RESULTS.len()] {
+        std::array::from_fn(|i| self.attempts[i].load(Ordering::Relaxed))
+    }
+
     /// Current state.
     pub fn state(&self) -> State {
         State::from_u8(self.state.load(Ordering::Acquire))
@@ -83,15 +112,7 @@ impl Upstreams {
             .upstreams
             .iter()
             .enumerate()
-            .map(|(index, u)| {
-                Arc::new(Upstream {
-                    index,
-                    config: u.clone(),
-                    state: AtomicU8::new(State::Unreachable as u8),
-                    head: AtomicU64::new(0),
-                    latency_micros: AtomicU64::new(0),
-                })
-            })
+            .map(|(index, u)| Arc::new(Upstream::new(index, u.clone())))
             .collect();
         let mut by_priority: Vec<usize> = (0..list.len()).collect();
         by_priority.sort_by_key(|&i| (list[i].config.priority, i));
@@ -263,6 +284,8 @@ impl Upstreams {
             .iter()
             .map(|u| probe::probe_and_record(self, u.index));
         futures_util::future::join_all(rounds).await;
+        self.started.store(true, Ordering::Release);
+        self.reselect();
     }
 
     /// Lag behind the best head, for /status.

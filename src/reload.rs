@@ -1,0 +1,139 @@
+//! Live reload: a new config is applied to the running server without dropping connections.
+//! Upstreams (health carried over by name), health settings, access rules, the deny list,
+//! TLS material and balance watches change in place; listen addresses and the other
+//! `[server]` settings need a restart, which the outcome says.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::state::State;
+use crate::{policy, server, upstream, watch};
+
+/// A config to apply and where to say how it went.
+pub type ReloadRequest = (Config, oneshot::Sender<Result<Vec<String>, String>>);
+
+/// Applies new configs to a running server.
+#[derive(Clone)]
+pub struct Reloader {
+    requests: mpsc::Sender<ReloadRequest>,
+}
+
+impl Reloader {
+    pub(crate) fn channel() -> (Reloader, mpsc::Receiver<ReloadRequest>) {
+        let (requests, receiver) = mpsc::channel(4);
+        (Reloader { requests }, receiver)
+    }
+
+    /// Applies `config`. `Ok` lists what changed and what needs a restart; `Err` says why it
+    /// was refused, in which case nothing changed.
+    pub async fn reload(&self, config: Config) -> Result<Vec<String>, String> {
+        let (reply, outcome) = oneshot::channel();
+        self.requests
+            .send((config, reply))
+            .await
+            .map_err(|_| "ethgate is not running".to_string())?;
+        outcome
+            .await
+            .map_err(|_| "ethgate stopped during the reload".to_string())?
+    }
+}
+
+/// Applies reload requests one at a time until `stop`.
+pub(crate) async fn run(
+    state: Arc<State>,
+    mut current: Config,
+    mut requests: mpsc::Receiver<ReloadRequest>,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+) {
+    loop {
+        let (config, reply) = tokio::select! {
+            _ = stop.cancelled() => return,
+            request = requests.recv() => match request {
+                Some(request) => request,
+                None => return,
+            },
+        };
+        let outcome = apply(&state, &current, &config, &tracker, &stop);
+        match &outcome {
+            Ok(notes) => {
+                tracing::info!(changes = ?notes, "config reloaded");
+                current = config;
+            }
+            Err(error) => {
+                tracing::error!(%error, "config reload refused; the previous config stays")
+            }
+        }
+        let _ = reply.send(outcome);
+    }
+}
+
+fn apply(
+    state: &State,
+    old: &Config,
+    new: &Config,
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
+) -> Result<Vec<String>, String> {
+    let mut notes = needs_restart(old, new);
+    // TLS first: it is the only part that can still fail, and a failure must change nothing.
+    match (&state.tls, &new.server.tls) {
+        (Some(tls), Some(config)) => {
+            tls.reload(config).map_err(|e| e.to_string())?;
+            notes.push("TLS certificate and key reloaded".into());
+        }
+        (None, None) => {}
+        _ => notes.push("server.tls added or removed: restart to apply".into()),
+    }
+    if old.upstreams != new.upstreams || old.health != new.health || old.chain_id != new.chain_id {
+        let upstreams = Arc::new(upstream::Upstreams::new(new, state.metrics.clone()));
+        upstreams.carry_over(&state.router.upstreams());
+        state.router.replace_upstreams(upstreams);
+        state.restart_probers(tracker, stop);
+        notes.push(format!(
+            "upstreams and health settings applied ({} upstreams)",
+            new.upstreams.len()
+        ));
+    }
+    if old.access != new.access {
+        state
+            .access
+            .store(Arc::new(server::access::Access::new(&new.access)));
+        state
+            .frontend
+            .deny
+            .store(Arc::new(policy::DenyList::new(&new.access.deny_methods)));
+        crate::log_access(new);
+        notes.push("access rules and deny list applied".into());
+    }
+    if old.watch != new.watch {
+        state
+            .balances
+            .store(Arc::new(watch::Balances::new(&new.watch)));
+        state.restart_watchers(tracker, stop);
+        notes.push("balance watches applied".into());
+    }
+    Ok(notes)
+}
+
+/// Settings read once at start-up: changing them needs a restart, which is said, not ignored.
+fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
+    let mut notes = Vec::new();
+    let (mut old_server, mut new_server) = (old.server.clone(), new.server.clone());
+    old_server.tls = None;
+    new_server.tls = None;
+    if old_server != new_server {
+        notes.push("[server] settings changed: restart to apply them".into());
+    }
+    if old.admin != new.admin {
+        notes.push("admin.listen changed: restart to apply it".into());
+    }
+    if old.log != new.log {
+        notes.push("[log] changed: restart (or use --log-level) to apply it".into());
+    }
+    notes
+}

@@ -1,0 +1,131 @@
+//! Everything shared between the client port, the admin port, background tasks and reloads.
+
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::{admin, frontend, metrics, policy, router, server, subscription, upstream, watch};
+
+/// Shared state; the parts a reload may change sit behind `ArcSwap`.
+pub(crate) struct State {
+    pub metrics: Arc<metrics::Metrics>,
+    pub router: Arc<router::Router>,
+    pub hub: Arc<subscription::Hub>,
+    pub frontend: Arc<frontend::Frontend>,
+    pub access: Arc<ArcSwap<server::access::Access>>,
+    pub tls: Option<Arc<server::tls::Tls>>,
+    pub connections: Arc<server::ConnectionCount>,
+    pub balances: Arc<ArcSwap<watch::Balances>>,
+    /// Stops the probers of the current upstream set (replaced on reload).
+    pub probers: Mutex<CancellationToken>,
+    /// Stops the balance watchers of the current `[[watch]]` list (replaced on reload).
+    pub watchers: Mutex<CancellationToken>,
+}
+
+impl State {
+    pub fn new(config: &Config, tls: Option<Arc<server::tls::Tls>>, drain: server::Drain) -> State {
+        let metrics = Arc::new(metrics::Metrics::new());
+        let upstreams = Arc::new(upstream::Upstreams::new(config, metrics.clone()));
+        let router = Arc::new(router::Router::new(
+            upstreams,
+            config.server.request_timeout,
+        ));
+        let hub = Arc::new(subscription::Hub::new());
+        let frontend = Arc::new(frontend::Frontend {
+            router: router.clone(),
+            hub: hub.clone(),
+            deny: ArcSwap::from_pointee(policy::DenyList::new(&config.access.deny_methods)),
+            max_batch_len: config.server.max_batch_len,
+            max_request_bytes: config.server.max_request_bytes,
+            metrics: metrics.clone(),
+            ws_queue_len: config.server.ws_queue_len,
+            drain,
+        });
+        State {
+            metrics,
+            router,
+            hub,
+            frontend,
+            access: Arc::new(ArcSwap::from_pointee(server::access::Access::new(
+                &config.access,
+            ))),
+            tls,
+            connections: Arc::new(server::ConnectionCount::default()),
+            balances: Arc::new(ArcSwap::from_pointee(watch::Balances::new(&config.watch))),
+            probers: Mutex::new(CancellationToken::new()),
+            watchers: Mutex::new(CancellationToken::new()),
+        }
+    }
+
+    /// Starts probers, the subscription feed, balance watchers and the admin listener.
+    pub fn spawn_background(
+        &self,
+        config: &Config,
+        admin: TcpListener,
+        tracker: &TaskTracker,
+        stop: &CancellationToken,
+    ) {
+        self.restart_probers(tracker, stop);
+        self.restart_watchers(tracker, stop);
+        let health = &config.health;
+        let feed_settings = subscription::feed::FeedSettings {
+            grace: config.server.subscription_grace,
+            request_timeout: config.server.request_timeout,
+            connect_timeout: config.server.request_timeout.min(health.interval * 2),
+            ping_after: health.interval,
+            dead_after: health.interval * 2 + health.timeout,
+            check_every: health.interval,
+        };
+        let feed = subscription::feed::Feed::new(
+            self.hub.clone(),
+            self.router.clone(),
+            self.metrics.clone(),
+            feed_settings,
+        );
+        tracker.spawn(feed.run(stop.clone()));
+        let admin_state = Arc::new(admin::Admin {
+            router: self.router.clone(),
+            metrics: self.metrics.clone(),
+            connections: self.connections.clone(),
+            balances: self.balances.clone(),
+            hub: self.hub.clone(),
+        });
+        tracker.spawn(admin_state.run(admin, tracker.clone(), stop.clone()));
+    }
+
+    /// Stops the probers of the previous upstream set and probes the current one.
+    pub fn restart_probers(&self, tracker: &TaskTracker, stop: &CancellationToken) {
+        let token = stop.child_token();
+        let previous = std::mem::replace(&mut *lock(&self.probers), token.clone());
+        previous.cancel();
+        self.router.upstreams().spawn_probers(tracker, &token);
+    }
+
+    /// Stops the previous balance watchers and starts the current ones.
+    pub fn restart_watchers(&self, tracker: &TaskTracker, stop: &CancellationToken) {
+        let token = stop.child_token();
+        let previous = std::mem::replace(&mut *lock(&self.watchers), token.clone());
+        previous.cancel();
+        self.balances.load().spawn(&self.router, tracker, &token);
+    }
+
+    /// The client port over `listener`.
+    pub fn client_port(&self, listener: TcpListener) -> server::ClientPort {
+        server::ClientPort {
+            listener,
+            frontend: self.frontend.clone(),
+            access: self.access.clone(),
+            tls: self.tls.clone(),
+            connections: self.connections.clone(),
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Tokens are swapped whole: a poisoned lock still holds a usable token.
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod devnet;
+pub mod e2e;
 pub mod mock;
 pub mod process;
 pub mod ws_client;

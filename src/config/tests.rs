@@ -205,12 +205,12 @@ fn watch_address_and_balance_are_checked() {
 
 #[test]
 fn ether_amounts_convert_to_wei() {
-    assert_eq!(raw::parse_ether("0.5"), Ok(500_000_000_000_000_000));
-    assert_eq!(raw::parse_ether("2"), Ok(2_000_000_000_000_000_000));
-    assert_eq!(raw::parse_ether(".000000000000000001"), Ok(1));
-    assert!(raw::parse_ether("1.0000000000000000001").is_err());
-    assert!(raw::parse_ether("-1").is_err());
-    assert!(raw::parse_ether(".").is_err());
+    assert_eq!(values::parse_ether("0.5"), Ok(500_000_000_000_000_000));
+    assert_eq!(values::parse_ether("2"), Ok(2_000_000_000_000_000_000));
+    assert_eq!(values::parse_ether(".000000000000000001"), Ok(1));
+    assert!(values::parse_ether("1.0000000000000000001").is_err());
+    assert!(values::parse_ether("-1").is_err());
+    assert!(values::parse_ether(".").is_err());
 }
 
 #[test]

@@ -104,7 +104,7 @@ impl Default for GatewayConfig {
             health: kv(&[
                 ("interval", "\"300ms\""),
                 ("timeout", "\"250ms\""),
-                ("failure_threshold", "2"),
+                ("failure_threshold", "3"),
                 ("recovery_threshold", "1"),
                 ("max_lag_blocks", "5"),
             ]),
@@ -120,7 +120,7 @@ fn set(list: &mut Vec<(String, String)>, key: &str, value: &str) {
 }
 
 impl GatewayConfig {
-    /// Loopback listeners on free ports, request_timeout 2s, health every 300ms (timeout 250ms, 2 failures
+    /// Loopback listeners on free ports, request_timeout 2s, health every 300ms (timeout 250ms, 3 failures
     /// out, 1 success back, lag 5). The probe timeout is generous so a loaded CI machine does not make a
     /// healthy mock look unreachable; state changes still show within about a second.
     pub fn new() -> GatewayConfig {

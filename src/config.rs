@@ -5,6 +5,7 @@
 
 mod duration;
 mod raw;
+mod values;
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -294,3 +294,19 @@ async fn pending_transactions_are_relayed_once() {
     assert_eq!(got[0], tx);
     assert_eq!(got[1], json!(format!("0x{:064x}", 8)));
 }
+
+#[tokio::test]
+async fn client_pings_are_answered_and_the_server_never_pings_first() {
+    let a = MockUpstream::start().await;
+    let gw = single(&a, GatewayConfig::new()).await;
+    let (mut socket, _) = tokio_tungstenite::connect_async(gw.ws_url()).await.unwrap();
+    // Old Chainlink versions mishandle server pings: a quiet session sees nothing at all.
+    let quiet = tokio::time::timeout(Duration::from_millis(500), socket.next()).await;
+    assert!(quiet.is_err(), "server sent something unprompted: {quiet:?}");
+    socket.send(Message::Ping(b"hello".to_vec().into())).await.unwrap();
+    let answer = tokio::time::timeout(support::mock::WAIT, socket.next()).await.unwrap();
+    match answer {
+        Some(Ok(Message::Pong(data))) => assert_eq!(&data[..], b"hello"),
+        other => panic!("expected a pong, got {other:?}"),
+    }
+}

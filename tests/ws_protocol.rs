@@ -310,3 +310,24 @@ async fn client_pings_are_answered_and_the_server_never_pings_first() {
         other => panic!("expected a pong, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn upstream_pending_subscription_follows_client_demand() {
+    let a = MockUpstream::start().await;
+    let gw = single(&a, GatewayConfig::new()).await;
+    a.wait_for_calls("eth_subscribe", 1).await;
+    for round in 1..=3usize {
+        let mut clients = Vec::new();
+        for _ in 0..5 {
+            let mut client = WsClient::connect(&gw.ws_url()).await;
+            client.subscribe(json!(["newPendingTransactions"])).await;
+            clients.push(client);
+        }
+        a.wait_for_calls("eth_subscribe", 1 + round).await;
+        for client in clients {
+            client.close().await;
+        }
+        a.wait_for_calls("eth_unsubscribe", round).await;
+    }
+    assert_eq!(a.calls("eth_subscribe"), 4, "one upstream subscription per round, not per client");
+}

@@ -121,7 +121,9 @@ impl Feed {
         match upstreams.all().iter().find(|u| u.name() == name) {
             Some(u) if u.in_rotation() => Ok(()),
             Some(u) => Err(SourceError::Lost(format!("{name} is {}", u.state()))),
-            None => Err(SourceError::Lost(format!("{name} was removed from the config"))),
+            None => Err(SourceError::Lost(format!(
+                "{name} was removed from the config"
+            ))),
         }
     }
 
@@ -161,7 +163,10 @@ impl Feed {
             .subscribe(r#"["newHeads"]"#, s.request_timeout)
             .await?;
         let mut pending_txs: Option<String> = None;
-        let failover = self.current.as_deref().is_some_and(|c| c != upstream.name());
+        let failover = self
+            .current
+            .as_deref()
+            .is_some_and(|c| c != upstream.name());
         if failover {
             self.metrics.failover("subscription");
         }
@@ -198,14 +203,37 @@ impl Feed {
                         source.close().await;
                         return Err(lost);
                     }
-                    if pending_txs.is_none() && self.hub.count(Kind::NewPendingTransactions) > 0 {
-                        let params = r#"["newPendingTransactions"]"#;
-                        pending_txs = Some(source.subscribe(params, self.settings.request_timeout).await?);
-                    }
+                    self.track_pending_subscription(&mut source, &mut pending_txs).await?;
                     self.update_syncing();
                 }
             }
         }
+    }
+
+    /// Holds an upstream newPendingTransactions subscription exactly while clients want one.
+    async fn track_pending_subscription(
+        &self,
+        source: &mut Source,
+        upstream_id: &mut Option<String>,
+    ) -> Result<(), SourceError> {
+        let wanted = self.hub.count(Kind::NewPendingTransactions) > 0;
+        let timeout = self.settings.request_timeout;
+        match (wanted, upstream_id.take()) {
+            (true, None) => {
+                *upstream_id = Some(
+                    source
+                        .subscribe(r#"["newPendingTransactions"]"#, timeout)
+                        .await?,
+                )
+            }
+            (false, Some(id)) => {
+                source
+                    .request("eth_unsubscribe", &format!(r#"["{id}"]"#), timeout)
+                    .await?;
+            }
+            (_, kept) => *upstream_id = kept,
+        }
+        Ok(())
     }
 
     /// Integrates one head; true when something new was delivered.

@@ -1,0 +1,873 @@
+//! deploy/monitoring: the alert rules, their promtool unit tests and the Grafana dashboard name
+//! only metrics, labels and label values that a running ethgate exports.
+//!
+//! No YAML parser is a dependency: the rules file is read line by line (block scalars `|`/`>`
+//! included). When `promtool` is on PATH the rules, their unit tests and the dashboard's PromQL
+//! are also checked by it; nothing is ever installed here.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::mock::{error_of, result_of, Gateway, GatewayConfig, MockUpstream, WAIT};
+use support::process::TempDir;
+use support::ws_client::WsClient;
+
+const RULES: &str = "deploy/monitoring/ethgate.rules.yml";
+const RULE_TESTS: &str = "deploy/monitoring/ethgate.rules.test.yml";
+const DASHBOARD: &str = "deploy/monitoring/ethgate-dashboard.json";
+const WATCHED: &str = "0x00000000000000000000000000000000000000aa";
+
+/// Labels with a fixed set of values: a value an expression names must be one ethgate exports.
+/// (`method`, `upstream` and `address` values depend on traffic and configuration.)
+const FIXED_LABELS: [&str; 4] = ["transport", "result", "kind", "reason"];
+
+/// Labels Prometheus adds to every scraped series (target labels), never exported by ethgate.
+const TARGET_LABELS: [&str; 2] = ["job", "instance"];
+
+/// Metrics the issue and interface.md ask the dashboard to show.
+const DASHBOARD_MUST_SHOW: [&str; 14] = [
+    "ethgate_requests_total",
+    "ethgate_request_duration_seconds_bucket",
+    "ethgate_upstream_up",
+    "ethgate_upstream_head",
+    "ethgate_upstream_lag_blocks",
+    "ethgate_upstream_requests_total",
+    "ethgate_failovers_total",
+    "ethgate_ws_connections",
+    "ethgate_subscriptions",
+    "ethgate_gap_filled_blocks_total",
+    "ethgate_duplicates_dropped_total",
+    "ethgate_denied_connections_total",
+    "ethgate_tls_handshake_failures_total",
+    "ethgate_account_balance_ether",
+];
+
+/// Alerts the issue asks for, by the metric each must watch.
+const ALERTS_MUST_WATCH: [&str; 8] = [
+    "ethgate_upstream_up",
+    "ethgate_upstream_lag_blocks",
+    "ethgate_failovers_total",
+    "ethgate_account_balance_ether",
+    "ethgate_denied_connections_total",
+    "ethgate_tls_handshake_failures_total",
+    "ethgate_requests_total",
+    "up",
+];
+
+fn repo_file(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+fn read(relative: &str) -> String {
+    std::fs::read_to_string(repo_file(relative)).unwrap_or_else(|e| panic!("read {relative}: {e}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The rules file, line by line
+// ---------------------------------------------------------------------------------------------
+
+/// One `- alert:` entry of the rules file.
+#[derive(Debug, Default)]
+struct Rule {
+    alert: String,
+    line: usize,
+    fields: HashMap<String, String>,
+}
+
+impl Rule {
+    fn get(&self, key: &str) -> &str {
+        self.fields.get(key).map_or("", String::as_str)
+    }
+}
+
+fn indent_of(line: &str) -> usize {
+    line.len() - line.trim_start().len()
+}
+
+/// A plain or quoted one-line YAML scalar.
+fn scalar(raw: &str) -> String {
+    let raw = raw.trim();
+    if raw.len() >= 2 && raw.starts_with('"') && raw.ends_with('"') {
+        return raw[1..raw.len() - 1].replace("\\\"", "\"");
+    }
+    if raw.len() >= 2 && raw.starts_with('\'') && raw.ends_with('\'') {
+        return raw[1..raw.len() - 1].replace("''", "'");
+    }
+    raw.to_string()
+}
+
+/// `key: value` of a line, if it is one (`- key: value` list items included).
+fn key_value(line: &str) -> Option<(&str, &str)> {
+    let body = line.trim_start().trim_start_matches("- ").trim_start();
+    if body.starts_with('#') {
+        return None;
+    }
+    let (key, value) = body.split_once(':')?;
+    let key_ok = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    key_ok.then_some((key, value.trim()))
+}
+
+/// Reads the value of the key on `lines[i]`: a one-line scalar, or a `|`/`>` block scalar made
+/// of the following lines indented deeper than the key. Returns the value and the next line.
+fn value_at(lines: &[&str], i: usize, raw: &str) -> (String, usize) {
+    let block = matches!(raw, "|" | "|-" | "|+" | ">" | ">-" | ">+");
+    if !block {
+        return (scalar(raw), i + 1);
+    }
+    let key_indent = indent_of(lines[i]);
+    let mut parts = Vec::new();
+    let mut j = i + 1;
+    while j < lines.len() && (lines[j].trim().is_empty() || indent_of(lines[j]) > key_indent) {
+        parts.push(lines[j].trim());
+        j += 1;
+    }
+    (parts.join("\n").trim().to_string(), j)
+}
+
+/// Every alert rule with the keys it sets (`expr`, `for`, `severity`, `summary`, …).
+fn parse_rules(text: &str) -> Vec<Rule> {
+    assert!(
+        !text.contains('\t'),
+        "{RULES}: tabs are not valid YAML indentation"
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    let mut rules: Vec<Rule> = Vec::new();
+    // Whether the lines being read belong to the last rule (a new group ends it).
+    let mut in_rule = false;
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i];
+        let Some((key, raw)) = key_value(line) else {
+            i += 1;
+            continue;
+        };
+        let list_item = line.trim_start().starts_with("- ");
+        if key == "alert" && list_item {
+            rules.push(Rule {
+                alert: scalar(raw),
+                line: i + 1,
+                ..Rule::default()
+            });
+            in_rule = true;
+            i += 1;
+            continue;
+        }
+        if key == "record" {
+            panic!("{RULES}:{}: recording rules are not expected here", i + 1);
+        }
+        if key == "name" && list_item {
+            in_rule = false;
+        }
+        let (value, next) = value_at(&lines, i, raw);
+        if let Some(rule) = rules.last_mut().filter(|_| in_rule) {
+            if !value.is_empty() {
+                let previous = rule.fields.insert(key.to_string(), value);
+                assert!(
+                    previous.is_none(),
+                    "{RULES}:{}: {key} set twice in {}",
+                    i + 1,
+                    rule.alert
+                );
+            }
+        } else {
+            assert_ne!(key, "expr", "{RULES}:{}: expr outside a rule", i + 1);
+        }
+        i = next;
+    }
+    rules
+}
+
+/// `- series: '…'` selectors of the promtool unit tests.
+fn rule_test_series(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(key_value)
+        .filter(|(key, _)| *key == "series")
+        .map(|(_, raw)| scalar(raw))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// PromQL: metric names, label matchers, `by (…)` clauses
+// ---------------------------------------------------------------------------------------------
+
+/// A metric selector found in an expression.
+#[derive(Debug)]
+struct Selector {
+    metric: String,
+    /// (label, operator, value)
+    matchers: Vec<(String, String, String)>,
+}
+
+fn is_ident(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b':'
+}
+
+/// Parses `{label op "value", …}` starting at `bytes[start] == b'{'`.
+fn matchers_at(expr: &str, start: usize) -> Vec<(String, String, String)> {
+    let close = expr[start..]
+        .find('}')
+        .map(|n| start + n)
+        .unwrap_or_else(|| panic!("unclosed selector in {expr}"));
+    let mut out = Vec::new();
+    let mut rest = &expr[start + 1..close];
+    while !rest.trim().is_empty() {
+        let trimmed = rest.trim_start().trim_start_matches(',').trim_start();
+        let name_len = trimmed.bytes().take_while(|b| is_ident(*b)).count();
+        let (name, after) = trimmed.split_at(name_len);
+        let after = after.trim_start();
+        let op = ["=~", "!~", "!=", "="]
+            .into_iter()
+            .find(|op| after.starts_with(op))
+            .unwrap_or_else(|| panic!("bad matcher {trimmed:?} in {expr}"));
+        let after = after[op.len()..].trim_start();
+        assert!(after.starts_with('"'), "unquoted label value in {expr}");
+        let end = after[1..]
+            .find('"')
+            .unwrap_or_else(|| panic!("unclosed label value in {expr}"));
+        out.push((
+            name.to_string(),
+            op.to_string(),
+            after[1..1 + end].to_string(),
+        ));
+        rest = &after[end + 2..];
+        if rest.trim().is_empty() {
+            break;
+        }
+    }
+    out
+}
+
+/// Every `ethgate_*` selector (and `up`) in a PromQL expression, skipping quoted strings.
+fn selectors(expr: &str) -> Vec<Selector> {
+    let bytes = expr.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    let mut in_string = false;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'"' {
+            in_string = !in_string;
+            i += 1;
+            continue;
+        }
+        if in_string || !is_ident(b) || (i > 0 && is_ident(bytes[i - 1])) {
+            i += 1;
+            continue;
+        }
+        let len = bytes[i..].iter().take_while(|b| is_ident(**b)).count();
+        let word = &expr[i..i + len];
+        let end = i + len;
+        i = end;
+        let followed_by_paren = expr[end..].trim_start().starts_with('(');
+        let is_metric = word.starts_with("ethgate_") || (word == "up" && !followed_by_paren);
+        if !is_metric {
+            continue;
+        }
+        let matchers = if bytes.get(end) == Some(&b'{') {
+            i = end + expr[end..].find('}').unwrap_or(0) + 1;
+            matchers_at(expr, end)
+        } else {
+            Vec::new()
+        };
+        out.push(Selector {
+            metric: word.to_string(),
+            matchers,
+        });
+    }
+    out
+}
+
+/// Label lists of every `by (…)` / `without (…)` clause.
+fn grouping_clauses(expr: &str) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for keyword in ["by", "without"] {
+        let mut from = 0;
+        while let Some(n) = expr[from..].find(keyword) {
+            let at = from + n;
+            from = at + keyword.len();
+            let before_ok = at == 0 || !is_ident(expr.as_bytes()[at - 1]);
+            let after = expr[from..].trim_start();
+            if !before_ok || !after.starts_with('(') {
+                continue;
+            }
+            let close = after.find(')').expect("closed by clause");
+            out.push(
+                after[1..close]
+                    .split(',')
+                    .map(|l| l.trim().to_string())
+                    .filter(|l| !l.is_empty())
+                    .collect(),
+            );
+        }
+    }
+    out
+}
+
+/// Literal label values a matcher can match, when it is a plain value or alternation of them.
+fn literal_values(op: &str, value: &str) -> Option<Vec<String>> {
+    if value.contains('$') || value.is_empty() {
+        return None;
+    }
+    match op {
+        "=" | "!=" => Some(vec![value.to_string()]),
+        "=~" | "!~" => {
+            let plain = value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'|');
+            plain.then(|| value.split('|').map(str::to_string).collect())
+        }
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// What ethgate exports
+// ---------------------------------------------------------------------------------------------
+
+/// Sample names of a scrape, with the values seen for each label.
+#[derive(Default, Debug)]
+struct Exported {
+    metrics: BTreeMap<String, BTreeMap<String, BTreeSet<String>>>,
+    /// Family names declared by `# TYPE`.
+    families: BTreeSet<String>,
+}
+
+impl Exported {
+    fn add_scrape(&mut self, text: &str) {
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let name = rest.split(' ').next().unwrap_or_default();
+                self.families.insert(name.to_string());
+                continue;
+            }
+            if line.starts_with('#') || line.trim().is_empty() {
+                continue;
+            }
+            let name_len = line.bytes().take_while(|b| is_ident(*b)).count();
+            let name = &line[..name_len];
+            let labels = self.metrics.entry(name.to_string()).or_default();
+            if line.as_bytes().get(name_len) == Some(&b'{') {
+                for (label, _, value) in matchers_at(line, name_len) {
+                    labels.entry(label).or_default().insert(value);
+                }
+            }
+        }
+    }
+
+    fn has(&self, metric: &str) -> bool {
+        metric == "up" || self.metrics.contains_key(metric)
+    }
+
+    fn labels(&self, metric: &str) -> Option<&BTreeMap<String, BTreeSet<String>>> {
+        self.metrics.get(metric)
+    }
+}
+
+/// Checks one expression against the export; returns the problems found.
+fn check_expr(where_: &str, expr: &str, exported: &Exported) -> Vec<String> {
+    let mut problems = Vec::new();
+    let found = selectors(expr);
+    if found.is_empty() {
+        problems.push(format!("{where_}: names no ethgate metric: {expr}"));
+    }
+    let mut label_names: HashSet<String> = TARGET_LABELS.iter().map(|l| l.to_string()).collect();
+    label_names.insert("le".to_string());
+    for selector in &found {
+        let metric = &selector.metric;
+        if !exported.has(metric) {
+            problems.push(format!("{where_}: {metric} is not exported by ethgate"));
+            continue;
+        }
+        let Some(labels) = exported.labels(metric) else {
+            continue; // `up`
+        };
+        label_names.extend(labels.keys().cloned());
+        for (label, op, value) in &selector.matchers {
+            if TARGET_LABELS.contains(&label.as_str()) {
+                continue;
+            }
+            let Some(values) = labels.get(label) else {
+                problems.push(format!("{where_}: {metric} has no label {label:?}"));
+                continue;
+            };
+            if !FIXED_LABELS.contains(&label.as_str()) {
+                continue;
+            }
+            for literal in literal_values(op, value).unwrap_or_default() {
+                if !values.contains(&literal) {
+                    problems.push(format!(
+                        "{where_}: {metric}{{{label}{op}\"{value}\"}}: ethgate never exports {label}=\"{literal}\" (seen: {values:?})"
+                    ));
+                }
+            }
+        }
+    }
+    for clause in grouping_clauses(expr) {
+        for label in clause {
+            if !label_names.contains(&label) {
+                problems.push(format!(
+                    "{where_}: groups by {label:?}, a label none of its metrics has"
+                ));
+            }
+        }
+    }
+    problems
+}
+
+/// Runs ethgate in front of a mock with traffic of every outcome, a watched address and an open
+/// WebSocket subscription, and returns what two scrapes exported (upstream up, then down).
+async fn exported_by_a_running_ethgate() -> (Exported, String) {
+    let mock = MockUpstream::start().await;
+    mock.set_result("eth_getBalance", json!("0x22b1c8c1227a0000"));
+    mock.fail_method("eth_call", 3, "execution reverted");
+    let mut toml = GatewayConfig::new()
+        .server("subscription_grace", "\"30s\"")
+        .upstream("a", &mock, 0)
+        .to_toml();
+    toml += &format!(
+        "\n[[watch]]\naddress = \"{WATCHED}\"\nmin_balance = \"1\"\ninterval = \"200ms\"\n"
+    );
+    let gw = Gateway::start_toml(&toml).await;
+    gw.wait_all_healthy().await;
+    result_of(&gw.call("eth_blockNumber", json!([])).await);
+    error_of(&gw.call("eth_call", json!([{}, "latest"])).await);
+    error_of(&gw.call("admin_peers", json!([])).await);
+    gw.post("not json").await;
+    mock.wait_for_calls("eth_subscribe", 1).await;
+    let mut client = WsClient::connect(&gw.ws_url()).await;
+    client.subscribe(json!(["newHeads"])).await;
+
+    let mut first = String::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        first = scrape(&gw).await;
+        let ready = first.contains("ethgate_account_balance_ether{")
+            && first.contains("ethgate_ws_connections 1")
+            && first.contains("ethgate_subscriptions{kind=\"newHeads\"} 1");
+        if ready {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        first.contains("ethgate_account_balance_ether{"),
+        "no balance gauge after {WAIT:?}:\n{first}"
+    );
+    let mut exported = Exported::default();
+    exported.add_scrape(&first);
+
+    mock.refuse().await;
+    gw.wait_readyz(503).await;
+    error_of(&gw.call("eth_blockNumber", json!([])).await);
+    let second = scrape(&gw).await;
+    exported.add_scrape(&second);
+    client.close().await;
+    (exported, first)
+}
+
+async fn scrape(gw: &Gateway) -> String {
+    let (code, body) = gw.admin_get("/metrics").await;
+    assert_eq!(code, 200, "/metrics answered {code}");
+    String::from_utf8(body.to_vec()).expect("/metrics is UTF-8")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn every_alert_rule_is_complete() {
+    let rules = parse_rules(&read(RULES));
+    let alert_lines = read(RULES)
+        .lines()
+        .filter(|l| l.trim_start().starts_with("- alert:"))
+        .count();
+    assert_eq!(rules.len(), alert_lines, "every `- alert:` was parsed");
+    assert!(rules.len() >= 9, "only {} rules", rules.len());
+    let mut names = HashSet::new();
+    for rule in &rules {
+        let at = format!("{RULES}:{} {}", rule.line, rule.alert);
+        assert!(
+            names.insert(rule.alert.clone()),
+            "{at}: duplicate alert name"
+        );
+        assert!(
+            rule.alert.starts_with("Ethgate")
+                && rule.alert.bytes().all(|b| b.is_ascii_alphanumeric()),
+            "{at}: alert names are EthgateCamelCase"
+        );
+        assert!(!rule.get("expr").is_empty(), "{at}: no expr");
+        let for_ = rule.get("for");
+        let digits = for_.trim_end_matches(['s', 'm', 'h', 'd']);
+        assert!(
+            !digits.is_empty() && digits.len() + 1 == for_.len() && digits.parse::<u32>().is_ok(),
+            "{at}: `for:` must be a duration like 5m, got {for_:?}"
+        );
+        assert!(
+            ["critical", "warning", "info"].contains(&rule.get("severity")),
+            "{at}: severity label {:?}",
+            rule.get("severity")
+        );
+        for annotation in ["summary", "description"] {
+            assert!(!rule.get(annotation).is_empty(), "{at}: no {annotation}");
+        }
+        let opens = rule.get("expr").matches('(').count();
+        assert_eq!(
+            opens,
+            rule.get("expr").matches(')').count(),
+            "{at}: unbalanced parentheses"
+        );
+    }
+    for metric in ALERTS_MUST_WATCH {
+        assert!(
+            rules
+                .iter()
+                .any(|r| selectors(r.get("expr")).iter().any(|s| s.metric == metric)),
+            "no alert watches {metric}"
+        );
+    }
+}
+
+#[test]
+fn annotations_use_only_labels_the_alert_keeps() {
+    for rule in parse_rules(&read(RULES)) {
+        let expr = rule.get("expr");
+        let clauses = grouping_clauses(expr);
+        let text = format!("{} {}", rule.get("summary"), rule.get("description"));
+        for (n, _) in text.match_indices("$labels.") {
+            let label: String = text[n + 8..]
+                .bytes()
+                .take_while(|b| is_ident(*b))
+                .map(char::from)
+                .collect();
+            // After an aggregation only the `by (…)` labels survive (every clause must keep it).
+            let kept = clauses.is_empty() || clauses.iter().all(|c| c.contains(&label));
+            assert!(
+                kept,
+                "{}: annotation uses $labels.{label}, which `{expr}` drops",
+                rule.alert
+            );
+        }
+    }
+}
+
+/// Every PromQL expression of the dashboard: panel targets and template variable queries.
+fn dashboard_exprs(dashboard: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    fn walk(panels: &Value, out: &mut Vec<(String, String)>) {
+        for panel in panels.as_array().into_iter().flatten() {
+            let title = panel["title"].as_str().unwrap_or("?");
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                let expr = target["expr"].as_str().unwrap_or_default();
+                let ref_id = target["refId"].as_str().unwrap_or("?");
+                out.push((format!("panel {title:?} {ref_id}"), expr.to_string()));
+            }
+            walk(&panel["panels"], out);
+        }
+    }
+    walk(&dashboard["panels"], &mut out);
+    for var in dashboard["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if var["type"] != "query" {
+            continue;
+        }
+        let query = var["query"]["query"]
+            .as_str()
+            .or(var["query"].as_str())
+            .unwrap_or_default();
+        out.push((format!("variable {}", var["name"]), query.to_string()));
+    }
+    out
+}
+
+/// Panels of the dashboard, rows' nested panels included.
+fn all_panels(dashboard: &Value) -> Vec<&Value> {
+    let mut out = Vec::new();
+    let mut stack: Vec<&Value> = dashboard["panels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
+    while let Some(panel) = stack.pop() {
+        stack.extend(panel["panels"].as_array().into_iter().flatten());
+        out.push(panel);
+    }
+    out
+}
+
+#[test]
+fn dashboard_is_an_importable_grafana_dashboard() {
+    let dashboard: Value = serde_json::from_str(&read(DASHBOARD)).expect("dashboard is valid JSON");
+    let schema = dashboard["schemaVersion"].as_u64().expect("schemaVersion");
+    assert!((36..=41).contains(&schema), "schemaVersion {schema}");
+    assert!(dashboard["title"].as_str().is_some_and(|t| !t.is_empty()));
+    assert!(dashboard["uid"].as_str().is_some_and(|u| !u.is_empty()));
+    let inputs = dashboard["__inputs"].as_array().expect("__inputs");
+    assert!(
+        inputs
+            .iter()
+            .any(|i| i["name"] == "DS_PROMETHEUS" && i["pluginId"] == "prometheus"),
+        "DS_PROMETHEUS input: {inputs:?}"
+    );
+    let variables = dashboard["templating"]["list"]
+        .as_array()
+        .expect("templating");
+    assert!(
+        variables
+            .iter()
+            .any(|v| v["name"] == "DS_PROMETHEUS" && v["type"] == "datasource"),
+        "DS_PROMETHEUS data source variable (for file provisioning)"
+    );
+    let datasource = json!({"type": "prometheus", "uid": "${DS_PROMETHEUS}"});
+    let panels = all_panels(&dashboard);
+    let mut ids = HashSet::new();
+    let mut boxes: Vec<(String, [u64; 4])> = Vec::new();
+    for panel in &panels {
+        let title = panel["title"].as_str().unwrap_or("?");
+        let id = panel["id"]
+            .as_u64()
+            .unwrap_or_else(|| panel_fail(title, "no id"));
+        assert!(ids.insert(id), "panel {title:?}: duplicate id {id}");
+        let grid = &panel["gridPos"];
+        let [x, y, w, h] = ["x", "y", "w", "h"].map(|k| {
+            grid[k]
+                .as_u64()
+                .unwrap_or_else(|| panel_fail(title, "gridPos"))
+        });
+        assert!(
+            w >= 1 && x + w <= 24 && h >= 1,
+            "panel {title:?}: gridPos {grid}"
+        );
+        for (other, [ox, oy, ow, oh]) in &boxes {
+            let overlap = x < ox + ow && *ox < x + w && y < oy + oh && *oy < y + h;
+            assert!(!overlap, "panels {title:?} and {other:?} overlap");
+        }
+        boxes.push((title.to_string(), [x, y, w, h]));
+        if panel["type"] == "row" {
+            continue;
+        }
+        assert_eq!(
+            panel["datasource"], datasource,
+            "panel {title:?} data source"
+        );
+        let targets = panel["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "panel {title:?} has no query");
+        let mut refs = HashSet::new();
+        for target in targets {
+            assert_eq!(
+                target["datasource"], datasource,
+                "panel {title:?} target data source"
+            );
+            assert!(
+                target["expr"]
+                    .as_str()
+                    .is_some_and(|e| !e.trim().is_empty()),
+                "panel {title:?}: empty expr"
+            );
+            assert!(
+                refs.insert(target["refId"].as_str().expect("refId")),
+                "panel {title:?}: duplicate refId"
+            );
+        }
+    }
+    let shown: HashSet<String> = dashboard_exprs(&dashboard)
+        .iter()
+        .flat_map(|(_, e)| selectors(e))
+        .map(|s| s.metric)
+        .collect();
+    for metric in DASHBOARD_MUST_SHOW {
+        assert!(shown.contains(metric), "no panel shows {metric}");
+    }
+}
+
+fn panel_fail(title: &str, what: &str) -> ! {
+    panic!("panel {title:?}: {what}")
+}
+
+#[tokio::test]
+async fn rules_and_dashboard_name_only_exported_metrics_and_labels() {
+    let (exported, scrape_text) = exported_by_a_running_ethgate().await;
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    for rule in parse_rules(&read(RULES)) {
+        problems.extend(check_expr(
+            &format!("alert {}", rule.alert),
+            rule.get("expr"),
+            &exported,
+        ));
+        checked += 1;
+    }
+    let dashboard: Value = serde_json::from_str(&read(DASHBOARD)).expect("dashboard JSON");
+    for (where_, expr) in dashboard_exprs(&dashboard) {
+        problems.extend(check_expr(&where_, &expr, &exported));
+        checked += 1;
+    }
+    for series in rule_test_series(&read(RULE_TESTS)) {
+        problems.extend(check_expr(
+            &format!("{RULE_TESTS} series"),
+            &series,
+            &exported,
+        ));
+        checked += 1;
+    }
+    assert!(checked > 30, "only {checked} expressions found");
+    assert!(
+        problems.is_empty(),
+        "{} problem(s):\n{}\n\nexported: {:#?}\n\nscrape:\n{scrape_text}",
+        problems.len(),
+        problems.join("\n"),
+        exported.metrics.keys().collect::<Vec<_>>()
+    );
+    if let Some(promtool) = promtool() {
+        check_metrics_with_promtool(&promtool, &scrape_text);
+    }
+}
+
+/// The extraction itself: names, matchers and grouping labels come out as written.
+#[test]
+fn expression_scanner_finds_metrics_matchers_and_groupings() {
+    let expr = r#"sum by (job, instance) (rate(ethgate_requests_total{result=~"unavailable|x",job="ethgate_x"}[5m])) / on (job) up == 0"#;
+    let found = selectors(expr);
+    let names: Vec<&str> = found.iter().map(|s| s.metric.as_str()).collect();
+    assert_eq!(names, ["ethgate_requests_total", "up"]);
+    assert_eq!(
+        found[0].matchers,
+        [
+            ("result".into(), "=~".into(), "unavailable|x".into()),
+            ("job".into(), "=".into(), "ethgate_x".into())
+        ]
+    );
+    assert_eq!(grouping_clauses(expr), [vec!["job", "instance"]]);
+    let block = "x:\n  expr: |\n    a\n      b\n  for: 1m\n";
+    let lines: Vec<&str> = block.lines().collect();
+    assert_eq!(value_at(&lines, 1, "|"), ("a\nb".to_string(), 4));
+    let rules = parse_rules(
+        "groups:\n  - name: g\n    rules:\n      - alert: A\n        expr: >-\n          ethgate_upstream_up\n          == 0\n        for: 1m\n      - alert: B\n        expr: \"up == 0\"\n",
+    );
+    assert_eq!(rules.len(), 2);
+    assert_eq!(rules[0].get("expr"), "ethgate_upstream_up\n== 0");
+    assert_eq!(rules[0].get("for"), "1m");
+    assert_eq!(rules[1].get("expr"), "up == 0");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Optional: promtool, when installed (never installed by this test)
+// ---------------------------------------------------------------------------------------------
+
+fn promtool() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    let found = std::env::split_paths(&path)
+        .map(|dir| dir.join("promtool"))
+        .find(|p| p.is_file())?;
+    let works = Command::new(&found)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !works {
+        eprintln!("promtool at {} does not run: skipped", found.display());
+    }
+    works.then_some(found)
+}
+
+fn run_promtool(promtool: &Path, args: &[&str], dir: &Path, stdin: Option<&str>) {
+    use std::io::Write;
+    let mut child = Command::new(promtool)
+        .args(args)
+        .current_dir(dir)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn promtool: {e}"));
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes()).expect("write to promtool");
+    }
+    let output = child.wait_with_output().expect("promtool output");
+    assert!(
+        output.status.success(),
+        "promtool {args:?} failed ({}):\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Grafana's variables replaced by values PromQL accepts.
+fn as_promql(expr: &str) -> String {
+    let expr = expr
+        .replace("$__rate_interval", "5m")
+        .replace("$__interval", "1m")
+        .replace("$__range", "6h")
+        .replace("$job", ".*")
+        .replace("$instance", ".*")
+        .replace("$upstream", ".*");
+    match expr
+        .strip_prefix("label_values(")
+        .and_then(|rest| rest.rsplit_once(','))
+    {
+        Some((selector, _label)) => selector.trim().to_string(),
+        None => expr,
+    }
+}
+
+#[test]
+fn promtool_accepts_rules_rule_tests_and_dashboard_queries() {
+    let Some(promtool) = promtool() else {
+        eprintln!("promtool is not on PATH: optional promtool checks skipped");
+        return;
+    };
+    let dir = repo_file("deploy/monitoring");
+    run_promtool(
+        &promtool,
+        &["check", "rules", "ethgate.rules.yml"],
+        &dir,
+        None,
+    );
+    run_promtool(
+        &promtool,
+        &["test", "rules", "ethgate.rules.test.yml"],
+        &dir,
+        None,
+    );
+    // Every dashboard query as a recording rule, so promtool parses its PromQL.
+    let dashboard: Value = serde_json::from_str(&read(DASHBOARD)).expect("dashboard JSON");
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (n, (_, expr)) in dashboard_exprs(&dashboard).iter().enumerate() {
+        let quoted = serde_json::to_string(&as_promql(expr)).expect("JSON string");
+        rules += &format!("      - record: dashboard:query_{n}\n        expr: {quoted}\n");
+    }
+    let temp = TempDir::new("ethgate-dashboard-promql").expect("temp dir");
+    std::fs::write(temp.path().join("dashboard.rules.yml"), rules).expect("write");
+    run_promtool(
+        &promtool,
+        &["check", "rules", "dashboard.rules.yml"],
+        temp.path(),
+        None,
+    );
+}
+
+fn check_metrics_with_promtool(promtool: &Path, scrape_text: &str) {
+    run_promtool(
+        promtool,
+        &["check", "metrics"],
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+        Some(scrape_text),
+    );
+}

@@ -17,9 +17,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::frontend::http::{plain, HttpResponse};
 use crate::metrics::Metrics;
+use crate::router::Router;
 use crate::server::ConnectionCount;
 use crate::subscription::Kind;
-use crate::router::Router;
 use crate::watch::Balances;
 
 /// What the admin endpoints report on.
@@ -82,7 +82,9 @@ impl Admin {
         }
         match request.uri().path() {
             "/healthz" => plain(StatusCode::OK, "ok"),
-            "/readyz" if self.router.upstreams().any_in_rotation() => plain(StatusCode::OK, "ready"),
+            "/readyz" if self.router.upstreams().any_in_rotation() => {
+                plain(StatusCode::OK, "ready")
+            }
             "/readyz" => plain(StatusCode::SERVICE_UNAVAILABLE, "no upstream in rotation"),
             "/status" => typed(self.status().to_string(), "application/json"),
             "/metrics" => {

@@ -166,8 +166,8 @@ pub(crate) fn log_access(config: &Config) {
         .map(ToString::to_string)
         .collect();
     if config.access.allow.iter().any(|net| net.prefix_len() == 0) {
-        tracing::warn!(allow = ?allow, "access.allow admits every address");
+        tracing::warn!(allow = %allow.join(", "), "access.allow admits every address");
     } else {
-        tracing::info!(allow = ?allow, "client networks allowed");
+        tracing::info!(allow = %allow.join(", "), "client networks allowed");
     }
 }

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::upstream::{Upstreams, ATTEMPT_RESULTS};
+use crate::upstream::Upstreams;
+
+mod upstreams;
 
 /// Method names that get their own label; anything else is `other`.
 const KNOWN_METHODS: &[&str] = &[
@@ -65,15 +67,16 @@ const BUCKETS: [f64; 14] = [
 ];
 
 /// A cumulative histogram with fixed buckets.
-#[derive(Default)]
-struct Histogram {
+#[derive(Debug, Default)]
+pub struct Histogram {
     buckets: [AtomicU64; BUCKETS.len()],
     count: AtomicU64,
     sum_micros: AtomicU64,
 }
 
 impl Histogram {
-    fn observe(&self, elapsed: Duration) {
+    /// Records one duration.
+    pub fn observe(&self, elapsed: Duration) {
         let seconds = elapsed.as_secs_f64();
         if let Some(i) = BUCKETS.iter().position(|&le| seconds <= le) {
             self.buckets[i].fetch_add(1, Ordering::Relaxed);
@@ -83,17 +86,27 @@ impl Histogram {
             .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
     }
 
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
+    /// Writes the buckets, sum and count of series `name{labels}`.
+    pub fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
         let mut cumulative = 0;
         for (le, bucket) in BUCKETS.iter().zip(&self.buckets) {
             cumulative += bucket.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
+            );
         }
         let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
         let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
-        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braces} {sum}");
+        let _ = writeln!(out, "{name}_count{braces} {count}");
     }
 }
 
@@ -109,6 +122,9 @@ pub struct Metrics {
     denied_connections: Box<[AtomicU64]>,
     tls_handshake_failures: AtomicU64,
     ws_connections: AtomicI64,
+    ws_queue_overflows: AtomicU64,
+    inflight: AtomicI64,
+    subscription_failover_seconds: Histogram,
     gap_filled_blocks: AtomicU64,
     duplicates_dropped: AtomicU64,
 }
@@ -129,6 +145,9 @@ impl Metrics {
             denied_connections: counters(DENY_REASONS.len()),
             tls_handshake_failures: AtomicU64::new(0),
             ws_connections: AtomicI64::new(0),
+            ws_queue_overflows: AtomicU64::new(0),
+            inflight: AtomicI64::new(0),
+            subscription_failover_seconds: Histogram::default(),
             gap_filled_blocks: AtomicU64::new(0),
             duplicates_dropped: AtomicU64::new(0),
         }
@@ -173,6 +192,21 @@ impl Metrics {
         self.ws_connections.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// A client was closed with 1008 because its outgoing queue was full.
+    pub fn ws_queue_overflow(&self) {
+        self.ws_queue_overflows.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A client request started (`+1`) or finished (`-1`).
+    pub fn inflight(&self, delta: i64) {
+        self.inflight.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// Records how long subscriptions went unserved during a failover.
+    pub fn subscription_failover(&self, unserved: Duration) {
+        self.subscription_failover_seconds.observe(unserved);
+    }
+
     /// Counts blocks delivered to fill a gap in an upstream's head stream.
     pub fn gap_filled(&self, blocks: u64) {
         self.gap_filled_blocks.fetch_add(blocks, Ordering::Relaxed);
@@ -187,8 +221,8 @@ impl Metrics {
     pub fn render(&self, upstreams: &Upstreams) -> String {
         let mut out = String::with_capacity(16 * 1024);
         self.render_requests(&mut out);
-        render_upstreams(&mut out, upstreams);
-        Self::render_upstream_requests(&mut out, upstreams);
+        upstreams::render(&mut out, upstreams);
+        upstreams::render_requests(&mut out, upstreams);
         header(
             &mut out,
             "ethgate_failovers_total",
@@ -225,6 +259,18 @@ impl Metrics {
         let _ = writeln!(out, "ethgate_tls_handshake_failures_total {failures}");
         let plain = [
             (
+                "ethgate_inflight_requests",
+                "gauge",
+                "Client requests being answered.",
+                self.inflight.load(Ordering::Relaxed),
+            ),
+            (
+                "ethgate_ws_queue_overflows_total",
+                "counter",
+                "WebSocket clients closed with 1008 for not reading.",
+                self.ws_queue_overflows.load(Ordering::Relaxed) as i64,
+            ),
+            (
                 "ethgate_ws_connections",
                 "gauge",
                 "Open client WebSocket sessions.",
@@ -247,6 +293,15 @@ impl Metrics {
             header(&mut out, name, kind, help);
             let _ = writeln!(out, "{name} {value}");
         }
+        let name = "ethgate_subscription_failover_duration_seconds";
+        header(
+            &mut out,
+            name,
+            "histogram",
+            "Time subscriptions went unserved in a failover.",
+        );
+        self.subscription_failover_seconds
+            .render(&mut out, name, "");
         out
     }
 
@@ -283,72 +338,9 @@ impl Metrics {
             );
         }
     }
-
-    fn render_upstream_requests(out: &mut String, upstreams: &Upstreams) {
-        header(
-            out,
-            "ethgate_upstream_requests_total",
-            "counter",
-            "Attempts on each upstream by outcome.",
-        );
-        for upstream in upstreams.all() {
-            for (result, value) in ATTEMPT_RESULTS.iter().zip(upstream.attempts()) {
-                let name = upstream.name();
-                let _ = writeln!(
-                    out,
-                    "ethgate_upstream_requests_total{{upstream=\"{name}\",result=\"{result}\"}} {value}"
-                );
-            }
-        }
-    }
 }
 
-fn render_upstreams(out: &mut String, upstreams: &Upstreams) {
-    header(
-        out,
-        "ethgate_upstream_up",
-        "gauge",
-        "1 when the upstream is in rotation.",
-    );
-    for u in upstreams.all() {
-        let _ = writeln!(
-            out,
-            "ethgate_upstream_up{{upstream=\"{}\"}} {}",
-            u.name(),
-            u8::from(u.in_rotation())
-        );
-    }
-    header(
-        out,
-        "ethgate_upstream_head",
-        "gauge",
-        "Last head block number reported.",
-    );
-    for u in upstreams.all() {
-        let _ = writeln!(
-            out,
-            "ethgate_upstream_head{{upstream=\"{}\"}} {}",
-            u.name(),
-            u.head()
-        );
-    }
-    header(
-        out,
-        "ethgate_upstream_lag_blocks",
-        "gauge",
-        "Blocks behind the best upstream head.",
-    );
-    for u in upstreams.all() {
-        let _ = writeln!(
-            out,
-            "ethgate_upstream_lag_blocks{{upstream=\"{}\"}} {}",
-            u.name(),
-            upstreams.lag(u)
-        );
-    }
-}
-
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+pub(crate) fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 

@@ -61,7 +61,7 @@ pub(crate) async fn run(
         let outcome = apply(&state, &current, &config, &tracker, &stop);
         match &outcome {
             Ok(notes) => {
-                tracing::info!(changes = ?notes, "config reloaded");
+                tracing::info!(changes = %notes.join("; "), "config reloaded");
                 current = config;
             }
             Err(error) => {

@@ -82,7 +82,10 @@ pub struct Router {
 impl Router {
     /// A router over `upstreams` with a per-attempt budget of `request_timeout`.
     pub fn new(upstreams: Arc<Upstreams>, request_timeout: Duration) -> Self {
-        Router { upstreams: ArcSwap::new(upstreams), request_timeout }
+        Router {
+            upstreams: ArcSwap::new(upstreams),
+            request_timeout,
+        }
     }
 
     /// The current upstream set.
@@ -106,14 +109,26 @@ impl Router {
         let mut missing_data: Option<(u64, Rendered)> = None;
         for index in candidates(&upstreams) {
             let upstream = &upstreams.all()[index];
-            if missing_data.as_ref().is_some_and(|(floor, _)| upstream.head() < *floor) {
+            if missing_data
+                .as_ref()
+                .is_some_and(|(floor, _)| upstream.head() < *floor)
+            {
                 continue;
             }
-            match self.attempt(&upstreams, upstream, body.clone(), calls, batch).await {
+            let started = tokio::time::Instant::now();
+            let outcome = self
+                .attempt(&upstreams, upstream, body.clone(), calls, batch)
+                .await;
+            upstream.observe_attempt(started.elapsed());
+            match outcome {
                 Ok((rendered, false)) => {
                     upstream.count_attempt("ok");
                     if !failures.is_empty() {
-                        tracing::debug!(upstream = upstream.name(), retries = failures.len(), "served by a fallback");
+                        tracing::debug!(
+                            upstream = upstream.name(),
+                            retries = failures.len(),
+                            "served by a fallback"
+                        );
                     }
                     return Ok(rendered);
                 }
@@ -175,16 +190,30 @@ pub fn candidates(upstreams: &Upstreams) -> Vec<usize> {
     selected.into_iter().chain(others).collect()
 }
 
-fn final_error(upstreams: &Upstreams, failures: &[(usize, AttemptError)], contains_write: bool) -> RpcError {
+fn final_error(
+    upstreams: &Upstreams,
+    failures: &[(usize, AttemptError)],
+    contains_write: bool,
+) -> RpcError {
     if failures.is_empty() {
         return jsonrpc::NO_HEALTHY_UPSTREAM;
     }
-    if failures.iter().all(|(_, e)| matches!(e, AttemptError::Timeout(_))) {
+    if failures
+        .iter()
+        .all(|(_, e)| matches!(e, AttemptError::Timeout(_)))
+    {
         return jsonrpc::UPSTREAM_TIMEOUT;
     }
     let all = upstreams.all();
-    let mut detail: Vec<String> = failures.iter().map(|(i, e)| format!("{}: {e}", all[*i].name())).collect();
-    if contains_write && failures.last().is_some_and(|(_, e)| !e.certainly_not_sent()) {
+    let mut detail: Vec<String> = failures
+        .iter()
+        .map(|(i, e)| format!("{}: {e}", all[*i].name()))
+        .collect();
+    if contains_write
+        && failures
+            .last()
+            .is_some_and(|(_, e)| !e.certainly_not_sent())
+    {
         detail.push("a write that may have reached an upstream is not retried".into());
     }
     jsonrpc::NO_HEALTHY_UPSTREAM.with_data(detail.join("; "))
@@ -211,22 +240,10 @@ fn encode(calls: &[&Call<'_>], batch: bool) -> Bytes {
 /// Splices an upstream answer into per-call responses; the flag says whether any answer is
 /// a "lacks the data" error worth retrying elsewhere.
 fn render(body: &[u8], calls: &[&Call<'_>], batch: bool) -> Result<(Rendered, bool), String> {
-    let answers: Vec<UpstreamResponse> = if batch {
-        serde_json::from_slice(body).map_err(|e| format!("not a JSON-RPC batch answer: {e}"))?
-    } else {
-        vec![serde_json::from_slice(body).map_err(|e| format!("not a JSON-RPC answer: {e}"))?]
-    };
+    let answers = match_answers(body, calls.len(), batch)?;
     let mut missing_data = false;
     let mut rendered = Vec::with_capacity(calls.len());
-    for (i, call) in calls.iter().enumerate() {
-        let answer = if batch {
-            answers
-                .iter()
-                .find(|a| a.numeric_id() == Some(i as u64))
-                .ok_or_else(|| format!("batch answer lacks id {i}"))?
-        } else {
-            &answers[0]
-        };
+    for (i, (call, answer)) in calls.iter().zip(&answers).enumerate() {
         if answer.result.is_none() && answer.error.is_none() {
             return Err(format!("answer {i} has neither result nor error"));
         }
@@ -244,6 +261,34 @@ fn render(body: &[u8], calls: &[&Call<'_>], batch: bool) -> Result<(Rendered, bo
         }));
     }
     Ok((rendered, missing_data))
+}
+
+/// The upstream's answers in call order: a batch answer may come in any order, and is matched
+/// by ethgate's ids `0..n` in one pass.
+fn match_answers(body: &[u8], n: usize, batch: bool) -> Result<Vec<UpstreamResponse<'_>>, String> {
+    if !batch {
+        let answer =
+            serde_json::from_slice(body).map_err(|e| format!("not a JSON-RPC answer: {e}"))?;
+        return Ok(vec![answer]);
+    }
+    let answers: Vec<UpstreamResponse> =
+        serde_json::from_slice(body).map_err(|e| format!("not a JSON-RPC batch answer: {e}"))?;
+    let mut slots: Vec<Option<UpstreamResponse>> = (0..n).map(|_| None).collect();
+    for answer in answers {
+        let slot = answer
+            .numeric_id()
+            .and_then(|id| usize::try_from(id).ok())
+            .and_then(|id| slots.get_mut(id))
+            .ok_or("batch answer carries an id that was not sent")?;
+        if slot.replace(answer).is_some() {
+            return Err("batch answer repeats an id".into());
+        }
+    }
+    slots
+        .into_iter()
+        .enumerate()
+        .map(|(i, slot)| slot.ok_or_else(|| format!("batch answer lacks id {i}")))
+        .collect()
 }
 
 #[cfg(test)]

@@ -71,22 +71,38 @@ impl Balances {
         }
     }
 
-    /// `ethgate_account_balance_ether` in Prometheus text format.
+    /// `ethgate_account_balance_ether` and `ethgate_account_min_balance_ether`.
     pub fn render(&self, out: &mut String) {
-        let _ = writeln!(
+        crate::metrics::header(
             out,
-            "# HELP ethgate_account_balance_ether Balance of a watched address."
+            "ethgate_account_balance_ether",
+            "gauge",
+            "Balance of a watched address.",
         );
-        let _ = writeln!(out, "# TYPE ethgate_account_balance_ether gauge");
         for watched in &self.0 {
             if let Some(wei) = watched.balance_wei() {
+                let address = &watched.config.address;
+                let ether = wei as f64 / WEI_PER_ETHER;
                 let _ = writeln!(
                     out,
-                    "ethgate_account_balance_ether{{address=\"{}\"}} {}",
-                    watched.config.address,
-                    wei as f64 / WEI_PER_ETHER
+                    "ethgate_account_balance_ether{{address=\"{address}\"}} {ether}"
                 );
             }
+        }
+        let name = "ethgate_account_min_balance_ether";
+        crate::metrics::header(
+            out,
+            name,
+            "gauge",
+            "Configured minimum balance of a watched address.",
+        );
+        for watched in &self.0 {
+            let min = watched.config.min_balance_wei as f64 / WEI_PER_ETHER;
+            let _ = writeln!(
+                out,
+                "{name}{{address=\"{}\"}} {min}",
+                watched.config.address
+            );
         }
     }
 

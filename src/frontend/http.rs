@@ -8,7 +8,6 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use tokio::time::Instant;
 
 use super::Frontend;
 
@@ -55,7 +54,6 @@ async fn handle_request(
 }
 
 async fn rpc(frontend: &Frontend, request: Request<Incoming>) -> HttpResponse {
-    let started = Instant::now();
     let limit = frontend.max_request_bytes;
     let declared = request
         .headers()
@@ -71,7 +69,6 @@ async fn rpc(frontend: &Frontend, request: Request<Incoming>) -> HttpResponse {
         Err(_) => return plain(StatusCode::BAD_REQUEST, "could not read the request body\n"),
     };
     let answer = frontend.serve(super::Transport::Http, &body).await.body;
-    frontend.metrics.request_duration("http", started.elapsed());
     match answer {
         Some(json) => {
             let mut response = Response::new(Full::new(Bytes::from(json)));

@@ -69,6 +69,16 @@ enum Local {
 impl Frontend {
     /// Decodes a request body and answers it.
     pub async fn serve(&self, transport: Transport<'_>, body: &[u8]) -> Served {
+        let started = tokio::time::Instant::now();
+        self.metrics.inflight(1);
+        let served = self.answer(transport, body).await;
+        self.metrics.inflight(-1);
+        self.metrics
+            .request_duration(transport.label(), started.elapsed());
+        served
+    }
+
+    async fn answer(&self, transport: Transport<'_>, body: &[u8]) -> Served {
         let mut served = Served::default();
         served.body = match jsonrpc::decode(body) {
             Err(error) | Ok(jsonrpc::Incoming::Single(Err(error))) => {

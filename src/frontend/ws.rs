@@ -117,6 +117,9 @@ where
     calls.abort_all();
     while calls.join_next().await.is_some() {}
     frontend.hub.drop_session(handle.id());
+    if close.is_some_and(|(code, _)| code == crate::subscription::session::CLOSE_POLICY) {
+        frontend.metrics.ws_queue_overflow();
+    }
     frontend.metrics.ws_connection_closed();
     // Either our close frame, or flushing the reply tungstenite queued to the client's.
     let finish = async {

@@ -11,10 +11,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use arc_swap::ArcSwap;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -154,7 +154,9 @@ impl Settings {
         if self.access.load().expects_proxy_header(peer.ip()) {
             match proxy_protocol::read_header(&mut stream, self.handshake_timeout).await {
                 // LOCAL / UNKNOWN: the load balancer itself (a health check), already trusted.
-                Ok(header) if header.source.is_none() => return self.serve_plain_or_tls(stream, peer, peer).await,
+                Ok(header) if header.source.is_none() => {
+                    return self.serve_plain_or_tls(stream, peer, peer).await
+                }
                 Ok(header) => client = header.client_or(peer),
                 Err(error) => {
                     self.frontend.metrics.denied_connection("proxy_header");
@@ -193,7 +195,9 @@ impl Settings {
         let frontend = self.frontend.clone();
         let access = self.access.clone();
         let service = service_fn(move |request| {
-            let client = access.load().client_address(peer, client, request.headers());
+            let client = access
+                .load()
+                .client_address(peer, client, request.headers());
             frontend::http::handle(frontend.clone(), client, request)
         });
         let connection = self

@@ -38,7 +38,9 @@ pub struct Tls {
 impl Tls {
     /// Loads certificate, key and optional client CA.
     pub fn load(config: &TlsConfig) -> Result<Self, TlsError> {
-        Ok(Tls { current: ArcSwap::from_pointee(build(config)?) })
+        Ok(Tls {
+            current: ArcSwap::from_pointee(build(config)?),
+        })
     }
 
     /// Reads the files named by `config` (the same or new paths); on error the previous

@@ -163,22 +163,29 @@ impl Feed {
             .subscribe(r#"["newHeads"]"#, s.request_timeout)
             .await?;
         let mut pending_txs: Option<String> = None;
-        let failover = self
-            .current
-            .as_deref()
-            .is_some_and(|c| c != upstream.name());
-        if failover {
+        let previous = self.current.replace(upstream.name().to_string());
+        let failover = previous.as_deref().is_some_and(|p| p != upstream.name());
+        let unserved = self.unserved_since.take().map(|since| since.elapsed());
+        if failover && !self.hub.is_empty() {
             self.metrics.failover("subscription");
+            self.metrics
+                .subscription_failover(unserved.unwrap_or_default());
         }
-        if let Some(since) = self.unserved_since.take() {
+        if failover {
+            tracing::warn!(
+                from = previous.as_deref().unwrap_or(""),
+                to = upstream.name(),
+                duration_ms = unserved.unwrap_or_default().as_millis() as u64,
+                subscriptions = !self.hub.is_empty(),
+                "subscription failover"
+            );
+        } else if let Some(unserved) = unserved {
             tracing::info!(
                 upstream = upstream.name(),
-                unserved_ms = since.elapsed().as_millis() as u64,
-                failover,
-                "subscription source connected"
+                duration_ms = unserved.as_millis() as u64,
+                "subscription source back"
             );
         }
-        self.current = Some(upstream.name().to_string());
         // Right after a failover, a source behind the delivered head must pass it first.
         let mut behind_ok = !failover;
         let mut check = tokio::time::interval(self.settings.check_every);

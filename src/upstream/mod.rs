@@ -20,8 +20,15 @@ use health::{evaluate, ChainSummary, Facts, State};
 pub use http::{HttpPool, SendError};
 
 /// Outcomes of one attempt on an upstream, as counted in `ethgate_upstream_requests_total`.
-pub const ATTEMPT_RESULTS: [&str; 7] =
-    ["ok", "missing_data", "not_sent", "no_answer", "http_error", "timeout", "bad_answer"];
+pub const ATTEMPT_RESULTS: [&str; 7] = [
+    "ok",
+    "missing_data",
+    "not_sent",
+    "no_answer",
+    "http_error",
+    "timeout",
+    "bad_answer",
+];
 
 /// One upstream node as the request path sees it: immutable settings plus atomics.
 #[derive(Debug)]
@@ -34,6 +41,7 @@ pub struct Upstream {
     head: AtomicU64,
     latency_micros: AtomicU64,
     attempts: [AtomicU64; ATTEMPT_RESULTS.len()],
+    latency: crate::metrics::Histogram,
 }
 
 impl Upstream {
@@ -45,6 +53,7 @@ impl Upstream {
             head: AtomicU64::new(0),
             latency_micros: AtomicU64::new(0),
             attempts: Default::default(),
+            latency: Default::default(),
         }
     }
 
@@ -53,6 +62,16 @@ impl Upstream {
         if let Some(i) = ATTEMPT_RESULTS.iter().position(|r| *r == result) {
             self.attempts[i].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Records how long one attempt took.
+    pub fn observe_attempt(&self, elapsed: Duration) {
+        self.latency.observe(elapsed);
+    }
+
+    /// Durations of attempts on this upstream.
+    pub fn latency_histogram(&self) -> &crate::metrics::Histogram {
+        &self.latency
     }
 
     /// Attempts so far, in the order of [`ATTEMPT_RESULTS`].
@@ -312,9 +331,10 @@ fn log_transition(upstream: &Upstream, from: State, to: State, fact: &Facts, bes
     if to == State::Healthy {
         tracing::info!(upstream = upstream.name(), %from, %to, head, "upstream in rotation");
     } else {
-        let chain_id = fact.chain.map(|(id, _)| id);
+        // 0 until the upstream has answered eth_chainId.
+        let chain_id = fact.chain.map_or(0, |(id, _)| id);
         tracing::warn!(
-            upstream = upstream.name(), %from, %to, head, best_head, ?chain_id, reason,
+            upstream = upstream.name(), %from, %to, head, best_head, chain_id, reason,
             "upstream out of rotation"
         );
     }

@@ -16,7 +16,9 @@ impl Upstreams {
                 let _ = self.expected_chain_id.set(id);
             }
         }
-        let selected_name = previous.selected().map(|i| previous.list[i].name().to_string());
+        let selected_name = previous
+            .selected()
+            .map(|i| previous.list[i].name().to_string());
         {
             let old_facts = previous.lock_facts();
             let mut facts = self.lock_facts();
@@ -29,9 +31,14 @@ impl Upstreams {
                     continue;
                 };
                 facts[index] = old_facts[old.index].clone();
-                upstream.state.store(old.state.load(Ordering::Acquire), Ordering::Release);
+                upstream
+                    .state
+                    .store(old.state.load(Ordering::Acquire), Ordering::Release);
                 upstream.head.store(old.head(), Ordering::Relaxed);
-                upstream.latency_micros.store(old.latency_micros.load(Ordering::Relaxed), Ordering::Relaxed);
+                upstream.latency_micros.store(
+                    old.latency_micros.load(Ordering::Relaxed),
+                    Ordering::Relaxed,
+                );
                 for (mine, theirs) in upstream.attempts.iter().zip(&old.attempts) {
                     mine.store(theirs.load(Ordering::Relaxed), Ordering::Relaxed);
                 }

@@ -1,0 +1,62 @@
+# ethgate container image.
+#
+#   docker build -t ethgate .
+#   docker run --rm -p 8545:8545 -p 127.0.0.1:9545:9545 \
+#       -v "$PWD/ethgate.toml:/etc/ethgate/ethgate.toml:ro" ethgate
+#   docker run --rm -v "$PWD/ethgate.toml:/etc/ethgate/ethgate.toml:ro" ethgate check --probe
+#
+# The config is not baked in: mount it at /etc/ethgate/ethgate.toml (ETHGATE_CONFIG below), or
+# pass `run --config FILE`. Inside a container, listen on 0.0.0.0 (`server.listen`, and
+# `admin.listen` if the admin port is to be published) and set `access.allow` to the clients'
+# addresses as the container sees them (e.g. the Docker network's subnet): the default allows
+# loopback only, so every client from outside the container would be refused.
+
+# ---- build ------------------------------------------------------------------------------------
+FROM rust:1-bookworm AS builder
+WORKDIR /build
+
+# Dependencies first, in their own layer: it is rebuilt only when Cargo.toml or Cargo.lock
+# change. The stubs stand in for every target that Cargo.toml declares ([lib], [[bin]] ethgate,
+# [[bench]] load), since cargo refuses a manifest whose declared targets have no source file.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir -p src benches \
+    && echo 'fn main() {}' > src/main.rs \
+    && touch src/lib.rs \
+    && echo 'fn main() {}' > benches/load.rs \
+    && cargo build --release --locked \
+    && rm -rf src benches
+
+# The crate itself. COPY keeps the files' own (older) modification times, so the stubs'
+# build could look up to date: touch the crate roots so cargo rebuilds the crate.
+COPY . .
+RUN touch src/main.rs src/lib.rs \
+    && cargo build --release --locked --bin ethgate \
+    && ./target/release/ethgate --version
+
+# ---- runtime ----------------------------------------------------------------------------------
+FROM debian:bookworm-slim
+
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 10001 ethgate \
+    && useradd --system --uid 10001 --gid ethgate --no-create-home \
+        --home-dir /nonexistent --shell /usr/sbin/nologin ethgate \
+    && mkdir -p /etc/ethgate
+
+COPY --from=builder /build/target/release/ethgate /usr/local/bin/ethgate
+
+ENV ETHGATE_CONFIG=/etc/ethgate/ethgate.toml
+# Numeric, so that Kubernetes' runAsNonRoot can verify it.
+USER 10001:10001
+
+# 8545: JSON-RPC (server.listen); 9545: /healthz /readyz /status /metrics (admin.listen).
+EXPOSE 8545 9545
+
+# No HEALTHCHECK: the slim image has no curl or wget, and `ethgate check` validates the config
+# and dials the upstreams rather than asking the running process. Let the orchestrator probe
+# GET /healthz (liveness) and GET /readyz (readiness) on admin.listen instead.
+
+# Exec form: ethgate is PID 1 and receives SIGTERM itself (it drains, then exits 0).
+ENTRYPOINT ["ethgate"]
+CMD ["run"]

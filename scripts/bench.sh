@@ -1,0 +1,536 @@
+#!/usr/bin/env bash
+# Out-of-process proxy comparison (docs: shared/design/benchmarks.md): wrk against
+#   direct   : nginx (one worker) returning fixed JSON-RPC answers
+#   HAProxy  : HAProxy 2.x, http mode, keep-alive both sides, in front of that nginx
+#   ethgate  : ethgate (release build, --workers 1) in front of that nginx
+# Backend and proxy are pinned to CPU 0, `wrk -t1` to CPU 1. Each configuration is measured
+# RUNS times for DURATION seconds at each concurrency in CONNS, runs interleaved (direct,
+# HAProxy, ethgate, direct, ...) so drift hits all three alike; then batches of BATCHES calls
+# at BATCH_CONNS clients. Proxy CPU per request comes from /proc/PID/stat utime+stime.
+#
+# Usage:  bash scripts/bench.sh
+# Env:    DURATION=10 RUNS=2 CONNS="1 16 64" BATCHES="1 10 100" BATCH_CONNS=16
+#         BATCH_DURATION=5 (BATCHES="" skips batches)   QUICK=1 (2 s, 1 run: a smoke test)
+#         ETHGATE_BIN=path (skip `cargo build --release`)   KEEP_WORK=1 (keep logs/configs)
+#         NO_INSTALL=1 (never apt-get)   BACKEND_CPU=0 LOADGEN_CPU=1
+# Needs:  wrk, nginx (and HAProxy for its line): installed with apt-get when missing and root.
+#         Default run: about 5 minutes. All traffic stays on 127.0.0.1; every process started
+#         here is stopped on exit.
+#
+# Why nginx can serve both wrk and ethgate's health probe: ethgate POSTs its probe batch
+# (eth_chainId, eth_syncing, eth_blockNumber) and forwarded calls to the same upstream URL,
+# so a path cannot tell them apart. nginx does not read the body for `return`, but it sees
+# Content-Length: the probe batch and each forwarded batch (ethgate re-encodes them with ids
+# 0..n-1, byte-identical to the bodies wrk sends here) have distinct lengths, so a `map` on
+# $http_content_length picks the matching answer; everything else gets the fixed single
+# answer {"jsonrpc":"2.0","id":1,"result":"0x1234"}. (ethgate does not compare the id of a
+# single answer with the id it sent, so id 1 for its id 0 is accepted; batch answers carry
+# the right ids.)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+if [[ "${QUICK:-0}" != 0 ]]; then
+    DURATION=${DURATION:-2}
+    RUNS=${RUNS:-1}
+    BATCH_DURATION=${BATCH_DURATION:-2}
+fi
+DURATION=${DURATION:-10}
+RUNS=${RUNS:-2}
+CONNS=${CONNS:-"1 16 64"}
+BATCHES=${BATCHES-"1 10 100"}
+BATCH_CONNS=${BATCH_CONNS:-16}
+BATCH_DURATION=${BATCH_DURATION:-5}
+BACKEND_CPU=${BACKEND_CPU:-0}
+LOADGEN_CPU=${LOADGEN_CPU:-1}
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() {
+    printf '[bench] error: %s\n' "$*" >&2
+    exit 1
+}
+
+# ------------------------------------------------------------------------------ tools
+have() { command -v "$1" >/dev/null 2>&1 || [[ -x "/usr/sbin/$1" ]]; }
+tool() { if command -v "$1" >/dev/null 2>&1; then command -v "$1"; else echo "/usr/sbin/$1"; fi; }
+
+missing=()
+for t in wrk haproxy nginx; do have "$t" || missing+=("$t"); done
+if ((${#missing[@]})); then
+    if [[ "${NO_INSTALL:-0}" == 0 && $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+        log "installing wrk haproxy nginx (missing: ${missing[*]})"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq >&2
+        apt-get install -y -qq wrk haproxy nginx >&2
+    else
+        log "missing: ${missing[*]} (install with: apt-get install -y wrk haproxy nginx)"
+    fi
+fi
+have wrk || die "wrk is required"
+have nginx || die "nginx is required (the fixed backend)"
+command -v taskset >/dev/null || die "taskset (util-linux) is required"
+command -v curl >/dev/null || die "curl is required"
+HAVE_HAPROXY=0
+if have haproxy; then HAVE_HAPROXY=1; else log "HAProxy not installed: its line is skipped"; fi
+NGINX=$(tool nginx)
+HAPROXY=$(tool haproxy)
+CPUS=$(nproc)
+((CPUS >= 2)) || log "only $CPUS CPU: pinning puts load generator and proxy on the same core"
+if ((CPUS < 2)); then LOADGEN_CPU=$BACKEND_CPU; fi
+CLK_TCK=$(getconf CLK_TCK)
+
+# ------------------------------------------------------------------------------ lifecycle
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/ethgate-bench.XXXXXX")
+PIDS=()
+OK=0
+stop_pids() {
+    local pid i
+    for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "$@"; do
+        for i in $(seq 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+}
+cleanup() {
+    trap - EXIT INT TERM
+    # Newest first: wrk, then proxies, then nginx's workers and master.
+    local reversed=() i
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do reversed+=("${PIDS[i]}"); done
+    if ((${#reversed[@]})); then stop_pids "${reversed[@]}"; fi
+    if [[ "${KEEP_WORK:-0}" != 0 || $OK == 0 ]]; then
+        log "logs and configs kept in $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ------------------------------------------------------------------------------ ethgate binary
+if [[ -n "${ETHGATE_BIN:-}" ]]; then
+    [[ -x "$ETHGATE_BIN" ]] || die "ETHGATE_BIN=$ETHGATE_BIN is not executable"
+else
+    log "building ethgate (cargo build --release --bin ethgate)"
+    # In the background so that an interrupt reaches the trap (and stops cargo) at once.
+    cargo build --release --bin ethgate >&2 &
+    PIDS+=("$!")
+    wait "$!" || die "cargo build failed"
+    unset 'PIDS[${#PIDS[@]}-1]'
+    ETHGATE_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/ethgate"
+fi
+# What was built: the commit, "+dirty" when the crate's sources differ from it.
+REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [[ -n "$(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ]]; then REV+="+dirty"; fi
+
+# Starts "$@" in the background, logging to $WORK/NAME.log; sets PID.
+start() {
+    local name=$1
+    shift
+    "$@" >"$WORK/$name.log" 2>&1 &
+    PID=$!
+    PIDS+=("$PID")
+}
+
+used_ports() { ss -Htln 2>/dev/null | awk '{print $4}' | sed 's/.*://' | sort -u; }
+pick_ports() { # N: N distinct free ports, one per line
+    local used picked=" " port
+    used=$(used_ports)
+    while (($(wc -w <<<"$picked") < $1)); do
+        port=$((20000 + RANDOM % 30000))
+        if ! grep -qx "$port" <<<"$used" && [[ "$picked" != *" $port "* ]]; then picked+="$port "; fi
+    done
+    tr ' ' '\n' <<<"$picked" | grep .
+}
+
+wait_http() { # URL: until it answers 2xx, up to 10 s
+    local i
+    for i in $(seq 100); do
+        curl -fsS -o /dev/null --max-time 1 "$1" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+cpu_ticks() { # PIDs: summed utime+stime
+    local total=0 pid t
+    for pid in "$@"; do
+        t=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
+        total=$((total + t))
+    done
+    echo "$total"
+}
+
+# ------------------------------------------------------------------------------ bodies
+single_request='{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber","params":[]}'
+single_answer='{"jsonrpc":"2.0","id":1,"result":"0x1234"}'
+batch_request() { # N: ids 0..N-1, exactly as ethgate re-encodes a forwarded batch
+    local n=$1 i out="["
+    for ((i = 0; i < n; i++)); do
+        if ((i)); then out+=","; fi
+        out+="{\"jsonrpc\":\"2.0\",\"id\":$i,\"method\":\"eth_blockNumber\",\"params\":[]}"
+    done
+    printf '%s]' "$out"
+}
+batch_answer() {
+    local n=$1 i out="["
+    for ((i = 0; i < n; i++)); do
+        if ((i)); then out+=","; fi
+        out+="{\"jsonrpc\":\"2.0\",\"id\":$i,\"result\":\"0x1234\"}"
+    done
+    printf '%s]' "$out"
+}
+# ethgate's probe, read from the source so the answer follows it; the fallback is its text
+# at the time this script was written.
+probe_request=$(perl -0777 -ne 'if (/const PROBE_BODY: &str = concat!\((.*?)\);/s) { my $b = $1; my $s = ""; while ($b =~ /r#"(.*?)"#/sg) { $s .= $1 } print $s }' src/upstream/probe.rs 2>/dev/null || true)
+if [[ -z "$probe_request" ]]; then
+    probe_request='[{"jsonrpc":"2.0","id":0,"method":"eth_chainId"},{"jsonrpc":"2.0","id":1,"method":"eth_syncing"},{"jsonrpc":"2.0","id":2,"method":"eth_blockNumber"}]'
+fi
+probe_answer='[{"jsonrpc":"2.0","id":0,"result":"0x1"},{"jsonrpc":"2.0","id":1,"result":false},{"jsonrpc":"2.0","id":2,"result":"0x1234"}]'
+
+# Content-Length -> answer. nginx's config parser caps one token near 4 KiB, so long answers
+# are split over several map variables that `return` concatenates.
+CHUNK=3000
+declare -A answer_by_len=()
+add_answer() { # REQUEST ANSWER
+    local len=${#1}
+    if [[ -n "${answer_by_len[$len]:-}" && "${answer_by_len[$len]}" != "$2" ]]; then
+        die "two request bodies of $len bytes need different answers; change BATCHES"
+    fi
+    answer_by_len[$len]=$2
+}
+((${#single_request} != ${#probe_request})) || die "probe and single request have one length"
+add_answer "$probe_request" "$probe_answer"
+for n in $BATCHES; do add_answer "$(batch_request "$n")" "$(batch_answer "$n")"; done
+[[ -z "${answer_by_len[${#single_request}]:-}" ]] || die "a batch has the single request's length"
+pieces=1
+for len in "${!answer_by_len[@]}"; do
+    a=${answer_by_len[$len]}
+    p=$(((${#a} + CHUNK - 1) / CHUNK))
+    if ((p > pieces)); then pieces=$p; fi
+done
+
+# ------------------------------------------------------------------------------ configs
+read -r NGINX_PORT HAPROXY_PORT ETHGATE_PORT ADMIN_PORT <<<"$(pick_ports 4 | tr '\n' ' ')"
+mkdir -p "$WORK/nginx/logs" "$WORK/nginx/tmp"
+{
+    cat <<EOF
+worker_processes 1;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000000;
+    keepalive_timeout 300s;
+    client_body_temp_path $WORK/nginx/tmp/body;
+    proxy_temp_path $WORK/nginx/tmp/proxy;
+    fastcgi_temp_path $WORK/nginx/tmp/fastcgi;
+    uwsgi_temp_path $WORK/nginx/tmp/uwsgi;
+    scgi_temp_path $WORK/nginx/tmp/scgi;
+    map_hash_bucket_size 128;
+EOF
+    for ((p = 0; p < pieces; p++)); do
+        echo "    map \$http_content_length \$rpc_$p {"
+        if ((p == 0)); then echo "        default '$single_answer';"; else echo "        default '';"; fi
+        for len in "${!answer_by_len[@]}"; do
+            a=${answer_by_len[$len]}
+            echo "        $len '${a:p*CHUNK:CHUNK}';"
+        done
+        echo "    }"
+    done
+    printf '    server {\n        listen 127.0.0.1:%s backlog=4096;\n' "$NGINX_PORT"
+    printf '        default_type application/json;\n        location / {\n            return 200 "'
+    # shellcheck disable=SC2016 # nginx variables, not shell ones
+    for ((p = 0; p < pieces; p++)); do printf '$rpc_%s' "$p"; done
+    printf '";\n        }\n    }\n}\n'
+} >"$WORK/nginx/nginx.conf"
+
+cat >"$WORK/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 4000
+    pidfile $WORK/haproxy.pid
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 60s
+frontend bench
+    bind 127.0.0.1:$HAPROXY_PORT
+    default_backend nginx
+backend nginx
+    server nginx1 127.0.0.1:$NGINX_PORT
+EOF
+
+cat >"$WORK/ethgate.toml" <<EOF
+[server]
+listen = "127.0.0.1:$ETHGATE_PORT"
+shutdown_grace = "1s"
+
+[admin]
+listen = "127.0.0.1:$ADMIN_PORT"
+
+[log]
+level = "warn"
+
+[[upstream]]
+name = "nginx"
+http = "http://127.0.0.1:$NGINX_PORT/"
+EOF
+
+post_lua() { # FILE BODY
+    cat >"$1" <<EOF
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = [==[$2]==]
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT %d %d %d %.1f %.1f %.1f %.1f %.1f\n",
+    summary.requests, summary.duration,
+    e.connect + e.read + e.write + e.status + e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99),
+    latency:percentile(99.9), latency.max))
+end
+EOF
+}
+post_lua "$WORK/single.lua" "$single_request"
+for n in $BATCHES; do post_lua "$WORK/batch$n.lua" "$(batch_request "$n")"; done
+
+# ------------------------------------------------------------------------------ start
+"$NGINX" -t -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/logs/error.log" >"$WORK/nginx-t.log" 2>&1 ||
+    die "nginx rejected its config: $(cat "$WORK/nginx-t.log")"
+start nginx taskset -c "$BACKEND_CPU" "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" \
+    -e "$WORK/nginx/logs/error.log" -g 'daemon off;'
+NGINX_PID=$PID
+sleep 0.3
+wait_http "http://127.0.0.1:$NGINX_PORT/" || die "nginx did not start: $(cat "$WORK/nginx.log" "$WORK/nginx/logs/error.log")"
+NGINX_PIDS="$NGINX_PID $(pgrep -P "$NGINX_PID" | tr '\n' ' ')"
+for pid in $(pgrep -P "$NGINX_PID"); do PIDS+=("$pid"); done
+
+if ((HAVE_HAPROXY)); then
+    start haproxy taskset -c "$BACKEND_CPU" "$HAPROXY" -db -f "$WORK/haproxy.cfg"
+    HAPROXY_PID=$PID
+    wait_http "http://127.0.0.1:$HAPROXY_PORT/" || die "HAProxy did not start: $(cat "$WORK/haproxy.log")"
+fi
+
+start ethgate taskset -c "$BACKEND_CPU" "$ETHGATE_BIN" run --config "$WORK/ethgate.toml" --workers 1 --log-level warn
+ETHGATE_PID=$PID
+wait_http "http://127.0.0.1:$ADMIN_PORT/readyz" ||
+    die "ethgate never became ready (probe answer refused?): $(tail -5 "$WORK/ethgate.log"; curl -s "http://127.0.0.1:$ADMIN_PORT/status")"
+
+declare -A URL=([direct]="http://127.0.0.1:$NGINX_PORT/" [haproxy]="http://127.0.0.1:$HAPROXY_PORT/"
+    [ethgate]="http://127.0.0.1:$ETHGATE_PORT/")
+TARGETS="direct"
+if ((HAVE_HAPROXY)); then TARGETS+=" haproxy"; fi
+TARGETS+=" ethgate"
+
+# Every target must give a JSON-RPC result (with the right ids for batches) before timing.
+for target in $TARGETS; do
+    answer=$(curl -fsS --max-time 2 -H 'Content-Type: application/json' --data-binary "$single_request" "${URL[$target]}") ||
+        die "$target: single request failed"
+    jq -e '.result == "0x1234" and .id == 1' >/dev/null <<<"$answer" || die "$target: bad single answer: $answer"
+    for n in $BATCHES; do
+        answer=$(curl -fsS --max-time 2 -H 'Content-Type: application/json' --data-binary "$(batch_request "$n")" "${URL[$target]}") ||
+            die "$target: batch of $n failed"
+        jq -e --argjson n "$n" 'type == "array" and length == $n and ([.[].id] | sort) == [range($n)] and all(.[]; .result == "0x1234")' \
+            >/dev/null <<<"$answer" || die "$target: bad answer to a batch of $n: ${answer:0:300}"
+    done
+done
+
+# ------------------------------------------------------------------------------ measure
+RESULTS="$WORK/results.tsv"
+: >"$RESULTS"
+proxy_pids() {
+    case $1 in
+    haproxy) echo "$HAPROXY_PID" ;;
+    ethgate) echo "$ETHGATE_PID" ;;
+    *) echo "" ;;
+    esac
+}
+measure() { # TARGET CONNS BATCH RUN DURATION LUA
+    local target=$1 conns=$2 batch=$3 run=$4 duration=$5 lua=$6 p0 b0 p1 b1 line
+    local proxies
+    proxies=$(proxy_pids "$target")
+    # shellcheck disable=SC2086
+    p0=$(cpu_ticks $proxies)
+    # shellcheck disable=SC2086
+    b0=$(cpu_ticks $NGINX_PIDS)
+    start wrk taskset -c "$LOADGEN_CPU" wrk -t1 -c"$conns" -d"${duration}s" --timeout 5s -s "$lua" "${URL[$target]}"
+    wait "$PID" || die "wrk failed: $(cat "$WORK/wrk.log")"
+    unset 'PIDS[${#PIDS[@]}-1]'
+    # shellcheck disable=SC2086
+    p1=$(cpu_ticks $proxies)
+    # shellcheck disable=SC2086
+    b1=$(cpu_ticks $NGINX_PIDS)
+    line=$(grep '^RESULT ' "$WORK/wrk.log") || die "no result from wrk: $(cat "$WORK/wrk.log")"
+    # target conns batch run requests duration_us errors p50 p90 p99 p999 max proxy_ticks backend_ticks
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$conns" "$batch" "$run" \
+        "$(echo "${line#RESULT }" | tr ' ' '\t')" "$((p1 - p0))" "$((b1 - b0))" >>"$RESULTS"
+    awk -F'\t' -v tck="$CLK_TCK" 'END {
+        rps = $5 / ($6 / 1e6)
+        printf "[bench] %-7s c=%-3s batch=%-3s run %s: %8.0f req/s  p50 %7.1f  p99 %8.1f µs  err %s  proxy %.1f µs/req\n",
+            $1, $2, ($3 == 0 ? "-" : $3), $4, rps, $8, $10, $7, ($13 * 1e6 / tck) / ($5 > 0 ? $5 : 1)
+    }' "$RESULTS" >&2
+}
+
+{
+    echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+} >"$WORK/env.txt"
+single_runs=$((RUNS * $(wc -w <<<"$CONNS") * $(wc -w <<<"$TARGETS")))
+batch_runs=$((RUNS * $(wc -w <<<"$BATCHES") * $(wc -w <<<"$TARGETS")))
+log "measuring: $single_runs runs x ${DURATION}s + $batch_runs batch runs x ${BATCH_DURATION}s"
+for run in $(seq "$RUNS"); do
+    for c in $CONNS; do
+        for target in $TARGETS; do measure "$target" "$c" 0 "$run" "$DURATION" "$WORK/single.lua"; done
+    done
+done
+for run in $(seq "$RUNS"); do
+    for n in $BATCHES; do
+        for target in $TARGETS; do measure "$target" "$BATCH_CONNS" "$n" "$run" "$BATCH_DURATION" "$WORK/batch$n.lua"; done
+    done
+done
+
+nonok=$(curl -fsS "http://127.0.0.1:$ADMIN_PORT/metrics" |
+    awk '/^ethgate_requests_total/ && !/result="ok"/ { s += $NF } END { print s + 0 }')
+served=$(curl -fsS "http://127.0.0.1:$ADMIN_PORT/metrics" |
+    awk '/^ethgate_requests_total/ { s += $NF } END { print s + 0 }')
+
+# ------------------------------------------------------------------------------ report
+echo
+echo "ethgate proxy benchmark (scripts/bench.sh)"
+echo "machine: $CPUS CPUs, $(uname -r); $(cat "$WORK/env.txt"), at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "versions: $("$NGINX" -v 2>&1 | sed 's/.*version: //'), $("$HAPROXY" -v 2>/dev/null | head -1 | awk '{print "HAProxy " $3}'), $(wrk -v 2>&1 | head -1 | awk '{print "wrk " $2}'), $("$ETHGATE_BIN" --version) @ $REV"
+echo "layout: nginx (1 worker) + proxy on CPU $BACKEND_CPU, wrk -t1 on CPU $LOADGEN_CPU; ${RUNS} run(s) x ${DURATION} s per point (batches ${BATCH_DURATION} s); ranges are min–max over runs"
+echo "request: $single_request"
+echo "ethgate counted $served calls, $nonok of them not ok"
+awk -F'\t' -v tck="$CLK_TCK" -v conns="$CONNS" -v batches="$BATCHES" -v bconns="$BATCH_CONNS" -v targets="$TARGETS" '
+function rng(a, b, fmt,    x, y) { x = sprintf(fmt, a); y = sprintf(fmt, b); return (x == y) ? x : x "–" y }
+function kfmt(x) { return x >= 10000 ? sprintf("%.1fk", x / 1000) : sprintf("%.0f", x) }
+function krng(a, b) { return (kfmt(a) == kfmt(b)) ? kfmt(a) : kfmt(a) "–" kfmt(b) }
+function add(key, v) {
+    if (!(key in n)) { lo[key] = v; hi[key] = v; sum[key] = 0 }
+    if (v < lo[key]) lo[key] = v
+    if (v > hi[key]) hi[key] = v
+    sum[key] += v; n[key]++
+}
+function mean(key) { return (key in n) ? sum[key] / n[key] : 0 }
+function cell(key, fmt) { return (key in n) ? rng(lo[key], hi[key], fmt) : "-" }
+function kcell(key) { return (key in n) ? krng(lo[key], hi[key]) : "-" }
+function ratio(a, b) { return (b > 0 && a > 0) ? sprintf("%.2f", a / b) : "-" }
+{
+    t = $1; c = $2; b = $3; reqs = $5; secs = $6 / 1e6
+    k = t SUBSEP c SUBSEP b
+    add(k SUBSEP "rps", reqs / secs)
+    add(k SUBSEP "p50", $8); add(k SUBSEP "p99", $10); add(k SUBSEP "p999", $11)
+    add(k SUBSEP "err", $7)
+    if (reqs > 0) {
+        add(k SUBSEP "pcpu", $13 * 1e6 / tck / reqs)
+        add(k SUBSEP "bcpu", $14 * 1e6 / tck / reqs)
+    }
+    raw[++rows] = sprintf("| %-7s | %3s | %5s | %s | %9.0f | %7.1f | %7.1f | %7.1f | %8.1f | %8.1f | %3s | %s | %5.1f |",
+        t, c, (b == 0 ? "-" : b), $4, reqs / secs, $8, $9, $10, $11, $12, $7,
+        (t == "direct" ? "     -" : sprintf("%6.1f", $13 * 1e6 / tck / reqs)), $14 * 1e6 / tck / reqs)
+}
+END {
+    nt = split(targets, T, " "); nc = split(conns, C, " "); nb = split(batches, B, " ")
+    name["direct"] = "direct to nginx"; name["haproxy"] = "through HAProxy"; name["ethgate"] = "through ethgate"
+    print ""
+    print "every run (latency µs from wrk; cpu = µs of CPU per request from /proc/PID/stat)"
+    print "| target  |   c | batch | run |     req/s |     p50 |     p90 |     p99 |    p99.9 |      max | err | proxy cpu | nginx cpu |"
+    print "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    for (i = 1; i <= rows; i++) print raw[i]
+
+    # Single calls: the benchmarks.md table.
+    hdr = "| target |"; sep = "|---|"
+    for (j = 1; j <= nc; j++) {
+        if (C[j] == 1) { hdr = hdr " c=1 p50 µs | c=1 p99 µs |"; sep = sep "---|---|" }
+        else { hdr = hdr " c=" C[j] " req/s | c=" C[j] " p99 µs |"; sep = sep "---|---|" }
+    }
+    hdr = hdr " proxy CPU µs/req (c=" C[nc > 1 ? 2 : 1] ") | nginx CPU µs/req (c=" C[nc > 1 ? 2 : 1] ") |"; sep = sep "---|---|"
+    cc = C[nc > 1 ? 2 : 1]
+    print ""
+    print "single calls (eth_blockNumber)"
+    print hdr; print sep
+    for (i = 1; i <= nt; i++) {
+        t = T[i]; line = "| " name[t] " |"
+        for (j = 1; j <= nc; j++) {
+            k = t SUBSEP C[j] SUBSEP 0
+            if (C[j] == 1) line = line " " cell(k SUBSEP "p50", "%.0f") " | " cell(k SUBSEP "p99", "%.0f") " |"
+            else line = line " " kcell(k SUBSEP "rps") " | " cell(k SUBSEP "p99", "%.0f") " |"
+        }
+        k = t SUBSEP cc SUBSEP 0
+        line = line " " (t == "direct" ? "—" : cell(k SUBSEP "pcpu", "%.1f")) " | " cell(k SUBSEP "bcpu", "%.1f") " |"
+        print line
+    }
+    if (index(" " targets " ", " haproxy ")) {
+        line = "| ratio ethgate/HAProxy (means) |"
+        for (j = 1; j <= nc; j++) {
+            e = "ethgate" SUBSEP C[j] SUBSEP 0; h = "haproxy" SUBSEP C[j] SUBSEP 0
+            if (C[j] == 1) line = line " " ratio(mean(e SUBSEP "p50"), mean(h SUBSEP "p50")) " | " ratio(mean(e SUBSEP "p99"), mean(h SUBSEP "p99")) " |"
+            else line = line " " ratio(mean(e SUBSEP "rps"), mean(h SUBSEP "rps")) " | " ratio(mean(e SUBSEP "p99"), mean(h SUBSEP "p99")) " |"
+        }
+        e = "ethgate" SUBSEP cc SUBSEP 0; h = "haproxy" SUBSEP cc SUBSEP 0
+        line = line " " ratio(mean(e SUBSEP "pcpu"), mean(h SUBSEP "pcpu")) " | " ratio(mean(e SUBSEP "bcpu"), mean(h SUBSEP "bcpu")) " |"
+        print line
+    }
+    print ""
+    print "added over direct (means of runs), and proxy CPU µs/req at every concurrency"
+    hdr = "| proxy | c=1 added p50 µs | c=1 added p99 µs |"; sep = "|---|---|---|"
+    for (j = 1; j <= nc; j++) { hdr = hdr " CPU µs/req c=" C[j] " |"; sep = sep "---|" }
+    print hdr; print sep
+    for (i = 1; i <= nt; i++) {
+        t = T[i]; if (t == "direct") continue
+        k = t SUBSEP 1 SUBSEP 0; d = "direct" SUBSEP 1 SUBSEP 0
+        line = sprintf("| %s | %s | %s |", t == "haproxy" ? "HAProxy" : "ethgate",
+            (k SUBSEP "p50" in n) ? sprintf("%+.0f", mean(k SUBSEP "p50") - mean(d SUBSEP "p50")) : "-",
+            (k SUBSEP "p99" in n) ? sprintf("%+.0f", mean(k SUBSEP "p99") - mean(d SUBSEP "p99")) : "-")
+        for (j = 1; j <= nc; j++) line = line " " cell(t SUBSEP C[j] SUBSEP 0 SUBSEP "pcpu", "%.1f") " |"
+        print line
+    }
+    if (index(" " targets " ", " haproxy ")) {
+        line = sprintf("| ratio ethgate/HAProxy | %s | %s |",
+            ratio(mean("ethgate" SUBSEP 1 SUBSEP 0 SUBSEP "p50") - mean("direct" SUBSEP 1 SUBSEP 0 SUBSEP "p50"),
+                  mean("haproxy" SUBSEP 1 SUBSEP 0 SUBSEP "p50") - mean("direct" SUBSEP 1 SUBSEP 0 SUBSEP "p50")),
+            ratio(mean("ethgate" SUBSEP 1 SUBSEP 0 SUBSEP "p99") - mean("direct" SUBSEP 1 SUBSEP 0 SUBSEP "p99"),
+                  mean("haproxy" SUBSEP 1 SUBSEP 0 SUBSEP "p99") - mean("direct" SUBSEP 1 SUBSEP 0 SUBSEP "p99")))
+        for (j = 1; j <= nc; j++)
+            line = line " " ratio(mean("ethgate" SUBSEP C[j] SUBSEP 0 SUBSEP "pcpu"), mean("haproxy" SUBSEP C[j] SUBSEP 0 SUBSEP "pcpu")) " |"
+        print line
+    }
+
+    if (nb > 0) {
+        print ""
+        print "batches of eth_blockNumber at c=" bconns " (CPU per batch)"
+        print "| batch | target | batches/s | calls/s | p50 µs | p99 µs | proxy CPU µs/batch | nginx CPU µs/batch | ratio ethgate/HAProxy (batches/s, p99, CPU) |"
+        print "|---|---|---|---|---|---|---|---|---|"
+        for (j = 1; j <= nb; j++) {
+            for (i = 1; i <= nt; i++) {
+                t = T[i]; k = t SUBSEP bconns SUBSEP B[j]
+                if (!((k SUBSEP "rps") in n)) continue
+                r = ""
+                if (t == "ethgate" && index(" " targets " ", " haproxy ")) {
+                    h = "haproxy" SUBSEP bconns SUBSEP B[j]
+                    r = ratio(mean(k SUBSEP "rps"), mean(h SUBSEP "rps")) ", " ratio(mean(k SUBSEP "p99"), mean(h SUBSEP "p99")) ", " ratio(mean(k SUBSEP "pcpu"), mean(h SUBSEP "pcpu"))
+                }
+                printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", B[j], t, kcell(k SUBSEP "rps"),
+                    kfmt(mean(k SUBSEP "rps") * B[j]), cell(k SUBSEP "p50", "%.0f"), cell(k SUBSEP "p99", "%.0f"),
+                    (t == "direct" ? "—" : cell(k SUBSEP "pcpu", "%.1f")), cell(k SUBSEP "bcpu", "%.1f"), r
+            }
+        }
+    }
+    errs = 0
+    for (key in n) { split(key, parts, SUBSEP); if (parts[4] == "err") errs += sum[key] }
+    print ""
+    if (errs > 0) print "WARNING: wrk counted " errs " errors (connect/read/write/status/timeout); see every-run table"
+    else print "wrk errors: 0"
+}' "$RESULTS"
+OK=1

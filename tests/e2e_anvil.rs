@@ -6,14 +6,14 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use support::devnet::{find_anvil, Devnet, NodeState, DEV_ADDRESS};
+use support::devnet::{Devnet, NodeState, DEV_ADDRESS};
+use support::e2e::{deps_present, js_dir};
 use support::process::{poll_until, Ethgate, Http, Ports};
 
 const CHAIN_ID: u64 = 31337;
@@ -23,66 +23,6 @@ const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 // Dependencies
 // ---------------------------------------------------------------------------------------------
 
-fn under_ci() -> bool {
-    match std::env::var("CI") {
-        Ok(v) => !matches!(
-            v.trim().to_ascii_lowercase().as_str(),
-            "" | "0" | "false" | "no"
-        ),
-        Err(_) => false,
-    }
-}
-
-fn js_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js")
-}
-
-/// What is missing for the end-to-end tests, if anything.
-fn missing_deps(need_js: bool) -> Option<String> {
-    let mut missing = Vec::new();
-    if find_anvil().is_none() {
-        missing.push("anvil ($ANVIL, PATH or .cache/npm)".to_string());
-    }
-    if need_js {
-        let node_ok = std::process::Command::new("node")
-            .arg("--version")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if !node_ok {
-            missing.push("node (Node.js) on PATH".to_string());
-        }
-        if !js_dir().join("node_modules/ethers/package.json").is_file() {
-            missing.push("ethers in tests/js/node_modules".to_string());
-        }
-    }
-    if missing.is_empty() {
-        None
-    } else {
-        Some(missing.join(", "))
-    }
-}
-
-/// Returns true when the test should run; prints a SKIP line, or panics under CI.
-fn deps_present(test: &str, need_js: bool) -> bool {
-    match missing_deps(need_js) {
-        None => true,
-        Some(m) if under_ci() => panic!(
-            "{test}: missing end-to-end test dependencies under CI: {m}; \
-             scripts/install-test-deps.sh should have installed them"
-        ),
-        Some(m) => {
-            eprintln!(
-                "SKIPPED {test}: missing {m}. Run scripts/install-test-deps.sh \
-                 (with CI set, this is a failure instead of a skip)."
-            );
-            false
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Helpers

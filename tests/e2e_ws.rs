@@ -13,7 +13,6 @@
 mod support;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,7 +21,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use support::devnet::{find_anvil, Devnet};
+use support::devnet::Devnet;
+use support::e2e::{deps_present, js_dir};
 use support::process::{http_get, poll_until, Ethgate, Http, Ports};
 
 const CHAIN_ID: u64 = 31337;
@@ -36,63 +36,6 @@ const WAIT: Duration = Duration::from_secs(15);
 // Dependencies (as in e2e_anvil.rs)
 // ---------------------------------------------------------------------------------------------
 
-fn under_ci() -> bool {
-    match std::env::var("CI") {
-        Ok(v) => !matches!(
-            v.trim().to_ascii_lowercase().as_str(),
-            "" | "0" | "false" | "no"
-        ),
-        Err(_) => false,
-    }
-}
-
-fn js_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js")
-}
-
-fn missing_deps() -> Option<String> {
-    let mut missing = Vec::new();
-    if find_anvil().is_none() {
-        missing.push("anvil ($ANVIL, PATH or .cache/npm)".to_string());
-    }
-    let node_ok = std::process::Command::new("node")
-        .arg("--version")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !node_ok {
-        missing.push("node (Node.js) on PATH".to_string());
-    }
-    if !js_dir().join("node_modules/ethers/package.json").is_file() {
-        missing.push("ethers in tests/js/node_modules".to_string());
-    }
-    if missing.is_empty() {
-        None
-    } else {
-        Some(missing.join(", "))
-    }
-}
-
-/// Returns true when the test should run; prints a SKIP line, or panics under CI.
-fn deps_present(test: &str) -> bool {
-    match missing_deps() {
-        None => true,
-        Some(m) if under_ci() => panic!(
-            "{test}: missing end-to-end test dependencies under CI: {m}; \
-             scripts/install-test-deps.sh should have installed them"
-        ),
-        Some(m) => {
-            eprintln!(
-                "SKIPPED {test}: missing {m}. Run scripts/install-test-deps.sh \
-                 (with CI set, this is a failure instead of a skip)."
-            );
-            false
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // The ethers client (tests/js/ws_watch.mjs)
@@ -657,7 +600,7 @@ fn hex_u64(v: &Value) -> Option<u64> {
 /// only as retracted and redelivered), on one WebSocket that never closes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ethers_ws_subscriptions_survive_kill_lag_and_reorg() {
-    if !deps_present("ethers_ws_subscriptions_survive_kill_lag_and_reorg") {
+    if !deps_present("ethers_ws_subscriptions_survive_kill_lag_and_reorg", true) {
         return;
     }
     let started = std::time::Instant::now();

@@ -382,3 +382,22 @@ async fn subscribe_answer_always_precedes_its_notifications() {
     }
     emitter.abort();
 }
+
+#[tokio::test]
+async fn a_source_that_stops_sending_heads_is_left_when_another_is_ahead() {
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    a.set_head(10);
+    b.set_head(10);
+    // Lag tolerance so large that health never takes the quiet source out of rotation.
+    let gw = Gateway::start_pair(config().health("max_lag_blocks", "1000"), &a, &b).await;
+    a.wait_for_calls("eth_subscribe", 1).await;
+    let (mut client, id) = heads_client(&gw).await;
+    a.emit_new_head(11);
+    assert_eq!(client.head_numbers(&id, 1).await, [11]);
+    // a goes quiet (no new heads, probes still fine); b moves on to 14.
+    b.set_head(14);
+    b.wait_for_calls("eth_subscribe", 1).await;
+    b.emit_new_head(15);
+    assert_eq!(client.head_numbers(&id, 4).await, [12, 13, 14, 15]);
+    assert_eq!(gw.upstream_status("a").await["state"], "healthy", "a never left rotation");
+}

@@ -18,6 +18,9 @@ use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::upstream::Upstream;
 
+/// Blocks another upstream must be ahead of the delivered head before the source is left.
+const FALLEN_BEHIND_BLOCKS: u64 = 2;
+
 /// Pending transaction hashes remembered for dedupe.
 const PENDING_TX_MEMORY: usize = 10_000;
 
@@ -118,7 +121,21 @@ impl Feed {
     /// the set holds new objects, so it is looked up by name).
     fn still_serving(&self, name: &str) -> Result<(), SourceError> {
         let upstreams = self.router.upstreams();
+        let delivered = self.view.last().map_or(0, |h| h.number);
+        let ahead = upstreams
+            .all()
+            .iter()
+            .filter(|u| u.name() != name && u.in_rotation() && u.config.ws.is_some())
+            .find(|u| u.head() >= delivered + FALLEN_BEHIND_BLOCKS);
         match upstreams.all().iter().find(|u| u.name() == name) {
+            // A source that stopped sending heads while still "healthy" would hold clients
+            // back until its lag crossed max_lag_blocks; another upstream being clearly ahead
+            // is reason enough to move.
+            Some(_) if delivered > 0 && ahead.is_some() => Err(SourceError::Lost(format!(
+                "{name} fell behind: {} is at {} while {delivered} was delivered",
+                ahead.map_or("", |u| u.name()),
+                ahead.map_or(0, |u| u.head())
+            ))),
             Some(u) if u.in_rotation() => Ok(()),
             Some(u) => Err(SourceError::Lost(format!("{name} is {}", u.state()))),
             None => Err(SourceError::Lost(format!(

@@ -68,8 +68,7 @@ impl Server {
             Some(tls) => Some(Arc::new(server::tls::Tls::load(tls)?)),
             None => None,
         };
-        let client = TcpListener::bind(config.server.listen)
-            .await
+        let client = listen(config.server.listen)
             .with_context(|| format!("server.listen: cannot bind {}", config.server.listen))?;
         let admin = TcpListener::bind(config.admin.listen)
             .await
@@ -155,6 +154,21 @@ impl Server {
         tracing::info!("ethgate stopped");
         Ok(())
     }
+}
+
+/// Backlog of the client port: a reconnect storm (every Chainlink node after a restart) must
+/// not overflow the kernel's accept queue, which the default of 128 does.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Logs the allowlist in force, warning when it admits everyone.

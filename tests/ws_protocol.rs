@@ -331,3 +331,24 @@ async fn upstream_pending_subscription_follows_client_demand() {
     }
     assert_eq!(a.calls("eth_subscribe"), 4, "one upstream subscription per round, not per client");
 }
+
+#[tokio::test]
+async fn websocket_sessions_hold_their_place_in_max_connections() {
+    let a = MockUpstream::start().await;
+    let gw = single(&a, GatewayConfig::new().server("max_connections", "2")).await;
+    let first = WsClient::connect(&gw.ws_url()).await;
+    let mut second = WsClient::connect(&gw.ws_url()).await;
+    second.call(json!(1), "eth_chainId", json!([])).await;
+    second.next_json().await;
+    gw.wait_status("two open connections", |s| s["connections"] == 2).await;
+    // A third client is not served while both upgraded sessions are open...
+    let url = gw.ws_url();
+    let third = tokio::spawn(async move { WsClient::connect(&url).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!third.is_finished(), "a third connection was served beyond max_connections");
+    // ...and is once one of them ends.
+    first.close().await;
+    let mut third = tokio::time::timeout(support::mock::WAIT, third).await.unwrap().unwrap();
+    third.call(json!(2), "eth_chainId", json!([])).await;
+    assert_eq!(third.next_json().await["result"], "0x1");
+}

@@ -18,10 +18,14 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::http::{plain, HttpResponse};
 use super::{Frontend, Transport};
+use crate::server::ConnectionGuard;
 use crate::subscription::SessionHandle;
 
 /// Calls of one session answered concurrently; more wait, which pauses reading.
 const CALLS_IN_FLIGHT: usize = 32;
+
+/// Initial read buffer of a client WebSocket.
+const READ_BUFFER_BYTES: usize = 4096;
 
 /// How long a close frame may wait behind data the client has not read yet (a slow client
 /// closed with 1008 sees the code once it catches up).
@@ -43,11 +47,18 @@ pub fn upgrade(frontend: Arc<Frontend>, request: Request<Incoming>) -> HttpRespo
             "invalid WebSocket upgrade request\n",
         );
     };
+    // The upgraded socket outlives hyper's connection task: the session holds the connection's
+    // place in `max_connections` and in the open-connection count until it ends.
+    let connection = request.extensions().get::<Arc<ConnectionGuard>>().cloned();
     let tracker = frontend.drain.tracker.clone();
     tracker.spawn(async move {
+        let _connection = connection;
         match hyper::upgrade::on(request).await {
             Ok(upgraded) => {
+                // tungstenite's default 128 KiB read buffer, zeroed on every read, would cost
+                // each idle client ~130 KiB; requests are small, larger ones grow the buffer.
                 let config = WebSocketConfig::default()
+                    .read_buffer_size(READ_BUFFER_BYTES)
                     .max_message_size(Some(frontend.max_request_bytes))
                     .max_frame_size(Some(frontend.max_request_bytes));
                 let socket = WebSocketStream::from_raw_socket(
@@ -116,7 +127,7 @@ where
     };
     calls.abort_all();
     while calls.join_next().await.is_some() {}
-    frontend.hub.drop_session(handle.id());
+    frontend.hub.drop_session(&handle);
     if close.is_some_and(|(code, _)| code == crate::subscription::session::CLOSE_POLICY) {
         frontend.metrics.ws_queue_overflow();
     }

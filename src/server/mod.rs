@@ -17,7 +17,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -51,6 +51,30 @@ impl ConnectionCount {
     }
 }
 
+/// One client connection's place in `max_connections` and in the open count; released when
+/// the last holder (the connection task, or a WebSocket session after an upgrade) drops it.
+#[derive(Debug)]
+pub struct ConnectionGuard {
+    count: Arc<ConnectionCount>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl ConnectionGuard {
+    fn new(count: Arc<ConnectionCount>, permit: OwnedSemaphorePermit) -> Self {
+        count.0.fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard {
+            count,
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.count.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Everything the accept loop needs.
 pub struct ClientPort {
     /// Bound client listener.
@@ -63,6 +87,16 @@ pub struct ClientPort {
     pub tls: Option<Arc<Tls>>,
     /// Open connections.
     pub connections: Arc<ConnectionCount>,
+}
+
+/// Who is on the other end of one connection.
+struct Peer {
+    /// The TCP peer.
+    addr: SocketAddr,
+    /// The client: the TCP peer, or the address a trusted PROXY header carried.
+    client: SocketAddr,
+    /// The connection's place in the limit and the count.
+    guard: Arc<ConnectionGuard>,
 }
 
 /// Per-connection settings shared by every connection task.
@@ -121,14 +155,12 @@ impl ClientPort {
                 continue;
             }
             let settings = settings.clone();
-            settings.connections.0.fetch_add(1, Ordering::Relaxed);
+            let guard = Arc::new(ConnectionGuard::new(settings.connections.clone(), permit));
             drain.tracker.spawn(async move {
                 tokio::select! {
-                    _ = settings.serve(stream, peer) => {}
+                    _ = settings.serve(stream, Peer { addr: peer, client: peer, guard }) => {}
                     _ = settings.drain.force_close.cancelled() => {}
                 }
-                settings.connections.0.fetch_sub(1, Ordering::Relaxed);
-                drop(permit);
             });
         }
         drop(self.listener);
@@ -148,38 +180,34 @@ impl Settings {
         false
     }
 
-    async fn serve(&self, mut stream: TcpStream, peer: SocketAddr) {
+    async fn serve(&self, mut stream: TcpStream, mut peer: Peer) {
         let _ = stream.set_nodelay(true);
-        let mut client = peer;
-        if self.access.load().expects_proxy_header(peer.ip()) {
+        if self.access.load().expects_proxy_header(peer.addr.ip()) {
             match proxy_protocol::read_header(&mut stream, self.handshake_timeout).await {
                 // LOCAL / UNKNOWN: the load balancer itself (a health check), already trusted.
-                Ok(header) if header.source.is_none() => {
-                    return self.serve_plain_or_tls(stream, peer, peer).await
+                Ok(header) if header.source.is_none() => {}
+                Ok(header) => {
+                    peer.client = header.client_or(peer.addr);
+                    if !self.admit(peer.client) {
+                        return;
+                    }
                 }
-                Ok(header) => client = header.client_or(peer),
                 Err(error) => {
                     self.frontend.metrics.denied_connection("proxy_header");
-                    tracing::debug!(%peer, %error, "invalid PROXY header; connection closed");
+                    let addr = peer.addr;
+                    tracing::debug!(%addr, %error, "invalid PROXY header; connection closed");
                     return;
                 }
             }
-            if !self.admit(client) {
-                return;
-            }
         }
-        self.serve_plain_or_tls(stream, peer, client).await
-    }
-
-    async fn serve_plain_or_tls(&self, stream: TcpStream, peer: SocketAddr, client: SocketAddr) {
         let Some(tls) = &self.tls else {
-            return self.serve_http(stream, peer, client).await;
+            return self.serve_http(stream, peer).await;
         };
         let handshake = tokio::time::timeout(self.handshake_timeout, tls.acceptor().accept(stream));
         match handshake.await {
-            Ok(Ok(stream)) => self.serve_http(stream, peer, client).await,
-            Ok(Err(error)) => self.handshake_failed(client, &error.to_string()),
-            Err(_) => self.handshake_failed(client, "timed out"),
+            Ok(Ok(stream)) => self.serve_http(stream, peer).await,
+            Ok(Err(error)) => self.handshake_failed(peer.client, &error.to_string()),
+            Err(_) => self.handshake_failed(peer.client, "timed out"),
         }
     }
 
@@ -188,17 +216,24 @@ impl Settings {
         tracing::debug!(%client, error, "TLS handshake failed");
     }
 
-    async fn serve_http<IO>(&self, io: IO, peer: SocketAddr, client: SocketAddr)
+    async fn serve_http<IO>(&self, io: IO, peer: Peer)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let frontend = self.frontend.clone();
         let access = self.access.clone();
-        let service = service_fn(move |request| {
-            let client = access
+        let Peer {
+            addr,
+            client,
+            guard,
+        } = peer;
+        let service = service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+            let logged = access
                 .load()
-                .client_address(peer, client, request.headers());
-            frontend::http::handle(frontend.clone(), client, request)
+                .client_address(addr, client, request.headers());
+            // A WebSocket upgrade takes the guard along, since the socket outlives this task.
+            request.extensions_mut().insert(guard.clone());
+            frontend::http::handle(frontend.clone(), logged, request)
         });
         let connection = self
             .http

@@ -165,6 +165,7 @@ impl Hub {
                 .1 += 1;
             key
         });
+        session.remember(&pending.id);
         let subscription = Subscription {
             kind: pending.kind,
             session: session.clone(),
@@ -180,6 +181,7 @@ impl Hub {
             .remove_if(id, |_, s| s.session.id() == session);
         match removed {
             Some((_, subscription)) => {
+                subscription.session.forget(id);
                 self.release(&subscription);
                 true
             }
@@ -187,16 +189,16 @@ impl Hub {
         }
     }
 
-    /// Ends every subscription of a session that went away.
-    pub fn drop_session(&self, session: u64) {
-        let ids: Vec<String> = self
-            .subscriptions
-            .iter()
-            .filter(|s| s.session.id() == session)
-            .map(|s| s.key().clone())
-            .collect();
-        for id in ids {
-            self.unsubscribe(session, &id);
+    /// Ends every subscription of a session that went away (only its own ids are touched,
+    /// so many sessions closing at once cost linear time).
+    pub fn drop_session(&self, session: &SessionHandle) {
+        for id in session.take_subscriptions() {
+            if let Some((_, subscription)) = self
+                .subscriptions
+                .remove_if(&id, |_, s| s.session.id() == session.id())
+            {
+                self.release(&subscription);
+            }
         }
     }
 

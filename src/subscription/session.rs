@@ -18,6 +18,8 @@ pub struct SessionHandle {
     queue: mpsc::Sender<String>,
     closing: CancellationToken,
     close_reason: Mutex<Option<(u16, &'static str)>>,
+    /// Ids of this session's subscriptions, so ending the session touches only those.
+    subscriptions: Mutex<Vec<String>>,
 }
 
 impl SessionHandle {
@@ -29,6 +31,7 @@ impl SessionHandle {
             queue,
             closing: CancellationToken::new(),
             close_reason: Mutex::new(None),
+            subscriptions: Mutex::new(Vec::new()),
         };
         (handle, receiver)
     }
@@ -50,9 +53,21 @@ impl SessionHandle {
         }
     }
 
+    pub(super) fn remember(&self, id: &str) {
+        lock(&self.subscriptions).push(id.to_string());
+    }
+
+    pub(super) fn forget(&self, id: &str) {
+        lock(&self.subscriptions).retain(|known| known != id);
+    }
+
+    pub(super) fn take_subscriptions(&self) -> Vec<String> {
+        std::mem::take(&mut *lock(&self.subscriptions))
+    }
+
     /// Asks the session to close with `code`; the first reason given wins.
     pub fn close(&self, code: u16, reason: &'static str) {
-        let mut slot = self.close_reason.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = lock(&self.close_reason);
         slot.get_or_insert((code, reason));
         self.closing.cancel();
     }
@@ -64,6 +79,11 @@ impl SessionHandle {
 
     /// The code and reason the session was asked to close with.
     pub fn close_reason(&self) -> Option<(u16, &'static str)> {
-        *self.close_reason.lock().unwrap_or_else(|p| p.into_inner())
+        *lock(&self.close_reason)
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Each guarded value is replaced or edited in one step: still valid after a panic.
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -157,7 +157,15 @@ impl Source {
             }
             let quiet_for = self.last_seen.elapsed();
             if quiet_for >= self.dead_after {
-                return Err(SourceError::Silent(self.dead_after));
+                // Frames may be waiting unread (this task was starved of CPU, not the socket
+                // of data): read what is there before declaring the source silent.
+                match timeout(Duration::ZERO, self.read_one()).await {
+                    Ok(result) => {
+                        result?;
+                        continue;
+                    }
+                    Err(_) => return Err(SourceError::Silent(self.dead_after)),
+                }
             }
             let wait = if quiet_for >= self.ping_after {
                 self.socket

@@ -98,9 +98,9 @@ fn identical_filters_share_one_entry_released_with_the_last_subscriber() {
         hub.activate(pending, s);
     }
     assert_eq!(hub.active_filters().len(), 1);
-    hub.drop_session(a.id());
+    hub.drop_session(&a);
     assert_eq!(hub.active_filters().len(), 1);
-    hub.drop_session(b.id());
+    hub.drop_session(&b);
     assert!(hub.active_filters().is_empty());
     assert!(hub.is_empty());
 }

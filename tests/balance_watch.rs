@@ -10,7 +10,10 @@ use support::mock::Gateway;
 
 #[tokio::test]
 async fn watched_balances_are_reported_above_and_below_their_minimum() {
-    if !deps_present("watched_balances_are_reported_above_and_below_their_minimum", false) {
+    if !deps_present(
+        "watched_balances_are_reported_above_and_below_their_minimum",
+        false,
+    ) {
         return;
     }
     let devnet = Devnet::start(1).await.expect("anvil");
@@ -27,13 +30,19 @@ async fn watched_balances_are_reported_above_and_below_their_minimum() {
     let gw = Gateway::start_toml(&toml).await;
     let status = gw
         .wait_status("both balances known", |s| {
-            s["balances"].as_array().is_some_and(|b| b.len() == 2 && b.iter().all(|w| w["balance_ether"].is_number()))
+            s["balances"]
+                .as_array()
+                .is_some_and(|b| b.len() == 2 && b.iter().all(|w| w["balance_ether"].is_number()))
         })
         .await;
     let by_address = |address: &str| -> Value {
         status["balances"]
             .as_array()
-            .and_then(|b| b.iter().find(|w| w["address"] == address.to_ascii_lowercase()).cloned())
+            .and_then(|b| {
+                b.iter()
+                    .find(|w| w["address"] == address.to_ascii_lowercase())
+                    .cloned()
+            })
             .unwrap_or_else(|| panic!("{address} not in {status}"))
     };
     let low = by_address(DEV_ADDRESS);
@@ -44,6 +53,12 @@ async fn watched_balances_are_reported_above_and_below_their_minimum() {
     assert_eq!(high["balance_ether"], 10000.0);
     let (_, metrics) = gw.admin_get("/metrics").await;
     let text = String::from_utf8_lossy(&metrics);
-    let line = format!("ethgate_account_balance_ether{{address=\"{}\"}} 10000", second.to_ascii_lowercase());
-    assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
+    let line = format!(
+        "ethgate_account_balance_ether{{address=\"{}\"}} 10000",
+        second.to_ascii_lowercase()
+    );
+    assert!(
+        text.lines().any(|l| l == line),
+        "{line} missing from:\n{text}"
+    );
 }

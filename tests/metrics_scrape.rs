@@ -367,7 +367,10 @@ async fn a_fresh_ethgate_exports_every_family_at_zero() {
         ("ethgate_upstream_request_duration_seconds", "histogram"),
         ("ethgate_inflight_requests", "gauge"),
         ("ethgate_ws_queue_overflows_total", "counter"),
-        ("ethgate_subscription_failover_duration_seconds", "histogram"),
+        (
+            "ethgate_subscription_failover_duration_seconds",
+            "histogram",
+        ),
     ];
     for (family, kind) in families {
         assert_eq!(
@@ -409,15 +412,34 @@ async fn a_fresh_ethgate_exports_every_family_at_zero() {
     for upstream in ["a", "b"] {
         s.assert("ethgate_upstream_up", &[("upstream", upstream)], 1.0);
         assert_eq!(s.upstream_attempts(upstream), only_ok(0.0), "{upstream}");
-        for state in ["healthy", "lagging", "syncing", "stalled", "unreachable", "wrong_chain"] {
+        for state in [
+            "healthy",
+            "lagging",
+            "syncing",
+            "stalled",
+            "unreachable",
+            "wrong_chain",
+        ] {
             let on = if state == "healthy" { 1.0 } else { 0.0 };
-            s.assert("ethgate_upstream_state", &[("upstream", upstream), ("state", state)], on);
+            s.assert(
+                "ethgate_upstream_state",
+                &[("upstream", upstream), ("state", state)],
+                on,
+            );
         }
-        s.assert("ethgate_upstream_request_duration_seconds_count", &[("upstream", upstream)], 0.0);
+        s.assert(
+            "ethgate_upstream_request_duration_seconds_count",
+            &[("upstream", upstream)],
+            0.0,
+        );
     }
     s.assert("ethgate_inflight_requests", &[], 0.0);
     s.assert("ethgate_ws_queue_overflows_total", &[], 0.0);
-    s.assert("ethgate_subscription_failover_duration_seconds_count", &[], 0.0);
+    s.assert(
+        "ethgate_subscription_failover_duration_seconds_count",
+        &[],
+        0.0,
+    );
 }
 
 #[tokio::test]
@@ -669,8 +691,16 @@ async fn websocket_sessions_subscriptions_gap_fills_and_duplicates() {
     .into();
     assert_eq!(s.requests(), expected, "{}", s.text);
     assert_eq!(s.upstream_attempts("a"), only_ok(1.0), "{}", s.text);
-    s.assert("ethgate_request_duration_seconds_count", &[("transport", "ws")], 2.0);
-    s.assert("ethgate_upstream_request_duration_seconds_count", &[("upstream", "a")], 1.0);
+    s.assert(
+        "ethgate_request_duration_seconds_count",
+        &[("transport", "ws")],
+        2.0,
+    );
+    s.assert(
+        "ethgate_upstream_request_duration_seconds_count",
+        &[("upstream", "a")],
+        1.0,
+    );
 
     a.emit_new_head(101);
     assert_eq!(heads.head_numbers(&id, 1).await, [101]);

@@ -302,9 +302,17 @@ async fn client_pings_are_answered_and_the_server_never_pings_first() {
     let (mut socket, _) = tokio_tungstenite::connect_async(gw.ws_url()).await.unwrap();
     // Old Chainlink versions mishandle server pings: a quiet session sees nothing at all.
     let quiet = tokio::time::timeout(Duration::from_millis(500), socket.next()).await;
-    assert!(quiet.is_err(), "server sent something unprompted: {quiet:?}");
-    socket.send(Message::Ping(b"hello".to_vec().into())).await.unwrap();
-    let answer = tokio::time::timeout(support::mock::WAIT, socket.next()).await.unwrap();
+    assert!(
+        quiet.is_err(),
+        "server sent something unprompted: {quiet:?}"
+    );
+    socket
+        .send(Message::Ping(b"hello".to_vec().into()))
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(support::mock::WAIT, socket.next())
+        .await
+        .unwrap();
     match answer {
         Some(Ok(Message::Pong(data))) => assert_eq!(&data[..], b"hello"),
         other => panic!("expected a pong, got {other:?}"),
@@ -329,7 +337,11 @@ async fn upstream_pending_subscription_follows_client_demand() {
         }
         a.wait_for_calls("eth_unsubscribe", round).await;
     }
-    assert_eq!(a.calls("eth_subscribe"), 4, "one upstream subscription per round, not per client");
+    assert_eq!(
+        a.calls("eth_subscribe"),
+        4,
+        "one upstream subscription per round, not per client"
+    );
 }
 
 #[tokio::test]
@@ -340,15 +352,22 @@ async fn websocket_sessions_hold_their_place_in_max_connections() {
     let mut second = WsClient::connect(&gw.ws_url()).await;
     second.call(json!(1), "eth_chainId", json!([])).await;
     second.next_json().await;
-    gw.wait_status("two open connections", |s| s["connections"] == 2).await;
+    gw.wait_status("two open connections", |s| s["connections"] == 2)
+        .await;
     // A third client is not served while both upgraded sessions are open...
     let url = gw.ws_url();
     let third = tokio::spawn(async move { WsClient::connect(&url).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!third.is_finished(), "a third connection was served beyond max_connections");
+    assert!(
+        !third.is_finished(),
+        "a third connection was served beyond max_connections"
+    );
     // ...and is once one of them ends.
     first.close().await;
-    let mut third = tokio::time::timeout(support::mock::WAIT, third).await.unwrap().unwrap();
+    let mut third = tokio::time::timeout(support::mock::WAIT, third)
+        .await
+        .unwrap()
+        .unwrap();
     third.call(json!(2), "eth_chainId", json!([])).await;
     assert_eq!(third.next_json().await["result"], "0x1");
 }

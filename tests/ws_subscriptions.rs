@@ -399,5 +399,9 @@ async fn a_source_that_stops_sending_heads_is_left_when_another_is_ahead() {
     b.wait_for_calls("eth_subscribe", 1).await;
     b.emit_new_head(15);
     assert_eq!(client.head_numbers(&id, 4).await, [12, 13, 14, 15]);
-    assert_eq!(gw.upstream_status("a").await["state"], "healthy", "a never left rotation");
+    assert_eq!(
+        gw.upstream_status("a").await["state"],
+        "healthy",
+        "a never left rotation"
+    );
 }

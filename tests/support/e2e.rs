@@ -9,7 +9,10 @@ use super::devnet::find_anvil;
 /// Whether `CI` is set to something true.
 pub fn under_ci() -> bool {
     match std::env::var("CI") {
-        Ok(v) => !matches!(v.trim().to_ascii_lowercase().as_str(), "" | "0" | "false" | "no"),
+        Ok(v) => !matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "" | "0" | "false" | "no"
+        ),
         Err(_) => false,
     }
 }

@@ -24,7 +24,7 @@
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -37,8 +37,10 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::runtime::Runtime;
 use tokio::time::Instant;
+
+mod common;
+use common::*;
 
 const SINGLE_REQUEST: &str = r#"{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber","params":[]}"#;
 const CONCURRENCY: [usize; 3] = [1, 16, 64];
@@ -213,95 +215,6 @@ http = "http://{backend_addr}/"
 // ---------------------------------------------------------------------------------------------
 // Runtimes pinned to a CPU, with their thread ids recorded for CPU accounting.
 
-struct Pinned {
-    rt: Runtime,
-    tids: Arc<Mutex<Vec<u32>>>,
-    pin_failures: Arc<Mutex<usize>>,
-}
-
-impl Pinned {
-    /// A multi-thread runtime with one worker (like `ethgate run --workers 1`).
-    fn runtime(name: &'static str, cpu: Option<usize>) -> anyhow::Result<Pinned> {
-        let tids = Arc::new(Mutex::new(Vec::new()));
-        let pin_failures = Arc::new(Mutex::new(0));
-        let (t, f) = (tids.clone(), pin_failures.clone());
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name(name)
-            .enable_all()
-            .on_thread_start(move || {
-                if let Some(tid) = current_tid() {
-                    t.lock().unwrap().push(tid);
-                    if let Some(cpu) = cpu {
-                        if !pin_thread(tid, cpu) {
-                            *f.lock().unwrap() += 1;
-                        }
-                    }
-                }
-            })
-            .build()
-            .with_context(|| format!("building runtime {name}"))?;
-        // Make sure the worker thread exists (and is pinned) before anything is measured.
-        rt.block_on(async { tokio::spawn(async {}).await })?;
-        Ok(Pinned {
-            rt,
-            tids,
-            pin_failures,
-        })
-    }
-
-    fn pinned(&self) -> bool {
-        *self.pin_failures.lock().unwrap() == 0
-    }
-
-    /// CPU time used so far by this runtime's threads (threads that exited are not counted).
-    fn cpu_time(&self) -> Duration {
-        let tids = self.tids.lock().unwrap().clone();
-        tids.into_iter().map(thread_cpu_time).sum()
-    }
-}
-
-fn current_tid() -> Option<u32> {
-    let link = std::fs::read_link("/proc/thread-self").ok()?;
-    link.file_name()?.to_str()?.parse().ok()
-}
-
-fn pin_thread(tid: u32, cpu: usize) -> bool {
-    std::process::Command::new("taskset")
-        .args(["-p", "-c", &cpu.to_string(), &tid.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// On-CPU time of one thread of this process: schedstat (ns), else stat (clock ticks).
-fn thread_cpu_time(tid: u32) -> Duration {
-    let dir = format!("/proc/self/task/{tid}");
-    if let Ok(text) = std::fs::read_to_string(format!("{dir}/schedstat")) {
-        if let Some(ns) = text
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse::<u64>().ok())
-        {
-            return Duration::from_nanos(ns);
-        }
-    }
-    let Ok(text) = std::fs::read_to_string(format!("{dir}/stat")) else {
-        return Duration::ZERO;
-    };
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let Some(rest) = text.rsplit_once(')').map(|(_, r)| r) else {
-        return Duration::ZERO;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<u64>().ok()))
-        .sum();
-    Duration::from_millis(ticks * 10)
-}
-
 // ---------------------------------------------------------------------------------------------
 // The backend: a minimal hyper server answering JSON-RPC objects and batches.
 
@@ -373,12 +286,6 @@ async fn backend_answer(request: Request<Incoming>) -> Result<Response<Full<Byte
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Ok(response)
-}
-
-fn status_only(status: StatusCode) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::new()));
-    *response.status_mut() = status;
-    response
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -674,9 +581,9 @@ impl Stats {
                 .iter()
                 .map(|p| p.latencies_ns.len() as f64 / p.window.as_secs_f64())
                 .collect(),
-            p50: percentile_us(&all, 0.50),
-            p99: percentile_us(&all, 0.99),
-            p999: percentile_us(&all, 0.999),
+            p50: percentile(&all, 0.50) / 1e3,
+            p99: percentile(&all, 0.99) / 1e3,
+            p999: percentile(&all, 0.999) / 1e3,
             max: all.last().map_or(0.0, |&ns| ns as f64 / 1e3),
             errors: points.iter().map(|p| p.errors).sum(),
             proxy_us: per_request(points.iter().map(|p| p.proxy_cpu).sum()),
@@ -686,22 +593,6 @@ impl Stats {
 }
 
 /// Nearest-rank percentile of sorted nanoseconds, in microseconds.
-fn percentile_us(sorted: &[u64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1] as f64 / 1e3
-}
-
-fn kilo(rps: f64) -> String {
-    if rps >= 10_000.0 {
-        format!("{:.1}k", rps / 1e3)
-    } else {
-        format!("{rps:.0}")
-    }
-}
-
 fn print_header(plan: &Plan, pinned: bool, pin_wanted: bool) {
     println!();
     println!("ethgate load bench: closed loop, HTTP/1.1 keep-alive, one connection per client");

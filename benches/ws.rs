@@ -49,12 +49,14 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::runtime::Runtime;
 use tokio::sync::{broadcast, oneshot, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+mod common;
+use common::*;
 
 /// Request/response connection counts.
 const RR_CONNECTIONS: [usize; 2] = [1, 16];
@@ -314,105 +316,6 @@ fn run() -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------------
 // Runtimes pinned to a CPU, with their thread ids recorded for CPU accounting.
 
-struct Pinned {
-    rt: Runtime,
-    tids: Arc<Mutex<Vec<u32>>>,
-    pin_failures: Arc<AtomicUsize>,
-}
-
-impl Pinned {
-    /// A multi-thread runtime with one worker.
-    fn runtime(name: &'static str, cpu: Option<usize>) -> anyhow::Result<Pinned> {
-        let tids = Arc::new(Mutex::new(Vec::new()));
-        let pin_failures = Arc::new(AtomicUsize::new(0));
-        let (t, f) = (tids.clone(), pin_failures.clone());
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name(name)
-            .enable_all()
-            .on_thread_start(move || {
-                if let Some(tid) = current_tid() {
-                    t.lock().unwrap().push(tid);
-                    if let Some(cpu) = cpu {
-                        if !pin_thread(tid, cpu) {
-                            f.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-            })
-            .build()
-            .with_context(|| format!("building runtime {name}"))?;
-        rt.block_on(async { tokio::spawn(async {}).await })?;
-        Ok(Pinned {
-            rt,
-            tids,
-            pin_failures,
-        })
-    }
-
-    fn pinned(&self) -> bool {
-        self.pin_failures.load(Ordering::Relaxed) == 0
-    }
-
-    /// CPU time used so far by this runtime's threads.
-    fn cpu_time(&self) -> Duration {
-        let tids = self.tids.lock().unwrap().clone();
-        tids.into_iter()
-            .map(|tid| task_cpu_time(&format!("/proc/self/task/{tid}")))
-            .sum()
-    }
-}
-
-fn current_tid() -> Option<u32> {
-    let link = std::fs::read_link("/proc/thread-self").ok()?;
-    link.file_name()?.to_str()?.parse().ok()
-}
-
-fn pin_thread(tid: u32, cpu: usize) -> bool {
-    Command::new("taskset")
-        .args(["-p", "-c", &cpu.to_string(), &tid.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// On-CPU time of one task (`/proc/.../task/TID`): schedstat (ns), else stat (clock ticks).
-fn task_cpu_time(dir: &str) -> Duration {
-    if let Ok(text) = std::fs::read_to_string(format!("{dir}/schedstat")) {
-        if let Some(ns) = text
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse::<u64>().ok())
-        {
-            return Duration::from_nanos(ns);
-        }
-    }
-    let Ok(text) = std::fs::read_to_string(format!("{dir}/stat")) else {
-        return Duration::ZERO;
-    };
-    let Some(rest) = text.rsplit_once(')').map(|(_, r)| r) else {
-        return Duration::ZERO;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<u64>().ok()))
-        .sum();
-    Duration::from_millis(ticks * 10)
-}
-
-/// On-CPU time of every current thread of process `pid`.
-fn process_cpu_time(pid: u32) -> Duration {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Duration::ZERO;
-    };
-    tasks
-        .filter_map(Result::ok)
-        .map(|t| task_cpu_time(&t.path().to_string_lossy()))
-        .sum()
-}
-
 // ---------------------------------------------------------------------------------------------
 // The upstream: a fast JSON-RPC node over HTTP and WebSocket with a chain the bench drives.
 
@@ -606,12 +509,6 @@ async fn upstream_http_answer(
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Ok(response)
-}
-
-fn status_only(status: StatusCode) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::new()));
-    *response.status_mut() = status;
-    response
 }
 
 fn bench_ws_config() -> WebSocketConfig {
@@ -1107,23 +1004,6 @@ impl RrStats {
             proxy_us: per_message(points.iter().map(|p| p.proxy_cpu).sum()),
             upstream_us: per_message(points.iter().map(|p| p.upstream_cpu).sum()),
         }
-    }
-}
-
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[u64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1] as f64
-}
-
-fn kilo(rate: f64) -> String {
-    if rate >= 10_000.0 {
-        format!("{:.1}k", rate / 1e3)
-    } else {
-        format!("{rate:.0}")
     }
 }
 

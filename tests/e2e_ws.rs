@@ -735,8 +735,10 @@ async fn ethers_ws_subscriptions_survive_kill_lag_and_reorg() {
         (upstream_state(st, &source)? != "healthy").then_some(())
     })
     .await;
+    // Heads only: the client's calls may sit in the paused node's pool (the router still sends
+    // to it until it is marked lagging) and are mined again only after its catch-up below.
     client
-        .wait_progress("blocks after the diverged source left", 3, 1)
+        .wait_progress("blocks after the diverged source left", 3, 0)
         .await;
     let replayed = dev.catch_up(di).await.expect("catch up the diverged node");
     eprintln!("{source} reorged back ({replayed} blocks replayed)");

@@ -177,6 +177,7 @@ impl ChainView {
             {
                 break;
             }
+            tracing::debug!(number = parent_number, hash = %current.parent_hash, "fetching ancestor");
             let parent = fetch.by_hash(&current.parent_hash).await?;
             branch.push(Arc::new(parent));
         }

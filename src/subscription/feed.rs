@@ -275,6 +275,7 @@ impl Feed {
             }
         };
         let timeout = self.settings.request_timeout;
+        tracing::debug!(number = head.number, hash = %head.hash, behind_ok, "head from source");
         let plan = self
             .view
             .plan(head, behind_ok, &mut HeaderFetch { source, timeout })
@@ -300,6 +301,11 @@ impl Feed {
         if plan.restarted {
             tracing::warn!("new head does not link to the delivered chain: restarting from it");
         }
+        tracing::debug!(
+            changes = plan.changes.len(),
+            restarted = plan.restarted,
+            "delivering"
+        );
         for change in &plan.changes {
             match change {
                 Change::Removed(header) => {

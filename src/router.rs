@@ -93,9 +93,9 @@ impl Router {
         self.upstreams.load_full()
     }
 
-    /// Replaces the upstream set (reload); returns the previous one.
-    pub fn replace_upstreams(&self, upstreams: Arc<Upstreams>) -> Arc<Upstreams> {
-        self.upstreams.swap(upstreams)
+    /// Replaces the upstream set (reload); requests in flight keep the one they loaded.
+    pub fn replace_upstreams(&self, upstreams: Arc<Upstreams>) {
+        self.upstreams.store(upstreams);
     }
 
     /// Forwards `calls` (as a batch when `batch`) and renders one response per call under

@@ -3,23 +3,11 @@
 
 mod support;
 
-use serde_json::{json, Value};
 use std::time::Duration;
-use support::mock::{error_of, result_of, upstream_entry, Gateway, GatewayConfig, MockUpstream};
-
-const ADDR: &str = "0x00000000000000000000000000000000000000aa";
-
-/// Two mocks whose eth_getBalance answers tell them apart: "0xa" and "0xb".
-async fn mocks() -> (MockUpstream, MockUpstream) {
-    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
-    a.set_result("eth_getBalance", json!("0xa"));
-    b.set_result("eth_getBalance", json!("0xb"));
-    (a, b)
-}
-
-async fn balance(gw: &Gateway) -> Value {
-    gw.call("eth_getBalance", json!([ADDR, "latest"])).await
-}
+use support::mock::{
+    error_of, result_of, tagged_balance, tagged_pair, upstream_entry, Gateway, GatewayConfig,
+    MockUpstream,
+};
 
 /// `a` is out of rotation: /status says so and calls go to `b` only.
 async fn assert_out_of_rotation(gw: &Gateway, a: &MockUpstream, state: &str) {
@@ -28,7 +16,7 @@ async fn assert_out_of_rotation(gw: &Gateway, a: &MockUpstream, state: &str) {
     assert_eq!(entry["selected"], false, "{status}");
     let before = a.calls("eth_getBalance");
     for _ in 0..3 {
-        assert_eq!(result_of(&balance(gw).await), "0xb");
+        assert_eq!(result_of(&tagged_balance(gw).await), "0xb");
     }
     assert_eq!(
         a.calls("eth_getBalance"),
@@ -42,13 +30,13 @@ async fn assert_back_in_rotation(gw: &Gateway, a: &MockUpstream, b: &MockUpstrea
     gw.wait_state("a", "healthy").await;
     b.refuse().await;
     gw.wait_state("b", "unreachable").await;
-    assert_eq!(result_of(&balance(gw).await), "0xa");
+    assert_eq!(result_of(&tagged_balance(gw).await), "0xa");
     assert!(a.calls("eth_getBalance") >= 1);
 }
 
 #[tokio::test]
 async fn lagging_upstream_leaves_rotation_and_returns() {
-    let (a, b) = mocks().await;
+    let (a, b) = tagged_pair().await;
     let gw = Gateway::start_pair(GatewayConfig::new(), &a, &b).await;
     a.set_head(90);
     assert_out_of_rotation(&gw, &a, "lagging").await;
@@ -62,7 +50,7 @@ async fn lagging_upstream_leaves_rotation_and_returns() {
 
 #[tokio::test]
 async fn lag_within_max_lag_blocks_stays_in_rotation() {
-    let (a, b) = mocks().await;
+    let (a, b) = tagged_pair().await;
     let gw = Gateway::start_pair(GatewayConfig::new(), &a, &b).await;
     a.set_head(95);
     gw.wait_status("a seen at head 95", |s| {
@@ -73,12 +61,12 @@ async fn lag_within_max_lag_blocks_stays_in_rotation() {
     let probes = a.calls("eth_blockNumber");
     a.wait_for_calls("eth_blockNumber", probes + 3).await;
     assert_eq!(gw.upstream_status("a").await["state"], "healthy");
-    assert_eq!(result_of(&balance(&gw).await), "0xa");
+    assert_eq!(result_of(&tagged_balance(&gw).await), "0xa");
 }
 
 #[tokio::test]
 async fn syncing_upstream_leaves_rotation_and_returns() {
-    let (a, b) = mocks().await;
+    let (a, b) = tagged_pair().await;
     let gw = Gateway::start_pair(GatewayConfig::new(), &a, &b).await;
     a.set_syncing(true);
     assert_out_of_rotation(&gw, &a, "syncing").await;
@@ -88,7 +76,7 @@ async fn syncing_upstream_leaves_rotation_and_returns() {
 
 #[tokio::test]
 async fn stalled_upstream_leaves_rotation_and_returns() {
-    let (a, b) = mocks().await;
+    let (a, b) = tagged_pair().await;
     let cfg = GatewayConfig::new()
         .health("no_new_heads", "\"1s\"")
         .health("max_lag_blocks", "1000000");
@@ -102,7 +90,7 @@ async fn stalled_upstream_leaves_rotation_and_returns() {
 
 #[tokio::test]
 async fn unreachable_upstream_leaves_rotation_and_returns() {
-    let (a, b) = mocks().await;
+    let (a, b) = tagged_pair().await;
     let gw = Gateway::start_pair(GatewayConfig::new(), &a, &b).await;
     a.refuse().await;
     assert_out_of_rotation(&gw, &a, "unreachable").await;
@@ -112,7 +100,7 @@ async fn unreachable_upstream_leaves_rotation_and_returns() {
 
 #[tokio::test]
 async fn upstream_answering_503_becomes_unreachable() {
-    let (a, b) = mocks().await;
+    let (a, b) = tagged_pair().await;
     let gw = Gateway::start_pair(GatewayConfig::new(), &a, &b).await;
     a.set_http_status(Some(503));
     assert_out_of_rotation(&gw, &a, "unreachable").await;
@@ -122,7 +110,7 @@ async fn upstream_answering_503_becomes_unreachable() {
 
 #[tokio::test]
 async fn upstream_on_other_chain_than_configured_is_never_routed() {
-    let (a, b) = mocks().await;
+    let (a, b) = tagged_pair().await;
     a.set_chain_id(5);
     let cfg = GatewayConfig::new()
         .chain_id(1)
@@ -135,19 +123,19 @@ async fn upstream_on_other_chain_than_configured_is_never_routed() {
     // With b gone, a wrong-chain upstream is still not used.
     b.refuse().await;
     gw.wait_state("b", "unreachable").await;
-    let (code, message) = error_of(&balance(&gw).await);
+    let (code, message) = error_of(&tagged_balance(&gw).await);
     assert_eq!(code, -32002);
     assert!(message.starts_with("no healthy upstream"), "{message}");
     assert_eq!(a.calls("eth_getBalance"), 0);
 
     a.set_chain_id(1);
     gw.wait_state("a", "healthy").await;
-    assert_eq!(result_of(&balance(&gw).await), "0xa");
+    assert_eq!(result_of(&tagged_balance(&gw).await), "0xa");
 }
 
 #[tokio::test]
 async fn upstream_disagreeing_with_verified_chain_leaves_rotation() {
-    let (a, b) = mocks().await;
+    let (a, b) = tagged_pair().await;
     let gw = Gateway::start_pair(GatewayConfig::new(), &a, &b).await;
     assert_eq!(gw.status().await["chain_id"], 1);
     a.set_chain_id(5);
@@ -163,7 +151,7 @@ async fn upstream_disagreeing_with_verified_chain_leaves_rotation() {
 
 #[tokio::test]
 async fn wrong_chain_upstream_stays_out_while_otherwise_fine() {
-    let (a, b) = mocks().await;
+    let (a, b) = tagged_pair().await;
     let gw = Gateway::start_pair(GatewayConfig::new(), &a, &b).await;
     a.set_chain_id(5);
     gw.wait_state("a", "wrong_chain").await;
@@ -175,7 +163,7 @@ async fn wrong_chain_upstream_stays_out_while_otherwise_fine() {
 
 #[tokio::test]
 async fn readyz_follows_rotation() {
-    let (a, b) = mocks().await;
+    let (a, b) = tagged_pair().await;
     let gw = Gateway::start_pair(GatewayConfig::new(), &a, &b).await;
     gw.wait_readyz(200).await;
     a.refuse().await;
@@ -190,5 +178,5 @@ async fn readyz_follows_rotation() {
     );
     b.restore().await;
     gw.wait_readyz(200).await;
-    assert_eq!(result_of(&balance(&gw).await), "0xb");
+    assert_eq!(result_of(&tagged_balance(&gw).await), "0xb");
 }

@@ -5,23 +5,12 @@ mod support;
 
 use serde_json::{json, Value};
 use std::time::Duration;
-use support::mock::{error_of, result_of, Gateway, GatewayConfig, MockUpstream};
+use support::mock::{
+    error_of, result_of, tagged_balance, tagged_pair, Gateway, GatewayConfig, TAGGED_ADDRESS,
+};
 
-const ADDR: &str = "0x00000000000000000000000000000000000000aa";
 /// Long enough that only a proxy timeout can end the wait; cancelled when the mock drops.
 const FOREVER: Duration = Duration::from_secs(300);
-
-/// Two mocks whose eth_getBalance answers tell them apart: "0xa" and "0xb".
-async fn mocks() -> (MockUpstream, MockUpstream) {
-    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
-    a.set_result("eth_getBalance", json!("0xa"));
-    b.set_result("eth_getBalance", json!("0xb"));
-    (a, b)
-}
-
-async fn balance(gw: &Gateway) -> Value {
-    gw.call("eth_getBalance", json!([ADDR, "latest"])).await
-}
 
 async fn send_tx(gw: &Gateway) -> Value {
     gw.call("eth_sendRawTransaction", json!(["0x02f86b0180843b9aca00"]))
@@ -30,51 +19,51 @@ async fn send_tx(gw: &Gateway) -> Value {
 
 #[tokio::test]
 async fn refused_connection_fails_over_to_next_upstream() {
-    let (a, b) = mocks().await;
+    let (a, b) = tagged_pair().await;
     // No pooled connection can survive `refuse`: every attempt on `a` is a fresh connect.
     a.set_close_connections(true);
     let gw = Gateway::start_pair(GatewayConfig::new(), &a, &b).await;
     a.refuse().await;
-    assert_eq!(result_of(&balance(&gw).await), "0xb");
+    assert_eq!(result_of(&tagged_balance(&gw).await), "0xb");
     assert_eq!(b.calls("eth_getBalance"), 1);
 }
 
 #[tokio::test]
 async fn reset_connection_fails_over_for_reads() {
-    let (a, b) = mocks().await;
+    let (a, b) = tagged_pair().await;
     let gw = Gateway::start_pair(GatewayConfig::new(), &a, &b).await;
     a.reset_next_for("eth_getBalance", 1);
-    assert_eq!(result_of(&balance(&gw).await), "0xb");
+    assert_eq!(result_of(&tagged_balance(&gw).await), "0xb");
     assert_eq!(a.calls("eth_getBalance"), 1, "the read was first sent to a");
     assert_eq!(b.calls("eth_getBalance"), 1);
 }
 
 #[tokio::test]
 async fn timed_out_attempt_fails_over_for_reads() {
-    let (a, b) = mocks().await;
+    let (a, b) = tagged_pair().await;
     let cfg = GatewayConfig::new().server("request_timeout", "\"1s\"");
     let gw = Gateway::start_pair(cfg, &a, &b).await;
     a.set_delay_for("eth_getBalance", Some(FOREVER));
-    assert_eq!(result_of(&balance(&gw).await), "0xb");
+    assert_eq!(result_of(&tagged_balance(&gw).await), "0xb");
     assert_eq!(a.calls("eth_getBalance"), 1, "the read was first sent to a");
     assert_eq!(b.calls("eth_getBalance"), 1);
 }
 
 #[tokio::test]
 async fn silent_upstream_fails_over() {
-    let (a, b) = mocks().await;
+    let (a, b) = tagged_pair().await;
     let cfg = GatewayConfig::new().server("request_timeout", "\"1s\"");
     let gw = Gateway::start_pair(cfg, &a, &b).await;
     a.go_silent(true);
-    assert_eq!(result_of(&balance(&gw).await), "0xb");
+    assert_eq!(result_of(&tagged_balance(&gw).await), "0xb");
     assert_eq!(b.calls("eth_getBalance"), 1);
 }
 
 async fn http_status_fails_over(status: u16) {
-    let (a, b) = mocks().await;
+    let (a, b) = tagged_pair().await;
     let gw = Gateway::start_pair(GatewayConfig::new(), &a, &b).await;
     a.set_http_status_for("eth_getBalance", Some(status));
-    assert_eq!(result_of(&balance(&gw).await), "0xb");
+    assert_eq!(result_of(&tagged_balance(&gw).await), "0xb");
     assert_eq!(a.calls("eth_getBalance"), 1, "the read was first sent to a");
     assert_eq!(b.calls("eth_getBalance"), 1);
 }
@@ -96,12 +85,15 @@ async fn http_429_fails_over() {
 
 #[tokio::test]
 async fn execution_reverted_is_passed_through_unchanged() {
-    let (a, b) = mocks().await;
+    let (a, b) = tagged_pair().await;
     let gw = Gateway::start_pair(GatewayConfig::new(), &a, &b).await;
     let data = "0x08c379a00000000000000000000000000000000000000000000000000000000000000020";
     a.fail_method_with_data("eth_call", 3, "execution reverted: nope", json!(data));
     let answer = gw
-        .call("eth_call", json!([{"to": ADDR, "data": "0x"}, "latest"]))
+        .call(
+            "eth_call",
+            json!([{"to": TAGGED_ADDRESS, "data": "0x"}, "latest"]),
+        )
         .await;
     assert_eq!(
         answer,
@@ -117,11 +109,13 @@ async fn execution_reverted_is_passed_through_unchanged() {
 
 #[tokio::test]
 async fn server_error_from_healthy_upstream_is_passed_through() {
-    let (a, b) = mocks().await;
+    let (a, b) = tagged_pair().await;
     let gw = Gateway::start_pair(GatewayConfig::new(), &a, &b).await;
     let message = "insufficient funds for gas * price + value";
     a.fail_method("eth_estimateGas", -32000, message);
-    let answer = gw.call("eth_estimateGas", json!([{"to": ADDR}])).await;
+    let answer = gw
+        .call("eth_estimateGas", json!([{"to": TAGGED_ADDRESS}]))
+        .await;
     assert_eq!(error_of(&answer), (-32000, message.to_string()));
     assert_eq!(
         b.calls("eth_estimateGas"),
@@ -131,10 +125,10 @@ async fn server_error_from_healthy_upstream_is_passed_through() {
 }
 
 async fn lacking_data_is_retried(message: &str) {
-    let (a, b) = mocks().await;
+    let (a, b) = tagged_pair().await;
     let gw = Gateway::start_pair(GatewayConfig::new(), &a, &b).await;
     a.fail_method("eth_getBalance", -32000, message);
-    assert_eq!(result_of(&balance(&gw).await), "0xb");
+    assert_eq!(result_of(&tagged_balance(&gw).await), "0xb");
     assert_eq!(a.calls("eth_getBalance"), 1);
     assert_eq!(b.calls("eth_getBalance"), 1);
 }
@@ -154,7 +148,7 @@ async fn missing_trie_node_is_retried_on_another_upstream() {
 
 #[tokio::test]
 async fn lacking_data_is_not_retried_on_an_upstream_behind() {
-    let (a, b) = mocks().await;
+    let (a, b) = tagged_pair().await;
     let gw = Gateway::start_pair(GatewayConfig::new(), &a, &b).await;
     b.set_head(97);
     gw.wait_status("b healthy at 97", |s| {
@@ -163,7 +157,7 @@ async fn lacking_data_is_not_retried_on_an_upstream_behind() {
     })
     .await;
     a.fail_method("eth_getBalance", -32000, "header not found");
-    let answer = balance(&gw).await;
+    let answer = tagged_balance(&gw).await;
     assert_eq!(error_of(&answer), (-32000, "header not found".to_string()));
     assert_eq!(
         b.calls("eth_getBalance"),
@@ -174,7 +168,7 @@ async fn lacking_data_is_not_retried_on_an_upstream_behind() {
 
 #[tokio::test]
 async fn send_raw_transaction_is_not_retried_after_reset() {
-    let (a, b) = mocks().await;
+    let (a, b) = tagged_pair().await;
     let gw = Gateway::start_pair(GatewayConfig::new(), &a, &b).await;
     a.reset_next_for("eth_sendRawTransaction", 1);
     let answer = send_tx(&gw).await;
@@ -189,7 +183,7 @@ async fn send_raw_transaction_is_not_retried_after_reset() {
 
 #[tokio::test]
 async fn send_raw_transaction_is_not_retried_after_timeout() {
-    let (a, b) = mocks().await;
+    let (a, b) = tagged_pair().await;
     let cfg = GatewayConfig::new().server("request_timeout", "\"1s\"");
     let gw = Gateway::start_pair(cfg, &a, &b).await;
     a.set_delay_for("eth_sendRawTransaction", Some(FOREVER));
@@ -206,7 +200,7 @@ async fn send_raw_transaction_is_not_retried_after_timeout() {
 
 #[tokio::test]
 async fn send_raw_transaction_is_retried_when_connection_refused() {
-    let (a, b) = mocks().await;
+    let (a, b) = tagged_pair().await;
     a.set_close_connections(true);
     let b_hash = "0x00000000000000000000000000000000000000000000000000000000000000bb";
     b.set_result("eth_sendRawTransaction", json!(b_hash));
@@ -218,11 +212,11 @@ async fn send_raw_transaction_is_retried_when_connection_refused() {
 
 #[tokio::test]
 async fn selection_is_sticky_and_does_not_flap_back() {
-    let (a, b) = mocks().await;
+    let (a, b) = tagged_pair().await;
     a.set_close_connections(true);
     let gw = Gateway::start_pair(GatewayConfig::new(), &a, &b).await;
     for _ in 0..5 {
-        assert_eq!(result_of(&balance(&gw).await), "0xa");
+        assert_eq!(result_of(&tagged_balance(&gw).await), "0xa");
     }
     assert_eq!(
         b.calls("eth_getBalance"),
@@ -234,13 +228,17 @@ async fn selection_is_sticky_and_does_not_flap_back() {
     a.refuse().await;
     gw.wait_state("a", "unreachable").await;
     for _ in 0..3 {
-        assert_eq!(result_of(&balance(&gw).await), "0xb");
+        assert_eq!(result_of(&tagged_balance(&gw).await), "0xb");
     }
     a.restore().await;
     gw.wait_state("a", "healthy").await;
     let a_before = a.calls("eth_getBalance");
     for _ in 0..5 {
-        assert_eq!(result_of(&balance(&gw).await), "0xb", "traffic stays on b");
+        assert_eq!(
+            result_of(&tagged_balance(&gw).await),
+            "0xb",
+            "traffic stays on b"
+        );
     }
     assert_eq!(a.calls("eth_getBalance"), a_before);
     let status = gw.wait_selected("b").await;
@@ -250,17 +248,17 @@ async fn selection_is_sticky_and_does_not_flap_back() {
 
 #[tokio::test]
 async fn reset_mid_response_fails_over_for_reads() {
-    let (a, b) = mocks().await;
+    let (a, b) = tagged_pair().await;
     let gw = Gateway::start_pair(GatewayConfig::new(), &a, &b).await;
     a.reset_mid_response_for("eth_getBalance", 1);
-    assert_eq!(result_of(&balance(&gw).await), "0xb");
+    assert_eq!(result_of(&tagged_balance(&gw).await), "0xb");
     assert_eq!(a.calls("eth_getBalance"), 1, "the read was first sent to a");
     assert_eq!(b.calls("eth_getBalance"), 1);
 }
 
 #[tokio::test]
 async fn send_raw_transaction_is_not_retried_after_reset_mid_response() {
-    let (a, b) = mocks().await;
+    let (a, b) = tagged_pair().await;
     let gw = Gateway::start_pair(GatewayConfig::new(), &a, &b).await;
     a.reset_mid_response_for("eth_sendRawTransaction", 1);
     let answer = send_tx(&gw).await;
@@ -282,12 +280,12 @@ fn batch(calls: &[(&str, Value)]) -> String {
 
 #[tokio::test]
 async fn batch_of_reads_fails_over_as_a_whole() {
-    let (a, b) = mocks().await;
+    let (a, b) = tagged_pair().await;
     let gw = Gateway::start_pair(GatewayConfig::new(), &a, &b).await;
     a.reset_next_for("eth_getBalance", 1);
     let body = batch(&[
-        ("eth_getBalance", json!([ADDR, "latest"])),
-        ("eth_call", json!([{"to": ADDR}, "latest"])),
+        ("eth_getBalance", json!([TAGGED_ADDRESS, "latest"])),
+        ("eth_call", json!([{"to": TAGGED_ADDRESS}, "latest"])),
     ]);
     let answer = gw.rpc(&body).await;
     assert_eq!(
@@ -304,11 +302,11 @@ async fn batch_of_reads_fails_over_as_a_whole() {
 
 #[tokio::test]
 async fn batch_with_a_write_is_not_retried_after_reset() {
-    let (a, b) = mocks().await;
+    let (a, b) = tagged_pair().await;
     let gw = Gateway::start_pair(GatewayConfig::new(), &a, &b).await;
     a.reset_next_for("eth_sendRawTransaction", 1);
     let body = batch(&[
-        ("eth_getBalance", json!([ADDR, "latest"])),
+        ("eth_getBalance", json!([TAGGED_ADDRESS, "latest"])),
         ("eth_sendRawTransaction", json!(["0x02f86b0180843b9aca00"])),
     ]);
     let answer = gw.rpc(&body).await;
@@ -335,10 +333,10 @@ fn passive_config() -> GatewayConfig {
 
 #[tokio::test]
 async fn timeout_on_real_traffic_takes_upstream_out() {
-    let (a, b) = mocks().await;
+    let (a, b) = tagged_pair().await;
     let gw = Gateway::start_pair(passive_config(), &a, &b).await;
     a.set_delay_for("eth_getBalance", Some(FOREVER));
-    assert_eq!(result_of(&balance(&gw).await), "0xb");
+    assert_eq!(result_of(&tagged_balance(&gw).await), "0xb");
     assert_eq!(a.calls("eth_getBalance"), 1);
     gw.wait_state("a", "unreachable").await;
 }
@@ -346,15 +344,15 @@ async fn timeout_on_real_traffic_takes_upstream_out() {
 /// architecture.md: "the lowest-priority-number healthy upstream serves until it leaves rotation".
 #[tokio::test]
 async fn one_failed_request_does_not_move_traffic_off_a_healthy_upstream() {
-    let (a, b) = mocks().await;
+    let (a, b) = tagged_pair().await;
     let cfg = GatewayConfig::new().health("failure_threshold", "3");
     let gw = Gateway::start_pair(cfg, &a, &b).await;
     a.reset_next_for("eth_getBalance", 1);
-    assert_eq!(result_of(&balance(&gw).await), "0xb");
+    assert_eq!(result_of(&tagged_balance(&gw).await), "0xb");
     assert_eq!(gw.upstream_status("a").await["state"], "healthy");
     for _ in 0..3 {
         assert_eq!(
-            result_of(&balance(&gw).await),
+            result_of(&tagged_balance(&gw).await),
             "0xa",
             "a is still healthy and first in priority"
         );

@@ -241,7 +241,12 @@ async fn tls_1_1_client_hello_is_refused() {
     let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
     tcp.write_all(&record).await.unwrap();
     let mut answer = Vec::new();
-    let _ = tokio::time::timeout(support::mock::WAIT, tcp.read_to_end(&mut answer)).await;
+    // The server must end the exchange: an alert then close, or a close. Silence is a failure.
+    let closed = tokio::time::timeout(support::mock::WAIT, tcp.read_to_end(&mut answer)).await;
+    assert!(
+        closed.is_ok(),
+        "server neither refused nor closed: {answer:?}"
+    );
     assert_ne!(
         answer.first(),
         Some(&0x16),

@@ -17,15 +17,6 @@ pub type HttpResponse = Response<Full<Bytes>>;
 /// Answers one HTTP request on the client port.
 pub async fn handle(
     frontend: Arc<Frontend>,
-    client: std::net::IpAddr,
-    request: Request<Incoming>,
-) -> Result<HttpResponse, Infallible> {
-    tracing::debug!(%client, method = %request.method(), path = request.uri().path(), "request");
-    handle_request(frontend, request).await
-}
-
-async fn handle_request(
-    frontend: Arc<Frontend>,
     request: Request<Incoming>,
 ) -> Result<HttpResponse, Infallible> {
     let response = match *request.method() {

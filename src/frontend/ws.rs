@@ -112,8 +112,8 @@ where
                 None => break None,
             },
             frame = stream.next() => match frame {
-                Some(Ok(Message::Text(text))) => dispatch(&frontend, &handle, &limit, &mut calls, text.as_bytes().to_vec()).await,
-                Some(Ok(Message::Binary(data))) => dispatch(&frontend, &handle, &limit, &mut calls, data.to_vec()).await,
+                Some(Ok(Message::Text(text))) => dispatch(&frontend, &handle, &limit, &mut calls, text.into()).await,
+                Some(Ok(Message::Binary(data))) => dispatch(&frontend, &handle, &limit, &mut calls, data).await,
                 Some(Ok(Message::Close(_))) | None => break None,
                 Some(Ok(_)) => {}
                 Some(Err(WsError::Capacity(_))) => break Some((1009, "message too big")),
@@ -152,7 +152,7 @@ async fn dispatch(
     handle: &Arc<SessionHandle>,
     limit: &Arc<Semaphore>,
     calls: &mut JoinSet<()>,
-    body: Vec<u8>,
+    body: bytes::Bytes,
 ) {
     let Ok(permit) = limit.clone().acquire_owned().await else {
         return;

@@ -228,12 +228,17 @@ impl Settings {
             guard,
         } = peer;
         let service = service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
-            let logged = access
-                .load()
-                .client_address(addr, client, request.headers());
+            // The access log is debug only: the client address is worked out only then.
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                let client = access
+                    .load()
+                    .client_address(addr, client, request.headers());
+                let path = request.uri().path();
+                tracing::debug!(%client, method = %request.method(), path, "request");
+            }
             // A WebSocket upgrade takes the guard along, since the socket outlives this task.
             request.extensions_mut().insert(guard.clone());
-            frontend::http::handle(frontend.clone(), logged, request)
+            frontend::http::handle(frontend.clone(), request)
         });
         let connection = self
             .http

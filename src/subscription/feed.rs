@@ -52,6 +52,8 @@ pub struct Feed {
     seen_pending: (HashSet<String>, VecDeque<String>),
     /// Name of the upstream feeding now (names survive reloads; indexes do not).
     current: Option<String>,
+    /// Upstreams that failed since the last source was established: skipped by `pick`.
+    failed: Vec<String>,
     unserved_since: Option<Instant>,
     last_syncing: Option<bool>,
 }
@@ -73,6 +75,7 @@ impl Feed {
             delivered_logs: DeliveredLogs::default(),
             seen_pending: (HashSet::new(), VecDeque::new()),
             current: None,
+            failed: Vec::new(),
             unserved_since: None,
             last_syncing: None,
         }
@@ -80,10 +83,9 @@ impl Feed {
 
     /// Runs until `shutdown`.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let mut failed: Vec<String> = Vec::new();
         while !shutdown.is_cancelled() {
-            let Some(upstream) = self.pick(&failed) else {
-                failed.clear();
+            let Some(upstream) = self.pick() else {
+                self.failed.clear();
                 self.wait_unserved(&shutdown).await;
                 continue;
             };
@@ -92,7 +94,7 @@ impl Feed {
                 Err(error) => {
                     tracing::warn!(upstream = upstream.name(), %error, "subscription source lost");
                     self.unserved_since.get_or_insert_with(Instant::now);
-                    failed.push(upstream.name().to_string());
+                    self.failed.push(upstream.name().to_string());
                 }
             }
         }
@@ -100,7 +102,8 @@ impl Feed {
 
     /// The next source: in rotation, has a WebSocket endpoint, not just failed; the current
     /// one first, then those at or above the last delivered head, then by priority.
-    fn pick(&self, failed: &[String]) -> Option<Arc<Upstream>> {
+    fn pick(&self) -> Option<Arc<Upstream>> {
+        let failed = &self.failed;
         let upstreams = self.router.upstreams();
         let all = upstreams.all();
         let last = self.view.last().map_or(0, |h| h.number);
@@ -180,6 +183,8 @@ impl Feed {
             .subscribe(r#"["newHeads"]"#, s.request_timeout)
             .await?;
         let mut pending_txs: Option<String> = None;
+        // A source is established: earlier failures no longer rule other upstreams out.
+        self.failed.clear();
         let previous = self.current.replace(upstream.name().to_string());
         let failover = previous.as_deref().is_some_and(|p| p != upstream.name());
         let unserved = self.unserved_since.take().map(|since| since.elapsed());

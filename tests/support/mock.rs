@@ -15,7 +15,10 @@ mod server;
 #[allow(unused_imports)]
 pub use answers::{block_hash, header, hex, Call, RpcError, TX_HASH};
 #[allow(unused_imports)]
-pub use gateway::{error_of, result_of, upstream_entry, Gateway, GatewayConfig, HttpClient};
+pub use gateway::{
+    error_of, result_of, tagged_balance, tagged_pair, upstream_entry, Gateway, GatewayConfig,
+    HttpClient, TAGGED_ADDRESS,
+};
 
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};

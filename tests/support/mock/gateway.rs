@@ -408,3 +408,20 @@ pub fn error_of(response: &Value) -> (i64, String) {
         .unwrap_or_else(|| panic!("error without integer code: {response}"));
     (code, e["message"].as_str().unwrap_or_default().to_string())
 }
+
+/// Address whose `eth_getBalance` tells the upstreams of [`tagged_pair`] apart.
+pub const TAGGED_ADDRESS: &str = "0x00000000000000000000000000000000000000aa";
+
+/// Two mocks whose eth_getBalance answers tell them apart: "0xa" and "0xb".
+pub async fn tagged_pair() -> (MockUpstream, MockUpstream) {
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    a.set_result("eth_getBalance", json!("0xa"));
+    b.set_result("eth_getBalance", json!("0xb"));
+    (a, b)
+}
+
+/// Asks `gw` for the balance of [`TAGGED_ADDRESS`]: the answer names the upstream that served.
+pub async fn tagged_balance(gw: &Gateway) -> Value {
+    gw.call("eth_getBalance", json!([TAGGED_ADDRESS, "latest"]))
+        .await
+}

@@ -34,6 +34,8 @@ pub struct Admin {
     pub balances: Arc<arc_swap::ArcSwap<Balances>>,
     /// Client subscriptions.
     pub hub: Arc<crate::subscription::Hub>,
+    /// The subscription feed's source and last delivered head.
+    pub feed: Arc<crate::subscription::feed::FeedStatus>,
 }
 
 impl Admin {
@@ -127,6 +129,18 @@ impl Admin {
                 "syncing": self.hub.count(Kind::Syncing),
             },
             "balances": self.balances.load().status(),
+            "feed": self.feed_status(),
+        })
+    }
+
+    /// The feed's part of `/status`: which upstream feeds subscriptions, the last head
+    /// delivered, and how long ago (a growing age while upstreams advance is a stuck feed).
+    fn feed_status(&self) -> serde_json::Value {
+        let feed = self.feed.snapshot();
+        json!({
+            "source": feed.source.as_deref(),
+            "head": feed.head,
+            "head_age_seconds": feed.head_age.map(|age| age.as_secs_f64()),
         })
     }
 }
@@ -145,6 +159,18 @@ impl Admin {
                 "ethgate_subscriptions{{kind=\"{}\"}} {}",
                 kind.as_str(),
                 self.hub.count(kind)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP ethgate_subscription_head_age_seconds Time since the feed last delivered a new head (absent before the first)."
+        );
+        let _ = writeln!(out, "# TYPE ethgate_subscription_head_age_seconds gauge");
+        if let Some(age) = self.feed.snapshot().head_age {
+            let _ = writeln!(
+                out,
+                "ethgate_subscription_head_age_seconds {:.3}",
+                age.as_secs_f64()
             );
         }
     }

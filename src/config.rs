@@ -51,6 +51,12 @@ pub struct ServerConfig {
     pub max_batch_len: usize,
     /// Messages queued for one WebSocket client before it is closed as too slow (1008).
     pub ws_queue_len: usize,
+    /// Bytes of notifications (and, separately, of answers) queued for one WebSocket client.
+    pub ws_queue_bytes: usize,
+    /// Subscriptions one client connection may hold (over it: -32005 "limit exceeded").
+    pub max_subscriptions_per_connection: usize,
+    /// Subscriptions the whole process may hold.
+    pub max_subscriptions: usize,
     /// Deadline for a whole request head to arrive.
     pub header_timeout: Duration,
     /// Budget of one upstream attempt.

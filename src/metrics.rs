@@ -171,6 +171,12 @@ impl Metrics {
         self.failovers[position(&FAILOVER_KINDS, kind)].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Failovers of `kind` counted so far.
+    #[cfg(test)]
+    pub(crate) fn failover_count(&self, kind: &str) -> u64 {
+        self.failovers[position(&FAILOVER_KINDS, kind)].load(Ordering::Relaxed)
+    }
+
     /// Counts one connection closed at accept.
     pub fn denied_connection(&self, reason: &str) {
         self.denied_connections[position(&DENY_REASONS, reason)].fetch_add(1, Ordering::Relaxed);

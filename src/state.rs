@@ -15,6 +15,7 @@ pub(crate) struct State {
     pub metrics: Arc<metrics::Metrics>,
     pub router: Arc<router::Router>,
     pub hub: Arc<subscription::Hub>,
+    pub feed: Arc<subscription::feed::FeedStatus>,
     pub frontend: Arc<frontend::Frontend>,
     pub access: Arc<ArcSwap<server::access::Access>>,
     pub tls: Option<Arc<server::tls::Tls>>,
@@ -34,7 +35,10 @@ impl State {
             upstreams,
             config.server.request_timeout,
         ));
-        let hub = Arc::new(subscription::Hub::new());
+        let hub = Arc::new(subscription::Hub::new(subscription::Limits {
+            per_connection: config.server.max_subscriptions_per_connection,
+            total: config.server.max_subscriptions,
+        }));
         let frontend = Arc::new(frontend::Frontend {
             router: router.clone(),
             hub: hub.clone(),
@@ -42,13 +46,17 @@ impl State {
             max_batch_len: config.server.max_batch_len,
             max_request_bytes: config.server.max_request_bytes,
             metrics: metrics.clone(),
-            ws_queue_len: config.server.ws_queue_len,
+            ws_queue: subscription::QueueLimits {
+                messages: config.server.ws_queue_len,
+                bytes: config.server.ws_queue_bytes,
+            },
             drain,
         });
         State {
             metrics,
             router,
             hub,
+            feed: Arc::default(),
             frontend,
             access: Arc::new(ArcSwap::from_pointee(server::access::Access::new(
                 &config.access,
@@ -72,19 +80,28 @@ impl State {
         self.restart_probers(tracker, stop);
         self.restart_watchers(tracker, stop);
         let health = &config.health;
+        let dead_after = health.interval * 2 + health.timeout;
+        let pool = subscription::pool::RouterPool {
+            router: self.router.clone(),
+            connect_timeout: config.server.request_timeout.min(health.interval * 2),
+            ping_after: health.interval,
+            dead_after,
+        };
         let feed_settings = subscription::feed::FeedSettings {
             grace: config.server.subscription_grace,
             request_timeout: config.server.request_timeout,
-            connect_timeout: config.server.request_timeout.min(health.interval * 2),
-            ping_after: health.interval,
-            dead_after: health.interval * 2 + health.timeout,
+            // A block's logs are one indexed lookup: a node slower than its own liveness
+            // window is asked elsewhere rather than holding every client's heads.
+            logs_timeout: config.server.request_timeout.min(dead_after),
             check_every: health.interval,
+            max_backoff: (health.interval * 4).max(std::time::Duration::from_secs(1)),
         };
         let feed = subscription::feed::Feed::new(
             self.hub.clone(),
-            self.router.clone(),
+            pool,
             self.metrics.clone(),
             feed_settings,
+            self.feed.clone(),
         );
         tracker.spawn(feed.run(stop.clone()));
         let admin_state = Arc::new(admin::Admin {
@@ -93,6 +110,7 @@ impl State {
             connections: self.connections.clone(),
             balances: self.balances.clone(),
             hub: self.hub.clone(),
+            feed: self.feed.clone(),
         });
         tracker.spawn(admin_state.run(admin, tracker.clone(), stop.clone()));
     }

@@ -42,6 +42,9 @@ struct RawServer {
     shutdown_grace: Option<String>,
     subscription_grace: Option<String>,
     ws_queue_len: Option<usize>,
+    ws_queue_bytes: Option<usize>,
+    max_subscriptions_per_connection: Option<usize>,
+    max_subscriptions: Option<usize>,
     tls: Option<RawTls>,
 }
 
@@ -234,6 +237,21 @@ impl RawServer {
             ),
             max_batch_len: p.positive("server.max_batch_len", self.max_batch_len, 1000),
             ws_queue_len: p.positive("server.ws_queue_len", self.ws_queue_len, 4096),
+            ws_queue_bytes: p.positive(
+                "server.ws_queue_bytes",
+                self.ws_queue_bytes,
+                16 * 1024 * 1024,
+            ),
+            max_subscriptions_per_connection: p.positive(
+                "server.max_subscriptions_per_connection",
+                self.max_subscriptions_per_connection,
+                1000,
+            ),
+            max_subscriptions: p.positive(
+                "server.max_subscriptions",
+                self.max_subscriptions,
+                100_000,
+            ),
             header_timeout: p.duration(
                 "server.header_timeout",
                 self.header_timeout.as_deref(),

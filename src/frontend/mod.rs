@@ -27,8 +27,8 @@ pub struct Frontend {
     pub max_request_bytes: usize,
     /// Where outcomes are counted.
     pub metrics: Arc<Metrics>,
-    /// Outgoing queue length of each WebSocket session.
-    pub ws_queue_len: usize,
+    /// Outgoing queue bounds of each WebSocket session.
+    pub ws_queue: crate::subscription::QueueLimits,
     /// How sessions are wound down on shutdown.
     pub drain: crate::server::Drain,
 }
@@ -70,9 +70,9 @@ impl Frontend {
     /// Decodes a request body and answers it.
     pub async fn serve(&self, transport: Transport<'_>, body: &[u8]) -> Served {
         let started = tokio::time::Instant::now();
-        self.metrics.inflight(1);
+        // A guard, so a call dropped mid-way (client gone, shutdown) still leaves the gauge.
+        let _inflight = InFlight::enter(&self.metrics);
         let served = self.answer(transport, body).await;
-        self.metrics.inflight(-1);
         self.metrics
             .request_duration(transport.label(), started.elapsed());
         served
@@ -187,14 +187,16 @@ impl Frontend {
             ("eth_subscribe", Transport::Ws(_)) if call.id.is_none() => {
                 Some(Local::Error(jsonrpc::INVALID_REQUEST, "invalid"))
             }
-            ("eth_subscribe", Transport::Ws(_)) => Some(match self.hub.prepare(call.params) {
-                Ok(subscription) => {
-                    let result = format!("\"{}\"", subscription.id());
-                    pending.push(subscription);
-                    Local::Result(result)
-                }
-                Err(error) => Local::Error(error, "invalid"),
-            }),
+            ("eth_subscribe", Transport::Ws(session)) => {
+                Some(match self.hub.prepare(call.params, session) {
+                    Ok(subscription) => {
+                        let result = format!("\"{}\"", subscription.id());
+                        pending.push(subscription);
+                        Local::Result(result)
+                    }
+                    Err(error) => Local::Error(error, "invalid"),
+                })
+            }
             ("eth_unsubscribe", Transport::Ws(session)) => {
                 Some(self.unsubscribe(session, call.params))
             }
@@ -246,6 +248,22 @@ impl Frontend {
         };
         self.metrics
             .request(transport.label(), &call.method, result);
+    }
+}
+
+/// One call counted in the in-flight gauge for as long as it lives.
+struct InFlight<'m>(&'m Metrics);
+
+impl<'m> InFlight<'m> {
+    fn enter(metrics: &'m Metrics) -> Self {
+        metrics.inflight(1);
+        InFlight(metrics)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.inflight(-1);
     }
 }
 

@@ -88,7 +88,7 @@ pub async fn run_session<S>(frontend: Arc<Frontend>, socket: S)
 where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin + Send,
 {
-    let (handle, mut outgoing) = SessionHandle::new(frontend.ws_queue_len);
+    let (handle, mut outgoing) = SessionHandle::new(frontend.ws_queue);
     let handle = Arc::new(handle);
     frontend.metrics.ws_connection_opened();
     let (mut sink, mut stream) = socket.split();
@@ -99,21 +99,24 @@ where
             biased;
             _ = frontend.drain.shutdown.cancelled() => break Some((1001, "server shutting down")),
             _ = handle.closed() => break handle.close_reason(),
-            text = outgoing.recv() => match text {
-                Some(text) => {
+            message = outgoing.recv() => match message {
+                Some(message) => {
+                    let receipt = message.receipt();
                     let sent = tokio::select! {
-                        sent = sink.send(Message::text(text)) => sent.is_ok(),
+                        sent = sink.send(Message::text(message.text)) => sent.is_ok(),
                         _ = handle.closed() => false,
                     };
+                    handle.sent(receipt);
                     if !sent {
                         break handle.close_reason();
                     }
                 }
                 None => break None,
             },
-            frame = stream.next() => match frame {
-                Some(Ok(Message::Text(text))) => dispatch(&frontend, &handle, &limit, &mut calls, text.into()).await,
-                Some(Ok(Message::Binary(data))) => dispatch(&frontend, &handle, &limit, &mut calls, data).await,
+            // Reading pauses while CALLS_IN_FLIGHT calls run; the queue keeps draining.
+            frame = stream.next(), if limit.available_permits() > 0 => match frame {
+                Some(Ok(Message::Text(text))) => dispatch(&frontend, &handle, &limit, &mut calls, text.into()),
+                Some(Ok(Message::Binary(data))) => dispatch(&frontend, &handle, &limit, &mut calls, data),
                 Some(Ok(Message::Close(_))) | None => break None,
                 Some(Ok(_)) => {}
                 Some(Err(WsError::Capacity(_))) => break Some((1009, "message too big")),
@@ -147,14 +150,15 @@ where
 }
 
 /// Answers one message on its own task, so a slow upstream call does not hold up others.
-async fn dispatch(
+/// The session reads only while a permit is free, so one is always there.
+fn dispatch(
     frontend: &Arc<Frontend>,
     handle: &Arc<SessionHandle>,
     limit: &Arc<Semaphore>,
     calls: &mut JoinSet<()>,
     body: bytes::Bytes,
 ) {
-    let Ok(permit) = limit.clone().acquire_owned().await else {
+    let Ok(permit) = limit.clone().try_acquire_owned() else {
         return;
     };
     let frontend = frontend.clone();
@@ -164,12 +168,14 @@ async fn dispatch(
         if let Some(body) = served.body {
             let text = String::from_utf8(body)
                 .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-            if !handle.push(text) {
+            // The client's own answers wait for room rather than close it: a client that
+            // reads promptly is never closed because of its own calls.
+            if !handle.push_answer(text).await {
                 return;
             }
         }
         for subscription in served.pending {
-            frontend.hub.activate(subscription, &handle);
+            frontend.hub.activate(subscription);
         }
         drop(permit);
     });

@@ -1,129 +1,59 @@
-//! Log subscriptions: geth's filter object normalised into a key shared by identical
-//! subscriptions, and the record of which logs each canonical block delivered, so a block
-//! that leaves the chain can be retracted with `"removed": true`.
+//! The logs of canonical blocks per filter: one block's logs (fetched once for every live
+//! filter) matched locally to each filter, and the record of what each recent block
+//! delivered, so a block that leaves the chain can be retracted with `"removed": true`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::chain::WINDOW;
+use super::filter::{LogFields, LogFilter};
 
-/// A normalised logs filter: addresses and positional topics, lower-case, sorted, deduplicated.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct LogFilter {
-    /// Matching contract addresses; empty matches every address.
-    pub addresses: Vec<String>,
-    /// Per position: `None` matches anything, `Some(list)` any of the list.
-    pub topics: Vec<Option<Vec<String>>>,
-}
-
-impl LogFilter {
-    /// Parses geth's filter object (`address` string or array, positional `topics` with `null`
-    /// wildcards and OR-arrays). Block ranges are ignored: a subscription is always live.
-    pub fn parse(filter: Option<&RawValue>) -> Result<LogFilter, String> {
-        let value: Value = match filter {
-            None => Value::Null,
-            Some(raw) => serde_json::from_str(raw.get()).map_err(|e| e.to_string())?,
-        };
-        let object = match &value {
-            Value::Null => {
-                return Ok(LogFilter {
-                    addresses: vec![],
-                    topics: vec![],
-                })
-            }
-            Value::Object(object) => object,
-            _ => return Err("logs filter must be an object".into()),
-        };
-        let addresses = match object.get("address") {
-            None | Some(Value::Null) => vec![],
-            Some(Value::String(a)) => vec![hex_of_len(a, 20, "address")?],
-            Some(Value::Array(list)) => list
-                .iter()
-                .map(|a| {
-                    a.as_str()
-                        .ok_or("address must be a string".to_string())
-                        .and_then(|a| hex_of_len(a, 20, "address"))
-                })
-                .collect::<Result<_, _>>()?,
-            Some(_) => return Err("address must be a string or an array".into()),
-        };
-        let topics = match object.get("topics") {
-            None | Some(Value::Null) => vec![],
-            Some(Value::Array(positions)) => positions
-                .iter()
-                .map(topic_position)
-                .collect::<Result<_, _>>()?,
-            Some(_) => return Err("topics must be an array".into()),
-        };
-        Ok(LogFilter {
-            addresses: sorted(addresses),
-            topics: trim_wildcards(topics),
-        })
-    }
-
-    /// A key equal for equivalent filters.
-    pub fn key(&self) -> String {
-        serde_json::json!({"address": self.addresses, "topics": self.topics}).to_string()
-    }
-
-    /// `eth_getLogs` params for the logs of one block.
-    pub fn params_for_block(&self, block_hash: &str) -> String {
-        serde_json::json!([{"blockHash": block_hash, "address": self.addresses, "topics": self.topics}]).to_string()
-    }
-}
-
-fn topic_position(position: &Value) -> Result<Option<Vec<String>>, String> {
-    match position {
-        Value::Null => Ok(None),
-        Value::String(topic) => Ok(Some(vec![hex_of_len(topic, 32, "topic")?])),
-        Value::Array(options) => {
-            // As in geth, a null inside an OR-list makes the whole position a wildcard.
-            if options.iter().any(Value::is_null) {
-                return Ok(None);
-            }
-            let topics = options
-                .iter()
-                .map(|t| {
-                    t.as_str()
-                        .ok_or("topic must be a string".to_string())
-                        .and_then(|t| hex_of_len(t, 32, "topic"))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(Some(sorted(topics)))
-        }
-        _ => Err("topics entries must be null, a string or an array".into()),
-    }
-}
-
-fn hex_of_len(text: &str, bytes: usize, what: &str) -> Result<String, String> {
-    let valid = text.len() == 2 + 2 * bytes
-        && (text.starts_with("0x") || text.starts_with("0X"))
-        && text[2..].bytes().all(|b| b.is_ascii_hexdigit());
-    if valid {
-        Ok(text.to_ascii_lowercase())
-    } else {
-        Err(format!("invalid {what} {text:?}"))
-    }
-}
-
-fn sorted(mut list: Vec<String>) -> Vec<String> {
-    list.sort();
-    list.dedup();
-    list
-}
-
-fn trim_wildcards(mut topics: Vec<Option<Vec<String>>>) -> Vec<Option<Vec<String>>> {
-    while topics.last().is_some_and(Option::is_none) {
-        topics.pop();
-    }
-    topics
-}
-
-/// Logs of one block delivered under one filter key.
+/// Logs of one block under one filter key.
 pub type FilterLogs = (Arc<str>, Vec<Arc<str>>);
+
+/// Matches the logs of one block (an `eth_getLogs` result) to every filter, in log order.
+/// Filters naming addresses are found through an index, so the cost grows with the logs of the
+/// block and the filters they concern, not with every filter for every log.
+pub fn match_block(
+    result: &RawValue,
+    filters: &[(Arc<str>, Arc<LogFilter>)],
+) -> Result<Vec<FilterLogs>, String> {
+    let logs: Vec<&RawValue> =
+        serde_json::from_str(result.get()).map_err(|e| format!("not a list of logs: {e}"))?;
+    let mut by_address: HashMap<&str, Vec<usize>> = HashMap::new();
+    let mut any_address = Vec::new();
+    for (i, (_, filter)) in filters.iter().enumerate() {
+        if filter.addresses.is_empty() {
+            any_address.push(i);
+        }
+        for address in &filter.addresses {
+            by_address.entry(address.as_str()).or_default().push(i);
+        }
+    }
+    let mut matched: Vec<Vec<Arc<str>>> = vec![Vec::new(); filters.len()];
+    for raw in logs {
+        let fields: LogFields<'_> =
+            serde_json::from_str(raw.get()).map_err(|e| format!("not a log: {e}"))?;
+        let text: Arc<str> = raw.get().into();
+        let address = fields.address.to_ascii_lowercase();
+        let named = by_address
+            .get(address.as_str())
+            .map_or(&[][..], Vec::as_slice);
+        for &i in named.iter().chain(&any_address) {
+            if filters[i].1.matches(&fields) {
+                matched[i].push(text.clone());
+            }
+        }
+    }
+    Ok(filters
+        .iter()
+        .zip(matched)
+        .map(|((key, _), logs)| (key.clone(), logs))
+        .collect())
+}
 
 /// The logs delivered for recent canonical blocks, per filter key.
 #[derive(Debug, Default)]
@@ -133,8 +63,16 @@ pub struct DeliveredLogs {
 }
 
 impl DeliveredLogs {
-    /// Records what was delivered for `block_hash` under `filter_key`.
-    pub fn record(&mut self, block_hash: &str, filter_key: Arc<str>, logs: Vec<Arc<str>>) {
+    /// Records what was delivered for `block_hash` (filters that got nothing are not kept).
+    pub fn record(&mut self, block_hash: &str, delivered: &[FilterLogs]) {
+        let kept: Vec<FilterLogs> = delivered
+            .iter()
+            .filter(|(_, logs)| !logs.is_empty())
+            .cloned()
+            .collect();
+        if kept.is_empty() {
+            return;
+        }
         if !self.by_block.contains_key(block_hash) {
             self.order.push_back(block_hash.to_string());
             while self.order.len() > WINDOW {
@@ -146,7 +84,7 @@ impl DeliveredLogs {
         self.by_block
             .entry(block_hash.to_string())
             .or_default()
-            .push((filter_key, logs));
+            .extend(kept);
     }
 
     /// Takes the logs delivered for a block that left the chain, marked `"removed": true`
@@ -166,6 +104,21 @@ impl DeliveredLogs {
             })
             .collect()
     }
+
+    /// Forgets what was delivered under filters nobody subscribes to any more.
+    pub fn retain_filters(&mut self, live: &HashSet<Arc<str>>) {
+        self.by_block.retain(|_, delivered| {
+            delivered.retain(|(key, _)| live.contains(key));
+            !delivered.is_empty()
+        });
+        let by_block = &self.by_block;
+        self.order.retain(|hash| by_block.contains_key(hash));
+    }
+
+    /// Blocks with logs on record.
+    pub fn blocks(&self) -> usize {
+        self.by_block.len()
+    }
 }
 
 fn mark_removed(log: &str) -> Arc<str> {
@@ -182,53 +135,58 @@ fn mark_removed(log: &str) -> Arc<str> {
 mod tests {
     use super::*;
 
-    fn filter(json: &str) -> Result<LogFilter, String> {
-        let raw = RawValue::from_string(json.to_string()).unwrap();
-        LogFilter::parse(Some(&raw))
-    }
-
     const A: &str = "0x00000000000000000000000000000000000000aa";
+    const B: &str = "0x00000000000000000000000000000000000000bb";
     const T1: &str = "0x0000000000000000000000000000000000000000000000000000000000000001";
-    const T2: &str = "0x0000000000000000000000000000000000000000000000000000000000000002";
 
-    #[test]
-    fn address_string_and_array_normalise_alike() {
-        let one = filter(&format!(
-            r#"{{"address":"{}"}}"#,
-            A.to_uppercase().replace("0X", "0x")
-        ))
-        .unwrap();
-        let list = filter(&format!(
-            r#"{{"address":["{A}","{A}"],"fromBlock":"0x0","toBlock":"latest"}}"#
-        ))
-        .unwrap();
-        assert_eq!(one.key(), list.key());
+    fn filter(json: &str) -> (Arc<str>, Arc<LogFilter>) {
+        let raw = RawValue::from_string(json.to_string()).unwrap();
+        let filter = LogFilter::parse(Some(&raw)).unwrap();
+        (filter.key().into(), Arc::new(filter))
+    }
+
+    fn logs(list: Value) -> Box<RawValue> {
+        RawValue::from_string(list.to_string()).unwrap()
     }
 
     #[test]
-    fn topics_keep_positions_wildcards_and_or_lists() {
-        let f = filter(&format!(
-            r#"{{"topics":[null,["{T2}","{T1}"],"{T1}",null]}}"#
-        ))
+    fn one_block_is_matched_to_each_filter_in_log_order() {
+        let by_a = filter(&format!(r#"{{"address":"{A}"}}"#));
+        let by_topic = filter(&format!(r#"{{"topics":["{T1}"]}}"#));
+        let everything = filter("{}");
+        let block = logs(serde_json::json!([
+            {"address": A, "topics": [T1], "logIndex": "0x0"},
+            {"address": B, "topics": [], "logIndex": "0x1"},
+            {"address": B.to_uppercase().replace("0X", "0x"), "topics": [T1], "logIndex": "0x2"},
+        ]));
+        let matched = match_block(
+            &block,
+            &[by_a.clone(), by_topic.clone(), everything.clone()],
+        )
         .unwrap();
-        assert_eq!(
-            f.topics,
-            vec![
-                None,
-                Some(vec![T1.into(), T2.into()]),
-                Some(vec![T1.into()])
-            ]
-        );
-        let wildcard_in_list = filter(&format!(r#"{{"topics":[["{T1}",null]]}}"#)).unwrap();
-        assert!(wildcard_in_list.topics.is_empty());
+        let indexes = |i: usize| -> Vec<String> {
+            matched[i]
+                .1
+                .iter()
+                .map(|l| {
+                    serde_json::from_str::<Value>(l).unwrap()["logIndex"]
+                        .as_str()
+                        .unwrap()
+                        .into()
+                })
+                .collect()
+        };
+        assert_eq!(matched[0].0, by_a.0);
+        assert_eq!(indexes(0), ["0x0"]);
+        assert_eq!(indexes(1), ["0x0", "0x2"]);
+        assert_eq!(indexes(2), ["0x0", "0x1", "0x2"]);
     }
 
     #[test]
-    fn malformed_filters_are_refused() {
-        assert!(filter(r#"{"address":"0x12"}"#).is_err());
-        assert!(filter(r#"{"topics":"0x1"}"#).is_err());
-        assert!(filter(r#"{"topics":[5]}"#).is_err());
-        assert!(filter("[]").is_err());
+    fn an_answer_that_is_not_a_list_of_logs_is_an_error() {
+        let f = filter("{}");
+        assert!(match_block(&logs(serde_json::json!({"a": 1})), &[f.clone()]).is_err());
+        assert!(match_block(&logs(serde_json::json!([{"topics": []}])), &[f]).is_err());
     }
 
     #[test]
@@ -237,11 +195,13 @@ mod tests {
         let key: Arc<str> = "k".into();
         delivered.record(
             "0xb",
-            key.clone(),
-            vec![
-                r#"{"logIndex":"0x0"}"#.into(),
-                r#"{"logIndex":"0x1"}"#.into(),
-            ],
+            &[(
+                key.clone(),
+                vec![
+                    r#"{"logIndex":"0x0"}"#.into(),
+                    r#"{"logIndex":"0x1"}"#.into(),
+                ],
+            )],
         );
         let retracted = delivered.retract("0xb");
         assert_eq!(retracted.len(), 1);
@@ -253,5 +213,23 @@ mod tests {
         assert_eq!(logs[0]["logIndex"], "0x1");
         assert_eq!(logs[0]["removed"], true);
         assert!(delivered.retract("0xb").is_empty(), "retracted once only");
+    }
+
+    #[test]
+    fn state_of_a_filter_goes_with_its_last_subscriber() {
+        let mut delivered = DeliveredLogs::default();
+        let (kept, gone): (Arc<str>, Arc<str>) = ("kept".into(), "gone".into());
+        delivered.record("0x1", &[(gone.clone(), vec!["{}".into()])]);
+        delivered.record(
+            "0x2",
+            &[(kept.clone(), vec!["{}".into()]), (gone, vec!["{}".into()])],
+        );
+        delivered.record("0x3", &[(kept.clone(), vec![])]);
+        assert_eq!(delivered.blocks(), 2, "blocks without logs are not kept");
+        delivered.retain_filters(&HashSet::from([kept.clone()]));
+        assert_eq!(delivered.blocks(), 1);
+        let retracted = delivered.retract("0x2");
+        assert_eq!(retracted.len(), 1);
+        assert_eq!(retracted[0].0, kept);
     }
 }

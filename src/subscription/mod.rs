@@ -2,27 +2,38 @@
 //! every client, and fan-out into each client's bounded queue.
 //!
 //! The feed ([`feed`]) follows one upstream's newHeads at a time through the canonical
-//! [`chain::ChainView`]; logs are fetched per canonical block for each distinct filter, so
-//! "every log of a canonical block exactly once" holds across failovers by construction.
+//! [`chain::ChainView`]; the logs of each canonical block are fetched once for every live
+//! filter together and matched here, so "every log of a canonical block exactly once" holds
+//! across failovers by construction, and no filter can hold back heads or other filters.
+//!
+//! Layout: [`Hub`] (this file: ids, caps, fan-out), [`session`] (a client's bounded queue),
+//! [`filter`] (geth's filter object, validation, matching), [`logs`] (logs of a block per
+//! filter, retraction on reorgs), [`chain`] (canonical window), [`select`] (which upstream
+//! feeds), [`feed`] (the loop), [`pool`] and [`source`] (the upstreams it reads).
 
 pub mod chain;
 pub mod feed;
+pub mod filter;
 pub mod logs;
+pub mod pacing;
+pub mod pool;
+pub mod select;
 pub mod session;
 pub mod source;
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
 use serde_json::value::RawValue;
 
 use crate::jsonrpc::RpcError;
-use logs::LogFilter;
-pub use session::SessionHandle;
+use filter::LogFilter;
+use logs::FilterLogs;
+pub use session::{QueueLimits, SessionHandle};
 
 /// Subscription kinds, as named in `eth_subscribe`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,19 +72,53 @@ impl Kind {
     }
 }
 
+/// How many subscriptions may exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Per client connection (`server.max_subscriptions_per_connection`).
+    pub per_connection: usize,
+    /// In the whole process (`server.max_subscriptions`).
+    pub total: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            per_connection: 1000,
+            total: 100_000,
+        }
+    }
+}
+
+/// One subscription's place under both caps, given back when dropped.
+struct Slot {
+    session: Arc<SessionHandle>,
+    total: Arc<AtomicUsize>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.session.slots.fetch_sub(1, Ordering::AcqRel);
+        self.total.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// One client subscription.
 struct Subscription {
     kind: Kind,
     session: Arc<SessionHandle>,
     filter_key: Option<Arc<str>>,
+    _slot: Slot,
 }
 
 /// A subscription accepted but not yet delivering: activated once its subscribe response is
-/// queued, so no notification can overtake that response.
+/// queued, so no notification can overtake that response. Dropped unactivated, it gives its
+/// place under the caps back.
 pub struct PendingSubscription {
     id: String,
     kind: Kind,
     filter: Option<LogFilter>,
+    slot: Slot,
 }
 
 impl PendingSubscription {
@@ -83,6 +128,11 @@ impl PendingSubscription {
     }
 }
 
+/// -32005, EIP-1474's "limit exceeded", naming the cap that was hit.
+fn limit_exceeded(cap: &str, value: usize) -> RpcError {
+    RpcError::new(-32005, "limit exceeded").with_data(format!("{cap} is {value}"))
+}
+
 /// Distinct log filters by key, with the number of subscriptions using each.
 type FilterTable = HashMap<Arc<str>, (Arc<LogFilter>, usize)>;
 
@@ -90,25 +140,29 @@ type FilterTable = HashMap<Arc<str>, (Arc<LogFilter>, usize)>;
 pub struct Hub {
     subscriptions: DashMap<String, Subscription>,
     filters: Mutex<FilterTable>,
+    limits: Limits,
+    total: Arc<AtomicUsize>,
     id_base: u128,
     id_counter: AtomicU64,
 }
 
 impl Default for Hub {
     fn default() -> Self {
-        Self::new()
+        Self::new(Limits::default())
     }
 }
 
 impl Hub {
-    /// An empty hub.
-    pub fn new() -> Self {
+    /// An empty hub enforcing `limits`.
+    pub fn new(limits: Limits) -> Self {
         let random = RandomState::new();
         let high = random.hash_one(0x5eed_u64) as u128;
         let low = random.hash_one(0xface_u64) as u128;
         Hub {
             subscriptions: DashMap::new(),
             filters: Mutex::new(HashMap::new()),
+            limits,
+            total: Arc::new(AtomicUsize::new(0)),
             id_base: (high << 64) | low,
             id_counter: AtomicU64::new(0),
         }
@@ -124,38 +178,48 @@ impl Hub {
         format!("0x{mixed:032x}")
     }
 
-    /// Validates `eth_subscribe` params; the subscription starts when activated.
-    pub fn prepare(&self, params: Option<&RawValue>) -> Result<PendingSubscription, RpcError> {
-        let invalid = |detail: String| RpcError {
-            code: -32602,
-            message: "invalid params".into(),
-            data: Some(detail),
-        };
-        let raw = params.ok_or_else(|| invalid("missing subscription kind".into()))?;
-        let list: Vec<&RawValue> = serde_json::from_str(raw.get())
-            .map_err(|_| invalid("params must be an array".into()))?;
-        let name: String = list
-            .first()
-            .and_then(|k| serde_json::from_str(k.get()).ok())
-            .ok_or_else(|| invalid("missing subscription kind".into()))?;
-        let kind = Kind::parse(&name).ok_or_else(|| RpcError {
-            code: -32601,
-            message: format!("no \"{name}\" subscription in eth namespace").into(),
-            data: None,
-        })?;
-        let filter = match kind {
-            Kind::Logs => Some(LogFilter::parse(list.get(1).copied()).map_err(invalid)?),
-            _ => None,
-        };
+    /// Validates `eth_subscribe` params as geth does and takes a place under the caps; the
+    /// subscription starts when activated. Nothing refused here ever reaches the feed.
+    pub fn prepare(
+        &self,
+        params: Option<&RawValue>,
+        session: &Arc<SessionHandle>,
+    ) -> Result<PendingSubscription, RpcError> {
+        let (kind, filter) = parse_params(params)?;
+        let slot = self.take_slot(session)?;
         Ok(PendingSubscription {
             id: self.next_id(),
             kind,
             filter,
+            slot,
         })
     }
 
-    /// Starts delivering to `session`.
-    pub fn activate(&self, pending: PendingSubscription, session: &Arc<SessionHandle>) {
+    fn take_slot(&self, session: &Arc<SessionHandle>) -> Result<Slot, RpcError> {
+        let Limits {
+            per_connection,
+            total,
+        } = self.limits;
+        if session.slots.fetch_add(1, Ordering::AcqRel) >= per_connection {
+            session.slots.fetch_sub(1, Ordering::AcqRel);
+            return Err(limit_exceeded(
+                "max_subscriptions_per_connection",
+                per_connection,
+            ));
+        }
+        if self.total.fetch_add(1, Ordering::AcqRel) >= total {
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            session.slots.fetch_sub(1, Ordering::AcqRel);
+            return Err(limit_exceeded("max_subscriptions", total));
+        }
+        Ok(Slot {
+            session: session.clone(),
+            total: self.total.clone(),
+        })
+    }
+
+    /// Starts delivering to the session the subscription was prepared for.
+    pub fn activate(&self, pending: PendingSubscription) {
         let filter_key = pending.filter.map(|filter| {
             let key: Arc<str> = filter.key().into();
             let mut filters = self.lock_filters();
@@ -165,11 +229,13 @@ impl Hub {
                 .1 += 1;
             key
         });
+        let session = pending.slot.session.clone();
         session.remember(&pending.id);
         let subscription = Subscription {
             kind: pending.kind,
-            session: session.clone(),
+            session,
             filter_key,
+            _slot: pending.slot,
         };
         self.subscriptions.insert(pending.id, subscription);
     }
@@ -202,6 +268,7 @@ impl Hub {
         }
     }
 
+    /// Frees a filter's state with its last subscriber.
     fn release(&self, subscription: &Subscription) {
         let Some(key) = &subscription.filter_key else {
             return;
@@ -233,23 +300,59 @@ impl Hub {
         self.subscriptions.iter().filter(|s| s.kind == kind).count()
     }
 
+    /// Number of subscriptions of every kind, the process-wide cap's measure.
+    pub fn total(&self) -> usize {
+        self.total.load(Ordering::Acquire)
+    }
+
     /// Whether any client subscription exists.
     pub fn is_empty(&self) -> bool {
         self.subscriptions.is_empty()
     }
 
-    /// Sends `result` to every subscription of `kind` (and `filter_key` for logs).
-    pub fn deliver(&self, kind: Kind, filter_key: Option<&str>, result: &str) {
+    /// Sends `result` to every subscription of `kind` (not logs: see [`Hub::deliver_block`]).
+    pub fn deliver(&self, kind: Kind, result: &str) {
         for entry in self.subscriptions.iter() {
-            let subscription = entry.value();
-            if subscription.kind != kind || subscription.filter_key.as_deref() != filter_key {
-                continue;
+            if entry.kind == kind {
+                entry.session.push(notification(entry.key(), result));
             }
-            let text = format!(
-                r#"{{"jsonrpc":"2.0","method":"eth_subscription","params":{{"subscription":"{}","result":{result}}}}}"#,
-                entry.key()
-            );
-            subscription.session.push(text);
+        }
+    }
+
+    /// Delivers one block in a single pass over the subscriptions: `header` to newHeads
+    /// subscribers (when given) and to each logs subscriber the logs matched to its filter.
+    pub fn deliver_block(&self, header: Option<&str>, logs: &[FilterLogs]) {
+        let by_key: HashMap<&str, &[Arc<str>]> = logs
+            .iter()
+            .filter(|(_, logs)| !logs.is_empty())
+            .map(|(key, logs)| (key.as_ref(), logs.as_slice()))
+            .collect();
+        if header.is_none() && by_key.is_empty() {
+            return;
+        }
+        for entry in self.subscriptions.iter() {
+            match (entry.kind, header, entry.filter_key.as_deref()) {
+                (Kind::NewHeads, Some(header), _) => {
+                    entry.session.push(notification(entry.key(), header));
+                }
+                (Kind::Logs, _, Some(key)) => {
+                    for log in by_key.get(key).copied().unwrap_or_default() {
+                        if !entry.session.push(notification(entry.key(), log)) {
+                            break;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Closes the sessions holding a logs subscription under one of `keys` with `code`.
+    pub fn close_filter_subscribers(&self, keys: &[Arc<str>], code: u16, reason: &'static str) {
+        for entry in self.subscriptions.iter() {
+            if entry.filter_key.as_ref().is_some_and(|k| keys.contains(k)) {
+                entry.session.close(code, reason);
+            }
         }
     }
 
@@ -259,6 +362,66 @@ impl Hub {
             entry.session.close(code, reason);
         }
     }
+
+    /// The fullest queue among subscribed sessions (see [`SessionHandle::fill`]).
+    pub fn fullest_queue(&self) -> f64 {
+        self.subscriptions
+            .iter()
+            .map(|s| s.session.fill())
+            .fold(0.0, f64::max)
+    }
+
+    /// Closes, with 1008, subscribed sessions whose queue is fuller than `fill`.
+    pub fn close_slow_sessions(&self, fill: f64) -> usize {
+        let mut closed = 0;
+        for entry in self.subscriptions.iter() {
+            if entry.session.fill() > fill && !entry.session.is_closing() {
+                entry.session.close(
+                    session::CLOSE_POLICY,
+                    "client too slow: outgoing queue full",
+                );
+                closed += 1;
+            }
+        }
+        closed
+    }
+}
+
+/// A notification frame for subscription `id`.
+fn notification(id: &str, result: &str) -> String {
+    let mut text = String::with_capacity(result.len() + 110);
+    text.push_str(r#"{"jsonrpc":"2.0","method":"eth_subscription","params":{"subscription":""#);
+    text.push_str(id);
+    text.push_str(r#"","result":"#);
+    text.push_str(result);
+    text.push_str("}}");
+    text
+}
+
+/// The kind and, for logs, the filter of `eth_subscribe` params, refused as geth refuses them.
+fn parse_params(params: Option<&RawValue>) -> Result<(Kind, Option<LogFilter>), RpcError> {
+    let invalid = |detail: &str| RpcError {
+        code: -32602,
+        message: "invalid params".into(),
+        data: Some(detail.into()),
+    };
+    let raw = params.ok_or_else(|| invalid("missing subscription kind"))?;
+    let list: Vec<&RawValue> =
+        serde_json::from_str(raw.get()).map_err(|_| invalid("params must be an array"))?;
+    let name: String = list
+        .first()
+        .and_then(|k| serde_json::from_str(k.get()).ok())
+        .ok_or_else(|| invalid("missing subscription kind"))?;
+    let kind = Kind::parse(&name).ok_or_else(|| RpcError {
+        code: -32601,
+        message: format!("no \"{name}\" subscription in eth namespace").into(),
+        data: None,
+    })?;
+    let filter = match kind {
+        Kind::Logs => Some(LogFilter::parse(list.get(1).copied()).map_err(|e| e.to_rpc())?),
+        _ => None,
+    };
+    Ok((kind, filter))
 }
 
 #[cfg(test)]

@@ -1,10 +1,16 @@
-//! The hub's view of a client WebSocket session: its ordered, bounded outgoing queue and a
-//! way to close it with a code.
+//! The hub's view of a client WebSocket session: its ordered outgoing queue, bounded in
+//! messages and in bytes, its subscription count, and a way to close it with a code.
+//!
+//! Two kinds of message share the queue, each with its own byte budget. Notifications come
+//! from the feed, which must never wait for one client: a notification that does not fit
+//! closes the client with 1008. Answers to the client's own calls wait for room instead, so a
+//! client that pipelines calls is slowed down (its reader pauses) rather than closed, and its
+//! large answers never count against its notifications.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 /// Close code for a client whose queue overflowed.
@@ -12,26 +18,74 @@ pub const CLOSE_POLICY: u16 = 1008;
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
+/// Limits of one session's outgoing queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Messages queued at most.
+    pub messages: usize,
+    /// Bytes of notifications queued at most, and separately of answers (a single larger
+    /// answer still passes once no other answer is queued).
+    pub bytes: usize,
+}
+
+/// One queued message.
+#[derive(Debug)]
+pub struct Outgoing {
+    /// The JSON text frame.
+    pub text: String,
+    /// A notification (true) or the answer to a call.
+    notification: bool,
+}
+
+impl Outgoing {
+    /// What the writer hands back to [`SessionHandle::sent`] once the text is written.
+    pub fn receipt(&self) -> Receipt {
+        Receipt {
+            len: self.text.len(),
+            notification: self.notification,
+        }
+    }
+}
+
+/// The queue space one written message gives back.
+#[derive(Debug, Clone, Copy)]
+pub struct Receipt {
+    len: usize,
+    notification: bool,
+}
+
 /// Handle to one client session's outgoing side.
 pub struct SessionHandle {
     id: u64,
-    queue: mpsc::Sender<String>,
+    queue: mpsc::Sender<Outgoing>,
+    limits: QueueLimits,
+    notification_bytes: AtomicUsize,
+    answer_bytes: AtomicUsize,
+    /// Signalled by the writer each time it has sent a message.
+    room: Notify,
     closing: CancellationToken,
     close_reason: Mutex<Option<(u16, &'static str)>>,
     /// Ids of this session's subscriptions, so ending the session touches only those.
     subscriptions: Mutex<Vec<String>>,
+    /// Subscriptions held or being set up, against `max_subscriptions_per_connection`.
+    pub(super) slots: AtomicUsize,
 }
 
 impl SessionHandle {
-    /// A handle and the receiving end of its queue of `capacity` messages.
-    pub fn new(capacity: usize) -> (SessionHandle, mpsc::Receiver<String>) {
-        let (queue, receiver) = mpsc::channel(capacity);
+    /// A handle and the receiving end of its queue.
+    pub fn new(limits: QueueLimits) -> (SessionHandle, mpsc::Receiver<Outgoing>) {
+        let (queue, receiver) = mpsc::channel(limits.messages.max(1));
         let handle = SessionHandle {
             id: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
             queue,
+            limits,
+            notification_bytes: AtomicUsize::new(0),
+            answer_bytes: AtomicUsize::new(0),
+            room: Notify::new(),
             closing: CancellationToken::new(),
             close_reason: Mutex::new(None),
             subscriptions: Mutex::new(Vec::new()),
+            slots: AtomicUsize::new(0),
         };
         (handle, receiver)
     }
@@ -41,16 +95,82 @@ impl SessionHandle {
         self.id
     }
 
-    /// Queues a text message; a full queue closes the session with 1008 rather than drop it.
+    /// Queues a notification; one that does not fit closes the session with 1008 rather
+    /// than being dropped.
     pub fn push(&self, text: String) -> bool {
-        match self.queue.try_send(text) {
+        let len = text.len();
+        let queued = self.notification_bytes.fetch_add(len, Ordering::AcqRel);
+        if queued + len > self.limits.bytes {
+            self.notification_bytes.fetch_sub(len, Ordering::AcqRel);
+            self.close(CLOSE_POLICY, "client too slow: outgoing queue full");
+            return false;
+        }
+        let outgoing = Outgoing {
+            text,
+            notification: true,
+        };
+        match self.queue.try_send(outgoing) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.close(CLOSE_POLICY, "client too slow: outgoing queue full");
+            Err(error) => {
+                self.notification_bytes.fetch_sub(len, Ordering::AcqRel);
+                if matches!(error, mpsc::error::TrySendError::Full(_)) {
+                    self.close(CLOSE_POLICY, "client too slow: outgoing queue full");
+                }
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
+    }
+
+    /// Queues the answer to one of the client's calls, waiting for room; false when the
+    /// session closes first.
+    pub async fn push_answer(&self, text: String) -> bool {
+        let len = text.len();
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            let queued = self.answer_bytes.load(Ordering::Acquire);
+            if queued == 0 || queued + len <= self.limits.bytes {
+                break;
+            }
+            tokio::select! {
+                _ = room => {}
+                _ = self.closing.cancelled() => return false,
+            }
+        }
+        self.answer_bytes.fetch_add(len, Ordering::AcqRel);
+        let outgoing = Outgoing {
+            text,
+            notification: false,
+        };
+        let sent = tokio::select! {
+            sent = self.queue.send(outgoing) => sent.is_ok(),
+            _ = self.closing.cancelled() => false,
+        };
+        if !sent {
+            self.answer_bytes.fetch_sub(len, Ordering::AcqRel);
+        }
+        sent
+    }
+
+    /// Called by the writer once a message has left the queue and gone to the socket.
+    pub fn sent(&self, receipt: Receipt) {
+        let counter = match receipt.notification {
+            true => &self.notification_bytes,
+            false => &self.answer_bytes,
+        };
+        counter.fetch_sub(receipt.len, Ordering::AcqRel);
+        self.room.notify_waiters();
+    }
+
+    /// How full the queue is for notifications: the larger of its message and notification
+    /// byte fractions (0.0–1.0).
+    pub fn fill(&self) -> f64 {
+        let messages = self.queue.max_capacity() - self.queue.capacity();
+        let by_messages = messages as f64 / self.queue.max_capacity() as f64;
+        let by_bytes =
+            self.notification_bytes.load(Ordering::Acquire) as f64 / self.limits.bytes as f64;
+        by_messages.max(by_bytes)
     }
 
     pub(super) fn remember(&self, id: &str) {
@@ -77,6 +197,11 @@ impl SessionHandle {
         self.closing.cancelled().await
     }
 
+    /// Whether someone asked the session to close.
+    pub fn is_closing(&self) -> bool {
+        self.closing.is_cancelled()
+    }
+
     /// The code and reason the session was asked to close with.
     pub fn close_reason(&self) -> Option<(u16, &'static str)> {
         *lock(&self.close_reason)
@@ -86,4 +211,78 @@ impl SessionHandle {
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Each guarded value is replaced or edited in one step: still valid after a panic.
     mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn session(messages: usize, bytes: usize) -> (SessionHandle, mpsc::Receiver<Outgoing>) {
+        SessionHandle::new(QueueLimits { messages, bytes })
+    }
+
+    #[test]
+    fn a_notification_over_the_message_bound_closes_with_1008() {
+        let (s, _queue) = session(2, 1 << 20);
+        assert!(s.push("a".into()) && s.push("b".into()));
+        assert!(!s.push("c".into()));
+        assert_eq!(s.close_reason().map(|r| r.0), Some(CLOSE_POLICY));
+    }
+
+    #[test]
+    fn a_notification_over_the_byte_bound_closes_with_1008() {
+        let (s, _queue) = session(100, 10);
+        assert!(s.push("12345678".into()));
+        assert!(!s.push("123".into()));
+        assert_eq!(s.close_reason().map(|r| r.0), Some(CLOSE_POLICY));
+        assert!(s.fill() >= 0.8);
+    }
+
+    #[tokio::test]
+    async fn answers_wait_for_room_instead_of_closing() {
+        let (s, mut queue) = session(100, 10);
+        let s = std::sync::Arc::new(s);
+        assert!(s.push_answer("12345678".into()).await);
+        let waiting = tokio::spawn({
+            let s = s.clone();
+            async move { s.push_answer("answer".into()).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "no room yet: the answer waits");
+        assert!(
+            s.push("note".into()),
+            "answers never crowd out notifications"
+        );
+        let first = queue.recv().await.unwrap();
+        s.sent(first.receipt());
+        assert!(waiting.await.unwrap());
+        assert_eq!(queue.recv().await.unwrap().text, "note");
+        assert_eq!(queue.recv().await.unwrap().text, "answer");
+        assert!(
+            s.close_reason().is_none(),
+            "never closed for its own answers"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_answer_larger_than_the_byte_bound_passes_an_empty_queue() {
+        let (s, mut queue) = session(4, 4);
+        assert!(s.push_answer("a long answer".into()).await);
+        assert_eq!(queue.recv().await.unwrap().text, "a long answer");
+    }
+
+    #[tokio::test]
+    async fn a_waiting_answer_gives_up_when_the_session_closes() {
+        let (s, _queue) = session(1, 1 << 20);
+        assert!(s.push("x".into()));
+        let s = std::sync::Arc::new(s);
+        let waiting = tokio::spawn({
+            let s = s.clone();
+            async move { s.push_answer("y".into()).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        s.close(1001, "bye");
+        assert!(!waiting.await.unwrap());
+    }
 }

@@ -1,7 +1,7 @@
 //! One WebSocket connection to the upstream that currently feeds subscriptions: requests,
 //! upstream subscriptions, and liveness by ping so a half-open socket is noticed.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -69,6 +69,9 @@ pub struct Source {
     buffered: VecDeque<Notification>,
     /// Answers read while waiting for another request's answer.
     answers: HashMap<u64, Incoming>,
+    /// Requests still waiting for an answer: an answer that comes after its request gave up
+    /// is dropped rather than kept forever.
+    waiting: HashSet<u64>,
     last_seen: Instant,
     ping_after: Duration,
     dead_after: Duration,
@@ -92,6 +95,7 @@ impl Source {
             next_id: 1,
             buffered: VecDeque::new(),
             answers: HashMap::new(),
+            waiting: HashSet::new(),
             last_seen: Instant::now(),
             ping_after,
             dead_after,
@@ -107,6 +111,20 @@ impl Source {
     ) -> Result<Box<RawValue>, SourceError> {
         let id = self.next_id;
         self.next_id += 1;
+        self.waiting.insert(id);
+        let answer = self.exchange(id, method, params, limit).await;
+        self.waiting.remove(&id);
+        self.answers.remove(&id);
+        answer
+    }
+
+    async fn exchange(
+        &mut self,
+        id: u64,
+        method: &str,
+        params: &str,
+        limit: Duration,
+    ) -> Result<Box<RawValue>, SourceError> {
         let body =
             format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"{method}","params":{params}}}"#);
         self.socket
@@ -134,19 +152,6 @@ impl Source {
                 Err(_) => return Err(SourceError::Timeout(method.into())),
             }
         }
-    }
-
-    /// Subscribes upstream; returns the upstream's subscription id.
-    pub async fn subscribe(
-        &mut self,
-        params: &str,
-        limit: Duration,
-    ) -> Result<String, SourceError> {
-        let id = self.request("eth_subscribe", params, limit).await?;
-        serde_json::from_str(id.get()).map_err(|_| SourceError::Rpc {
-            method: "eth_subscribe".into(),
-            error: format!("unexpected subscription id {}", id.get()),
-        })
     }
 
     /// The next notification, pinging when quiet; an error means the source is gone.
@@ -210,7 +215,7 @@ impl Source {
                     });
                 }
             }
-            (_, Some(id)) => {
+            (_, Some(id)) if self.waiting.contains(&id) => {
                 self.answers.insert(id, message);
             }
             _ => {}

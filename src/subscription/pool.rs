@@ -1,0 +1,184 @@
+//! What the feed reads from: the upstream set as [`Candidate`]s, a WebSocket [`Connection`]
+//! to one of them, and `eth_getLogs` elsewhere when the source cannot answer one. The feed is
+//! generic over [`SourcePool`], so its rules run in unit tests against a scripted pool.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::select::Candidate;
+use super::source::{Notification, Source, SourceError};
+use crate::router::{self, Router};
+use crate::upstream::health::State;
+
+/// One live connection to the upstream feeding subscriptions.
+pub trait Connection: Send {
+    /// Calls `method` and waits up to `limit` for its result.
+    fn request(
+        &mut self,
+        method: &str,
+        params: &str,
+        limit: Duration,
+    ) -> impl Future<Output = Result<Box<RawValue>, SourceError>> + Send;
+    /// The next notification of any upstream subscription; an error means the source is gone.
+    fn next_notification(
+        &mut self,
+    ) -> impl Future<Output = Result<Notification, SourceError>> + Send;
+    /// Closes the connection politely.
+    fn close(self) -> impl Future<Output = ()> + Send;
+}
+
+/// The upstreams the feed may read from.
+pub trait SourcePool: Send + Sync + 'static {
+    /// A connection to one upstream.
+    type Connection: Connection;
+    /// Every configured upstream, in priority order.
+    fn candidates(&self) -> Vec<Candidate>;
+    /// The best head known while no upstream is in rotation and one reports syncing.
+    fn syncing(&self) -> Option<u64>;
+    /// Connects to the upstream named `name`.
+    fn connect(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Self::Connection, SourceError>> + Send;
+    /// `eth_getLogs` with `params` on in-rotation upstreams other than `skip`, the first
+    /// answer winning; the error lists why each one failed.
+    fn logs_elsewhere(
+        &self,
+        skip: &str,
+        params: &str,
+        limit: Duration,
+    ) -> impl Future<Output = Result<Box<RawValue>, String>> + Send;
+}
+
+impl Connection for Source {
+    async fn request(
+        &mut self,
+        method: &str,
+        params: &str,
+        limit: Duration,
+    ) -> Result<Box<RawValue>, SourceError> {
+        Source::request(self, method, params, limit).await
+    }
+
+    async fn next_notification(&mut self) -> Result<Notification, SourceError> {
+        Source::next_notification(self).await
+    }
+
+    async fn close(self) {
+        Source::close(self).await
+    }
+}
+
+/// The router's upstream set, reached over WebSocket (and HTTP for logs elsewhere).
+pub struct RouterPool {
+    /// The router holding the current upstream set (swapped on reload).
+    pub router: Arc<Router>,
+    /// Budget of a WebSocket connect.
+    pub connect_timeout: Duration,
+    /// Silence after which the source is pinged.
+    pub ping_after: Duration,
+    /// Silence after which the source is given up.
+    pub dead_after: Duration,
+}
+
+impl SourcePool for RouterPool {
+    type Connection = Source;
+
+    fn candidates(&self) -> Vec<Candidate> {
+        let upstreams = self.router.upstreams();
+        let all = upstreams.all();
+        upstreams
+            .priority_order()
+            .iter()
+            .map(|&i| {
+                let u = &all[i];
+                Candidate {
+                    name: u.name().into(),
+                    state: u.state().as_str(),
+                    in_rotation: u.in_rotation(),
+                    can_feed: u.config.ws.is_some(),
+                    head: u.head(),
+                }
+            })
+            .collect()
+    }
+
+    fn syncing(&self) -> Option<u64> {
+        let upstreams = self.router.upstreams();
+        let all = upstreams.all();
+        let syncing =
+            !upstreams.any_in_rotation() && all.iter().any(|u| u.state() == State::Syncing);
+        syncing.then(|| all.iter().map(|u| u.head()).max().unwrap_or(0))
+    }
+
+    async fn connect(&self, name: &str) -> Result<Source, SourceError> {
+        let url = {
+            let upstreams = self.router.upstreams();
+            let upstream = upstreams.all().iter().find(|u| u.name() == name);
+            upstream
+                .and_then(|u| u.config.ws.as_ref())
+                .map(ToString::to_string)
+                .ok_or_else(|| SourceError::Connect(format!("{name} has no WebSocket endpoint")))?
+        };
+        Source::connect(&url, self.connect_timeout, self.ping_after, self.dead_after).await
+    }
+
+    async fn logs_elsewhere(
+        &self,
+        skip: &str,
+        params: &str,
+        limit: Duration,
+    ) -> Result<Box<RawValue>, String> {
+        let upstreams = self.router.upstreams();
+        let body = Bytes::from(format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"eth_getLogs","params":{params}}}"#
+        ));
+        let mut reasons = Vec::new();
+        for index in router::candidates(&upstreams) {
+            let upstream = &upstreams.all()[index];
+            let Some(uri) = upstream
+                .config
+                .http
+                .as_ref()
+                .filter(|_| upstream.name() != skip)
+            else {
+                continue;
+            };
+            let post = upstreams.pool().post(uri, body.clone());
+            let outcome = match tokio::time::timeout(limit, post).await {
+                Err(_) => Err(format!("timed out after {limit:?}")),
+                Ok(Err(error)) => Err(error.to_string()),
+                Ok(Ok(answer)) => result_of(&answer),
+            };
+            match outcome {
+                Ok(result) => return Ok(result),
+                Err(reason) => reasons.push(format!("{}: {reason}", upstream.name())),
+            }
+        }
+        if reasons.is_empty() {
+            reasons.push("no other upstream in rotation with an http endpoint".into());
+        }
+        Err(reasons.join("; "))
+    }
+}
+
+/// The `result` of a single JSON-RPC answer, or its error as text.
+fn result_of(answer: &[u8]) -> Result<Box<RawValue>, String> {
+    #[derive(Deserialize)]
+    struct Answer {
+        result: Option<Box<RawValue>>,
+        error: Option<Box<RawValue>>,
+    }
+    let answer: Answer =
+        serde_json::from_slice(answer).map_err(|e| format!("not a JSON-RPC answer: {e}"))?;
+    match (answer.result, answer.error) {
+        (_, Some(error)) => Err(error.get().to_string()),
+        (Some(result), None) => Ok(result),
+        (None, None) => Err("answer has neither result nor error".into()),
+    }
+}

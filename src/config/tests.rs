@@ -158,6 +158,29 @@ fn limits_must_be_positive() {
 }
 
 #[test]
+fn subscription_limits_and_queue_bytes_must_be_positive() {
+    let problems = errors(&with_upstream(
+        "[server]\nmax_subscriptions_per_connection = 0\nmax_subscriptions = 0\nws_queue_bytes = 0",
+    ));
+    assert_eq!(
+        problems,
+        vec![
+            "server.ws_queue_bytes: must be at least 1",
+            "server.max_subscriptions_per_connection: must be at least 1",
+            "server.max_subscriptions: must be at least 1",
+        ]
+    );
+}
+
+#[test]
+fn subscription_limits_default_as_documented() {
+    let config = Config::from_toml_str(&with_upstream("")).unwrap();
+    assert_eq!(config.server.max_subscriptions_per_connection, 1000);
+    assert_eq!(config.server.max_subscriptions, 100_000);
+    assert_eq!(config.server.ws_queue_bytes, 16 * 1024 * 1024);
+}
+
+#[test]
 fn listen_addresses_must_parse() {
     let problems = errors(&with_upstream("[admin]\nlisten = \"localhost\""));
     assert!(

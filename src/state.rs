@@ -86,6 +86,8 @@ impl State {
             connect_timeout: config.server.request_timeout.min(health.interval * 2),
             ping_after: health.interval,
             dead_after,
+            // Half a health interval: heads of an HTTP-only source arrive at most that late.
+            poll_every: (health.interval / 2).max(std::time::Duration::from_millis(100)),
         };
         let feed_settings = subscription::feed::FeedSettings {
             grace: config.server.subscription_grace,

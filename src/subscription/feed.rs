@@ -301,8 +301,15 @@ impl<P: SourcePool> Feed<P> {
         let timeout = self.settings.request_timeout;
         match (wanted, upstream_id.take()) {
             (true, None) => {
-                *upstream_id =
-                    Some(subscribe(source, r#"["newPendingTransactions"]"#, timeout).await?)
+                // A source that cannot give pending transactions (a polled one) still
+                // serves heads and logs: that is no reason to leave it.
+                match subscribe(source, r#"["newPendingTransactions"]"#, timeout).await {
+                    Ok(id) => *upstream_id = Some(id),
+                    Err(SourceError::Rpc { error, .. }) => {
+                        tracing::debug!(%error, "pending transactions unavailable from this source")
+                    }
+                    Err(lost) => return Err(lost),
+                }
             }
             (false, Some(id)) => {
                 source

@@ -16,6 +16,7 @@ pub mod feed;
 pub mod filter;
 pub mod logs;
 pub mod pacing;
+pub mod poll;
 pub mod pool;
 pub mod select;
 pub mod session;

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::poll::{answer_result, Polling};
 use super::select::Candidate;
 use super::source::{Notification, Source, SourceError};
 use crate::router::{self, Router};
@@ -55,22 +55,43 @@ pub trait SourcePool: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Box<RawValue>, String>> + Send;
 }
 
-impl Connection for Source {
+/// A feed connection: an upstream WebSocket, or HTTP polling where the upstream has none.
+pub enum FeedConnection {
+    /// Upstream subscriptions over WebSocket.
+    Ws(Source),
+    /// newHeads by polling over HTTP.
+    Poll(Polling),
+}
+
+impl Connection for FeedConnection {
     async fn request(
         &mut self,
         method: &str,
         params: &str,
         limit: Duration,
     ) -> Result<Box<RawValue>, SourceError> {
-        Source::request(self, method, params, limit).await
+        match self {
+            FeedConnection::Ws(source) => source.request(method, params, limit).await,
+            FeedConnection::Poll(polling) => match method {
+                "eth_subscribe" => polling.subscribe(params),
+                "eth_unsubscribe" => Ok(RawValue::from_string("true".into())
+                    .map_err(|e| SourceError::Lost(e.to_string()))?),
+                _ => polling.call(method, params, limit).await,
+            },
+        }
     }
 
     async fn next_notification(&mut self) -> Result<Notification, SourceError> {
-        Source::next_notification(self).await
+        match self {
+            FeedConnection::Ws(source) => source.next_notification().await,
+            FeedConnection::Poll(polling) => polling.next_head().await,
+        }
     }
 
     async fn close(self) {
-        Source::close(self).await
+        if let FeedConnection::Ws(source) = self {
+            source.close().await
+        }
     }
 }
 
@@ -82,12 +103,14 @@ pub struct RouterPool {
     pub connect_timeout: Duration,
     /// Silence after which the source is pinged.
     pub ping_after: Duration,
-    /// Silence after which the source is given up.
+    /// Silence after which the source is given up (for polling: a poll's budget).
     pub dead_after: Duration,
+    /// How often an upstream without WebSocket is polled for its latest block.
+    pub poll_every: Duration,
 }
 
 impl SourcePool for RouterPool {
-    type Connection = Source;
+    type Connection = FeedConnection;
 
     fn candidates(&self) -> Vec<Candidate> {
         let upstreams = self.router.upstreams();
@@ -101,7 +124,8 @@ impl SourcePool for RouterPool {
                     name: u.name().into(),
                     state: u.state().as_str(),
                     in_rotation: u.in_rotation(),
-                    can_feed: u.config.ws.is_some(),
+                    can_feed: u.config.ws.is_some() || u.config.http.is_some(),
+                    polled: u.config.ws.is_none(),
                     head: u.head(),
                 }
             })
@@ -116,16 +140,29 @@ impl SourcePool for RouterPool {
         syncing.then(|| all.iter().map(|u| u.head()).max().unwrap_or(0))
     }
 
-    async fn connect(&self, name: &str) -> Result<Source, SourceError> {
-        let url = {
-            let upstreams = self.router.upstreams();
-            let upstream = upstreams.all().iter().find(|u| u.name() == name);
-            upstream
-                .and_then(|u| u.config.ws.as_ref())
-                .map(ToString::to_string)
-                .ok_or_else(|| SourceError::Connect(format!("{name} has no WebSocket endpoint")))?
+    async fn connect(&self, name: &str) -> Result<FeedConnection, SourceError> {
+        let upstreams = self.router.upstreams();
+        let upstream = upstreams.all().iter().find(|u| u.name() == name);
+        let Some(config) = upstream.map(|u| &u.config) else {
+            return Err(SourceError::Connect(format!("{name} is not configured")));
         };
-        Source::connect(&url, self.connect_timeout, self.ping_after, self.dead_after).await
+        match (&config.ws, &config.http) {
+            (Some(ws), _) => {
+                let url = ws.to_string();
+                drop(upstreams);
+                let source =
+                    Source::connect(&url, self.connect_timeout, self.ping_after, self.dead_after)
+                        .await?;
+                Ok(FeedConnection::Ws(source))
+            }
+            (None, Some(http)) => Ok(FeedConnection::Poll(Polling::new(
+                upstreams.pool().clone(),
+                http.clone(),
+                self.poll_every,
+                self.dead_after,
+            ))),
+            (None, None) => Err(SourceError::Connect(format!("{name} has no endpoint"))),
+        }
     }
 
     async fn logs_elsewhere(
@@ -153,7 +190,7 @@ impl SourcePool for RouterPool {
             let outcome = match tokio::time::timeout(limit, post).await {
                 Err(_) => Err(format!("timed out after {limit:?}")),
                 Ok(Err(error)) => Err(error.to_string()),
-                Ok(Ok(answer)) => result_of(&answer),
+                Ok(Ok(answer)) => answer_result("eth_getLogs", &answer).map_err(|e| e.to_string()),
             };
             match outcome {
                 Ok(result) => return Ok(result),
@@ -164,21 +201,5 @@ impl SourcePool for RouterPool {
             reasons.push("no other upstream in rotation with an http endpoint".into());
         }
         Err(reasons.join("; "))
-    }
-}
-
-/// The `result` of a single JSON-RPC answer, or its error as text.
-fn result_of(answer: &[u8]) -> Result<Box<RawValue>, String> {
-    #[derive(Deserialize)]
-    struct Answer {
-        result: Option<Box<RawValue>>,
-        error: Option<Box<RawValue>>,
-    }
-    let answer: Answer =
-        serde_json::from_slice(answer).map_err(|e| format!("not a JSON-RPC answer: {e}"))?;
-    match (answer.result, answer.error) {
-        (_, Some(error)) => Err(error.get().to_string()),
-        (Some(result), None) => Ok(result),
-        (None, None) => Err("answer has neither result nor error".into()),
     }
 }

@@ -15,8 +15,10 @@ pub struct Candidate {
     pub state: &'static str,
     /// In rotation: healthy by the prober's judgement.
     pub in_rotation: bool,
-    /// Can feed subscriptions at all (has a WebSocket endpoint).
+    /// Can feed subscriptions at all.
     pub can_feed: bool,
+    /// Feeds by HTTP polling (no WebSocket endpoint): used only when no WebSocket one can.
+    pub polled: bool,
     /// Latest head seen by the prober.
     pub head: u64,
 }
@@ -28,7 +30,8 @@ impl Candidate {
 }
 
 /// The next source among `candidates` (in priority order), skipping `failed`: the current
-/// one first, then the first at or above the delivered head, then the first usable.
+/// one first, then the first at or above the delivered head, then the first usable; at each
+/// step an upstream with WebSocket before one that must be polled.
 pub fn pick<'c>(
     candidates: &'c [Candidate],
     current: Option<&str>,
@@ -36,12 +39,15 @@ pub fn pick<'c>(
     delivered: u64,
 ) -> Option<&'c Candidate> {
     let usable = |c: &&Candidate| c.usable() && !failed.contains(&c.name);
-    let mut eligible = candidates.iter().filter(usable);
+    let eligible = candidates.iter().filter(usable);
+    let pushed = eligible.clone().filter(|c| !c.polled);
+    let polled = eligible.clone().filter(|c| c.polled);
+    let by_preference = pushed.chain(polled);
     eligible
         .clone()
         .find(|c| Some(&*c.name) == current)
-        .or_else(|| eligible.clone().find(|c| c.head >= delivered))
-        .or_else(|| eligible.next())
+        .or_else(|| by_preference.clone().find(|c| c.head >= delivered))
+        .or_else(|| by_preference.clone().next())
 }
 
 /// Whether every upstream that could feed has failed since the last progress: time to back
@@ -62,10 +68,17 @@ pub fn leave_reason(candidates: &[Candidate], current: &str, delivered: u64) -> 
     if !source.in_rotation {
         return Some(format!("{current} is {}", source.state));
     }
-    let ahead = candidates
-        .iter()
-        .filter(|c| &*c.name != current && c.usable())
-        .find(|c| c.head >= delivered + FALLEN_BEHIND_BLOCKS);
+    let others = || {
+        candidates
+            .iter()
+            .filter(|c| &*c.name != current && c.usable())
+    };
+    if source.polled {
+        if let Some(pushed) = others().find(|c| !c.polled && c.head >= delivered) {
+            return Some(format!("{} can feed over WebSocket again", pushed.name));
+        }
+    }
+    let ahead = others().find(|c| c.head >= delivered + FALLEN_BEHIND_BLOCKS);
     match ahead {
         Some(other) if delivered > 0 => Some(format!(
             "{current} fell behind: {} is at {} while {delivered} was delivered",
@@ -85,6 +98,7 @@ mod tests {
             state: "healthy",
             in_rotation: true,
             can_feed: true,
+            polled: false,
             head,
         }
     }
@@ -129,6 +143,31 @@ mod tests {
         assert!(
             !all_failed(&set, &names(&["a"])),
             "nothing to back off from"
+        );
+    }
+
+    #[test]
+    fn polled_upstreams_serve_only_when_no_websocket_one_can() {
+        let mut set = [up("poll", 10), up("ws", 10)];
+        set[0].polled = true;
+        assert_eq!(
+            &*pick(&set, None, &[], 10).unwrap().name,
+            "ws",
+            "despite priority"
+        );
+        assert_eq!(
+            &*pick(&set, None, &names(&["ws"]), 10).unwrap().name,
+            "poll"
+        );
+        assert_eq!(
+            leave_reason(&set, "poll", 10).unwrap(),
+            "ws can feed over WebSocket again"
+        );
+        set[1].head = 9;
+        assert_eq!(
+            leave_reason(&set, "poll", 10),
+            None,
+            "not while it is behind"
         );
     }
 

@@ -74,6 +74,7 @@ impl Scripted {
                     state: "healthy",
                     in_rotation: true,
                     can_feed: true,
+                    polled: false,
                     head: 0,
                 });
                 world.scripts.insert(name.to_string(), Script::default());

@@ -59,8 +59,8 @@ pub trait SourcePool: Send + Sync + 'static {
 pub enum FeedConnection {
     /// Upstream subscriptions over WebSocket.
     Ws(Source),
-    /// newHeads by polling over HTTP.
-    Poll(Polling),
+    /// newHeads by polling over HTTP (boxed: the HTTP client it holds is large).
+    Poll(Box<Polling>),
 }
 
 impl Connection for FeedConnection {
@@ -155,12 +155,12 @@ impl SourcePool for RouterPool {
                         .await?;
                 Ok(FeedConnection::Ws(source))
             }
-            (None, Some(http)) => Ok(FeedConnection::Poll(Polling::new(
+            (None, Some(http)) => Ok(FeedConnection::Poll(Box::new(Polling::new(
                 upstreams.pool().clone(),
                 http.clone(),
                 self.poll_every,
                 self.dead_after,
-            ))),
+            )))),
             (None, None) => Err(SourceError::Connect(format!("{name} has no endpoint"))),
         }
     }

@@ -57,9 +57,9 @@ pub trait SourcePool: Send + Sync + 'static {
 
 /// A feed connection: an upstream WebSocket, or HTTP polling where the upstream has none.
 pub enum FeedConnection {
-    /// Upstream subscriptions over WebSocket.
-    Ws(Source),
-    /// newHeads by polling over HTTP (boxed: the HTTP client it holds is large).
+    /// Upstream subscriptions over WebSocket (boxed, as the other: both are large).
+    Ws(Box<Source>),
+    /// newHeads by polling over HTTP.
     Poll(Box<Polling>),
 }
 
@@ -153,7 +153,7 @@ impl SourcePool for RouterPool {
                 let source =
                     Source::connect(&url, self.connect_timeout, self.ping_after, self.dead_after)
                         .await?;
-                Ok(FeedConnection::Ws(source))
+                Ok(FeedConnection::Ws(Box::new(source)))
             }
             (None, Some(http)) => Ok(FeedConnection::Poll(Box::new(Polling::new(
                 upstreams.pool().clone(),

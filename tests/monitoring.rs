@@ -444,6 +444,9 @@ async fn exported_by_a_running_ethgate() -> (Exported, String) {
     mock.wait_for_calls("eth_subscribe", 1).await;
     let mut client = WsClient::connect(&gw.ws_url()).await;
     client.subscribe(json!(["newHeads"])).await;
+    // A delivered head, so the feed's head age is exported.
+    mock.set_head(mock.head() + 1);
+    mock.emit_new_head(mock.head());
 
     let mut first = String::new();
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -451,7 +454,8 @@ async fn exported_by_a_running_ethgate() -> (Exported, String) {
         first = scrape(&gw).await;
         let ready = first.contains("ethgate_account_balance_ether{")
             && first.contains("ethgate_ws_connections 1")
-            && first.contains("ethgate_subscriptions{kind=\"newHeads\"} 1");
+            && first.contains("ethgate_subscriptions{kind=\"newHeads\"} 1")
+            && first.contains("ethgate_subscription_head_age_seconds ");
         if ready {
             break;
         }

@@ -163,7 +163,9 @@ impl Router {
                 continue;
             }
             let started = tokio::time::Instant::now();
-            let outcome = self.attempt(&upstreams, upstream, calls, batch, &plan).await;
+            let outcome = self
+                .attempt(&upstreams, upstream, calls, batch, &plan)
+                .await;
             upstream.observe_attempt(started.elapsed());
             match outcome {
                 Ok(attempted) if !attempted.wants_retry() => {
@@ -240,9 +242,11 @@ impl Router {
             .http
             .as_ref()
             .ok_or_else(|| SendError::NotSent("no http endpoint".into()))?;
-        Ok(timeout(self.request_timeout, upstreams.pool().post(uri, body))
-            .await
-            .map_err(|_| AttemptError::Timeout(self.request_timeout))??)
+        Ok(
+            timeout(self.request_timeout, upstreams.pool().post(uri, body))
+                .await
+                .map_err(|_| AttemptError::Timeout(self.request_timeout))??,
+        )
     }
 }
 

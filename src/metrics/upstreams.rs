@@ -70,7 +70,11 @@ pub fn render(out: &mut String, upstreams: &Upstreams) {
 fn render_tag_blocks(out: &mut String, upstreams: &Upstreams) {
     type Tagged = fn(&crate::upstream::Upstream) -> Option<u64>;
     let series: [(&str, &str, Tagged); 2] = [
-        ("ethgate_upstream_safe_block", "Last safe block number probed.", |u| u.safe()),
+        (
+            "ethgate_upstream_safe_block",
+            "Last safe block number probed.",
+            |u| u.safe(),
+        ),
         (
             "ethgate_upstream_finalized_block",
             "Last finalized block number probed.",

@@ -2,13 +2,18 @@
 //! each exactly once: a transaction must not depend on one node's mempool and peers. The
 //! client gets the selected upstream's answer, unless that one did not accept and another did.
 
-use futures_util::future::join_all;
+use std::sync::Arc;
+use std::time::Duration;
 
-use super::{candidates, encode, final_error, render, AttemptError, Reply, Rendered, Router};
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
 use super::consistency::Verdict;
+use super::{candidates, encode, final_error, render, AttemptError, Rendered, Reply, Router};
 use crate::jsonrpc::{Call, RpcError, UpstreamResponse};
 use crate::policy;
-use crate::upstream::Upstreams;
+use crate::upstream::{SendError, Upstreams};
 
 /// What one upstream said to one call of a broadcast.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,63 +42,105 @@ pub(super) struct Answered {
     acceptance: Vec<Acceptance>,
 }
 
-/// Sends `calls` to every in-rotation upstream concurrently and picks the answers.
+/// Sends `calls` to every in-rotation upstream concurrently and picks the answers. Each send
+/// runs as its own task, so answering the client early (the selected upstream accepted) never
+/// cancels a send that is on its way to another node.
 pub(super) async fn forward(
     router: &Router,
-    upstreams: &Upstreams,
+    upstreams: &Arc<Upstreams>,
     calls: &[&Call<'_>],
     batch: bool,
 ) -> Result<Rendered, RpcError> {
     let order = candidates(upstreams);
     let body = encode(calls, &[], batch);
-    let sends = order.iter().map(|&index| {
-        let body = body.clone();
-        async move {
-            let upstream = &upstreams.all()[index];
-            let started = tokio::time::Instant::now();
-            let outcome = router.post(upstreams, upstream, body).await.and_then(|answer| {
-                let mut acceptance = Vec::with_capacity(calls.len());
-                let attempted = render(&answer, calls, batch, |_, response| {
-                    acceptance.push(Acceptance::of(response));
-                    Verdict::Fine
-                })
-                .map_err(AttemptError::BadAnswer)?;
-                Ok(Answered {
-                    rendered: attempted.rendered,
-                    acceptance,
-                })
-            });
-            upstream.observe_attempt(started.elapsed());
-            (index, outcome)
-        }
-    });
-    let mut answered = Vec::new();
+    let (tx, mut rx) = mpsc::channel(order.len().max(1));
+    for (rank, &index) in order.iter().enumerate() {
+        let (tx, upstreams, body) = (tx.clone(), upstreams.clone(), body.clone());
+        let request_timeout = router.request_timeout;
+        tokio::spawn(async move {
+            let outcome = send_once(&upstreams, index, body, request_timeout).await;
+            // The receiver is gone once the client has its answer; the send itself is done.
+            let _ = tx.send((rank, outcome)).await;
+        });
+    }
+    drop(tx);
+    let mut answers: Vec<Option<Answered>> = order.iter().map(|_| None).collect();
     let mut failures = Vec::new();
-    for (index, outcome) in join_all(sends).await {
-        let upstream = &upstreams.all()[index];
-        match outcome {
-            Ok(answer) => {
-                upstream.count_attempt("ok");
-                answered.push(answer);
+    while let Some((rank, outcome)) = rx.recv().await {
+        let accepted = match outcome.and_then(|answer| judge(&answer, calls, batch)) {
+            Ok(answered) => {
+                let all = answered
+                    .acceptance
+                    .iter()
+                    .all(|a| *a == Acceptance::Accepted);
+                answers[rank] = Some(answered);
+                all
             }
             Err(error) => {
-                upstream.count_attempt(error.label());
-                if error.counts_against_health() {
-                    upstreams.record_passive_failure(index, &error.to_string());
-                }
-                failures.push((index, error));
+                failures.push((order[rank], error));
+                false
             }
+        };
+        if rank == 0 && accepted {
+            break;
         }
     }
+    let primary_answered = answers.first().is_some_and(Option::is_some);
+    let answered: Vec<Answered> = answers.into_iter().flatten().collect();
     if answered.is_empty() {
         return Err(final_error(upstreams, &failures, true));
     }
-    let primary_answered = failures.iter().all(|(i, _)| Some(i) != order.first());
     Ok(choose(calls, answered, primary_answered))
 }
 
+/// One send to upstream `index`, counted on it; never retried.
+async fn send_once(
+    upstreams: &Upstreams,
+    index: usize,
+    body: Bytes,
+    request_timeout: Duration,
+) -> Result<Bytes, AttemptError> {
+    let upstream = &upstreams.all()[index];
+    let started = tokio::time::Instant::now();
+    let outcome = match &upstream.config.http {
+        Some(uri) => match timeout(request_timeout, upstreams.pool().post(uri, body)).await {
+            Ok(answer) => answer.map_err(AttemptError::Send),
+            Err(_) => Err(AttemptError::Timeout(request_timeout)),
+        },
+        None => Err(AttemptError::Send(SendError::NotSent(
+            "no http endpoint".into(),
+        ))),
+    };
+    upstream.observe_attempt(started.elapsed());
+    match &outcome {
+        Ok(_) => upstream.count_attempt("ok"),
+        Err(error) => {
+            upstream.count_attempt(error.label());
+            if error.counts_against_health() {
+                upstreams.record_passive_failure(index, &error.to_string());
+            }
+        }
+    }
+    outcome
+}
+
+/// Renders one upstream's answer and notes which calls it accepted.
+fn judge(answer: &[u8], calls: &[&Call<'_>], batch: bool) -> Result<Answered, AttemptError> {
+    let mut acceptance = Vec::with_capacity(calls.len());
+    let attempted = render(answer, calls, batch, |_, response| {
+        acceptance.push(Acceptance::of(response));
+        Verdict::Fine
+    })
+    .map_err(AttemptError::BadAnswer)?;
+    Ok(Answered {
+        rendered: attempted.rendered,
+        acceptance,
+    })
+}
+
 /// Picks one reply per call from the answers (in candidate order; the selected upstream's
-/// first when `primary_answered`). A write gets the primary's acceptance, else another
+/// first when `primary_answered`; the ones still on their way when the selected upstream
+/// accepted every call are not waited for). A write gets the primary's acceptance, else another
 /// upstream's acceptance (a result first, then "already known"), else the primary's error
 /// verbatim. Other calls of the batch get the first answer.
 pub(super) fn choose(
@@ -104,9 +151,8 @@ pub(super) fn choose(
     (0..calls.len())
         .map(|i| {
             let pick = if policy::is_write(&calls[i].method) {
-                let accepted = |wanted: Acceptance| {
-                    answered.iter().position(|a| a.acceptance[i] == wanted)
-                };
+                let accepted =
+                    |wanted: Acceptance| answered.iter().position(|a| a.acceptance[i] == wanted);
                 let primary_accepted =
                     primary_answered && answered[0].acceptance[i] != Acceptance::Refused;
                 if primary_accepted && answered[0].acceptance[i] == Acceptance::Accepted {
@@ -165,7 +211,10 @@ mod tests {
         let call = send(&id);
         let picked = choose(
             &[&call],
-            vec![answer(&[("hash-a", Accepted)]), answer(&[("hash-b", Accepted)])],
+            vec![
+                answer(&[("hash-a", Accepted)]),
+                answer(&[("hash-b", Accepted)]),
+            ],
             true,
         );
         assert_eq!(body(&picked, 0), "hash-a");
@@ -211,7 +260,11 @@ mod tests {
         );
         assert_eq!(body(&picked, 0), "error insufficient funds");
         // The selected upstream did not answer at all: the first answer stands in.
-        let picked = choose(&[&call], vec![answer(&[("error nonce too low", Refused)])], false);
+        let picked = choose(
+            &[&call],
+            vec![answer(&[("error nonce too low", Refused)])],
+            false,
+        );
         assert_eq!(body(&picked, 0), "error nonce too low");
     }
 

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use serde_json::value::RawValue;
 
 use super::marks::Marks;
-use super::Reply;
 use super::tags::{self, Tag, Use};
+use super::Reply;
 use crate::jsonrpc::{self, Call, RpcError, UpstreamResponse};
 use crate::upstream::{Upstream, Upstreams};
 
@@ -51,6 +51,8 @@ pub struct Plan {
     uses: Vec<Use>,
     /// The marks in force for this request, by [`Tag`] index.
     marks: [u64; 3],
+    /// The served head or the best in-rotation head, whichever is higher.
+    known_head: u64,
     /// Whether any call reads a tag.
     reads_tags: bool,
     /// Head an upstream needs to serve every call at or above the marks.
@@ -73,14 +75,13 @@ impl Plan {
                 .filter_map(|u| value(u))
                 .max()
         };
+        let best_head = best(|u| Some(u.head()));
         let marks = marks.enforced(
-            [
-                best(|u| Some(u.head())),
-                best(Upstream::safe),
-                best(Upstream::finalized),
-            ],
+            [best_head, best(Upstream::safe), best(Upstream::finalized)],
             bound,
         );
+        // A block at or below this exists: a `null` for it means the node lacks it.
+        let known_head = marks[Tag::Latest as usize].max(best_head.unwrap_or(0));
         let mut wanted_head = 0;
         let mut reads_tags = false;
         for u in &uses {
@@ -94,15 +95,14 @@ impl Plan {
                     wanted_head = wanted_head.max(marks[Tag::Latest as usize]);
                 }
                 Use::BlockByTag { .. } | Use::Tagged(_) => reads_tags = true,
-                Use::ByNumber(n) if n <= marks[Tag::Latest as usize] => {
-                    wanted_head = wanted_head.max(n)
-                }
+                Use::ByNumber(n) if n <= known_head => wanted_head = wanted_head.max(n),
                 _ => {}
             }
         }
         Plan {
             uses,
             marks,
+            known_head,
             reads_tags,
             wanted_head,
         }
@@ -125,11 +125,7 @@ impl Plan {
 
     /// Params to send `upstream` in place of the client's: `safe`/`finalized` pinned to the
     /// served number where the upstream has not reported reaching it. `None`: unchanged.
-    pub fn pins_for(
-        &self,
-        calls: &[&Call<'_>],
-        upstream: &Upstream,
-    ) -> Vec<Option<Box<RawValue>>> {
+    pub fn pins_for(&self, calls: &[&Call<'_>], upstream: &Upstream) -> Vec<Option<Box<RawValue>>> {
         calls
             .iter()
             .zip(&self.uses)
@@ -153,7 +149,13 @@ impl Plan {
     }
 
     /// Judges answer `i`; `pinned` says whether its tag was replaced by the served number.
-    pub fn judge(&self, i: usize, pinned: bool, answer: &UpstreamResponse<'_>, marks: &Marks) -> Verdict {
+    pub fn judge(
+        &self,
+        i: usize,
+        pinned: bool,
+        answer: &UpstreamResponse<'_>,
+        marks: &Marks,
+    ) -> Verdict {
         if let Some((_, message)) = answer.error_summary() {
             return if crate::policy::is_missing_data(&message) {
                 Verdict::Lacking
@@ -163,7 +165,7 @@ impl Plan {
         }
         let result = answer.result.filter(|r| r.get() != "null");
         match (self.uses[i], result) {
-            (Use::ByNumber(n), None) if n <= self.marks[Tag::Latest as usize] => Verdict::Lacking,
+            (Use::ByNumber(n), None) if n <= self.known_head => Verdict::Lacking,
             (Use::ByHash, None) => Verdict::Lacking,
             (Use::BlockByTag { .. }, None) if pinned => Verdict::Lacking,
             (Use::BlockByTag { .. }, _) if pinned => Verdict::Fine,

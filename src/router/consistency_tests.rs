@@ -69,7 +69,11 @@ fn after_failover_upstreams_at_the_served_head_come_before_behind_ones() {
 
 #[test]
 fn upstreams_whose_finalized_went_back_or_lags_are_not_used_for_tag_reads() {
-    let set = upstreams(&[(100, None, Some(80)), (100, None, Some(90)), (100, None, Some(94))]);
+    let set = upstreams(&[
+        (100, None, Some(80)),
+        (100, None, Some(90)),
+        (100, None, Some(94)),
+    ]);
     // u0 reports less than before: went back.
     set.record_probe(
         0,
@@ -113,11 +117,20 @@ fn safe_and_finalized_are_pinned_on_upstreams_below_the_mark() {
     let refs: Vec<&Call> = calls.iter().collect();
     let plan = Plan::new(&refs, &marks, &set, 50);
     let pins = plan.pins_for(&refs, &set.all()[0]);
-    assert_eq!(pins[0].as_deref().map(RawValue::get), Some(r#"["0x55",false]"#));
-    assert_eq!(pins[1].as_deref().map(RawValue::get), Some(r#"["0x01","0x5f"]"#));
+    assert_eq!(
+        pins[0].as_deref().map(RawValue::get),
+        Some(r#"["0x55",false]"#)
+    );
+    assert_eq!(
+        pins[1].as_deref().map(RawValue::get),
+        Some(r#"["0x01","0x5f"]"#)
+    );
     assert!(pins[2].is_none());
     // At or above the marks: tags go as written.
-    assert!(plan.pins_for(&refs, &set.all()[1]).iter().all(Option::is_none));
+    assert!(plan
+        .pins_for(&refs, &set.all()[1])
+        .iter()
+        .all(Option::is_none));
 }
 
 #[test]
@@ -138,15 +151,26 @@ fn answers_are_judged_against_the_marks() {
     let refs: Vec<&Call> = calls.iter().collect();
     let plan = Plan::new(&refs, &marks, &set, 5);
     let behind = answer(r#"{"id":0,"result":"0x61"}"#);
-    assert_eq!(plan.judge(0, false, &behind, &marks), Verdict::Behind(Tag::Latest));
+    assert_eq!(
+        plan.judge(0, false, &behind, &marks),
+        Verdict::Behind(Tag::Latest)
+    );
     let ahead = answer(r#"{"id":0,"result":"0x65"}"#);
     assert!(matches!(
         plan.judge(0, false, &ahead, &marks),
-        Verdict::Observed { tag: Tag::Latest, number: 101, block: None }
+        Verdict::Observed {
+            tag: Tag::Latest,
+            number: 101,
+            block: None
+        }
     ));
     let block = answer(r#"{"id":1,"result":{"number":"0x64","hash":"0x1"}}"#);
     match plan.judge(1, false, &block, &marks) {
-        Verdict::Observed { number: 100, block: Some(json), .. } => {
+        Verdict::Observed {
+            number: 100,
+            block: Some(json),
+            ..
+        } => {
             assert_eq!(&*json, r#"{"number":"0x64","hash":"0x1"}"#)
         }
         other => panic!("{other:?}"),
@@ -168,7 +192,7 @@ fn a_null_block_above_the_served_head_is_an_honest_answer() {
     let future = raw(r#"["0x70",false]"#);
     let c = call("eth_getBlockByNumber", Some(&future));
     let plan = Plan::new(&[&c], &marks, &set, 5);
-    // Only numbers at or below the served head are waited for: null above it is honest.
+    // Only numbers at or below the known head are waited for: null above it is honest.
     assert_eq!(plan.order(vec![0], &set), vec![0]);
     let null = answer(r#"{"id":0,"result":null}"#);
     assert_eq!(plan.judge(0, false, &null, &marks), Verdict::Fine);
@@ -193,11 +217,17 @@ fn when_every_upstream_is_behind_the_served_value_is_answered() {
     let text = |r: Reply| (String::from_utf8(r.body).unwrap(), r.is_error);
     assert_eq!(
         text(plan.served_instead(0, Tag::Latest, &id, &marks)),
-        (r#"{"jsonrpc":"2.0","id":7,"result":"0x64"}"#.to_string(), false)
+        (
+            r#"{"jsonrpc":"2.0","id":7,"result":"0x64"}"#.to_string(),
+            false
+        )
     );
     assert_eq!(
         text(plan.served_instead(1, Tag::Latest, &id, &marks)),
-        (r#"{"jsonrpc":"2.0","id":7,"result":{"number":"0x64"}}"#.to_string(), false)
+        (
+            r#"{"jsonrpc":"2.0","id":7,"result":{"number":"0x64"}}"#.to_string(),
+            false
+        )
     );
     // The full-transactions form was never served: an honest error, not a made-up block.
     let (body, is_error) = text(plan.served_instead(2, Tag::Latest, &id, &marks));
@@ -216,5 +246,8 @@ fn observed_values_raise_the_marks_and_keep_the_block() {
     let verdict = plan.judge(0, false, &block, &marks);
     plan.record(&[verdict], &marks);
     assert_eq!(marks.get(Tag::Finalized), 64);
-    assert_eq!(marks.block(Tag::Finalized, false, 64).as_deref(), Some(r#"{"number":"0x40"}"#));
+    assert_eq!(
+        marks.block(Tag::Finalized, false, 64).as_deref(),
+        Some(r#"{"number":"0x40"}"#)
+    );
 }

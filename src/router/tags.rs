@@ -166,7 +166,9 @@ impl BlockRef {
                 None => parse_hex(text).map_or(BlockRef::Other, BlockRef::Number),
             },
             Value::Object(object) if object.contains_key("blockHash") => BlockRef::Hash,
-            Value::Object(object) => object.get("blockNumber").map_or(BlockRef::Other, BlockRef::of),
+            Value::Object(object) => object
+                .get("blockNumber")
+                .map_or(BlockRef::Other, BlockRef::of),
             _ => BlockRef::Other,
         }
     }
@@ -195,7 +197,12 @@ pub fn quantity(result: &RawValue) -> Option<u64> {
 /// `params` with every block parameter written as `tag` replaced by block `number`, or `None`
 /// when nothing needed replacing. Finalized and safe blocks do not change, so the pinned call
 /// asks for exactly the block already served under the tag.
-pub fn pin(method: &str, params: Option<&RawValue>, tag: Tag, number: u64) -> Option<Box<RawValue>> {
+pub fn pin(
+    method: &str,
+    params: Option<&RawValue>,
+    tag: Tag,
+    number: u64,
+) -> Option<Box<RawValue>> {
     let mut list: Vec<Value> = serde_json::from_str(params?.get()).ok()?;
     let pinned = Value::String(format!("0x{number:x}"));
     let replace = |slot: &mut Value| -> bool {
@@ -257,8 +264,14 @@ mod tests {
                 full: false
             }
         );
-        assert_eq!(of("eth_getBlockByNumber", r#"["0x10",false]"#), Use::ByNumber(16));
-        assert_eq!(of("eth_getBlockByNumber", r#"["earliest",false]"#), Use::Plain);
+        assert_eq!(
+            of("eth_getBlockByNumber", r#"["0x10",false]"#),
+            Use::ByNumber(16)
+        );
+        assert_eq!(
+            of("eth_getBlockByNumber", r#"["earliest",false]"#),
+            Use::Plain
+        );
     }
 
     #[test]
@@ -269,10 +282,16 @@ mod tests {
             Use::Tagged(Tag::Safe)
         );
         assert_eq!(
-            of("eth_getStorageAt", &format!("[{address},\"0x0\",\"finalized\"]")),
+            of(
+                "eth_getStorageAt",
+                &format!("[{address},\"0x0\",\"finalized\"]")
+            ),
             Use::Tagged(Tag::Finalized)
         );
-        assert_eq!(of("eth_call", r#"[{"to":"0x00"}]"#), Use::Tagged(Tag::Latest));
+        assert_eq!(
+            of("eth_call", r#"[{"to":"0x00"}]"#),
+            Use::Tagged(Tag::Latest)
+        );
         assert_eq!(of("eth_getBalance", &format!("[{address}]")), Use::Plain);
         assert_eq!(
             of("eth_call", r#"[{},{"blockNumber":"finalized"}]"#),
@@ -288,8 +307,14 @@ mod tests {
     #[test]
     fn hashes_and_numbers_where_null_means_missing() {
         let hash = format!("\"0x{}\"", "ab".repeat(32));
-        assert_eq!(of("eth_getBlockByHash", &format!("[{hash},false]")), Use::ByHash);
-        assert_eq!(of("eth_getBlockReceipts", &format!("[{hash}]")), Use::ByHash);
+        assert_eq!(
+            of("eth_getBlockByHash", &format!("[{hash},false]")),
+            Use::ByHash
+        );
+        assert_eq!(
+            of("eth_getBlockReceipts", &format!("[{hash}]")),
+            Use::ByHash
+        );
         assert_eq!(
             of("eth_getBlockTransactionCountByNumber", r#"["0x5"]"#),
             Use::ByNumber(5)
@@ -302,11 +327,17 @@ mod tests {
     fn log_filters_use_their_most_demanding_tag() {
         assert_eq!(of("eth_getLogs", "[{}]"), Use::Tagged(Tag::Latest));
         assert_eq!(
-            of("eth_getLogs", r#"[{"fromBlock":"0x1","toBlock":"finalized"}]"#),
+            of(
+                "eth_getLogs",
+                r#"[{"fromBlock":"0x1","toBlock":"finalized"}]"#
+            ),
             Use::Tagged(Tag::Finalized)
         );
         assert_eq!(
-            of("eth_getLogs", r#"[{"fromBlock":"safe","toBlock":"latest"}]"#),
+            of(
+                "eth_getLogs",
+                r#"[{"fromBlock":"safe","toBlock":"latest"}]"#
+            ),
             Use::Tagged(Tag::Latest)
         );
         assert_eq!(
@@ -340,7 +371,9 @@ mod tests {
         assert_eq!(pinned.get(), r#"["0xff",false]"#);
         let logs = pin(
             "eth_getLogs",
-            Some(&raw(r#"[{"fromBlock":"safe","toBlock":"latest","address":"0x1"}]"#)),
+            Some(&raw(
+                r#"[{"fromBlock":"safe","toBlock":"latest","address":"0x1"}]"#,
+            )),
             Tag::Safe,
             16,
         )
@@ -368,7 +401,10 @@ mod tests {
 
     #[test]
     fn answers_yield_block_numbers() {
-        assert_eq!(block_number(&raw(r#"{"number":"0x1f","hash":"0x"}"#)), Some(31));
+        assert_eq!(
+            block_number(&raw(r#"{"number":"0x1f","hash":"0x"}"#)),
+            Some(31)
+        );
         assert_eq!(block_number(&raw("null")), None);
         assert_eq!(quantity(&raw(r#""0x10""#)), Some(16));
         assert_eq!(quantity(&raw("16")), None);

@@ -133,11 +133,18 @@ impl Upstream {
             let went_back = finalized < high;
             if went_back != self.finalized_went_back.swap(went_back, Ordering::Relaxed) {
                 if went_back {
-                    tracing::warn!(upstream = self.name(), finalized, before = high,
-                        "finalized block went backwards: not used for tag reads");
+                    tracing::warn!(
+                        upstream = self.name(),
+                        finalized,
+                        before = high,
+                        "finalized block went backwards: not used for tag reads"
+                    );
                 } else {
-                    tracing::info!(upstream = self.name(), finalized,
-                        "finalized block back at its height: used for tag reads again");
+                    tracing::info!(
+                        upstream = self.name(),
+                        finalized,
+                        "finalized block back at its height: used for tag reads again"
+                    );
                 }
             }
         }

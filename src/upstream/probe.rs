@@ -68,13 +68,15 @@ pub async fn probe_and_record(upstreams: &Upstreams, index: usize, with_tags: bo
     let upstream = &upstreams.list[index];
     let started = Instant::now();
     let outcome = match &upstream.config.http {
-        Some(uri) => match timeout(upstreams.health.timeout, probe(upstreams, uri, with_tags)).await {
-            Ok(outcome) => outcome,
-            Err(_) => Err(format!(
-                "probe timed out after {:?}",
-                upstreams.health.timeout
-            )),
-        },
+        Some(uri) => {
+            match timeout(upstreams.health.timeout, probe(upstreams, uri, with_tags)).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(format!(
+                    "probe timed out after {:?}",
+                    upstreams.health.timeout
+                )),
+            }
+        }
         None => Err("no http endpoint to probe".to_string()),
     };
     upstreams.record_probe(index, outcome, started.elapsed());
@@ -175,7 +177,10 @@ mod tests {
         let body = br#"[{"id":0,"result":"0x1"},{"id":1,"result":false},{"id":2,"result":"0x40"},
             {"id":3,"error":{"code":-32000,"message":"unknown block"}},{"id":4,"result":null}]"#;
         let report = parse_report(body).unwrap();
-        assert_eq!((report.head, report.safe, report.finalized), (64, None, None));
+        assert_eq!(
+            (report.head, report.safe, report.finalized),
+            (64, None, None)
+        );
     }
 
     #[test]

@@ -111,6 +111,8 @@ impl Admin {
                     "name": u.name(),
                     "state": u.state().as_str(),
                     "head": u.head(),
+                    "safe": u.safe(),
+                    "finalized": u.finalized(),
                     "lag": set.lag(u),
                     "latency_ms": u.latency().as_secs_f64() * 1000.0,
                     "priority": u.config.priority,
@@ -118,9 +120,11 @@ impl Admin {
                 })
             })
             .collect();
+        let [latest, safe, finalized] = self.router.marks().snapshot();
         json!({
             "chain_id": set.chain_id(),
             "upstreams": upstreams,
+            "served": {"latest": latest, "safe": safe, "finalized": finalized},
             "connections": self.connections.get(),
             "subscriptions": {
                 "newHeads": self.hub.count(Kind::NewHeads),

@@ -25,6 +25,16 @@ const MISSING_DATA_FRAGMENTS: &[&str] = &[
     "pruned",
 ];
 
+/// Error messages (lower-cased fragments) with which a node says it already holds a sent
+/// transaction (geth, erigon, besu, nethermind, reth): the transaction is in its pool.
+const ALREADY_KNOWN_FRAGMENTS: &[&str] = &[
+    "already known",
+    "alreadyknown",
+    "known transaction",
+    "already imported",
+    "already in the pool",
+];
+
 /// Method names refused before they reach any upstream.
 #[derive(Debug, Clone)]
 pub struct DenyList {
@@ -61,6 +71,12 @@ pub fn is_write(method: &str) -> bool {
 pub fn is_missing_data(message: &str) -> bool {
     let message = message.to_ascii_lowercase();
     MISSING_DATA_FRAGMENTS.iter().any(|f| message.contains(f))
+}
+
+/// Whether an upstream's answer to a send means it already has the transaction.
+pub fn is_already_known(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    ALREADY_KNOWN_FRAGMENTS.iter().any(|f| message.contains(f))
 }
 
 #[cfg(test)]
@@ -113,5 +129,15 @@ mod tests {
         assert!(is_missing_data("header not found"));
         assert!(is_missing_data("Missing trie node 0xabc (path )"));
         assert!(!is_missing_data("execution reverted"));
+    }
+
+    #[test]
+    fn already_known_answers_of_common_clients_are_recognised() {
+        assert!(is_already_known("already known"));
+        assert!(is_already_known("known transaction: 0xabc"));
+        assert!(is_already_known("AlreadyKnown"));
+        assert!(is_already_known("Transaction already imported"));
+        assert!(!is_already_known("nonce too low"));
+        assert!(!is_already_known("replacement transaction underpriced"));
     }
 }

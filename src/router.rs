@@ -1,6 +1,7 @@
 //! The router: tries in-rotation upstreams in order (sticky choice first), classifies every
 //! failure, and decides from that class and the methods involved whether the next candidate
-//! may be tried.
+//! may be tried. Reads are kept monotonic ([`consistency`]); writes are broadcast to every
+//! in-rotation upstream ([`broadcast`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,9 +10,19 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use tokio::time::timeout;
 
+use serde_json::value::RawValue;
+
 use crate::jsonrpc::{self, Call, RpcError, UpstreamResponse};
 use crate::policy;
 use crate::upstream::{SendError, Upstream, Upstreams};
+
+mod broadcast;
+mod consistency;
+pub mod marks;
+pub mod tags;
+
+use consistency::{Plan, Verdict};
+use marks::Marks;
 
 /// Why one attempt on one upstream did not produce a final answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -77,6 +88,29 @@ pub struct Router {
     /// The current upstream set; a reload swaps it while requests in flight keep theirs.
     upstreams: ArcSwap<Upstreams>,
     request_timeout: Duration,
+    /// The highest blocks served under each tag; outlives upstream sets (reloads).
+    marks: Marks,
+}
+
+/// One upstream's answer to an attempt, rendered, with a verdict per call.
+pub(crate) struct Attempted {
+    rendered: Rendered,
+    verdicts: Vec<Verdict>,
+}
+
+impl Attempted {
+    fn wants_retry(&self) -> bool {
+        self.verdicts.iter().any(Verdict::wants_retry)
+    }
+
+    /// Counted as `missing_data` when a call lacked data, else `behind`.
+    fn retry_label(&self) -> &'static str {
+        if self.verdicts.contains(&Verdict::Lacking) {
+            "missing_data"
+        } else {
+            "behind"
+        }
+    }
 }
 
 impl Router {
@@ -85,6 +119,7 @@ impl Router {
         Router {
             upstreams: ArcSwap::new(upstreams),
             request_timeout,
+            marks: Marks::default(),
         }
     }
 
@@ -98,18 +133,30 @@ impl Router {
         self.upstreams.store(upstreams);
     }
 
+    /// The highest `latest`, `safe` and `finalized` blocks served so far. A feed that delivers
+    /// heads to clients reports them here ([`Marks::observe`]) so calls never answer below.
+    pub fn marks(&self) -> &Marks {
+        &self.marks
+    }
+
     /// Forwards `calls` (as a batch when `batch`) and renders one response per call under
-    /// the client's ids.
+    /// the client's ids. Writes go to every in-rotation upstream ([`broadcast`]); reads go to
+    /// one candidate after another until an answer needs no retry.
     pub async fn forward(&self, calls: &[&Call<'_>], batch: bool) -> Result<Rendered, RpcError> {
         // One set for the whole request, even if a reload swaps it meanwhile.
         let upstreams = self.upstreams.load_full();
-        let body = encode(calls, batch);
-        let contains_write = calls.iter().any(|c| policy::is_write(&c.method));
+        if calls.iter().any(|c| policy::is_write(&c.method)) {
+            return broadcast::forward(self, &upstreams, calls, batch).await;
+        }
+        let bound = upstreams.health_config().max_lag_blocks;
+        let plan = Plan::new(calls, &self.marks, &upstreams, bound);
         let mut failures: Vec<(usize, AttemptError)> = Vec::new();
-        let mut missing_data: Option<(u64, Rendered)> = None;
-        for index in candidates(&upstreams) {
+        // The last answer that wanted a retry, and the head of its upstream: upstreams below
+        // that head cannot do better.
+        let mut fallback: Option<(u64, Attempted)> = None;
+        for index in plan.order(candidates(&upstreams), &upstreams) {
             let upstream = &upstreams.all()[index];
-            if missing_data
+            if fallback
                 .as_ref()
                 .is_some_and(|(floor, _)| upstream.head() < *floor)
             {
@@ -117,64 +164,89 @@ impl Router {
             }
             let started = tokio::time::Instant::now();
             let outcome = self
-                .attempt(&upstreams, upstream, body.clone(), calls, batch)
+                .attempt(&upstreams, upstream, calls, batch, &plan)
                 .await;
             upstream.observe_attempt(started.elapsed());
             match outcome {
-                Ok((rendered, false)) => {
+                Ok(attempted) if !attempted.wants_retry() => {
                     upstream.count_attempt("ok");
-                    if !failures.is_empty() {
-                        tracing::debug!(
-                            upstream = upstream.name(),
-                            retries = failures.len(),
-                            "served by a fallback"
-                        );
+                    if !failures.is_empty() || fallback.is_some() {
+                        tracing::debug!(upstream = upstream.name(), "served by a fallback");
                     }
-                    return Ok(rendered);
+                    plan.record(&attempted.verdicts, &self.marks);
+                    return Ok(attempted.rendered);
                 }
-                Ok((rendered, true)) => {
-                    upstream.count_attempt("missing_data");
-                    if contains_write {
-                        return Ok(rendered);
-                    }
-                    missing_data = Some((upstream.head(), rendered));
+                Ok(attempted) => {
+                    upstream.count_attempt(attempted.retry_label());
+                    fallback = Some((upstream.head(), attempted));
                 }
                 Err(error) => {
                     upstream.count_attempt(error.label());
                     if error.counts_against_health() {
                         upstreams.record_passive_failure(index, &error.to_string());
                     }
-                    let retry = error.retryable(contains_write);
                     failures.push((index, error));
-                    if !retry {
-                        break;
-                    }
                 }
             }
         }
-        if let Some((_, rendered)) = missing_data {
-            return Ok(rendered);
+        match fallback {
+            Some((_, attempted)) => Ok(self.settle(&plan, calls, attempted)),
+            None => Err(final_error(&upstreams, &failures, false)),
         }
-        Err(final_error(&upstreams, &failures, contains_write))
     }
 
+    /// The best answer when no candidate served every call: calls that were behind get the
+    /// served value; calls that lacked data keep the upstream's answer.
+    fn settle(&self, plan: &Plan, calls: &[&Call<'_>], attempted: Attempted) -> Rendered {
+        plan.record(&attempted.verdicts, &self.marks);
+        let Attempted {
+            mut rendered,
+            verdicts,
+        } = attempted;
+        for (i, verdict) in verdicts.iter().enumerate() {
+            if let (Verdict::Behind(tag), Some(id)) = (verdict, calls[i].id) {
+                rendered[i] = Some(plan.served_instead(i, *tag, id, &self.marks));
+            }
+        }
+        rendered
+    }
+
+    /// One attempt of `calls` on `upstream`, with tags pinned as the plan says.
     async fn attempt(
         &self,
         upstreams: &Upstreams,
         upstream: &Upstream,
-        body: Bytes,
         calls: &[&Call<'_>],
         batch: bool,
-    ) -> Result<(Rendered, bool), AttemptError> {
+        plan: &Plan,
+    ) -> Result<Attempted, AttemptError> {
+        let pins = plan.pins_for(calls, upstream);
+        let answer = self
+            .post(upstreams, upstream, encode(calls, &pins, batch))
+            .await?;
+        render(&answer, calls, batch, |i, response| {
+            plan.judge(i, pins[i].is_some(), response, &self.marks)
+        })
+        .map_err(AttemptError::BadAnswer)
+    }
+
+    /// POSTs `body` to `upstream` within the request budget.
+    async fn post(
+        &self,
+        upstreams: &Upstreams,
+        upstream: &Upstream,
+        body: Bytes,
+    ) -> Result<Bytes, AttemptError> {
         let uri = upstream
             .config
             .http
             .as_ref()
             .ok_or_else(|| SendError::NotSent("no http endpoint".into()))?;
-        let answer = timeout(self.request_timeout, upstreams.pool().post(uri, body))
-            .await
-            .map_err(|_| AttemptError::Timeout(self.request_timeout))??;
-        render(&answer, calls, batch).map_err(AttemptError::BadAnswer)
+        Ok(
+            timeout(self.request_timeout, upstreams.pool().post(uri, body))
+                .await
+                .map_err(|_| AttemptError::Timeout(self.request_timeout))??,
+        )
     }
 }
 
@@ -219,8 +291,9 @@ fn final_error(
     jsonrpc::NO_HEALTHY_UPSTREAM.with_data(detail.join("; "))
 }
 
-/// Encodes the forwarded calls with ethgate's ids `0..n`.
-fn encode(calls: &[&Call<'_>], batch: bool) -> Bytes {
+/// Encodes the forwarded calls with ethgate's ids `0..n`; `pins[i]`, when present, replaces
+/// call `i`'s params.
+fn encode(calls: &[&Call<'_>], pins: &[Option<Box<RawValue>>], batch: bool) -> Bytes {
     let mut out = Vec::with_capacity(64 + calls.len() * 96);
     if batch {
         out.push(b'[');
@@ -229,7 +302,8 @@ fn encode(calls: &[&Call<'_>], batch: bool) -> Bytes {
         if i > 0 {
             out.push(b',');
         }
-        jsonrpc::encode_request(&mut out, i as u64, &call.method, call.params);
+        let params = pins.get(i).and_then(|p| p.as_deref()).or(call.params);
+        jsonrpc::encode_request(&mut out, i as u64, &call.method, params);
     }
     if batch {
         out.push(b']');
@@ -237,30 +311,29 @@ fn encode(calls: &[&Call<'_>], batch: bool) -> Bytes {
     Bytes::from(out)
 }
 
-/// Splices an upstream answer into per-call responses; the flag says whether any answer is
-/// a "lacks the data" error worth retrying elsewhere.
-fn render(body: &[u8], calls: &[&Call<'_>], batch: bool) -> Result<(Rendered, bool), String> {
+/// Splices an upstream answer into per-call responses, with `judge`'s verdict on each.
+fn render(
+    body: &[u8],
+    calls: &[&Call<'_>],
+    batch: bool,
+    mut judge: impl FnMut(usize, &UpstreamResponse<'_>) -> Verdict,
+) -> Result<Attempted, String> {
     let answers = match_answers(body, calls.len(), batch)?;
-    let mut missing_data = false;
+    let mut verdicts = Vec::with_capacity(calls.len());
     let mut rendered = Vec::with_capacity(calls.len());
     for (i, (call, answer)) in calls.iter().zip(&answers).enumerate() {
         if answer.result.is_none() && answer.error.is_none() {
             return Err(format!("answer {i} has neither result nor error"));
         }
-        let error = answer.error_summary();
-        if let Some((_, message)) = &error {
-            missing_data |= policy::is_missing_data(message);
-        }
+        verdicts.push(judge(i, answer));
+        let is_error = answer.error.is_some_and(|e| e.get() != "null");
         rendered.push(call.id.map(|id| {
             let mut body = Vec::with_capacity(answer.result.map_or(64, |r| r.get().len() + 48));
             jsonrpc::encode_relayed(&mut body, id, answer);
-            Reply {
-                body,
-                is_error: error.is_some(),
-            }
+            Reply { body, is_error }
         }));
     }
-    Ok((rendered, missing_data))
+    Ok(Attempted { rendered, verdicts })
 }
 
 /// The upstream's answers in call order: a batch answer may come in any order, and is matched

@@ -591,3 +591,86 @@ fn futures_status(eg: &Ethgate) -> String {
     .join()
     .unwrap_or_default()
 }
+
+/// A transaction sent through ethgate reaches every live node's pool (each node gets it once),
+/// `net_version` comes from the verified chain id, and the tx is mined on the one chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_sent_through_ethgate_lands_in_every_nodes_pool() {
+    if !deps_present(
+        "a_transaction_sent_through_ethgate_lands_in_every_nodes_pool",
+        false,
+    ) {
+        return;
+    }
+    let dev = Devnet::start(3).await.expect("start devnet");
+    dev.mine().await.expect("first block");
+    let ports = Ports::free();
+    let config = ethgate_config(&ports, &dev);
+    let eg = Ethgate::start(ports, &config, &[], Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|e| panic!("ethgate did not start: {e}\nconfig:\n{config}"));
+    let _dump = DumpOnPanic { ethgate: Some(&eg) };
+    let url = eg.http_url();
+    let http = Http::default();
+    poll_until(
+        "/status: all upstreams healthy",
+        Duration::from_secs(15),
+        Duration::from_millis(100),
+        || async {
+            let st = eg.status().await.ok()?;
+            let ups = st["upstreams"].as_array()?;
+            (ups.len() == 3 && ups.iter().all(|u| u["state"] == json!("healthy"))).then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let version = http
+        .rpc(&url, "net_version", json!([]), RPC_TIMEOUT)
+        .await
+        .expect("net_version");
+    assert_eq!(version, json!(CHAIN_ID.to_string()));
+
+    // anvil signs for its dev accounts deterministically, so every node sees the same tx;
+    // every field is given so no node fills one in differently.
+    let tx = json!({
+        "from": DEV_ADDRESS,
+        "to": "0x000000000000000000000000000000000000dEaD",
+        "value": "0x1",
+        "gas": "0x5208",
+        "nonce": "0x0",
+        "maxFeePerGas": "0x77359400",
+        "maxPriorityFeePerGas": "0x1",
+        "chainId": format!("0x{CHAIN_ID:x}"),
+        "type": "0x2",
+    });
+    let hash = http
+        .rpc(&url, "eth_sendTransaction", json!([tx]), RPC_TIMEOUT)
+        .await
+        .expect("eth_sendTransaction through ethgate");
+    let hash = hash.as_str().expect("tx hash").to_string();
+    for i in 0..dev.len() {
+        let seen = http
+            .rpc(
+                &dev.http_url(i),
+                "eth_getTransactionByHash",
+                json!([hash]),
+                RPC_TIMEOUT,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("anvil{i}: {e:?}"));
+        assert_eq!(
+            seen["hash"],
+            json!(hash),
+            "anvil{i} pool lacks the tx: {seen}"
+        );
+        assert!(
+            seen["blockNumber"].is_null(),
+            "anvil{i}: still pending: {seen}"
+        );
+    }
+    let mined = dev.mine().await.expect("mine");
+    assert_eq!(
+        mined.txs, 1,
+        "the tx is mined once, on every node: {mined:?}"
+    );
+}

@@ -325,6 +325,7 @@ fn only_ok(ok: f64) -> BTreeMap<String, f64> {
     let mut expected: BTreeMap<String, f64> = [
         "ok",
         "missing_data",
+        "behind",
         "not_sent",
         "no_answer",
         "http_error",

@@ -167,8 +167,8 @@ impl Frontend {
         join_batch(slots)
     }
 
-    /// Calls answered by ethgate itself: denied methods, subscriptions, and `eth_chainId`
-    /// once the chain id is verified.
+    /// Calls answered by ethgate itself: denied methods, subscriptions, and `eth_chainId` and
+    /// `net_version` once the chain id is verified.
     fn local(
         &self,
         transport: Transport<'_>,
@@ -203,6 +203,13 @@ impl Frontend {
             ("eth_chainId", _) => {
                 let chain_id = self.router.upstreams().chain_id()?;
                 Some(Local::Result(format!("\"0x{chain_id:x}\"")))
+            }
+            // geth answers the network id, which equals the chain id on every chain a
+            // Chainlink node uses; answering it from the verified id keeps it stable across
+            // failovers (an upstream on another chain is out of rotation anyway).
+            ("net_version", _) => {
+                let chain_id = self.router.upstreams().chain_id()?;
+                Some(Local::Result(format!("\"{chain_id}\"")))
             }
             _ => None,
         }

@@ -45,6 +45,7 @@ pub fn render(out: &mut String, upstreams: &Upstreams) {
             u.head()
         );
     }
+    render_tag_blocks(out, upstreams);
     header(
         out,
         "ethgate_upstream_lag_blocks",
@@ -61,6 +62,33 @@ pub fn render(out: &mut String, upstreams: &Upstreams) {
     }
     render_states(out, upstreams);
     render_latency(out, upstreams);
+}
+
+/// `ethgate_upstream_safe_block` and `ethgate_upstream_finalized_block`: the last probed
+/// numbers; an upstream that never reported a tag has no series (0 would read as a real
+/// block and trip lag alerts).
+fn render_tag_blocks(out: &mut String, upstreams: &Upstreams) {
+    type Tagged = fn(&crate::upstream::Upstream) -> Option<u64>;
+    let series: [(&str, &str, Tagged); 2] = [
+        (
+            "ethgate_upstream_safe_block",
+            "Last safe block number probed.",
+            |u| u.safe(),
+        ),
+        (
+            "ethgate_upstream_finalized_block",
+            "Last finalized block number probed.",
+            |u| u.finalized(),
+        ),
+    ];
+    for (name, help, value) in series {
+        header(out, name, "gauge", help);
+        for u in upstreams.all() {
+            if let Some(n) = value(u) {
+                let _ = writeln!(out, "{name}{{upstream=\"{}\"}} {n}", u.name());
+            }
+        }
+    }
 }
 
 /// `ethgate_upstream_state{upstream,state}`: 1 for the state each upstream is in.

@@ -376,6 +376,7 @@ impl<P: SourcePool> Feed<P> {
                     let logs = self.block_logs(source, header, &filters).await?;
                     self.hub.deliver_block(Some(&header.json), &logs);
                     self.delivered_logs.record(&header.hash, &logs);
+                    self.pool.delivered(header.number);
                     let mut status = self.status.lock();
                     status.head = Some(header.number);
                     status.head_at = Some(std::time::Instant::now());

@@ -12,6 +12,7 @@ use serde_json::value::RawValue;
 use super::poll::{answer_result, Polling};
 use super::select::Candidate;
 use super::source::{Notification, Source, SourceError};
+use crate::router::tags::Tag;
 use crate::router::{self, Router};
 use crate::upstream::health::State;
 
@@ -40,6 +41,8 @@ pub trait SourcePool: Send + Sync + 'static {
     fn candidates(&self) -> Vec<Candidate>;
     /// The best head known while no upstream is in rotation and one reports syncing.
     fn syncing(&self) -> Option<u64>;
+    /// Block `number` reached clients as a head: no later read may answer below it.
+    fn delivered(&self, number: u64);
     /// Connects to the upstream named `name`.
     fn connect(
         &self,
@@ -138,6 +141,10 @@ impl SourcePool for RouterPool {
         let syncing =
             !upstreams.any_in_rotation() && all.iter().any(|u| u.state() == State::Syncing);
         syncing.then(|| all.iter().map(|u| u.head()).max().unwrap_or(0))
+    }
+
+    fn delivered(&self, number: u64) {
+        self.router.marks().observe(Tag::Latest, number);
     }
 
     async fn connect(&self, name: &str) -> Result<FeedConnection, SourceError> {

@@ -6,7 +6,7 @@ pub mod http;
 pub mod probe;
 mod reload;
 
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -20,9 +20,10 @@ use health::{evaluate, ChainSummary, Facts, State};
 pub use http::{HttpPool, SendError};
 
 /// Outcomes of one attempt on an upstream, as counted in `ethgate_upstream_requests_total`.
-pub const ATTEMPT_RESULTS: [&str; 7] = [
+pub const ATTEMPT_RESULTS: [&str; 8] = [
     "ok",
     "missing_data",
+    "behind",
     "not_sent",
     "no_answer",
     "http_error",
@@ -39,6 +40,12 @@ pub struct Upstream {
     pub config: UpstreamConfig,
     state: AtomicU8,
     head: AtomicU64,
+    /// Last `safe` and `finalized` block numbers probed (0 = unknown).
+    safe: AtomicU64,
+    finalized: AtomicU64,
+    /// Highest `finalized` ever probed, and whether the last probe reported less.
+    finalized_high: AtomicU64,
+    finalized_went_back: AtomicBool,
     latency_micros: AtomicU64,
     attempts: [AtomicU64; ATTEMPT_RESULTS.len()],
     latency: crate::metrics::Histogram,
@@ -51,6 +58,10 @@ impl Upstream {
             config,
             state: AtomicU8::new(State::Unreachable as u8),
             head: AtomicU64::new(0),
+            safe: AtomicU64::new(0),
+            finalized: AtomicU64::new(0),
+            finalized_high: AtomicU64::new(0),
+            finalized_went_back: AtomicBool::new(false),
             latency_micros: AtomicU64::new(0),
             attempts: Default::default(),
             latency: Default::default(),
@@ -92,6 +103,51 @@ impl Upstream {
     /// Last head reported (0 before any).
     pub fn head(&self) -> u64 {
         self.head.load(Ordering::Relaxed)
+    }
+
+    /// Last `safe` block number probed, when the node reports one.
+    pub fn safe(&self) -> Option<u64> {
+        Some(self.safe.load(Ordering::Relaxed)).filter(|&n| n > 0)
+    }
+
+    /// Last `finalized` block number probed, when the node reports one.
+    pub fn finalized(&self) -> Option<u64> {
+        Some(self.finalized.load(Ordering::Relaxed)).filter(|&n| n > 0)
+    }
+
+    /// Whether the last probe saw `finalized` below a value this node reported before: a
+    /// finalized block never changes, so such a node is not trusted with tag reads until it
+    /// is back at its old height.
+    pub fn finalized_went_back(&self) -> bool {
+        self.finalized_went_back.load(Ordering::Relaxed)
+    }
+
+    /// Stores probed `safe` / `finalized` numbers (`None`: the node did not say).
+    fn observe_tags(&self, safe: Option<u64>, finalized: Option<u64>) {
+        if let Some(safe) = safe {
+            self.safe.store(safe, Ordering::Relaxed);
+        }
+        if let Some(finalized) = finalized {
+            self.finalized.store(finalized, Ordering::Relaxed);
+            let high = self.finalized_high.fetch_max(finalized, Ordering::Relaxed);
+            let went_back = finalized < high;
+            if went_back != self.finalized_went_back.swap(went_back, Ordering::Relaxed) {
+                if went_back {
+                    tracing::warn!(
+                        upstream = self.name(),
+                        finalized,
+                        before = high,
+                        "finalized block went backwards: not used for tag reads"
+                    );
+                } else {
+                    tracing::info!(
+                        upstream = self.name(),
+                        finalized,
+                        "finalized block back at its height: used for tag reads again"
+                    );
+                }
+            }
+        }
     }
 
     /// Round trip of the last successful probe.
@@ -237,6 +293,7 @@ impl Upstreams {
         let ok = outcome.is_ok();
         match outcome {
             Ok(report) => {
+                self.list[index].observe_tags(report.safe, report.finalized);
                 let expected = *self.expected_chain_id.get_or_init(|| report.chain_id);
                 me.chain = Some((report.chain_id, report.chain_id == expected));
                 me.syncing = report.syncing;
@@ -301,7 +358,7 @@ impl Upstreams {
         let rounds = self
             .list
             .iter()
-            .map(|u| probe::probe_and_record(self, u.index));
+            .map(|u| probe::probe_and_record(self, u.index, true));
         futures_util::future::join_all(rounds).await;
         self.started.store(true, Ordering::Release);
         self.reselect();

@@ -58,6 +58,8 @@ pub struct Received {
 #[derive(Default)]
 struct State {
     head: u64,
+    safe: Option<u64>,
+    finalized: Option<u64>,
     chain_id: u64,
     syncing: bool,
     delay: Duration,
@@ -158,6 +160,14 @@ impl MockUpstream {
     /// Sets the head block number (eth_blockNumber, "latest").
     pub fn set_head(&self, n: u64) {
         self.shared.update(|s| s.head = n);
+    }
+
+    /// Sets the `safe` and `finalized` block numbers (`None`: the head, the default).
+    pub fn set_tags(&self, safe: Option<u64>, finalized: Option<u64>) {
+        self.shared.update(|s| {
+            s.safe = safe;
+            s.finalized = finalized;
+        });
     }
 
     /// Current head block number.

@@ -57,6 +57,8 @@ struct World {
     connects: Vec<(String, Instant)>,
     logs: String,
     elsewhere: Option<Result<String, String>>,
+    /// Heads reported as delivered to clients.
+    delivered: Vec<u64>,
 }
 
 #[derive(Clone, Default)]
@@ -185,6 +187,10 @@ impl SourcePool for Scripted {
 
     fn syncing(&self) -> Option<u64> {
         None
+    }
+
+    fn delivered(&self, number: u64) {
+        self.world().delivered.push(number);
     }
 
     async fn connect(&self, name: &str) -> Result<ScriptedConnection, SourceError> {

@@ -191,6 +191,10 @@ pub struct ChainState {
     pub chain_id: u64,
     /// Whether eth_syncing reports progress.
     pub syncing: bool,
+    /// The `safe` block number; `None`: the head.
+    pub safe: Option<u64>,
+    /// The `finalized` block number; `None`: the head.
+    pub finalized: Option<u64>,
 }
 
 /// geth-like default answer of `method`.
@@ -209,7 +213,11 @@ pub fn default_answer(method: &str, params: &Value, chain: &ChainState) -> Resul
         "eth_syncing" => Ok(json!(false)),
         "eth_blockNumber" => Ok(json!(hex(head))),
         "eth_getBlockByNumber" => {
-            let n = block_param(params.get(0), head)?;
+            let n = match params.get(0).and_then(Value::as_str) {
+                Some("safe") => chain.safe.unwrap_or(head),
+                Some("finalized") => chain.finalized.unwrap_or(head),
+                _ => block_param(params.get(0), head)?,
+            };
             Ok(if n <= head { block(n) } else { Value::Null })
         }
         "eth_getBlockByHash" => {

@@ -514,6 +514,8 @@ fn answer_call(
                 head: s.head,
                 chain_id: s.chain_id,
                 syncing: s.syncing,
+                safe: s.safe,
+                finalized: s.finalized,
             };
             answers::default_answer(method, params, &chain)
         }

@@ -1,0 +1,306 @@
+//! Writes (`eth_sendRawTransaction` and the like) go to every in-rotation upstream at once,
+//! each exactly once: a transaction must not depend on one node's mempool and peers. The
+//! client gets the selected upstream's answer, unless that one did not accept and another did.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+use super::consistency::Verdict;
+use super::{candidates, encode, final_error, render, AttemptError, Rendered, Reply, Router};
+use crate::jsonrpc::{Call, RpcError, UpstreamResponse};
+use crate::policy;
+use crate::upstream::{SendError, Upstreams};
+
+/// What one upstream said to one call of a broadcast.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Acceptance {
+    /// A result (for a send: the transaction hash).
+    Accepted,
+    /// An error saying the node already has the transaction: it is in that node's pool.
+    AlreadyKnown,
+    /// Any other error.
+    Refused,
+}
+
+impl Acceptance {
+    fn of(answer: &UpstreamResponse<'_>) -> Acceptance {
+        match answer.error_summary() {
+            None if answer.error.is_none_or(|e| e.get() == "null") => Acceptance::Accepted,
+            Some((_, message)) if policy::is_already_known(&message) => Acceptance::AlreadyKnown,
+            _ => Acceptance::Refused,
+        }
+    }
+}
+
+/// One upstream's rendered answer with the acceptance of each call.
+pub(super) struct Answered {
+    rendered: Rendered,
+    acceptance: Vec<Acceptance>,
+}
+
+/// Sends `calls` to every in-rotation upstream concurrently and picks the answers. Each send
+/// runs as its own task, so answering the client early (the selected upstream accepted) never
+/// cancels a send that is on its way to another node.
+pub(super) async fn forward(
+    router: &Router,
+    upstreams: &Arc<Upstreams>,
+    calls: &[&Call<'_>],
+    batch: bool,
+) -> Result<Rendered, RpcError> {
+    let order = candidates(upstreams);
+    let body = encode(calls, &[], batch);
+    let (tx, mut rx) = mpsc::channel(order.len().max(1));
+    for (rank, &index) in order.iter().enumerate() {
+        let (tx, upstreams, body) = (tx.clone(), upstreams.clone(), body.clone());
+        let request_timeout = router.request_timeout;
+        tokio::spawn(async move {
+            let outcome = send_once(&upstreams, index, body, request_timeout).await;
+            // The receiver is gone once the client has its answer; the send itself is done.
+            let _ = tx.send((rank, outcome)).await;
+        });
+    }
+    drop(tx);
+    let mut answers: Vec<Option<Answered>> = order.iter().map(|_| None).collect();
+    let mut failures = Vec::new();
+    while let Some((rank, outcome)) = rx.recv().await {
+        let accepted = match outcome.and_then(|answer| judge(&answer, calls, batch)) {
+            Ok(answered) => {
+                let all = answered
+                    .acceptance
+                    .iter()
+                    .all(|a| *a == Acceptance::Accepted);
+                answers[rank] = Some(answered);
+                all
+            }
+            Err(error) => {
+                failures.push((order[rank], error));
+                false
+            }
+        };
+        if rank == 0 && accepted {
+            break;
+        }
+    }
+    let primary_answered = answers.first().is_some_and(Option::is_some);
+    let answered: Vec<Answered> = answers.into_iter().flatten().collect();
+    if answered.is_empty() {
+        return Err(final_error(upstreams, &failures, true));
+    }
+    Ok(choose(calls, answered, primary_answered))
+}
+
+/// One send to upstream `index`, counted on it; never retried.
+async fn send_once(
+    upstreams: &Upstreams,
+    index: usize,
+    body: Bytes,
+    request_timeout: Duration,
+) -> Result<Bytes, AttemptError> {
+    let upstream = &upstreams.all()[index];
+    let started = tokio::time::Instant::now();
+    let outcome = match &upstream.config.http {
+        Some(uri) => match timeout(request_timeout, upstreams.pool().post(uri, body)).await {
+            Ok(answer) => answer.map_err(AttemptError::Send),
+            Err(_) => Err(AttemptError::Timeout(request_timeout)),
+        },
+        None => Err(AttemptError::Send(SendError::NotSent(
+            "no http endpoint".into(),
+        ))),
+    };
+    upstream.observe_attempt(started.elapsed());
+    match &outcome {
+        Ok(_) => upstream.count_attempt("ok"),
+        Err(error) => {
+            upstream.count_attempt(error.label());
+            if error.counts_against_health() {
+                upstreams.record_passive_failure(index, &error.to_string());
+            }
+        }
+    }
+    outcome
+}
+
+/// Renders one upstream's answer and notes which calls it accepted.
+fn judge(answer: &[u8], calls: &[&Call<'_>], batch: bool) -> Result<Answered, AttemptError> {
+    let mut acceptance = Vec::with_capacity(calls.len());
+    let attempted = render(answer, calls, batch, |_, response| {
+        acceptance.push(Acceptance::of(response));
+        Verdict::Fine
+    })
+    .map_err(AttemptError::BadAnswer)?;
+    Ok(Answered {
+        rendered: attempted.rendered,
+        acceptance,
+    })
+}
+
+/// Picks one reply per call from the answers (in candidate order; the selected upstream's
+/// first when `primary_answered`; the ones still on their way when the selected upstream
+/// accepted every call are not waited for). A write gets the primary's acceptance, else another
+/// upstream's acceptance (a result first, then "already known"), else the primary's error
+/// verbatim. Other calls of the batch get the first answer.
+pub(super) fn choose(
+    calls: &[&Call<'_>],
+    mut answered: Vec<Answered>,
+    primary_answered: bool,
+) -> Rendered {
+    (0..calls.len())
+        .map(|i| {
+            let pick = if policy::is_write(&calls[i].method) {
+                let accepted =
+                    |wanted: Acceptance| answered.iter().position(|a| a.acceptance[i] == wanted);
+                let primary_accepted =
+                    primary_answered && answered[0].acceptance[i] != Acceptance::Refused;
+                if primary_accepted && answered[0].acceptance[i] == Acceptance::Accepted {
+                    0
+                } else {
+                    accepted(Acceptance::Accepted)
+                        .or(primary_accepted.then_some(0))
+                        .or_else(|| accepted(Acceptance::AlreadyKnown))
+                        .unwrap_or(0)
+                }
+            } else {
+                0
+            };
+            answered[pick].rendered[i].take()
+        })
+        .collect::<Vec<Option<Reply>>>()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::value::RawValue;
+
+    use super::*;
+
+    fn reply(text: &str) -> Option<Reply> {
+        Some(Reply {
+            body: text.as_bytes().to_vec(),
+            is_error: text.contains("error"),
+        })
+    }
+
+    fn answer(parts: &[(&str, Acceptance)]) -> Answered {
+        Answered {
+            rendered: parts.iter().map(|(t, _)| reply(t)).collect(),
+            acceptance: parts.iter().map(|(_, a)| *a).collect(),
+        }
+    }
+
+    fn body(rendered: &Rendered, i: usize) -> String {
+        String::from_utf8(rendered[i].as_ref().unwrap().body.clone()).unwrap()
+    }
+
+    use Acceptance::*;
+
+    fn send<'a>(id: &'a RawValue) -> Call<'a> {
+        Call {
+            id: Some(id),
+            method: "eth_sendRawTransaction".into(),
+            params: None,
+        }
+    }
+
+    #[test]
+    fn the_selected_upstreams_acceptance_wins() {
+        let id = RawValue::from_string("1".into()).unwrap();
+        let call = send(&id);
+        let picked = choose(
+            &[&call],
+            vec![
+                answer(&[("hash-a", Accepted)]),
+                answer(&[("hash-b", Accepted)]),
+            ],
+            true,
+        );
+        assert_eq!(body(&picked, 0), "hash-a");
+    }
+
+    #[test]
+    fn another_upstreams_acceptance_replaces_the_selected_ones_error() {
+        let id = RawValue::from_string("1".into()).unwrap();
+        let call = send(&id);
+        let picked = choose(
+            &[&call],
+            vec![
+                answer(&[("error nonce too low", Refused)]),
+                answer(&[("error already known", AlreadyKnown)]),
+                answer(&[("hash-c", Accepted)]),
+            ],
+            true,
+        );
+        assert_eq!(body(&picked, 0), "hash-c");
+        // Only "already known" elsewhere: that acceptance is passed on.
+        let picked = choose(
+            &[&call],
+            vec![
+                answer(&[("error underpriced", Refused)]),
+                answer(&[("error already known", AlreadyKnown)]),
+            ],
+            true,
+        );
+        assert_eq!(body(&picked, 0), "error already known");
+    }
+
+    #[test]
+    fn when_none_accepted_the_selected_error_passes_verbatim() {
+        let id = RawValue::from_string("1".into()).unwrap();
+        let call = send(&id);
+        let picked = choose(
+            &[&call],
+            vec![
+                answer(&[("error insufficient funds", Refused)]),
+                answer(&[("error nonce too low", Refused)]),
+            ],
+            true,
+        );
+        assert_eq!(body(&picked, 0), "error insufficient funds");
+        // The selected upstream did not answer at all: the first answer stands in.
+        let picked = choose(
+            &[&call],
+            vec![answer(&[("error nonce too low", Refused)])],
+            false,
+        );
+        assert_eq!(body(&picked, 0), "error nonce too low");
+    }
+
+    #[test]
+    fn selected_already_known_gives_way_to_a_hash() {
+        let id = RawValue::from_string("1".into()).unwrap();
+        let call = send(&id);
+        let picked = choose(
+            &[&call],
+            vec![
+                answer(&[("error already known", AlreadyKnown)]),
+                answer(&[("hash-b", Accepted)]),
+            ],
+            true,
+        );
+        assert_eq!(body(&picked, 0), "hash-b");
+    }
+
+    #[test]
+    fn reads_in_a_batch_with_a_write_take_the_first_answer() {
+        let id = RawValue::from_string("1".into()).unwrap();
+        let write = send(&id);
+        let read = Call {
+            id: Some(&id),
+            method: "eth_blockNumber".into(),
+            params: None,
+        };
+        let picked = choose(
+            &[&read, &write],
+            vec![
+                answer(&[("0x10", Accepted), ("error x", Refused)]),
+                answer(&[("0x11", Accepted), ("hash-b", Accepted)]),
+            ],
+            true,
+        );
+        assert_eq!(body(&picked, 0), "0x10");
+        assert_eq!(body(&picked, 1), "hash-b");
+    }
+}

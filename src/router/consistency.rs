@@ -1,0 +1,247 @@
+//! Monotonic reads: the per-request plan that orders candidates by what they have, pins
+//! `safe`/`finalized` to the served number on upstreams that have not reached it, judges each
+//! answer against the served marks, and patches what no upstream could serve.
+//!
+//! The rule, per tag (`latest`, `safe`, `finalized`): an answer that names a block (the number
+//! of `eth_blockNumber`, the block of a tagged `eth_getBlockByNumber`) is never below the
+//! highest one served before. Upstreams at or above the mark are tried first; an answer below
+//! it sends the router to the next candidate; when every candidate is below, the served
+//! value itself is answered (the number, or the exact block object served under the tag).
+
+use std::sync::Arc;
+
+use serde_json::value::RawValue;
+
+use super::marks::Marks;
+use super::tags::{self, Tag, Use};
+use super::Reply;
+use crate::jsonrpc::{self, Call, RpcError, UpstreamResponse};
+use crate::upstream::{Upstream, Upstreams};
+
+/// How one answer of an attempt relates to the served marks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing to check, or nothing wrong.
+    Fine,
+    /// Names block `number` under `tag`, at or above the mark; `block` holds the block object
+    /// when it is worth keeping as the served copy.
+    Observed {
+        /// The tag answered.
+        tag: Tag,
+        /// The block number it named.
+        number: u64,
+        /// The block object to keep (tagged `eth_getBlockByNumber` only).
+        block: Option<Arc<str>>,
+    },
+    /// This upstream lacks the data ("header not found", `null` for a known block).
+    Lacking,
+    /// Names a block below the mark of `tag`: going back.
+    Behind(Tag),
+}
+
+impl Verdict {
+    /// Whether another candidate should be asked.
+    pub fn wants_retry(&self) -> bool {
+        matches!(self, Verdict::Lacking | Verdict::Behind(_))
+    }
+}
+
+/// What the router knows about one request before trying upstreams.
+pub struct Plan {
+    uses: Vec<Use>,
+    /// The marks in force for this request, by [`Tag`] index.
+    marks: [u64; 3],
+    /// The served head or the best in-rotation head, whichever is higher.
+    known_head: u64,
+    /// Whether any call reads a tag.
+    reads_tags: bool,
+    /// Head an upstream needs to serve every call at or above the marks.
+    wanted_head: u64,
+}
+
+impl Plan {
+    /// Classifies `calls` and reads the marks in force (releasing one no upstream is within
+    /// `bound` of; see [`Marks::enforced`]).
+    pub fn new(calls: &[&Call<'_>], marks: &Marks, upstreams: &Upstreams, bound: u64) -> Plan {
+        let uses: Vec<Use> = calls
+            .iter()
+            .map(|c| tags::classify(&c.method, c.params))
+            .collect();
+        let best = |value: fn(&Upstream) -> Option<u64>| {
+            upstreams
+                .all()
+                .iter()
+                .filter(|u| u.in_rotation())
+                .filter_map(|u| value(u))
+                .max()
+        };
+        let best_head = best(|u| Some(u.head()));
+        let marks = marks.enforced(
+            [best_head, best(Upstream::safe), best(Upstream::finalized)],
+            bound,
+        );
+        // A block at or below this exists: a `null` for it means the node lacks it.
+        let known_head = marks[Tag::Latest as usize].max(best_head.unwrap_or(0));
+        let mut wanted_head = 0;
+        let mut reads_tags = false;
+        for u in &uses {
+            match *u {
+                Use::BlockNumber
+                | Use::BlockByTag {
+                    tag: Tag::Latest, ..
+                }
+                | Use::Tagged(Tag::Latest) => {
+                    reads_tags = true;
+                    wanted_head = wanted_head.max(marks[Tag::Latest as usize]);
+                }
+                Use::BlockByTag { .. } | Use::Tagged(_) => reads_tags = true,
+                Use::ByNumber(n) if n <= known_head => wanted_head = wanted_head.max(n),
+                _ => {}
+            }
+        }
+        Plan {
+            uses,
+            marks,
+            known_head,
+            reads_tags,
+            wanted_head,
+        }
+    }
+
+    /// `candidates` without upstreams unfit for tag reads (when the request reads tags),
+    /// those at or above the wanted head first, each group in the given order.
+    pub fn order(&self, candidates: Vec<usize>, upstreams: &Upstreams) -> Vec<usize> {
+        let all = upstreams.all();
+        let bound = upstreams.health_config().max_lag_blocks;
+        let usable: Vec<usize> = candidates
+            .into_iter()
+            .filter(|&i| !self.reads_tags || fit_for_tags(&all[i], self.marks, bound))
+            .collect();
+        let (ready, behind): (Vec<usize>, Vec<usize>) = usable
+            .into_iter()
+            .partition(|&i| all[i].head() >= self.wanted_head);
+        ready.into_iter().chain(behind).collect()
+    }
+
+    /// Params to send `upstream` in place of the client's: `safe`/`finalized` pinned to the
+    /// served number where the upstream has not reported reaching it. `None`: unchanged.
+    pub fn pins_for(&self, calls: &[&Call<'_>], upstream: &Upstream) -> Vec<Option<Box<RawValue>>> {
+        calls
+            .iter()
+            .zip(&self.uses)
+            .map(|(call, u)| {
+                let tag = match *u {
+                    Use::BlockByTag { tag, .. } | Use::Tagged(tag) => tag,
+                    _ => return None,
+                };
+                let reported = match tag {
+                    Tag::Latest => return None,
+                    Tag::Safe => upstream.safe(),
+                    Tag::Finalized => upstream.finalized(),
+                };
+                let mark = self.marks[tag as usize];
+                if mark == 0 || reported.is_some_and(|r| r >= mark) {
+                    return None;
+                }
+                tags::pin(&call.method, call.params, tag, mark)
+            })
+            .collect()
+    }
+
+    /// Judges answer `i`; `pinned` says whether its tag was replaced by the served number.
+    pub fn judge(
+        &self,
+        i: usize,
+        pinned: bool,
+        answer: &UpstreamResponse<'_>,
+        marks: &Marks,
+    ) -> Verdict {
+        if let Some((_, message)) = answer.error_summary() {
+            return if crate::policy::is_missing_data(&message) {
+                Verdict::Lacking
+            } else {
+                Verdict::Fine
+            };
+        }
+        let result = answer.result.filter(|r| r.get() != "null");
+        match (self.uses[i], result) {
+            (Use::ByNumber(n), None) if n <= self.known_head => Verdict::Lacking,
+            (Use::ByHash, None) => Verdict::Lacking,
+            (Use::BlockByTag { .. }, None) if pinned => Verdict::Lacking,
+            (Use::BlockByTag { .. }, _) if pinned => Verdict::Fine,
+            (Use::BlockNumber, Some(result)) => match tags::quantity(result) {
+                Some(n) => self.observed(Tag::Latest, n, None),
+                None => Verdict::Fine,
+            },
+            (Use::BlockByTag { tag, full }, Some(result)) => match tags::block_number(result) {
+                Some(n) => {
+                    let keep = (n >= self.marks[tag as usize] && marks.wants_block(tag, full, n))
+                        .then(|| Arc::from(result.get()));
+                    self.observed(tag, n, keep)
+                }
+                None => Verdict::Fine,
+            },
+            _ => Verdict::Fine,
+        }
+    }
+
+    /// Raises the marks for what the final answer served, keeping block objects.
+    pub fn record(&self, verdicts: &[Verdict], marks: &Marks) {
+        for (u, verdict) in self.uses.iter().zip(verdicts) {
+            if let Verdict::Observed { tag, number, block } = verdict {
+                marks.observe(*tag, *number);
+                if let (Some(block), Use::BlockByTag { full, .. }) = (block, u) {
+                    marks.keep_block(*tag, *full, *number, block.clone());
+                }
+            }
+        }
+    }
+
+    fn observed(&self, tag: Tag, number: u64, block: Option<Arc<str>>) -> Verdict {
+        if number < self.marks[tag as usize] {
+            Verdict::Behind(tag)
+        } else {
+            Verdict::Observed { tag, number, block }
+        }
+    }
+
+    /// The reply for a call whose every answer was behind: the served value (the number, or
+    /// the block object served under the tag, which is exact), or an honest error when that
+    /// block object is not kept. Nothing is made up.
+    pub fn served_instead(&self, i: usize, tag: Tag, id: &RawValue, marks: &Marks) -> Reply {
+        let mark = self.marks[tag as usize];
+        let mut body = Vec::with_capacity(64);
+        let result = match self.uses[i] {
+            Use::BlockNumber => Some(Arc::from(format!("\"0x{mark:x}\""))),
+            Use::BlockByTag { full, .. } => marks.block(tag, full, mark),
+            _ => None,
+        };
+        let is_error = result.is_none();
+        match result {
+            Some(result) => jsonrpc::encode_result(&mut body, id, &result),
+            None => jsonrpc::encode_error(&mut body, Some(id), &behind_error(tag, mark)),
+        }
+        Reply { body, is_error }
+    }
+}
+
+/// Whether `upstream` may serve tag reads: its `finalized` never went back and does not lag
+/// the served one by more than `bound` blocks.
+fn fit_for_tags(upstream: &Upstream, marks: [u64; 3], bound: u64) -> bool {
+    let served = marks[Tag::Finalized as usize];
+    !upstream.finalized_went_back()
+        && upstream
+            .finalized()
+            .is_none_or(|f| f.saturating_add(bound) >= served)
+}
+
+fn behind_error(tag: Tag, mark: u64) -> RpcError {
+    jsonrpc::NO_HEALTHY_UPSTREAM.with_data(format!(
+        "no upstream in rotation has reached the {} block 0x{mark:x} already served",
+        tag.as_str()
+    ))
+}
+
+#[cfg(test)]
+#[path = "consistency_tests.rs"]
+mod tests;

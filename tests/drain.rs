@@ -184,3 +184,35 @@ async fn ws_call_from(source: [u8; 4], addr: SocketAddr) {
         serde_json::from_str(reply.to_text().expect("text")).expect("JSON");
     assert_eq!(value["result"], "0x10", "WS on {addr}: {value}");
 }
+
+#[test]
+fn check_names_every_listen_address_and_refuses_overlapping_ones() {
+    let dir = support::process::TempDir::new("check-listen").expect("temp dir");
+    let path = dir.path().join("ethgate.toml");
+    let upstream = "[[upstream]]\nname = \"a\"\nhttp = \"http://127.0.0.1:1\"\n";
+    let check = |listen: &str| {
+        std::fs::write(&path, format!("[server]\nlisten = {listen}\n{upstream}")).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ethgate"))
+            .args(["check", "--config"])
+            .arg(&path)
+            .env_remove("ETHGATE_CONFIG")
+            .output()
+            .expect("run ethgate check");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = check(r#"["0.0.0.0:8545", "0.0.0.0:8546"]"#);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("clients on 0.0.0.0:8545, 0.0.0.0:8546"),
+        "{out}"
+    );
+    let (code, out) = check(r#"["0.0.0.0:8545", "127.0.0.1:8545"]"#);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("server.listen[1]: 127.0.0.1:8545 overlaps 0.0.0.0:8545"),
+        "{out}"
+    );
+}

@@ -40,6 +40,14 @@ fn documented_example_config_is_valid() {
 }
 
 #[test]
+fn demo_config_is_valid_and_listens_on_a_nodes_two_ports() {
+    let text = include_str!("../../config/demo.toml");
+    let c = Config::from_toml_str(text).unwrap_or_else(|e| panic!("config/demo.toml: {e}"));
+    let ports: Vec<u16> = c.server.listen.iter().map(|a| a.port()).collect();
+    assert_eq!(ports, [8545, 8546]);
+}
+
+#[test]
 fn unknown_keys_are_rejected() {
     let problems = errors(&with_upstream("[health]\nfailure_treshold = 3"));
     assert!(problems[0].contains("failure_treshold"), "{problems:?}");

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ServerConfig;
+use crate::frontend::http::HttpResponse;
 use crate::frontend::{self, Frontend};
 use access::Access;
 use tls::Tls;
@@ -256,18 +257,7 @@ impl Settings {
             request.extensions_mut().insert(guard.clone());
             let answer = frontend::http::handle(frontend.clone(), request);
             let draining = draining.clone();
-            async move {
-                let mut response = answer.await?;
-                // While draining, keep-alive clients are told to reconnect (through the load
-                // balancer, to another replica) instead of being cut off at shutdown. Not on a
-                // 101, whose `Connection: upgrade` the WebSocket handshake needs.
-                if draining.is_cancelled() && response.status() != StatusCode::SWITCHING_PROTOCOLS {
-                    response
-                        .headers_mut()
-                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                }
-                Ok::<_, Infallible>(response)
-            }
+            async move { Ok::<_, Infallible>(close_if_draining(answer.await?, &draining)) }
         });
         let connection = self
             .http
@@ -286,6 +276,18 @@ impl Settings {
             tracing::debug!(%client, %error, "client connection ended with an error");
         }
     }
+}
+
+/// While draining, keep-alive clients are told to reconnect (through the load balancer, to
+/// another replica) rather than being cut off when the port closes. Not on a 101, whose
+/// `Connection: upgrade` the WebSocket handshake needs.
+fn close_if_draining(mut response: HttpResponse, draining: &CancellationToken) -> HttpResponse {
+    if draining.is_cancelled() && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 async fn wait_for_connections(drain: &Drain, grace: Duration, connections: &ConnectionCount) {

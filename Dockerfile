@@ -11,8 +11,13 @@
 # addresses as the container sees them (e.g. the Docker network's subnet): the default allows
 # loopback only, so every client from outside the container would be refused.
 
+# Base images are pinned by version (bump them deliberately; pin by digest too where your
+# registry policy asks for it). The image is linted with hadolint in the test suite
+# (tests/deploy_files.rs); it was not built on the development machine, which reaches no
+# container registry.
+
 # ---- build ------------------------------------------------------------------------------------
-FROM rust:1-bookworm AS builder
+FROM rust:1.95.0-bookworm AS builder
 WORKDIR /build
 
 # Dependencies first, in their own layer: it is rebuilt only when Cargo.toml or Cargo.lock
@@ -34,12 +39,13 @@ RUN touch src/main.rs src/lib.rs \
     && ./target/release/ethgate --version
 
 # ---- runtime ----------------------------------------------------------------------------------
-FROM debian:bookworm-slim
+FROM debian:12.12-slim
 
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates \
-    && rm -rf /var/lib/apt/lists/* \
-    && groupadd --system --gid 10001 ethgate \
+# CA bundle for https:// and wss:// upstreams, from the builder (which has it): no apt-get run
+# in this stage, so nothing unpinned is installed.
+COPY --from=builder /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+
+RUN groupadd --system --gid 10001 ethgate \
     && useradd --system --uid 10001 --gid ethgate --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin ethgate \
     && mkdir -p /etc/ethgate
@@ -53,9 +59,12 @@ USER 10001:10001
 # 8545: JSON-RPC (server.listen); 9545: /healthz /readyz /status /metrics (admin.listen).
 EXPOSE 8545 9545
 
-# No HEALTHCHECK: the slim image has no curl or wget, and `ethgate check` validates the config
-# and dials the upstreams rather than asking the running process. Let the orchestrator probe
-# GET /healthz (liveness) and GET /readyz (readiness) on admin.listen instead.
+# GET /healthz on the admin port (admin.listen, 9545) from inside the container, with bash's
+# /dev/tcp since the slim image has no curl or wget. Liveness only: /readyz (upstreams in
+# rotation, 503 while draining) is for load balancers and Kubernetes readiness, and an
+# upstream outage must not mark the container unhealthy.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+    CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/9545 && printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' >&3 && grep -q '^HTTP/1.[01] 200' <&3"]
 
 # Exec form: ethgate is PID 1 and receives SIGTERM itself (it drains, then exits 0).
 ENTRYPOINT ["ethgate"]

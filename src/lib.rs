@@ -54,7 +54,7 @@ use reload::{ReloadRequest, Reloader};
 /// A bound, not yet serving, ethgate instance.
 pub struct Server {
     config: Config,
-    client: TcpListener,
+    clients: Vec<TcpListener>,
     admin: TcpListener,
     tls: Option<Arc<server::tls::Tls>>,
     reloads: (Reloader, mpsc::Receiver<ReloadRequest>),
@@ -68,25 +68,35 @@ impl Server {
             Some(tls) => Some(Arc::new(server::tls::Tls::load(tls)?)),
             None => None,
         };
-        let client = listen(config.server.listen)
-            .with_context(|| format!("server.listen: cannot bind {}", config.server.listen))?;
+        let mut clients = Vec::with_capacity(config.server.listen.len());
+        for &addr in &config.server.listen {
+            clients
+                .push(listen(addr).with_context(|| format!("server.listen: cannot bind {addr}"))?);
+        }
         let admin = TcpListener::bind(config.admin.listen)
             .await
             .with_context(|| format!("admin.listen: cannot bind {}", config.admin.listen))?;
         Ok(Server {
             config,
-            client,
+            clients,
             admin,
             tls,
             reloads: Reloader::channel(),
         })
     }
 
-    /// Address of the client (JSON-RPC) listener.
+    /// Address of the first client (JSON-RPC) listener.
     pub fn local_addr(&self) -> SocketAddr {
-        self.client
-            .local_addr()
-            .unwrap_or(self.config.server.listen)
+        self.local_addrs()[0]
+    }
+
+    /// Addresses of every client listener, in `server.listen` order.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.clients
+            .iter()
+            .zip(&self.config.server.listen)
+            .map(|(listener, &configured)| listener.local_addr().unwrap_or(configured))
+            .collect()
     }
 
     /// Address of the admin listener.
@@ -99,11 +109,12 @@ impl Server {
         self.reloads.0.clone()
     }
 
-    /// Serves until `shutdown` completes, then drains within `server.shutdown_grace`.
+    /// Serves until `shutdown` completes; then `/readyz` answers 503 while the port keeps
+    /// serving for `server.drain_delay`, and the port drains within `server.shutdown_grace`.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let Server {
             config,
-            client,
+            clients,
             admin,
             tls,
             reloads: (_, reload_requests),
@@ -128,10 +139,15 @@ impl Server {
             stop_tasks.clone(),
         ));
 
-        // 4. Serve clients until shutdown, then drain.
-        let port = state.client_port(client);
+        // 4. Serve clients until shutdown, keep serving through the drain delay, then drain.
+        let listen: Vec<String> = clients
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .map(|a| a.to_string())
+            .collect();
+        let port = state.client_port(clients);
         tracing::info!(
-            listen = %port.listener.local_addr()?,
+            listen = %listen.join(", "),
             tls = port.tls.is_some(),
             upstreams = config.upstreams.len(),
             "ethgate serving"
@@ -141,7 +157,8 @@ impl Server {
         tokio::select! {
             _ = &mut serving => {}
             _ = shutdown => {
-                tracing::info!("shutdown requested: no longer accepting connections");
+                drain_delay(&drain, config.server.drain_delay).await;
+                tracing::info!("shutdown: no longer accepting connections");
                 drain.shutdown.cancel();
                 serving.await;
             }
@@ -154,6 +171,21 @@ impl Server {
         tracing::info!("ethgate stopped");
         Ok(())
     }
+}
+
+/// Marks the server as draining (`/readyz` 503) and waits `delay` while the accept loops, which
+/// run as their own tasks, go on serving: the load balancer's health checks see the 503 and
+/// stop sending new connections before the port closes.
+async fn drain_delay(drain: &server::Drain, delay: std::time::Duration) {
+    drain.draining.cancel();
+    if delay.is_zero() {
+        return;
+    }
+    tracing::info!(
+        ?delay,
+        "shutdown requested: /readyz now answers 503; serving for server.drain_delay before closing"
+    );
+    tokio::time::sleep(delay).await;
 }
 
 /// Backlog of the client port: a reconnect storm (every Chainlink node after a restart) must

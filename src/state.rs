@@ -113,6 +113,7 @@ impl State {
             balances: self.balances.clone(),
             hub: self.hub.clone(),
             feed: self.feed.clone(),
+            draining: self.frontend.drain.draining.clone(),
         });
         tracker.spawn(admin_state.run(admin, tracker.clone(), stop.clone()));
     }
@@ -133,10 +134,10 @@ impl State {
         self.balances.load().spawn(&self.router, tracker, &token);
     }
 
-    /// The client port over `listener`.
-    pub fn client_port(&self, listener: TcpListener) -> server::ClientPort {
+    /// The client port over `listeners`.
+    pub fn client_port(&self, listeners: Vec<TcpListener>) -> server::ClientPort {
         server::ClientPort {
-            listener,
+            listeners,
             frontend: self.frontend.clone(),
             access: self.access.clone(),
             tls: self.tls.clone(),

@@ -766,24 +766,12 @@ fn expression_scanner_finds_metrics_matchers_and_groupings() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Optional: promtool, when installed (never installed by this test)
+// promtool: installed by scripts/install-test-deps.sh (Debian's prometheus package); without
+// it these checks are skipped on a developer's machine and fail under CI.
 // ---------------------------------------------------------------------------------------------
 
 fn promtool() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    let found = std::env::split_paths(&path)
-        .map(|dir| dir.join("promtool"))
-        .find(|p| p.is_file())?;
-    let works = Command::new(&found)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !works {
-        eprintln!("promtool at {} does not run: skipped", found.display());
-    }
-    works.then_some(found)
+    support::tools::require_tool("promtool checks", "promtool")
 }
 
 fn run_promtool(promtool: &Path, args: &[&str], dir: &Path, stdin: Option<&str>) {
@@ -834,7 +822,6 @@ fn as_promql(expr: &str) -> String {
 #[test]
 fn promtool_accepts_rules_rule_tests_and_dashboard_queries() {
     let Some(promtool) = promtool() else {
-        eprintln!("promtool is not on PATH: optional promtool checks skipped");
         return;
     };
     let dir = repo_file("deploy/monitoring");

@@ -9,6 +9,9 @@ use serde::Deserialize;
 
 use super::values::{parse_ether, parse_net};
 use super::*;
+use listen::{validate_listen, RawListen};
+
+mod listen;
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -33,13 +36,14 @@ pub(super) struct RawConfig {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawServer {
-    listen: Option<String>,
+    listen: Option<RawListen>,
     max_connections: Option<usize>,
     max_request_bytes: Option<usize>,
     max_batch_len: Option<usize>,
     header_timeout: Option<String>,
     request_timeout: Option<String>,
     shutdown_grace: Option<String>,
+    drain_delay: Option<String>,
     subscription_grace: Option<String>,
     ws_queue_len: Option<usize>,
     ws_queue_bytes: Option<usize>,
@@ -228,7 +232,7 @@ impl RawServer {
             p.add("server.request_timeout", "must be greater than zero");
         }
         ServerConfig {
-            listen: p.socket_addr("server.listen", self.listen.as_deref(), "0.0.0.0:8545"),
+            listen: validate_listen(self.listen, p),
             max_connections: p.positive("server.max_connections", self.max_connections, 10_000),
             max_request_bytes: p.positive(
                 "server.max_request_bytes",
@@ -263,6 +267,8 @@ impl RawServer {
                 self.shutdown_grace.as_deref(),
                 "15s",
             ),
+            // Zero is allowed: no delay, shutdown starts at once.
+            drain_delay: p.duration("server.drain_delay", self.drain_delay.as_deref(), "5s"),
             subscription_grace: p.duration(
                 "server.subscription_grace",
                 self.subscription_grace.as_deref(),

@@ -19,7 +19,8 @@ fn with_upstream(extra: &str) -> String {
 #[test]
 fn minimal_config_gets_documented_defaults() {
     let c = Config::from_toml_str(MINIMAL).unwrap();
-    assert_eq!(c.server.listen, "0.0.0.0:8545".parse().unwrap());
+    assert_eq!(c.server.listen, ["0.0.0.0:8545".parse().unwrap()]);
+    assert_eq!(c.server.drain_delay, Duration::from_secs(5));
     assert_eq!(c.server.max_request_bytes, 5 * 1024 * 1024);
     assert_eq!(c.server.max_batch_len, 1000);
     assert_eq!(c.server.request_timeout, Duration::from_secs(30));
@@ -36,6 +37,14 @@ fn minimal_config_gets_documented_defaults() {
 fn documented_example_config_is_valid() {
     let text = include_str!("../../config/ethgate.toml");
     Config::from_toml_str(text).unwrap_or_else(|e| panic!("config/ethgate.toml: {e}"));
+}
+
+#[test]
+fn demo_config_is_valid_and_listens_on_a_nodes_two_ports() {
+    let text = include_str!("../../config/demo.toml");
+    let c = Config::from_toml_str(text).unwrap_or_else(|e| panic!("config/demo.toml: {e}"));
+    let ports: Vec<u16> = c.server.listen.iter().map(|a| a.port()).collect();
+    assert_eq!(ports, [8545, 8546]);
 }
 
 #[test]
@@ -249,4 +258,98 @@ fn every_problem_is_reported_at_once() {
     let problems =
         errors("[server]\nlisten = \"x\"\n[health]\nmax_lag_blocks = 1\ntimeout = \"9s\"");
     assert_eq!(problems.len(), 3, "{problems:?}");
+}
+
+#[test]
+fn listen_takes_one_address_or_a_list() {
+    let one =
+        Config::from_toml_str(&with_upstream("[server]\nlisten = \"127.0.0.1:8545\"")).unwrap();
+    assert_eq!(one.server.listen, ["127.0.0.1:8545".parse().unwrap()]);
+    let two = Config::from_toml_str(&with_upstream(
+        "[server]\nlisten = [\"0.0.0.0:8545\", \"[::]:8546\"]",
+    ))
+    .unwrap();
+    let want: Vec<std::net::SocketAddr> = vec![
+        "0.0.0.0:8545".parse().unwrap(),
+        "[::]:8546".parse().unwrap(),
+    ];
+    assert_eq!(two.server.listen, want);
+}
+
+#[test]
+fn listen_list_must_not_be_empty() {
+    assert_eq!(
+        errors(&with_upstream("[server]\nlisten = []")),
+        vec!["server.listen: needs at least one address"]
+    );
+}
+
+#[test]
+fn listen_list_entries_are_named_by_index() {
+    let problems = errors(&with_upstream(
+        "[server]\nlisten = [\"127.0.0.1:8545\", \"localhost:8546\"]",
+    ));
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with("server.listen[1]: invalid address \"localhost:8546\""),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn listen_list_refuses_the_same_address_twice() {
+    let problems = errors(&with_upstream(
+        "[server]\nlisten = [\"127.0.0.1:8545\", \"127.0.0.1:8545\"]",
+    ));
+    assert_eq!(
+        problems,
+        vec!["server.listen[1]: 127.0.0.1:8545 overlaps 127.0.0.1:8545: both cannot be bound"]
+    );
+}
+
+#[test]
+fn listen_list_refuses_a_wildcard_overlapping_another_address() {
+    for list in [
+        r#"["0.0.0.0:8545", "127.0.0.1:8545"]"#,
+        r#"["127.0.0.1:8545", "0.0.0.0:8545"]"#,
+        r#"["[::]:8545", "127.0.0.1:8545"]"#,
+    ] {
+        let problems = errors(&with_upstream(&format!("[server]\nlisten = {list}")));
+        assert!(
+            problems.len() == 1 && problems[0].contains("overlaps"),
+            "{list}: {problems:?}"
+        );
+    }
+    // Different ports, different specific addresses, an IPv4 wildcard beside an IPv6
+    // address, and port 0 (each bind picks its own port) are all fine.
+    for list in [
+        r#"["0.0.0.0:8545", "0.0.0.0:8546"]"#,
+        r#"["127.0.0.1:8545", "127.0.0.2:8545"]"#,
+        r#"["0.0.0.0:8545", "[::1]:8545"]"#,
+        r#"["127.0.0.1:0", "127.0.0.1:0"]"#,
+    ] {
+        Config::from_toml_str(&with_upstream(&format!("[server]\nlisten = {list}")))
+            .unwrap_or_else(|e| panic!("{list}: {e}"));
+    }
+}
+
+#[test]
+fn listen_of_another_type_says_what_it_takes() {
+    let problems = errors(&with_upstream("[server]\nlisten = 8545"));
+    assert!(
+        problems[0].contains(r#"an address "IP:PORT" or a list of them"#),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn drain_delay_may_be_zero_but_must_parse() {
+    let zero = Config::from_toml_str(&with_upstream("[server]\ndrain_delay = \"0s\"")).unwrap();
+    assert_eq!(zero.server.drain_delay, Duration::ZERO);
+    let problems = errors(&with_upstream("[server]\ndrain_delay = \"5\""));
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with("server.drain_delay: "),
+        "{problems:?}"
+    );
 }

@@ -1,17 +1,19 @@
-//! The client port: accept loop with a connection limit, the access check right after
-//! accept, optional PROXY header and TLS handshake, then one hyper HTTP/1 connection per
-//! socket, drained gracefully on shutdown.
+//! The client port: one accept loop per listen address, sharing a connection limit; the
+//! access check right after accept, optional PROXY header and TLS handshake, then one hyper
+//! HTTP/1 connection per socket, drained gracefully on shutdown.
 
 pub mod access;
 pub mod proxy_protocol;
 pub mod tls;
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use http::{header, HeaderValue, StatusCode};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -22,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ServerConfig;
+use crate::frontend::http::HttpResponse;
 use crate::frontend::{self, Frontend};
 use access::Access;
 use tls::Tls;
@@ -29,6 +32,10 @@ use tls::Tls;
 /// How connections and WebSocket sessions are wound down on shutdown.
 #[derive(Clone, Default)]
 pub struct Drain {
+    /// Cancelled on SIGTERM, `drain_delay` before `shutdown`: `/readyz` answers 503 so load
+    /// balancers stop sending new connections, while the port still accepts and serves them,
+    /// and HTTP answers carry `Connection: close` so keep-alive clients reconnect elsewhere.
+    pub draining: CancellationToken,
     /// Cancelled when shutdown starts: stop accepting, finish in-flight work.
     pub shutdown: CancellationToken,
     /// Cancelled when the grace period expires: close whatever is still open.
@@ -75,10 +82,10 @@ impl Drop for ConnectionGuard {
     }
 }
 
-/// Everything the accept loop needs.
+/// Everything the accept loops need.
 pub struct ClientPort {
-    /// Bound client listener.
-    pub listener: TcpListener,
+    /// Bound client listeners (`server.listen`), each serving HTTP and WebSocket alike.
+    pub listeners: Vec<TcpListener>,
     /// Request handling shared by every connection.
     pub frontend: Arc<Frontend>,
     /// Allowlist, trusted proxies and PROXY protocol setting.
@@ -112,10 +119,9 @@ struct Settings {
 }
 
 impl ClientPort {
-    /// Accepts until `drain.shutdown`, then waits up to `shutdown_grace` for open connections
-    /// to finish their in-flight requests.
+    /// Accepts on every listener until `drain.shutdown`, then waits up to `shutdown_grace` for
+    /// open connections to finish their in-flight requests.
     pub async fn run(self, config: &ServerConfig, drain: Drain) {
-        let shutdown = drain.shutdown.clone();
         let limit = Arc::new(Semaphore::new(config.max_connections));
         let mut http = http1::Builder::new();
         // Without a timer hyper silently ignores header_read_timeout.
@@ -131,6 +137,20 @@ impl ClientPort {
             handshake_timeout: config.header_timeout,
             drain: drain.clone(),
         });
+        // One task per listener, so every port accepts while another waits for a permit.
+        let mut loops = tokio::task::JoinSet::new();
+        for listener in self.listeners {
+            loops.spawn(settings.clone().accept_loop(listener, limit.clone()));
+        }
+        while loops.join_next().await.is_some() {}
+        wait_for_connections(&drain, config.shutdown_grace, &self.connections).await;
+    }
+}
+
+impl Settings {
+    /// Accepts on `listener` until shutdown; the listener is closed when this returns.
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener, limit: Arc<Semaphore>) {
+        let shutdown = self.drain.shutdown.clone();
         loop {
             let permit = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -141,7 +161,7 @@ impl ClientPort {
             };
             let (stream, peer) = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                accepted = self.listener.accept() => match accepted {
+                accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
                     Err(error) => {
                         tracing::warn!(%error, "accept failed");
@@ -151,24 +171,20 @@ impl ClientPort {
                 },
             };
             // Peers that send no PROXY header are judged now, before any byte is read.
-            if !settings.access.load().expects_proxy_header(peer.ip()) && !settings.admit(peer) {
+            if !self.access.load().expects_proxy_header(peer.ip()) && !self.admit(peer) {
                 continue;
             }
-            let settings = settings.clone();
+            let settings = self.clone();
             let guard = Arc::new(ConnectionGuard::new(settings.connections.clone(), permit));
-            drain.tracker.spawn(async move {
+            self.drain.tracker.spawn(async move {
                 tokio::select! {
                     _ = settings.serve(stream, Peer { addr: peer, client: peer, guard }) => {}
                     _ = settings.drain.force_close.cancelled() => {}
                 }
             });
         }
-        drop(self.listener);
-        wait_for_connections(&drain, config.shutdown_grace, &self.connections).await;
     }
-}
 
-impl Settings {
     /// Applies the allowlist to a client address, counting and logging a refusal.
     fn admit(&self, client: SocketAddr) -> bool {
         let access = self.access.load();
@@ -222,6 +238,7 @@ impl Settings {
     {
         let frontend = self.frontend.clone();
         let access = self.access.clone();
+        let draining = self.drain.draining.clone();
         let Peer {
             addr,
             client,
@@ -238,7 +255,9 @@ impl Settings {
             }
             // A WebSocket upgrade takes the guard along, since the socket outlives this task.
             request.extensions_mut().insert(guard.clone());
-            frontend::http::handle(frontend.clone(), request)
+            let answer = frontend::http::handle(frontend.clone(), request);
+            let draining = draining.clone();
+            async move { Ok::<_, Infallible>(close_if_draining(answer.await?, &draining)) }
         });
         let connection = self
             .http
@@ -257,6 +276,18 @@ impl Settings {
             tracing::debug!(%client, %error, "client connection ended with an error");
         }
     }
+}
+
+/// While draining, keep-alive clients are told to reconnect (through the load balancer, to
+/// another replica) rather than being cut off when the port closes. Not on a 101, whose
+/// `Connection: upgrade` the WebSocket handshake needs.
+fn close_if_draining(mut response: HttpResponse, draining: &CancellationToken) -> HttpResponse {
+    if draining.is_cancelled() && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 async fn wait_for_connections(drain: &Drain, grace: Duration, connections: &ConnectionCount) {

@@ -5,4 +5,6 @@ pub mod devnet;
 pub mod e2e;
 pub mod mock;
 pub mod process;
+pub mod raw_http;
+pub mod tools;
 pub mod ws_client;

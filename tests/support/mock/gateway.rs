@@ -100,6 +100,8 @@ impl Default for GatewayConfig {
                 ("listen", "\"127.0.0.1:0\""),
                 ("request_timeout", "\"2s\""),
                 ("shutdown_grace", "\"5s\""),
+                // Tests that stop the gateway need no balancer to notice; the drain tests set it.
+                ("drain_delay", "\"0s\""),
             ]),
             health: kv(&[
                 ("interval", "\"300ms\""),
@@ -191,6 +193,7 @@ impl GatewayConfig {
 /// An ethgate server running in-process; dropping it triggers shutdown.
 pub struct Gateway {
     addr: SocketAddr,
+    addrs: Vec<SocketAddr>,
     admin: SocketAddr,
     shutdown: CancellationToken,
     task: Option<JoinHandle<anyhow::Result<()>>>,
@@ -213,10 +216,12 @@ impl Gateway {
             .unwrap_or_else(|e| panic!("config refused:\n{e}\n---\n{toml}"));
         let server = ethgate::Server::bind(config).await.expect("ethgate: bind");
         let (addr, admin) = (server.local_addr(), server.admin_addr());
+        let addrs = server.local_addrs();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server.run(shutdown.clone().cancelled_owned()));
         Gateway {
             addr,
+            addrs,
             admin,
             shutdown,
             task: Some(task),
@@ -234,6 +239,11 @@ impl Gateway {
     /// Address of the JSON-RPC listener.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Addresses of every JSON-RPC listener, in `server.listen` order.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
     }
 
     /// Address of the admin listener.

@@ -30,28 +30,29 @@ pub enum AttemptError {
 impl AttemptError {
     /// Whether the request certainly never reached the upstream.
     pub fn certainly_not_sent(&self) -> bool {
-        matches!(self, AttemptError::Send(SendError::NotSent(_)))
+        matches!(self, AttemptError::Send(e) if e.certainly_not_sent())
     }
 
     /// Whether the next candidate may be tried: always for reads, only when the request
     /// never left ethgate for writes.
     pub fn retryable(&self, contains_write: bool) -> bool {
-        !contains_write || self.certainly_not_sent()
+        // Another node would send the same oversized answer: not worth its memory.
+        let too_large = matches!(self, AttemptError::Send(SendError::TooLarge(_)));
+        !too_large && (!contains_write || self.certainly_not_sent())
     }
 
-    /// Whether this failure says something about the upstream's health (passive signal).
+    /// Whether this failure says something about the upstream's health (passive signal):
+    /// only evidence about the node (connect refused, reset), never a timeout, which a slow
+    /// or heavy call from a client can cause on a healthy node (its probes judge it instead).
     pub fn counts_against_health(&self) -> bool {
-        matches!(
-            self,
-            AttemptError::Send(SendError::NotSent(_) | SendError::NoAnswer(_))
-                | AttemptError::Timeout(_)
-        )
+        matches!(self, AttemptError::Send(e) if e.is_node_evidence())
     }
 
     /// Short label for metrics.
     pub fn label(&self) -> &'static str {
         match self {
-            AttemptError::Send(SendError::NotSent(_)) => "not_sent",
+            AttemptError::Send(SendError::NotSent(_) | SendError::Local(_)) => "not_sent",
+            AttemptError::Send(SendError::TooLarge(_)) => "too_large",
             AttemptError::Send(SendError::NoAnswer(_)) => "no_answer",
             AttemptError::Send(SendError::Status(_)) => "http_error",
             AttemptError::Timeout(_) => "timeout",
@@ -197,6 +198,12 @@ fn final_error(
 ) -> RpcError {
     if failures.is_empty() {
         return jsonrpc::NO_HEALTHY_UPSTREAM;
+    }
+    if failures
+        .iter()
+        .any(|(_, e)| matches!(e, AttemptError::Send(SendError::TooLarge(_))))
+    {
+        return jsonrpc::RESPONSE_TOO_LARGE;
     }
     if failures
         .iter()

@@ -41,6 +41,7 @@ impl State {
             deny: ArcSwap::from_pointee(policy::DenyList::new(&config.access.deny_methods)),
             max_batch_len: config.server.max_batch_len,
             max_request_bytes: config.server.max_request_bytes,
+            body_timeout: config.server.body_timeout,
             metrics: metrics.clone(),
             ws_queue_len: config.server.ws_queue_len,
             drain,
@@ -93,6 +94,8 @@ impl State {
             connections: self.connections.clone(),
             balances: self.balances.clone(),
             hub: self.hub.clone(),
+            header_timeout: config.server.header_timeout,
+            write_timeout: config.server.write_timeout,
         });
         tracker.spawn(admin_state.run(admin, tracker.clone(), stop.clone()));
     }

@@ -23,6 +23,9 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(c.server.max_request_bytes, 5 * 1024 * 1024);
     assert_eq!(c.server.max_batch_len, 1000);
     assert_eq!(c.server.request_timeout, Duration::from_secs(30));
+    assert_eq!(c.server.body_timeout, Duration::from_secs(30));
+    assert_eq!(c.server.write_timeout, Duration::from_secs(30));
+    assert_eq!(c.server.max_response_bytes, 128 * 1024 * 1024);
     assert_eq!(c.health.interval, Duration::from_secs(2));
     assert_eq!(c.health.failure_threshold, 3);
     assert_eq!(c.admin.listen, "127.0.0.1:9545".parse().unwrap());
@@ -226,4 +229,25 @@ fn every_problem_is_reported_at_once() {
     let problems =
         errors("[server]\nlisten = \"x\"\n[health]\nmax_lag_blocks = 1\ntimeout = \"9s\"");
     assert_eq!(problems.len(), 3, "{problems:?}");
+}
+
+#[test]
+fn body_timeout_must_be_positive() {
+    let problems = errors(&with_upstream("[server]\nbody_timeout = \"0s\""));
+    assert_eq!(problems, ["server.body_timeout: must be greater than zero"]);
+}
+
+#[test]
+fn write_timeout_must_be_positive() {
+    let problems = errors(&with_upstream("[server]\nwrite_timeout = \"0ms\""));
+    assert_eq!(
+        problems,
+        ["server.write_timeout: must be greater than zero"]
+    );
+}
+
+#[test]
+fn max_response_bytes_must_be_positive() {
+    let problems = errors(&with_upstream("[server]\nmax_response_bytes = 0"));
+    assert_eq!(problems, ["server.max_response_bytes: must be at least 1"]);
 }

@@ -11,13 +11,13 @@ const RESERVE: u64 = 64;
 /// and a probe connection.
 const PER_UPSTREAM: u64 = 2;
 
-/// Worst-case descriptors `config` needs: every client connection, one pooled upstream
-/// connection per client connection (each may have a request in flight), the upstreams' own
-/// connections, the admin port's cap and a reserve.
+/// Descriptors `config` needs at least: every client connection, the upstreams' own
+/// connections, the admin port's cap and a reserve. Pooled upstream connections come on top,
+/// one per concurrent upstream call, which the README asks operators to leave room for.
 pub fn needed(config: &Config) -> u64 {
     let clients = config.server.max_connections as u64;
     let upstreams = config.upstreams.len() as u64;
-    clients * 2 + upstreams * PER_UPSTREAM + crate::admin::MAX_CONNECTIONS as u64 + RESERVE
+    clients + upstreams * PER_UPSTREAM + crate::admin::MAX_CONNECTIONS as u64 + RESERVE
 }
 
 /// Raises the soft limit to the hard one and warns when `config` could need more; returns the
@@ -76,10 +76,10 @@ mod tests {
     "#;
 
     #[test]
-    fn needs_count_clients_their_upstream_connections_and_a_reserve() {
+    fn needs_count_clients_upstreams_admin_and_a_reserve() {
         let config = Config::from_toml_str(CONFIG).expect("valid");
         let admin = crate::admin::MAX_CONNECTIONS as u64;
-        assert_eq!(needed(&config), 20_000 + 2 * PER_UPSTREAM + admin + RESERVE);
+        assert_eq!(needed(&config), 10_000 + 2 * PER_UPSTREAM + admin + RESERVE);
     }
 
     #[test]

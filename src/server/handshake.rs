@@ -36,6 +36,11 @@ fn certificate(error: &CertificateError) -> String {
         CertificateError::UnknownIssuer => {
             "is not signed by a CA in server.tls.client_ca (unknown CA)".into()
         }
+        // webpki finds issuers by name: a certificate from another CA of the same name fails
+        // on its signature.
+        CertificateError::BadSignature => {
+            "is not signed by a CA in server.tls.client_ca (bad signature: another CA with the same name?)".into()
+        }
         CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
             format!("has expired ({error})")
         }

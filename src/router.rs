@@ -246,7 +246,7 @@ fn encode(calls: &[&Call<'_>], batch: bool) -> Bytes {
 
 /// Splices an upstream answer into per-call responses; the flag says whether any answer is
 /// a "lacks the data" error worth retrying elsewhere.
-fn render(body: &[u8], calls: &[&Call<'_>], batch: bool) -> Result<(Rendered, bool), String> {
+pub fn render(body: &[u8], calls: &[&Call<'_>], batch: bool) -> Result<(Rendered, bool), String> {
     let answers = match_answers(body, calls.len(), batch)?;
     let mut missing_data = false;
     let mut rendered = Vec::with_capacity(calls.len());

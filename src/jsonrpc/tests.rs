@@ -173,11 +173,11 @@ fn batch_elements_keep_their_ids_when_invalid() {
 
 #[test]
 fn batch_length_is_enforced_while_decoding() {
-    let at_limit = format!("[{}]", vec!["0"; 3].join(","));
+    let at_limit = format!("[{}]", ["0"; 3].join(","));
     assert!(
         matches!(decode(at_limit.as_bytes(), 3), Ok(Incoming::Batch(items)) if items.len() == 3)
     );
-    let over = format!("[{}]", vec!["0"; 4].join(","));
+    let over = format!("[{}]", ["0"; 4].join(","));
     assert_eq!(decode(over.as_bytes(), 3).unwrap_err(), BATCH_TOO_LARGE);
     // The elements after the limit are never looked at: not even a syntax error there matters.
     assert_eq!(decode(b"[0,0,0,0,oops", 3).unwrap_err(), BATCH_TOO_LARGE);

@@ -1,7 +1,9 @@
 //! The admin listener: `/healthz`, `/readyz`, `/status` and `/metrics`.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -12,12 +14,14 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::frontend::http::{plain, HttpResponse};
 use crate::metrics::Metrics;
 use crate::router::Router;
+use crate::server::write_timeout::WriteTimeout;
 use crate::server::ConnectionCount;
 use crate::subscription::Kind;
 use crate::watch::Balances;
@@ -38,6 +42,19 @@ pub struct Admin {
     pub feed: Arc<crate::subscription::feed::FeedStatus>,
     /// Cancelled when shutdown begins: `/readyz` then answers 503 whatever the upstreams.
     pub draining: CancellationToken,
+    /// Deadline for a request head (`server.header_timeout`).
+    pub header_timeout: Duration,
+    /// How long a client may accept no bytes (`server.write_timeout`).
+    pub write_timeout: Duration,
+}
+
+/// Open admin connections at most; more wait in the backlog. Scrapers and probes need a
+/// handful; the cap keeps a flood on the admin port from costing memory or descriptors.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// Whether `addr` is reachable from other hosts: the admin port has no access control.
+pub fn is_exposed(addr: SocketAddr) -> bool {
+    !addr.ip().is_loopback()
 }
 
 impl Admin {
@@ -48,7 +65,24 @@ impl Admin {
         tracker: TaskTracker,
         shutdown: CancellationToken,
     ) {
+        if let Ok(addr) = listener.local_addr() {
+            if is_exposed(addr) {
+                tracing::warn!(
+                    %addr,
+                    "admin.listen is not a loopback address: /status and /metrics are open to \
+                     anyone who can reach it (there is no allowlist on the admin port)"
+                );
+            }
+        }
+        let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         loop {
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                permit = limit.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
+            };
             let stream = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 accepted = listener.accept() => match accepted {
@@ -63,6 +97,9 @@ impl Admin {
             let admin = self.clone();
             let shutdown = shutdown.clone();
             tracker.spawn(async move {
+                let _permit = permit;
+                let write_timeout = admin.write_timeout;
+                let header_timeout = admin.header_timeout;
                 let service = service_fn(move |request| {
                     let admin = admin.clone();
                     async move { Ok::<_, Infallible>(admin.handle(&request)) }
@@ -70,8 +107,9 @@ impl Admin {
                 let mut builder = http1::Builder::new();
                 builder
                     .timer(TokioTimer::new())
-                    .header_read_timeout(std::time::Duration::from_secs(10));
-                let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    .header_read_timeout(header_timeout);
+                let io = WriteTimeout::new(stream, write_timeout);
+                let connection = builder.serve_connection(TokioIo::new(io), service);
                 tokio::select! {
                     _ = connection => {}
                     _ = shutdown.cancelled() => {}
@@ -191,4 +229,17 @@ fn typed(body: String, content_type: &'static str) -> HttpResponse {
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_admin_addresses_are_private() {
+        assert!(!is_exposed("127.0.0.1:9545".parse().expect("addr")));
+        assert!(!is_exposed("[::1]:9545".parse().expect("addr")));
+        assert!(is_exposed("0.0.0.0:9545".parse().expect("addr")));
+        assert!(is_exposed("10.0.0.5:9545".parse().expect("addr")));
+    }
 }

@@ -48,7 +48,7 @@ pub fn check(path: &Path, probe: bool) -> ExitCode {
 /// Probes every upstream, prints one line each; true when all are reachable on the right chain.
 async fn probe_all(config: &Config) -> bool {
     let timeout = config.health.timeout.max(Duration::from_secs(2));
-    let pool = HttpPool::new(timeout);
+    let pool = HttpPool::new(timeout, config.server.max_response_bytes);
     let mut expected = config.chain_id;
     let mut all_good = true;
     for upstream in &config.upstreams {

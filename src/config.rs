@@ -67,6 +67,12 @@ pub struct ServerConfig {
     pub drain_delay: Duration,
     /// How long a subscription may go unserved before its client is closed.
     pub subscription_grace: Duration,
+    /// Deadline for a whole request body to arrive after its head (408 and close).
+    pub body_timeout: Duration,
+    /// How long a client may accept no bytes of a response or frame before it is disconnected.
+    pub write_timeout: Duration,
+    /// Largest upstream answer relayed; larger ones are cut off while streaming.
+    pub max_response_bytes: usize,
     /// TLS termination, when configured.
     pub tls: Option<TlsConfig>,
 }

@@ -7,6 +7,8 @@ use std::borrow::Cow;
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
+mod batch;
+
 /// A standard error that ethgate produces itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RpcError {
@@ -71,13 +73,35 @@ pub struct Call<'a> {
     pub params: Option<&'a RawValue>,
 }
 
+/// -32003: an upstream answer over `server.max_response_bytes` (geth's code and wording).
+pub const RESPONSE_TOO_LARGE: RpcError = RpcError::new(-32003, "response too large");
+
+/// A request element that is not a valid call, with the id it carried when one could be read,
+/// so the error goes back under that id as geth does.
+#[derive(Debug, Clone)]
+pub struct Rejected<'a> {
+    /// The client's id, when the element is an object with a usable `id`.
+    pub id: Option<&'a RawValue>,
+    /// Why the element was refused.
+    pub error: RpcError,
+}
+
+impl Rejected<'_> {
+    fn without_id(error: RpcError) -> Self {
+        Rejected { id: None, error }
+    }
+}
+
+/// One element of a request body, decoded.
+pub type Decoded<'a> = Result<Call<'a>, Rejected<'a>>;
+
 /// A decoded request body.
 #[derive(Debug)]
 pub enum Incoming<'a> {
     /// A single request object (or the error that makes it invalid).
-    Single(Result<Call<'a>, RpcError>),
+    Single(Decoded<'a>),
     /// A batch; each element decoded on its own.
-    Batch(Vec<Result<Call<'a>, RpcError>>),
+    Batch(Vec<Decoded<'a>>),
 }
 
 #[derive(Deserialize)]
@@ -92,16 +116,28 @@ struct WireRequest<'a> {
     params: Option<&'a RawValue>,
 }
 
+/// Only the id of an object whose other members do not fit a request (e.g. a numeric method).
+#[derive(Deserialize)]
+struct WireId<'a> {
+    #[serde(default, borrow, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
+}
+
 /// Keeps a present `null` as `Some(raw "null")`; only an absent key is `None`.
 fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
     <&RawValue>::deserialize(d).map(Some)
 }
 
-/// Decodes a request body: a parse error only when the body is not JSON at all.
-pub fn decode(body: &[u8]) -> Result<Incoming<'_>, RpcError> {
+/// Decodes a request body: a parse error only when the body is not JSON at all, "batch too
+/// large" as soon as a batch grows past `max_batch_len` elements (the rest is never decoded,
+/// so a body of millions of tiny elements costs no more than one of `max_batch_len`).
+pub fn decode(body: &[u8], max_batch_len: usize) -> Result<Incoming<'_>, RpcError> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if first == Some(&b'[') {
-        let elements: Vec<&RawValue> = serde_json::from_slice(body).map_err(|_| PARSE_ERROR)?;
+        let elements = batch::elements(body, max_batch_len)?;
+        if elements.is_empty() {
+            return Err(EMPTY_BATCH);
+        }
         return Ok(Incoming::Batch(
             elements
                 .into_iter()
@@ -112,37 +148,58 @@ pub fn decode(body: &[u8]) -> Result<Incoming<'_>, RpcError> {
     match serde_json::from_slice::<WireRequest>(body) {
         Ok(wire) => Ok(Incoming::Single(validate(wire))),
         Err(_) if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() => {
-            Ok(Incoming::Single(Err(INVALID_REQUEST)))
+            Ok(Incoming::Single(Err(Rejected {
+                id: readable_id(body),
+                error: INVALID_REQUEST,
+            })))
         }
         Err(_) => Err(PARSE_ERROR),
     }
 }
 
-fn decode_call(element: &[u8]) -> Result<Call<'_>, RpcError> {
-    serde_json::from_slice::<WireRequest>(element)
-        .map_err(|_| INVALID_REQUEST)
-        .and_then(validate)
+fn decode_call(element: &[u8]) -> Decoded<'_> {
+    match serde_json::from_slice::<WireRequest>(element) {
+        Ok(wire) => validate(wire),
+        Err(_) => Err(Rejected {
+            id: readable_id(element),
+            error: INVALID_REQUEST,
+        }),
+    }
 }
 
-fn validate(wire: WireRequest<'_>) -> Result<Call<'_>, RpcError> {
+/// The id of a JSON object that is not a valid request, when it is of a type an id may be.
+fn readable_id(object: &[u8]) -> Option<&RawValue> {
+    serde_json::from_slice::<WireId>(object)
+        .ok()
+        .and_then(|wire| wire.id)
+        .filter(|id| id_type_ok(id))
+}
+
+fn id_type_ok(id: &RawValue) -> bool {
+    matches!(
+        id.get().as_bytes().first(),
+        Some(b'"' | b'-' | b'0'..=b'9' | b'n')
+    )
+}
+
+fn validate(wire: WireRequest<'_>) -> Decoded<'_> {
+    let id = wire.id.filter(|id| id_type_ok(id));
+    let invalid = Rejected {
+        id,
+        error: INVALID_REQUEST,
+    };
+    if wire.id.is_some() && id.is_none() {
+        return Err(Rejected::without_id(INVALID_REQUEST));
+    }
     if wire.jsonrpc.as_deref() != Some("2.0") {
-        return Err(INVALID_REQUEST);
+        return Err(invalid);
     }
-    let method = wire
-        .method
-        .filter(|m| !m.is_empty())
-        .ok_or(INVALID_REQUEST)?;
-    if let Some(id) = wire.id {
-        if !matches!(
-            id.get().as_bytes().first(),
-            Some(b'"' | b'-' | b'0'..=b'9' | b'n')
-        ) {
-            return Err(INVALID_REQUEST);
-        }
-    }
+    let Some(method) = wire.method.filter(|m| !m.is_empty()) else {
+        return Err(invalid);
+    };
     if let Some(params) = wire.params {
         if !matches!(params.get().as_bytes().first(), Some(b'[' | b'{' | b'n')) {
-            return Err(INVALID_REQUEST);
+            return Err(invalid);
         }
     }
     Ok(Call {

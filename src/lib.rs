@@ -64,6 +64,8 @@ impl Server {
     /// Binds the client and admin listeners of `config` (port 0 picks a free port) and loads
     /// the TLS material, so every start-up error surfaces before serving.
     pub async fn bind(config: Config) -> anyhow::Result<Server> {
+        // Before any socket exists, so every connection counts against the raised limit.
+        server::descriptors::raise_and_check(&config);
         let tls = match &config.server.tls {
             Some(tls) => Some(Arc::new(server::tls::Tls::load(tls)?)),
             None => None,

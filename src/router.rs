@@ -41,28 +41,29 @@ pub enum AttemptError {
 impl AttemptError {
     /// Whether the request certainly never reached the upstream.
     pub fn certainly_not_sent(&self) -> bool {
-        matches!(self, AttemptError::Send(SendError::NotSent(_)))
+        matches!(self, AttemptError::Send(e) if e.certainly_not_sent())
     }
 
     /// Whether the next candidate may be tried: always for reads, only when the request
     /// never left ethgate for writes.
     pub fn retryable(&self, contains_write: bool) -> bool {
-        !contains_write || self.certainly_not_sent()
+        // Another node would send the same oversized answer: not worth its memory.
+        let too_large = matches!(self, AttemptError::Send(SendError::TooLarge(_)));
+        !too_large && (!contains_write || self.certainly_not_sent())
     }
 
-    /// Whether this failure says something about the upstream's health (passive signal).
+    /// Whether this failure says something about the upstream's health (passive signal):
+    /// only evidence about the node (connect refused, reset), never a timeout, which a slow
+    /// or heavy call from a client can cause on a healthy node (its probes judge it instead).
     pub fn counts_against_health(&self) -> bool {
-        matches!(
-            self,
-            AttemptError::Send(SendError::NotSent(_) | SendError::NoAnswer(_))
-                | AttemptError::Timeout(_)
-        )
+        matches!(self, AttemptError::Send(e) if e.is_node_evidence())
     }
 
     /// Short label for metrics.
     pub fn label(&self) -> &'static str {
         match self {
-            AttemptError::Send(SendError::NotSent(_)) => "not_sent",
+            AttemptError::Send(SendError::NotSent(_) | SendError::Local(_)) => "not_sent",
+            AttemptError::Send(SendError::TooLarge(_)) => "too_large",
             AttemptError::Send(SendError::NoAnswer(_)) => "no_answer",
             AttemptError::Send(SendError::Status(_)) => "http_error",
             AttemptError::Timeout(_) => "timeout",
@@ -185,7 +186,11 @@ impl Router {
                     if error.counts_against_health() {
                         upstreams.record_passive_failure(index, &error.to_string());
                     }
+                    let retry = error.retryable(false);
                     failures.push((index, error));
+                    if !retry {
+                        break;
+                    }
                 }
             }
         }
@@ -272,6 +277,12 @@ fn final_error(
     }
     if failures
         .iter()
+        .any(|(_, e)| matches!(e, AttemptError::Send(SendError::TooLarge(_))))
+    {
+        return jsonrpc::RESPONSE_TOO_LARGE;
+    }
+    if failures
+        .iter()
         .all(|(_, e)| matches!(e, AttemptError::Timeout(_)))
     {
         return jsonrpc::UPSTREAM_TIMEOUT;
@@ -309,6 +320,12 @@ fn encode(calls: &[&Call<'_>], pins: &[Option<Box<RawValue>>], batch: bool) -> B
         out.push(b']');
     }
     Bytes::from(out)
+}
+
+/// Splices an upstream answer into one response per call under the client's ids, judging
+/// nothing: the splicing alone, public for the fuzz target and its corpus.
+pub fn splice(body: &[u8], calls: &[&Call<'_>], batch: bool) -> Result<Rendered, String> {
+    render(body, calls, batch, |_, _| Verdict::Fine).map(|attempted| attempted.rendered)
 }
 
 /// Splices an upstream answer into per-call responses, with `judge`'s verdict on each.

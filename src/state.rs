@@ -45,6 +45,7 @@ impl State {
             deny: ArcSwap::from_pointee(policy::DenyList::new(&config.access.deny_methods)),
             max_batch_len: config.server.max_batch_len,
             max_request_bytes: config.server.max_request_bytes,
+            body_timeout: config.server.body_timeout,
             metrics: metrics.clone(),
             ws_queue: subscription::QueueLimits {
                 messages: config.server.ws_queue_len,
@@ -114,6 +115,8 @@ impl State {
             hub: self.hub.clone(),
             feed: self.feed.clone(),
             draining: self.frontend.drain.draining.clone(),
+            header_timeout: config.server.header_timeout,
+            write_timeout: config.server.write_timeout,
         });
         tracker.spawn(admin_state.run(admin, tracker.clone(), stop.clone()));
     }

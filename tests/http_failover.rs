@@ -325,7 +325,7 @@ async fn batch_with_a_write_is_broadcast_once_per_node_and_answered_by_b_after_r
 }
 
 /// Probes every 30s (after the first ones), so only real traffic can change a's health during the test.
-/// (A refused connect cannot be told apart from a failed probe, so only the timeout case is pinned here.)
+/// (A refused connect cannot be told apart from a failed probe, so a reset is the passive signal pinned here.)
 fn passive_config() -> GatewayConfig {
     GatewayConfig::new()
         .server("request_timeout", "\"1s\"")
@@ -335,13 +335,25 @@ fn passive_config() -> GatewayConfig {
 }
 
 #[tokio::test]
-async fn timeout_on_real_traffic_takes_upstream_out() {
+async fn reset_on_real_traffic_takes_upstream_out() {
+    let (a, b) = tagged_pair().await;
+    let gw = Gateway::start_pair(passive_config(), &a, &b).await;
+    a.reset_next_for("eth_getBalance", 1);
+    assert_eq!(result_of(&tagged_balance(&gw).await), "0xb");
+    gw.wait_state("a", "unreachable").await;
+}
+
+/// A slow call is the caller's problem: it fails over, but the node stays in rotation.
+#[tokio::test]
+async fn timeout_on_real_traffic_fails_over_but_keeps_upstream_in_rotation() {
     let (a, b) = tagged_pair().await;
     let gw = Gateway::start_pair(passive_config(), &a, &b).await;
     a.set_delay_for("eth_getBalance", Some(FOREVER));
     assert_eq!(result_of(&tagged_balance(&gw).await), "0xb");
     assert_eq!(a.calls("eth_getBalance"), 1);
-    gw.wait_state("a", "unreachable").await;
+    let a_status = gw.upstream_status("a").await;
+    assert_eq!(a_status["state"], "healthy");
+    assert_eq!(a_status["selected"], true);
 }
 
 /// architecture.md: "the lowest-priority-number healthy upstream serves until it leaves rotation".

@@ -331,6 +331,7 @@ fn only_ok(ok: f64) -> BTreeMap<String, f64> {
         "http_error",
         "timeout",
         "bad_answer",
+        "too_large",
     ]
     .iter()
     .map(|r| (r.to_string(), 0.0))

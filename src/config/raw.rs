@@ -49,6 +49,9 @@ struct RawServer {
     ws_queue_bytes: Option<usize>,
     max_subscriptions_per_connection: Option<usize>,
     max_subscriptions: Option<usize>,
+    body_timeout: Option<String>,
+    write_timeout: Option<String>,
+    max_response_bytes: Option<usize>,
     tls: Option<RawTls>,
 }
 
@@ -136,6 +139,15 @@ impl Problems {
             self.add(key, e);
             Duration::ZERO
         })
+    }
+
+    /// A duration that must be greater than zero (a zero timeout would refuse everything).
+    fn positive_duration(&mut self, key: &str, value: Option<&str>, default: &str) -> Duration {
+        let duration = self.duration(key, value, default);
+        if duration.is_zero() && value.is_some_and(|v| parse_duration(v).is_ok()) {
+            self.add(key, "must be greater than zero");
+        }
+        duration
     }
 
     fn socket_addr(&mut self, key: &str, value: Option<&str>, default: &str) -> SocketAddr {
@@ -273,6 +285,21 @@ impl RawServer {
                 "server.subscription_grace",
                 self.subscription_grace.as_deref(),
                 "30s",
+            ),
+            body_timeout: p.positive_duration(
+                "server.body_timeout",
+                self.body_timeout.as_deref(),
+                "30s",
+            ),
+            write_timeout: p.positive_duration(
+                "server.write_timeout",
+                self.write_timeout.as_deref(),
+                "30s",
+            ),
+            max_response_bytes: p.positive(
+                "server.max_response_bytes",
+                self.max_response_bytes,
+                128 * 1024 * 1024,
             ),
             tls,
         }

@@ -24,6 +24,9 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(c.server.max_request_bytes, 5 * 1024 * 1024);
     assert_eq!(c.server.max_batch_len, 1000);
     assert_eq!(c.server.request_timeout, Duration::from_secs(30));
+    assert_eq!(c.server.body_timeout, Duration::from_secs(30));
+    assert_eq!(c.server.write_timeout, Duration::from_secs(30));
+    assert_eq!(c.server.max_response_bytes, 128 * 1024 * 1024);
     assert_eq!(c.health.interval, Duration::from_secs(2));
     assert_eq!(c.health.failure_threshold, 3);
     assert_eq!(c.admin.listen, "127.0.0.1:9545".parse().unwrap());
@@ -308,6 +311,21 @@ fn listen_list_refuses_the_same_address_twice() {
 }
 
 #[test]
+fn body_timeout_must_be_positive() {
+    let problems = errors(&with_upstream("[server]\nbody_timeout = \"0s\""));
+    assert_eq!(problems, ["server.body_timeout: must be greater than zero"]);
+}
+
+#[test]
+fn write_timeout_must_be_positive() {
+    let problems = errors(&with_upstream("[server]\nwrite_timeout = \"0ms\""));
+    assert_eq!(
+        problems,
+        ["server.write_timeout: must be greater than zero"]
+    );
+}
+
+#[test]
 fn listen_list_refuses_a_wildcard_overlapping_another_address() {
     for list in [
         r#"["0.0.0.0:8545", "127.0.0.1:8545"]"#,
@@ -352,4 +370,10 @@ fn drain_delay_may_be_zero_but_must_parse() {
         problems[0].starts_with("server.drain_delay: "),
         "{problems:?}"
     );
+}
+
+#[test]
+fn max_response_bytes_must_be_positive() {
+    let problems = errors(&with_upstream("[server]\nmax_response_bytes = 0"));
+    assert_eq!(problems, ["server.max_response_bytes: must be at least 1"]);
 }

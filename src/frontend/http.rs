@@ -54,10 +54,14 @@ async fn rpc(frontend: &Frontend, request: Request<Incoming>) -> HttpResponse {
     if declared.is_some_and(|len| len > limit as u64) {
         return too_large();
     }
-    let body = match Limited::new(request.into_body(), limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => return too_large(),
-        Err(_) => return plain(StatusCode::BAD_REQUEST, "could not read the request body\n"),
+    // hyper's header timeout ends with the head; a body trickling in would otherwise hold
+    // the connection's slot for as long as the client likes.
+    let collect = Limited::new(request.into_body(), limit).collect();
+    let body = match tokio::time::timeout(frontend.body_timeout, collect).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => return too_large(),
+        Ok(Err(_)) => return plain(StatusCode::BAD_REQUEST, "could not read the request body\n"),
+        Err(_) => return body_timed_out(),
     };
     let answer = frontend.serve(super::Transport::Http, &body).await.body;
     match answer {
@@ -79,6 +83,15 @@ fn is_websocket_upgrade<B>(request: &Request<B>) -> bool {
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// 408, and `Connection: close` so hyper drops the connection instead of reading on.
+fn body_timed_out() -> HttpResponse {
+    let mut response = plain(StatusCode::REQUEST_TIMEOUT, "request body timed out\n");
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 fn too_large() -> HttpResponse {

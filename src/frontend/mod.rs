@@ -25,6 +25,8 @@ pub struct Frontend {
     pub max_batch_len: usize,
     /// Largest request body or WebSocket message accepted.
     pub max_request_bytes: usize,
+    /// Deadline for a request body to arrive after its head.
+    pub body_timeout: std::time::Duration,
     /// Where outcomes are counted.
     pub metrics: Arc<Metrics>,
     /// Outgoing queue bounds of each WebSocket session.
@@ -80,10 +82,14 @@ impl Frontend {
 
     async fn answer(&self, transport: Transport<'_>, body: &[u8]) -> Served {
         let mut served = Served::default();
-        served.body = match jsonrpc::decode(body) {
-            Err(error) | Ok(jsonrpc::Incoming::Single(Err(error))) => {
+        served.body = match jsonrpc::decode(body, self.max_batch_len) {
+            Err(error) => {
                 self.metrics.request(transport.label(), "other", "invalid");
                 Some(jsonrpc::error_body(None, &error))
+            }
+            Ok(jsonrpc::Incoming::Single(Err(rejected))) => {
+                self.metrics.request(transport.label(), "other", "invalid");
+                Some(jsonrpc::error_body(rejected.id, &rejected.error))
             }
             Ok(jsonrpc::Incoming::Single(Ok(call))) => {
                 self.serve_single(transport, &call, &mut served.pending)
@@ -123,22 +129,17 @@ impl Frontend {
     async fn serve_batch(
         &self,
         transport: Transport<'_>,
-        items: Vec<Result<Call<'_>, RpcError>>,
+        items: Vec<jsonrpc::Decoded<'_>>,
         pending: &mut Vec<PendingSubscription>,
     ) -> Option<Vec<u8>> {
-        if items.is_empty() {
-            return Some(jsonrpc::error_body(None, &jsonrpc::EMPTY_BATCH));
-        }
-        if items.len() > self.max_batch_len {
-            return Some(jsonrpc::error_body(None, &jsonrpc::BATCH_TOO_LARGE));
-        }
+        // Empty and over-long batches were refused while decoding.
         let mut slots: Vec<Option<Vec<u8>>> = vec![None; items.len()];
         let mut forwarded: Vec<(usize, &Call<'_>)> = Vec::new();
         for (i, item) in items.iter().enumerate() {
             match item {
-                Err(error) => {
+                Err(rejected) => {
                     self.metrics.request(transport.label(), "other", "invalid");
-                    slots[i] = Some(jsonrpc::error_body(None, error));
+                    slots[i] = Some(jsonrpc::error_body(rejected.id, &rejected.error));
                 }
                 Ok(call) => match self.local(transport, call, pending) {
                     Some(local) => slots[i] = self.render_local(transport, call, local),

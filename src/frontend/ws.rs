@@ -31,6 +31,9 @@ const READ_BUFFER_BYTES: usize = 4096;
 /// closed with 1008 sees the code once it catches up).
 const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Close code and reason sent to every client when the server shuts down.
+const SHUTTING_DOWN: (u16, &str) = (1001, "server shutting down");
+
 /// Answers a WebSocket upgrade request and starts the session once hyper hands over the socket.
 pub fn upgrade(frontend: Arc<Frontend>, request: Request<Incoming>) -> HttpResponse {
     let key = request
@@ -94,21 +97,27 @@ where
     let (mut sink, mut stream) = socket.split();
     let mut calls = JoinSet::new();
     let limit = Arc::new(Semaphore::new(CALLS_IN_FLIGHT));
+    let drain = &frontend.drain;
     let close = loop {
         tokio::select! {
             biased;
-            _ = frontend.drain.shutdown.cancelled() => break Some((1001, "server shutting down")),
+            _ = drain.shutdown.cancelled() => break Some(SHUTTING_DOWN),
             _ = handle.closed() => break handle.close_reason(),
             message = outgoing.recv() => match message {
+                // A client that reads nothing blocks this send until the socket's write
+                // timeout fails it; shutdown does not wait for that.
                 Some(message) => {
                     let receipt = message.receipt();
                     let sent = tokio::select! {
-                        sent = sink.send(Message::text(message.text)) => sent.is_ok(),
-                        _ = handle.closed() => false,
+                        sent = sink.send(Message::text(message.text)) => sent.map_err(|_| None),
+                        _ = handle.closed() => Err(None),
+                        _ = drain.shutdown.cancelled() => Err(Some(SHUTTING_DOWN)),
                     };
                     handle.sent(receipt);
-                    if !sent {
-                        break handle.close_reason();
+                    match sent {
+                        Ok(()) => {}
+                        Err(Some(close)) => break Some(close),
+                        Err(None) => break handle.close_reason(),
                     }
                 }
                 None => break None,
@@ -146,7 +155,11 @@ where
         }
         let _ = sink.close().await;
     };
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, finish).await;
+    // Past shutdown_grace nothing waits for a client that does not read its close frame.
+    tokio::select! {
+        _ = tokio::time::timeout(CLOSE_TIMEOUT, finish) => {}
+        _ = drain.force_close.cancelled() => {}
+    }
 }
 
 /// Answers one message on its own task, so a slow upstream call does not hold up others.

@@ -1,8 +1,8 @@
 use super::*;
 
 fn single(body: &str) -> Result<Call<'_>, RpcError> {
-    match decode(body.as_bytes()) {
-        Ok(Incoming::Single(call)) => call,
+    match decode(body.as_bytes(), 1000) {
+        Ok(Incoming::Single(call)) => call.map_err(|rejected| rejected.error),
         other => panic!("expected a single call, got {other:?}"),
     }
 }
@@ -32,8 +32,8 @@ fn absent_id_is_a_notification() {
 
 #[test]
 fn garbage_is_a_parse_error_but_json_non_request_is_invalid() {
-    assert_eq!(decode(b"{not json").unwrap_err(), PARSE_ERROR);
-    assert_eq!(decode(b"[1,").unwrap_err(), PARSE_ERROR);
+    assert_eq!(decode(b"{not json", 1000).unwrap_err(), PARSE_ERROR);
+    assert_eq!(decode(b"[1,", 1000).unwrap_err(), PARSE_ERROR);
     assert_eq!(single("42").unwrap_err(), INVALID_REQUEST);
     assert_eq!(
         single(r#"{"jsonrpc":"2.0","id":1}"#).unwrap_err(),
@@ -56,13 +56,13 @@ fn garbage_is_a_parse_error_but_json_non_request_is_invalid() {
 #[test]
 fn batch_elements_are_decoded_independently() {
     let Ok(Incoming::Batch(calls)) =
-        decode(br#" [{"jsonrpc":"2.0","id":1,"method":"a"}, 5, {"jsonrpc":"2.0","id":"x","method":"b","params":[1]}]"#)
+        decode(br#" [{"jsonrpc":"2.0","id":1,"method":"a"}, 5, {"jsonrpc":"2.0","id":"x","method":"b","params":[1]}]"#, 1000)
     else {
         panic!("expected a batch");
     };
     assert_eq!(calls.len(), 3);
     assert_eq!(calls[0].as_ref().unwrap().method, "a");
-    assert_eq!(calls[1].as_ref().unwrap_err(), &INVALID_REQUEST);
+    assert_eq!(calls[1].as_ref().unwrap_err().error, INVALID_REQUEST);
     assert_eq!(calls[2].as_ref().unwrap().params.unwrap().get(), "[1]");
 }
 
@@ -127,4 +127,61 @@ fn error_body_defaults_to_null_id_and_escapes_message() {
     assert!(String::from_utf8(body)
         .unwrap()
         .ends_with(r#""data":"a: refused"}}"#));
+}
+
+fn rejected_id(body: &str) -> Option<String> {
+    match decode(body.as_bytes(), 1000) {
+        Ok(Incoming::Single(Err(rejected))) => rejected.id.map(|id| id.get().to_string()),
+        other => panic!("expected a rejected single call, got {other:?}"),
+    }
+}
+
+#[test]
+fn invalid_requests_keep_a_readable_id() {
+    assert_eq!(
+        rejected_id(r#"{"id":7,"method":"eth_chainId"}"#).as_deref(),
+        Some("7")
+    );
+    assert_eq!(
+        rejected_id(r#"{"jsonrpc":"2.0","id":"x","method":5}"#).as_deref(),
+        Some(r#""x""#)
+    );
+    assert_eq!(
+        rejected_id(r#"{"jsonrpc":"2.0","id":1,"params":2,"method":"m"}"#).as_deref(),
+        Some("1")
+    );
+    // An id of a type ids may not have is not echoed.
+    assert_eq!(
+        rejected_id(r#"{"jsonrpc":"2.0","id":[1],"method":"m"}"#),
+        None
+    );
+    assert_eq!(rejected_id(r#"{"method":"m"}"#), None);
+}
+
+#[test]
+fn batch_elements_keep_their_ids_when_invalid() {
+    let Ok(Incoming::Batch(items)) = decode(br#"[{"id":3,"method":"a"},{"jsonrpc":"2.0"}]"#, 10)
+    else {
+        panic!("expected a batch");
+    };
+    assert_eq!(
+        items[0].as_ref().unwrap_err().id.map(RawValue::get),
+        Some("3")
+    );
+    assert!(items[1].as_ref().unwrap_err().id.is_none());
+}
+
+#[test]
+fn batch_length_is_enforced_while_decoding() {
+    let at_limit = format!("[{}]", ["0"; 3].join(","));
+    assert!(
+        matches!(decode(at_limit.as_bytes(), 3), Ok(Incoming::Batch(items)) if items.len() == 3)
+    );
+    let over = format!("[{}]", ["0"; 4].join(","));
+    assert_eq!(decode(over.as_bytes(), 3).unwrap_err(), BATCH_TOO_LARGE);
+    // The elements after the limit are never looked at: not even a syntax error there matters.
+    assert_eq!(decode(b"[0,0,0,0,oops", 3).unwrap_err(), BATCH_TOO_LARGE);
+    assert_eq!(decode(b"[0,0,oops", 3).unwrap_err(), PARSE_ERROR);
+    assert_eq!(decode(b" [ ] ", 3).unwrap_err(), EMPTY_BATCH);
+    assert_eq!(decode(b"[0] x", 3).unwrap_err(), PARSE_ERROR);
 }

@@ -31,12 +31,21 @@ fn only_writes_that_never_left_are_retried() {
 }
 
 #[test]
-fn connect_errors_and_timeouts_count_against_health_but_answers_do_not() {
+fn only_evidence_about_the_node_counts_against_health() {
     assert!(AttemptError::Send(SendError::NotSent("x".into())).counts_against_health());
     assert!(AttemptError::Send(SendError::NoAnswer("x".into())).counts_against_health());
-    assert!(AttemptError::Timeout(Duration::from_secs(1)).counts_against_health());
+    // A slow or heavy call is the caller's problem; the probes judge a node that hangs.
+    assert!(!AttemptError::Timeout(Duration::from_secs(1)).counts_against_health());
+    assert!(!AttemptError::Send(SendError::TooLarge(10)).counts_against_health());
+    assert!(!AttemptError::Send(SendError::Local("EMFILE".into())).counts_against_health());
     assert!(!AttemptError::Send(SendError::Status(429)).counts_against_health());
     assert!(!AttemptError::BadAnswer("x".into()).counts_against_health());
+}
+
+#[test]
+fn too_large_answers_are_not_retried_and_local_failures_are() {
+    assert!(!AttemptError::Send(SendError::TooLarge(10)).retryable(false));
+    assert!(AttemptError::Send(SendError::Local("EMFILE".into())).retryable(true));
 }
 
 #[test]

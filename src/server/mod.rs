@@ -3,8 +3,11 @@
 //! HTTP/1 connection per socket, drained gracefully on shutdown.
 
 pub mod access;
+pub mod descriptors;
+pub mod handshake;
 pub mod proxy_protocol;
 pub mod tls;
+pub mod write_timeout;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -43,6 +46,16 @@ pub struct Drain {
     /// Every connection and session task, so shutdown can wait for them.
     pub tracker: TaskTracker,
 }
+
+/// TCP keepalive on client sockets: a peer that vanished without a FIN or RST (a half-open
+/// WebSocket client, a crashed host) is found out after about `IDLE + INTERVAL * RETRIES`
+/// and frees its slot in `max_connections`.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_RETRIES: u32 = 6;
+
+/// At most one warning per this period about failed client TLS handshakes.
+const HANDSHAKE_WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Back-off after a failed accept (e.g. out of file descriptors), so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
@@ -115,6 +128,10 @@ struct Settings {
     http: http1::Builder,
     /// Bound for the PROXY header and the TLS handshake, like the request head.
     handshake_timeout: Duration,
+    /// How long a client may accept no bytes before it is disconnected.
+    write_timeout: Duration,
+    /// Rate limit of the warning about failed TLS handshakes.
+    handshake_log: handshake::RateLimit,
     drain: Drain,
 }
 
@@ -135,6 +152,8 @@ impl ClientPort {
             connections: self.connections.clone(),
             http,
             handshake_timeout: config.header_timeout,
+            write_timeout: config.write_timeout,
+            handshake_log: handshake::RateLimit::new(HANDSHAKE_WARN_EVERY),
             drain: drain.clone(),
         });
         // One task per listener, so every port accepts while another waits for a permit.
@@ -198,6 +217,7 @@ impl Settings {
 
     async fn serve(&self, mut stream: TcpStream, mut peer: Peer) {
         let _ = stream.set_nodelay(true);
+        set_keepalive(&stream);
         if self.access.load().expects_proxy_header(peer.addr.ip()) {
             match proxy_protocol::read_header(&mut stream, self.handshake_timeout).await {
                 // LOCAL / UNKNOWN: the load balancer itself (a health check), already trusted.
@@ -222,14 +242,26 @@ impl Settings {
         let handshake = tokio::time::timeout(self.handshake_timeout, tls.acceptor().accept(stream));
         match handshake.await {
             Ok(Ok(stream)) => self.serve_http(stream, peer).await,
-            Ok(Err(error)) => self.handshake_failed(peer.client, &error.to_string()),
-            Err(_) => self.handshake_failed(peer.client, "timed out"),
+            Ok(Err(error)) => self.handshake_failed(peer.client, Some(&error)),
+            Err(_) => self.handshake_failed(peer.client, None),
         }
     }
 
-    fn handshake_failed(&self, client: SocketAddr, error: &str) {
+    /// Counts a failed handshake; one whose cause an operator can fix (a refused client
+    /// certificate above all) is a rate-limited warning, the rest (EOF, timeouts) debug.
+    fn handshake_failed(&self, client: SocketAddr, error: Option<&std::io::Error>) {
         self.frontend.metrics.tls_handshake_failure();
-        tracing::debug!(%client, error, "TLS handshake failed");
+        let Some(error) = error else {
+            return tracing::debug!(%client, "TLS handshake timed out");
+        };
+        match handshake::explain(error) {
+            Some(reason) => {
+                if let Some(suppressed) = self.handshake_log.allow() {
+                    tracing::warn!(%client, reason, suppressed, "client TLS handshake failed");
+                }
+            }
+            None => tracing::debug!(%client, %error, "TLS handshake failed"),
+        }
     }
 
     async fn serve_http<IO>(&self, io: IO, peer: Peer)
@@ -261,7 +293,10 @@ impl Settings {
         });
         let connection = self
             .http
-            .serve_connection(TokioIo::new(io), service)
+            .serve_connection(
+                TokioIo::new(write_timeout::WriteTimeout::new(io, self.write_timeout)),
+                service,
+            )
             .with_upgrades();
         tokio::pin!(connection);
         let result = tokio::select! {
@@ -288,6 +323,17 @@ fn close_if_draining(mut response: HttpResponse, draining: &CancellationToken) -
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
+}
+
+/// Turns on TCP keepalive; a failure only costs the early detection of dead peers.
+fn set_keepalive(stream: &TcpStream) {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_RETRIES);
+    if let Err(error) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+        tracing::debug!(%error, "could not enable TCP keepalive");
+    }
 }
 
 async fn wait_for_connections(drain: &Drain, grace: Duration, connections: &ConnectionCount) {

@@ -20,7 +20,7 @@ use health::{evaluate, ChainSummary, Facts, State};
 pub use http::{HttpPool, SendError};
 
 /// Outcomes of one attempt on an upstream, as counted in `ethgate_upstream_requests_total`.
-pub const ATTEMPT_RESULTS: [&str; 8] = [
+pub const ATTEMPT_RESULTS: [&str; 9] = [
     "ok",
     "missing_data",
     "behind",
@@ -29,6 +29,7 @@ pub const ATTEMPT_RESULTS: [&str; 8] = [
     "http_error",
     "timeout",
     "bad_answer",
+    "too_large",
 ];
 
 /// One upstream node as the request path sees it: immutable settings plus atomics.
@@ -205,7 +206,7 @@ impl Upstreams {
             expected_chain_id,
             selected: AtomicUsize::new(NONE_SELECTED),
             started: std::sync::atomic::AtomicBool::new(false),
-            pool: HttpPool::new(connect_timeout),
+            pool: HttpPool::new(connect_timeout, config.server.max_response_bytes),
             metrics,
         }
     }
@@ -307,7 +308,8 @@ impl Upstreams {
         self.publish(&facts, now);
     }
 
-    /// Counts a connect error or timeout seen on real traffic as a failed probe.
+    /// Counts a failure seen on real traffic that is evidence about the node (connect refused,
+    /// reset) as a failed probe; the router decides what is such evidence.
     pub fn record_passive_failure(&self, index: usize, error: &str) {
         let now = Instant::now();
         let mut facts = self.lock_facts();

@@ -77,6 +77,7 @@ struct State {
     held: HashSet<String>,
     reverse_batches: bool,
     close_connections: bool,
+    chunked: bool,
     received: Vec<Received>,
     next_subscription: u64,
     /// Open subscriptions on every WS connection: id -> kind.
@@ -315,6 +316,11 @@ impl MockUpstream {
             s.results.clear();
             s.handlers.clear();
         });
+    }
+
+    /// Sends HTTP answers chunked, without Content-Length (as geth does for large ones).
+    pub fn set_chunked(&self, chunked: bool) {
+        self.shared.update(|s| s.chunked = chunked);
     }
 
     /// Answers batches in reverse order (ids still matched), as a JSON-RPC server may.

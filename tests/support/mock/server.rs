@@ -167,10 +167,14 @@ impl Conn {
             Ok(b) => b.to_bytes(),
             Err(_) => return Ok(plain(400, "bad body")),
         };
-        let close = self.shared.lock().close_connections;
+        let (close, chunked) = {
+            let state = self.shared.lock();
+            (state.close_connections, state.chunked)
+        };
         match handle(&self.shared, &body, Transport::Http, None, &self.kill).await {
             Outcome::Reply(text, _) => {
-                let mut resp = Response::new(ReplyBody::full(text.unwrap_or_default()));
+                let body = ReplyBody::full(text.unwrap_or_default()).chunked(chunked);
+                let mut resp = Response::new(body);
                 let headers = resp.headers_mut();
                 headers.insert(
                     "content-type",
@@ -535,7 +539,12 @@ pub(super) struct ReplyBody {
     next: Option<Bytes>,
     len: u64,
     cut: Option<Cut>,
+    /// No Content-Length, 64 KiB chunks (as geth sends large answers).
+    chunked: bool,
 }
+
+/// Chunk size of a chunked reply.
+const CHUNK: usize = 64 * 1024;
 
 impl ReplyBody {
     fn full(text: String) -> ReplyBody {
@@ -544,7 +553,13 @@ impl ReplyBody {
             next: (len > 0).then(|| Bytes::from(text)),
             len,
             cut: None,
+            chunked: false,
         }
+    }
+
+    fn chunked(mut self, chunked: bool) -> ReplyBody {
+        self.chunked = chunked;
+        self
     }
 
     fn truncated(text: String, cut: Cut) -> ReplyBody {
@@ -554,6 +569,7 @@ impl ReplyBody {
             next: Some(half),
             len,
             cut: Some(cut),
+            chunked: false,
         }
     }
 }
@@ -567,7 +583,10 @@ impl HttpBody for ReplyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = self.get_mut();
-        if let Some(chunk) = this.next.take() {
+        if let Some(mut chunk) = this.next.take() {
+            if this.chunked && chunk.len() > CHUNK {
+                this.next = Some(chunk.split_off(CHUNK));
+            }
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
         let Some(cut) = this.cut.as_mut() else {
@@ -589,6 +608,9 @@ impl HttpBody for ReplyBody {
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.chunked {
+            return SizeHint::default();
+        }
         SizeHint::with_exact(self.len)
     }
 }

@@ -1,0 +1,64 @@
+//! Splitting a batch body into its raw elements while counting them, so a batch longer than
+//! the limit is refused after `limit + 1` elements instead of after decoding all of them.
+
+use std::cell::Cell;
+use std::fmt;
+
+use serde::de::{DeserializeSeed, Deserializer, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+
+use super::{RpcError, BATCH_TOO_LARGE, PARSE_ERROR};
+
+/// The raw elements of a JSON array body, at most `limit` of them.
+pub(super) fn elements(body: &[u8], limit: usize) -> Result<Vec<&RawValue>, RpcError> {
+    let too_long = Cell::new(false);
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let seed = Elements {
+        limit,
+        too_long: &too_long,
+    };
+    let parsed = seed
+        .deserialize(&mut deserializer)
+        .and_then(|elements| deserializer.end().map(|()| elements));
+    match parsed {
+        Ok(elements) => Ok(elements),
+        Err(_) if too_long.get() => Err(BATCH_TOO_LARGE),
+        Err(_) => Err(PARSE_ERROR),
+    }
+}
+
+/// Visits the array, stopping with an error at element `limit + 1`; `too_long` tells that
+/// stop apart from a syntax error.
+struct Elements<'f> {
+    limit: usize,
+    too_long: &'f Cell<bool>,
+}
+
+impl<'de> DeserializeSeed<'de> for Elements<'_> {
+    type Value = Vec<&'de RawValue>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Elements<'_> {
+    type Value = Vec<&'de RawValue>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON-RPC batch")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        // The size hint of a JSON array is unknown; grow as elements arrive.
+        let mut elements = Vec::new();
+        while let Some(element) = seq.next_element::<&'de RawValue>()? {
+            if elements.len() == self.limit {
+                self.too_long.set(true);
+                return Err(serde::de::Error::custom("batch too large"));
+            }
+            elements.push(element);
+        }
+        Ok(elements)
+    }
+}

@@ -5,4 +5,5 @@ pub mod devnet;
 pub mod e2e;
 pub mod mock;
 pub mod process;
+pub mod relay;
 pub mod ws_client;

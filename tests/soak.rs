@@ -109,7 +109,9 @@ fn check_ethers(name: &str, seen: &[Seen], summary: &Value) -> Vec<String> {
         })
         .collect();
     if summary["blocks"].as_array() != Some(&heads) {
-        errors.push(format!("{name}: ethers' block events differ from the newHeads numbers"));
+        errors.push(format!(
+            "{name}: ethers' block events differ from the newHeads numbers"
+        ));
     }
     let Some(listeners) = summary["listener"].as_object() else {
         return vec![format!("{name}: no listener record in the summary")];
@@ -118,9 +120,14 @@ fn check_ethers(name: &str, seen: &[Seen], summary: &Value) -> Vec<String> {
         let want: Vec<(u64, String, u64)> = seen
             .iter()
             .filter_map(|s| match s {
-                Seen::Log { sub: s2, n, hash, i, removed: false, .. } if s2 == sub => {
-                    Some((*n, hash.clone(), *i))
-                }
+                Seen::Log {
+                    sub: s2,
+                    n,
+                    hash,
+                    i,
+                    removed: false,
+                    ..
+                } if s2 == sub => Some((*n, hash.clone(), *i)),
                 _ => None,
             })
             .collect();
@@ -131,7 +138,11 @@ fn check_ethers(name: &str, seen: &[Seen], summary: &Value) -> Vec<String> {
             .iter()
             .map(|l| {
                 let hash = l["hash"].as_str().unwrap_or_default().to_lowercase();
-                (l["n"].as_u64().unwrap_or(0), hash, l["i"].as_u64().unwrap_or(0))
+                (
+                    l["n"].as_u64().unwrap_or(0),
+                    hash,
+                    l["i"].as_u64().unwrap_or(0),
+                )
             })
             .collect();
         if got != want {
@@ -148,7 +159,12 @@ fn check_ethers(name: &str, seen: &[Seen], summary: &Value) -> Vec<String> {
 /// The soak itself (see the module doc); prints `SOAK ...` figure lines.
 async fn soak(settings: Settings) {
     let started = Instant::now();
-    let plan = schedule::plan(settings.seed, settings.events, run::NODES as u64, &settings.skip);
+    let plan = schedule::plan(
+        settings.seed,
+        settings.events,
+        run::NODES as u64,
+        &settings.skip,
+    );
     eprintln!(
         "SOAK seed={} events={} skip={:?} block_ms={} (reproduce: SOAK_SEED={} SOAK_EVENTS={})",
         settings.seed,
@@ -186,22 +202,43 @@ async fn soak(settings: Settings) {
     };
     // Wait (bounded) for the logs of the last blocks with events to be in; the checks below
     // report whatever is still missing.
-    let _ = support::process::poll_until("the last logs", Duration::from_secs(20), Duration::from_millis(100), || async {
-        soak.clients
-            .iter()
-            .all(|c| {
-                let subs: HashSet<&str> = c.filters.iter().map(|f| f.0.as_str()).collect();
-                let need: usize = expected.iter().filter(|(n, _)| subs.contains(n.as_str())).map(|(_, v)| v.len()).sum();
-                c.with(|r| r.seen.iter().filter(|s| matches!(s, Seen::Log { removed: false, .. })).count()) >= need
-            })
-            .then_some(())
-    })
+    let _ = support::process::poll_until(
+        "the last logs",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || async {
+            soak.clients
+                .iter()
+                .all(|c| {
+                    let subs: HashSet<&str> = c.filters.iter().map(|f| f.0.as_str()).collect();
+                    let need: usize = expected
+                        .iter()
+                        .filter(|(n, _)| subs.contains(n.as_str()))
+                        .map(|(_, v)| v.len())
+                        .sum();
+                    c.with(|r| {
+                        r.seen
+                            .iter()
+                            .filter(|s| matches!(s, Seen::Log { removed: false, .. }))
+                            .count()
+                    }) >= need
+                })
+                .then_some(())
+        },
+    )
     .await;
     let failovers: Vec<u64> = done
         .iter()
         .filter(|d| d.was_source && matches!(d.step.kind(), "kill" | "drop_ws"))
         .flat_map(|d| soak.first_head_after(d.t0))
         .collect();
+    // A source that stalls (stops mining) is left only once it is seen to fall behind.
+    let mut stalls: Vec<u64> = done
+        .iter()
+        .filter(|d| d.was_source && d.step.kind() == "lag")
+        .flat_map(|d| soak.first_head_after(d.t0))
+        .collect();
+    stalls.sort_unstable();
     for c in &mut soak.clients {
         c.stop().await;
     }
@@ -260,29 +297,49 @@ async fn soak(settings: Settings) {
     for d in &done {
         *kinds.entry(d.step.kind()).or_default() += 1;
     }
-    let skipped = done.iter().filter(|d| d.note.starts_with("skipped")).count();
-    eprintln!(
-        "SOAK FIGURES seed={} events_survived={}/{} skipped={skipped} kinds={kinds:?} blocks={} \
-         calls_sent={} calls_failed={} heads_checked={heads} logs_checked={logs} logs_retracted={retracted} \
-         replaced_heads={replaced} reorgs_seen={reorgs_seen}/{} (of the feeding node: {fed_reorgs}) \
-         failover_ms: n={} p50={} p99={} max={} duration={:?} violations={}",
-        soak.settings.seed,
-        done.len(),
-        plan.len(),
-        last - soak.from + 1,
-        soak.calls.0,
-        soak.calls.1,
-        reorgs.len(),
-        sorted.len(),
-        percentile(&sorted, 50.0),
-        percentile(&sorted, 99.0),
-        sorted.last().copied().unwrap_or(0),
-        started.elapsed(),
-        violations.len()
-    );
+    let skipped = done
+        .iter()
+        .filter(|d| d.note.starts_with("skipped"))
+        .count();
+    let figures = [
+        format!("seed {}", soak.settings.seed),
+        format!("events survived {}/{} ({skipped} skipped as not applicable)", done.len(), plan.len()),
+        format!("events by kind {kinds:?}"),
+        format!("blocks {} (from {} to {last}), contract calls sent {} ({} failed)",
+            last - soak.from + 1, soak.from, soak.calls.0, soak.calls.1),
+        format!("heads checked {heads} (over {} clients), canonical logs checked {logs}",
+            soak.clients.len()),
+        format!("logs retracted (removed: true) {retracted}, heads replaced by reorgs {replaced}"),
+        format!("reorgs whose branch reached a client {reorgs_seen}/{} (of the feeding node: {fed_reorgs})",
+            reorgs.len()),
+        format!(
+            "subscription failover ms (fault on the feeding node -> next new head at a client): \
+             n={} p50={} p99={} max={}",
+            sorted.len(),
+            percentile(&sorted, 50.0),
+            percentile(&sorted, 99.0),
+            sorted.last().copied().unwrap_or(0)
+        ),
+        format!(
+            "feeding node stalled (lag) -> next new head at a client, ms: n={} p50={} p99={} max={}",
+            stalls.len(),
+            percentile(&stalls, 50.0),
+            percentile(&stalls, 99.0),
+            stalls.last().copied().unwrap_or(0)
+        ),
+        format!("duration {:?}, violations {}", started.elapsed(), violations.len()),
+    ];
+    eprintln!("SOAK FIGURES");
+    for f in figures {
+        eprintln!("SOAK   {f}");
+    }
     if !violations.is_empty() {
         let shown: Vec<&String> = violations.iter().take(40).collect();
-        fatal(&soak, "the end-of-run checks", &format!("{} violations: {shown:#?}", violations.len()));
+        fatal(
+            &soak,
+            "the end-of-run checks",
+            &format!("{} violations: {shown:#?}", violations.len()),
+        );
     }
 }
 

@@ -25,7 +25,11 @@ pub const TOPIC: &str = "0x5a6b2ab3a7b0c2c45d9e6a3f5d0a61f1e8d2b1a1c0f9e8d7c6b5a
 /// Init: CODECOPY the 47 runtime bytes that follow the 11-byte init code, RETURN them.
 pub fn bytecode() -> String {
     let runtime = format!("3660006000376000357f{}366000a200", &TOPIC[2..]);
-    assert_eq!(runtime.len() / 2, 0x2f, "runtime length must match the init code");
+    assert_eq!(
+        runtime.len() / 2,
+        0x2f,
+        "runtime length must match the init code"
+    );
     format!("0x602f80600b6000396000f3{runtime}")
 }
 
@@ -38,10 +42,19 @@ pub fn kind_word(kind: u64) -> String {
 pub fn filters(a: &str, b: &str) -> Vec<(String, Value)> {
     vec![
         ("all_a".into(), json!({"address": a})),
-        ("a_kind1".into(), json!({"address": a, "topics": [TOPIC, kind_word(1)]})),
-        ("any_kind2or3".into(), json!({"topics": [null, [kind_word(2), kind_word(3)]]})),
+        (
+            "a_kind1".into(),
+            json!({"address": a, "topics": [TOPIC, kind_word(1)]}),
+        ),
+        (
+            "any_kind2or3".into(),
+            json!({"topics": [null, [kind_word(2), kind_word(3)]]}),
+        ),
         ("b_tick".into(), json!({"address": b, "topics": [TOPIC]})),
-        ("ab_kind3".into(), json!({"address": [a, b], "topics": [[TOPIC], kind_word(3)]})),
+        (
+            "ab_kind3".into(),
+            json!({"address": [a, b], "topics": [[TOPIC], kind_word(3)]}),
+        ),
     ]
 }
 

@@ -52,7 +52,9 @@ pub fn check_stream(
     let mut retracted_blocks: Vec<(usize, String)> = Vec::new();
     for (k, s) in seen.iter().enumerate() {
         match s {
-            Seen::Head { n, hash, parent, .. } => {
+            Seen::Head {
+                n, hash, parent, ..
+            } => {
                 rep.heads += 1;
                 if let Err(e) = on_head(&mut chain, &mut rep, canonical, *n, hash, parent) {
                     errors.push(format!("head #{k}: {e}"));
@@ -191,7 +193,10 @@ fn on_head(
         return Err(format!("gap: block {n} right after block {tip}"));
     }
     if n <= rep.first {
-        return Err(format!("block {n} at or below the first delivered {}", rep.first));
+        return Err(format!(
+            "block {n} at or below the first delivered {}",
+            rep.first
+        ));
     }
     let below = chain.get(&(n - 1)).or_else(|| canonical.get(&(n - 1)));
     if below.map(String::as_str) != Some(parent) {
@@ -281,22 +286,37 @@ mod tests {
             mutate(&mut s);
             check_stream(&s, &c, &e, 6, 7).is_err()
         };
-        assert!(bad(&|s| {
-            s.remove(3);
-        }), "an orphaned log left standing");
-        assert!(bad(&|s| {
-            s.remove(6);
-        }), "a canonical log missing");
+        assert!(
+            bad(&|s| {
+                s.remove(3);
+            }),
+            "an orphaned log left standing"
+        );
+        assert!(
+            bad(&|s| {
+                s.remove(6);
+            }),
+            "a canonical log missing"
+        );
         assert!(bad(&|s| s.push(log(7, "a7", "t1", false))), "a log twice");
-        assert!(bad(&|s| {
-            s.remove(5);
-        }), "the last head missing");
+        assert!(
+            bad(&|s| {
+                s.remove(5);
+            }),
+            "the last head missing"
+        );
         assert!(bad(&|s| s.insert(5, head(7, "a7", "a6"))), "a head twice");
-        assert!(bad(&|s| {
-            s.remove(4);
-        }), "a gap / off-chain end");
+        assert!(
+            bad(&|s| {
+                s.remove(4);
+            }),
+            "a gap / off-chain end"
+        );
         assert!(bad(&|s| s.swap(1, 2)), "a log before its header");
-        assert!(bad(&|s| s.push(Seen::Unknown("0x1".into()))), "an unknown id");
+        assert!(
+            bad(&|s| s.push(Seen::Unknown("0x1".into()))),
+            "an unknown id"
+        );
         assert!(
             bad(&|s| s.insert(2, log(6, "b6", "t0", true))),
             "a retraction of a log never delivered"
@@ -312,10 +332,7 @@ mod tests {
             log(6, "a6", "t2", false),
             log(5, "a5", "t1", false),
         ];
-        let e2 = BTreeMap::from([(
-            "f".to_string(),
-            vec![id(5, "a5", "t1"), id(6, "a6", "t2")],
-        )]);
+        let e2 = BTreeMap::from([("f".to_string(), vec![id(5, "a5", "t1"), id(6, "a6", "t2")])]);
         assert!(check_stream(&s, &c2, &e2, 5, 6).is_err(), "out of order");
     }
 }

@@ -82,7 +82,7 @@ pub struct Client {
 
 enum Stopper {
     Ethers {
-        child: tokio::process::Child,
+        child: Box<tokio::process::Child>,
         stdin: Option<tokio::process::ChildStdin>,
     },
     Raw(Option<tokio::sync::oneshot::Sender<()>>),
@@ -139,7 +139,10 @@ impl Client {
             name: name.to_string(),
             filters,
             record,
-            stop: Stopper::Ethers { child, stdin },
+            stop: Stopper::Ethers {
+                child: Box::new(child),
+                stdin,
+            },
         }
     }
 
@@ -163,7 +166,8 @@ impl Client {
             wanted.push((n.clone(), json!(["logs", f])));
         }
         for (id, (sub, params)) in wanted.iter().enumerate() {
-            let call = json!({"jsonrpc": "2.0", "id": id, "method": "eth_subscribe", "params": params});
+            let call =
+                json!({"jsonrpc": "2.0", "id": id, "method": "eth_subscribe", "params": params});
             socket
                 .send(Message::text(call.to_string()))
                 .await

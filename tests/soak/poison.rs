@@ -87,8 +87,8 @@ async fn bad_address(socket: &mut WsClient) -> (String, Option<String>) {
     let ok = answer
         .as_ref()
         .is_some_and(|a| a["error"].is_object() && a.get("result").is_none());
-    let violation =
-        (!ok).then(|| format!("a logs filter with a 2-byte address must be refused; got {answer:?}"));
+    let violation = (!ok)
+        .then(|| format!("a logs filter with a 2-byte address must be refused; got {answer:?}"));
     (note, violation)
 }
 

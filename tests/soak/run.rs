@@ -93,24 +93,46 @@ impl Soak {
         let dev = Arc::new(Devnet::start(NODES).await.expect("start devnet"));
         let mut relays = Vec::new();
         for i in 0..NODES {
-            let port = dev.ws_url(i).rsplit(':').next().and_then(|p| p.parse().ok());
-            relays.push(Relay::start(port.expect("anvil port")).await.expect("relay"));
+            let port = dev
+                .ws_url(i)
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.parse().ok());
+            relays.push(
+                Relay::start(port.expect("anvil port"))
+                    .await
+                    .expect("relay"),
+            );
         }
         let miner = dev.spawn_miner(settings.block_time);
         let ports = Ports::free();
         let cfg = config(&ports, &dev, &relays);
         // SOAK_ETHGATE_LOG=ethgate=debug (say) to see the feed's every step.
         let level = std::env::var("SOAK_ETHGATE_LOG").unwrap_or_else(|_| "info".into());
-        let eg = Ethgate::start(ports, &cfg, &["--log-level", &level], Duration::from_secs(30))
-            .await
-            .unwrap_or_else(|e| panic!("ethgate did not start: {e}\n{cfg}"));
+        let eg = Ethgate::start(
+            ports,
+            &cfg,
+            &["--log-level", &level],
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("ethgate did not start: {e}\n{cfg}"));
         let http = Http::default();
         let accounts: Vec<String> = http
-            .rpc(&dev.http_url(0), "eth_accounts", json!([]), Duration::from_secs(5))
+            .rpc(
+                &dev.http_url(0),
+                "eth_accounts",
+                json!([]),
+                Duration::from_secs(5),
+            )
             .await
             .expect("eth_accounts")
             .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default();
         assert!(accounts.len() >= 6, "anvil's dev accounts: {accounts:?}");
         let (a, b) = chain::deploy_two(&dev, &http, &accounts[5])
@@ -158,9 +180,12 @@ impl Soak {
         let raw = Client::connect_raw("raw", &url, filters.clone()).await;
         self.clients.push(raw.expect("raw client"));
         for c in &self.clients {
-            let r = poll_until(&c.name, Duration::from_secs(60), Duration::from_millis(50), || async {
-                c.with(|r| (r.ready || r.exited).then_some(r.ready))
-            })
+            let r = poll_until(
+                &c.name,
+                Duration::from_secs(60),
+                Duration::from_millis(50),
+                || async { c.with(|r| (r.ready || r.exited).then_some(r.ready)) },
+            )
             .await;
             assert!(
                 r == Ok(true),
@@ -206,7 +231,9 @@ impl Soak {
                     .iter()
                     .map(|c| (c.name.clone(), c.with(|r| r.last_head.clone())))
                     .collect();
-                Err(format!("{e} (target block {target}; clients' last heads {heads:?})"))
+                Err(format!(
+                    "{e} (target block {target}; clients' last heads {heads:?})"
+                ))
             }
         }
     }
@@ -273,7 +300,11 @@ impl Soak {
             }
             Step::Revive(r) | Step::CatchUp(r) => {
                 let revive = matches!(step, Step::Revive(_));
-                let want = if revive { NodeState::Dead } else { NodeState::Paused };
+                let want = if revive {
+                    NodeState::Dead
+                } else {
+                    NodeState::Paused
+                };
                 let nodes = self.nodes_in(want).await;
                 if nodes.is_empty() {
                     done.note = format!("skipped: no node {want:?}");
@@ -285,7 +316,10 @@ impl Soak {
                     } else {
                         self.dev.catch_up(i).await
                     };
-                    done.note = format!("{} blocks replayed", n.map_err(|e| format!("anvil{i}: {e}"))?);
+                    done.note = format!(
+                        "{} blocks replayed",
+                        n.map_err(|e| format!("anvil{i}: {e}"))?
+                    );
                 }
             }
             Step::Reorg { depth } => self.reorg(depth, &mut done).await?,
@@ -308,7 +342,9 @@ impl Soak {
             }
         }
         let target = self.dev.height().await + PROGRESS_BLOCKS;
-        let r = self.wait_clients(&format!("new heads after {step:?}"), target).await;
+        let r = self
+            .wait_clients(&format!("new heads after {step:?}"), target)
+            .await;
         if let Some(s) = hostile {
             s.close().await;
         }
@@ -347,7 +383,8 @@ impl Soak {
                 )
                 .await
                 .map_err(|e| e.to_string())?;
-            done.branch.push(b["hash"].as_str().unwrap_or_default().to_lowercase());
+            done.branch
+                .push(b["hash"].as_str().unwrap_or_default().to_lowercase());
         }
         done.note = format!("anvil{i} diverged from block {base}, extra call {extra}");
         // The canonical chain must overtake the branch at every client before the node is
@@ -392,16 +429,25 @@ impl Soak {
             self.calls = p.stop().await;
         }
         for i in self.nodes_in(NodeState::Dead).await {
-            self.dev.revive(i).await.map_err(|e| format!("final revive anvil{i}: {e}"))?;
+            self.dev
+                .revive(i)
+                .await
+                .map_err(|e| format!("final revive anvil{i}: {e}"))?;
         }
         for i in self.nodes_in(NodeState::Paused).await {
-            self.dev.catch_up(i).await.map_err(|e| format!("final catch up anvil{i}: {e}"))?;
+            self.dev
+                .catch_up(i)
+                .await
+                .map_err(|e| format!("final catch up anvil{i}: {e}"))?;
         }
         // Calls still pooled are mined within a few blocks; the last blocks carry none.
         let h = self.dev.height().await;
-        poll_until("the last blocks", PROGRESS_WAIT, Duration::from_millis(50), || async {
-            (self.dev.height().await >= h + 3).then_some(())
-        })
+        poll_until(
+            "the last blocks",
+            PROGRESS_WAIT,
+            Duration::from_millis(50),
+            || async { (self.dev.height().await >= h + 3).then_some(()) },
+        )
         .await?;
         if let Some(m) = self.miner.take() {
             let log = m.stop().await;
@@ -420,7 +466,13 @@ impl Soak {
     pub async fn canonical(
         &self,
         to: u64,
-    ) -> Result<(BTreeMap<u64, String>, BTreeMap<String, Vec<super::check::LogId>>), String> {
+    ) -> Result<
+        (
+            BTreeMap<u64, String>,
+            BTreeMap<String, Vec<super::check::LogId>>,
+        ),
+        String,
+    > {
         let mut blocks = BTreeMap::new();
         for n in 0..=to {
             let b = self.dev.block(n).await.ok_or("missing block record")?;
@@ -433,10 +485,18 @@ impl Soak {
             q["toBlock"] = json!(format!("0x{to:x}"));
             let got = self
                 .http
-                .rpc(&self.dev.http_url(0), "eth_getLogs", json!([q]), Duration::from_secs(10))
+                .rpc(
+                    &self.dev.http_url(0),
+                    "eth_getLogs",
+                    json!([q]),
+                    Duration::from_secs(10),
+                )
                 .await
                 .map_err(|e| format!("eth_getLogs {name}: {e}"))?;
-            let hex = |v: &Value| u64::from_str_radix(v.as_str().unwrap_or("").trim_start_matches("0x"), 16).unwrap_or(0);
+            let hex = |v: &Value| {
+                u64::from_str_radix(v.as_str().unwrap_or("").trim_start_matches("0x"), 16)
+                    .unwrap_or(0)
+            };
             let list: Vec<_> = got
                 .as_array()
                 .cloned()
@@ -446,7 +506,10 @@ impl Soak {
                     n: hex(&l["blockNumber"]),
                     i: hex(&l["logIndex"]),
                     hash: l["blockHash"].as_str().unwrap_or_default().to_lowercase(),
-                    tx: l["transactionHash"].as_str().unwrap_or_default().to_lowercase(),
+                    tx: l["transactionHash"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_lowercase(),
                 })
                 .collect();
             logs.insert(name, list);

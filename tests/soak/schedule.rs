@@ -156,10 +156,16 @@ fn draw(rng: &mut Rng, events: usize, nodes: u64, skip: &[String]) -> Vec<Step> 
             ));
         }
         if m.dead >= 1 {
-            options.push((if m.live == 1 { 6 } else { 3 }, Step::Revive(rng.next_u64())));
+            options.push((
+                if m.live == 1 { 6 } else { 3 },
+                Step::Revive(rng.next_u64()),
+            ));
         }
         if m.lagging >= 1 {
-            options.push((if m.live == 1 { 6 } else { 3 }, Step::CatchUp(rng.next_u64())));
+            options.push((
+                if m.live == 1 { 6 } else { 3 },
+                Step::CatchUp(rng.next_u64()),
+            ));
         }
         let refuse_ms = 500 * rng.below(7);
         options.push((

@@ -106,10 +106,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 async fn forward(mut inbound: TcpStream, shared: Arc<Shared>) {
     let mut cut = shared.generation.subscribe();
     cut.mark_unchanged();
-    let connect = tokio::time::timeout(
-        Duration::from_secs(5),
-        TcpStream::connect(shared.target),
-    );
+    let connect = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(shared.target));
     let mut outbound = match connect.await {
         Ok(Ok(s)) => s,
         // Target down (a killed node): the client sees its connection closed.

@@ -377,3 +377,111 @@ fn the_contract_code_is_what_the_init_code_copies() {
     assert_eq!((code.len() - 2) / 2, 11 + 0x2f);
     assert!(code[2..].bytes().all(|b| b.is_ascii_hexdigit()));
 }
+
+/// The relay forwards both ways; a cut closes open connections and refuses new ones for the
+/// time asked, then forwards again.
+#[tokio::test]
+async fn relay_forwards_and_cut_drops_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = echo.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 64];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let relay = support::relay::Relay::start(port).await.expect("relay");
+    let wait = Duration::from_secs(5);
+    let mut c = tokio::net::TcpStream::connect(relay.addr())
+        .await
+        .expect("connect");
+    c.write_all(b"ping").await.expect("write");
+    let mut buf = [0u8; 4];
+    tokio::time::timeout(wait, c.read_exact(&mut buf))
+        .await
+        .expect("echo in time")
+        .expect("echo");
+    assert_eq!(&buf, b"ping");
+
+    relay.cut(Duration::from_millis(500));
+    let n = tokio::time::timeout(wait, c.read(&mut buf))
+        .await
+        .expect("closed in time");
+    assert!(
+        matches!(n, Ok(0) | Err(_)),
+        "a cut connection must close: {n:?}"
+    );
+    let mut refused = tokio::net::TcpStream::connect(relay.addr())
+        .await
+        .expect("accepted");
+    let n = tokio::time::timeout(wait, refused.read(&mut buf))
+        .await
+        .expect("closed in time");
+    assert!(matches!(n, Ok(0) | Err(_)), "refused while cut: {n:?}");
+
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut again = tokio::net::TcpStream::connect(relay.addr())
+        .await
+        .expect("connect");
+    again.write_all(b"pong").await.expect("write");
+    tokio::time::timeout(wait, again.read_exact(&mut buf))
+        .await
+        .expect("echo in time")
+        .expect("echo");
+    assert_eq!(&buf, b"pong");
+    assert_eq!(
+        relay.accepted(),
+        2,
+        "the refused connection was never forwarded"
+    );
+}
+
+/// A killed node comes back on its port, empty, and is replayed onto the canonical chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devnet_revives_a_killed_node_onto_the_canonical_chain() {
+    if !deps_present(
+        "devnet_revives_a_killed_node_onto_the_canonical_chain",
+        false,
+    ) {
+        return;
+    }
+    let dev = support::devnet::Devnet::start(2).await.expect("devnet");
+    for _ in 0..3 {
+        dev.mine().await.expect("mine");
+    }
+    let old_pid = dev.pid(1);
+    dev.kill(1).await;
+    for _ in 0..2 {
+        dev.mine().await.expect("mine with one node dead");
+    }
+    let replayed = dev.revive(1).await.expect("revive");
+    assert_eq!(replayed, 5, "blocks 1..=5 replayed on the empty node");
+    assert_ne!(dev.pid(1), old_pid);
+    assert_eq!(dev.state(1).await, support::devnet::NodeState::Live);
+    let m = dev.mine().await.expect("mine after the revive");
+    assert_eq!(m.nodes.len(), 2, "both nodes in lockstep again: {m:?}");
+    let http = support::process::Http::default();
+    let top = http
+        .rpc(
+            &dev.http_url(1),
+            "eth_getBlockByNumber",
+            serde_json::json!(["latest", false]),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("latest block of the revived node");
+    assert_eq!(top["hash"].as_str(), Some(m.hash.as_str()));
+    assert!(
+        dev.revive(0).await.is_err(),
+        "a live node cannot be revived"
+    );
+}

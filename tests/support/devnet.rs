@@ -45,7 +45,9 @@
 //!   few ms while mining every 40 ms) checks that no tx is lost and no node forks.
 //!
 //! The driver keeps every canonical block (hash, timestamp, base fee, raw txs in order), so a
-//! paused node can be caught up by replaying the same blocks with the same txs and timestamps.
+//! paused node can be caught up by replaying the same blocks with the same txs and timestamps,
+//! and a killed node can be revived: restarted on its old port (an empty node, like a crashed
+//! one whose database was lost) and replayed from genesis.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};

@@ -133,7 +133,8 @@ try {
 summary.stoppedBy = await finished;
 stopping = true;
 clearTimeout(maxTimer);
-out(summary);
+// A large summary to a pipe is written asynchronously: exit only once it is flushed.
+await new Promise((resolve) => process.stdout.write(JSON.stringify(summary) + "\n", resolve));
 try {
   await provider.destroy();
 } catch {

@@ -23,6 +23,7 @@ use super::select;
 use super::source::SourceError;
 use super::{Hub, Kind};
 use crate::metrics::Metrics;
+use crate::policy;
 
 /// Pending transaction hashes remembered for dedupe.
 const PENDING_TX_MEMORY: usize = 10_000;
@@ -117,7 +118,10 @@ pub struct Feed<P: SourcePool> {
     unserved_since: Option<Instant>,
     last_syncing: Option<bool>,
     backoff: Backoff,
+    /// "Source lost" warnings.
     warnings: RateLimit,
+    /// "Logs unavailable" warnings (its own budget: a burst of lost sources must not hide it).
+    logs_warnings: RateLimit,
 }
 
 impl<P: SourcePool> Feed<P> {
@@ -146,6 +150,7 @@ impl<P: SourcePool> Feed<P> {
             last_syncing: None,
             backoff,
             warnings: RateLimit::new(WARN_EVERY),
+            logs_warnings: RateLimit::new(WARN_EVERY),
         }
     }
 
@@ -424,6 +429,9 @@ impl<P: SourcePool> Feed<P> {
             Ok(matched) => return Ok(matched),
             Err(error) => error,
         };
+        // The source no longer knowing a block it just announced means the block was reorged
+        // out under us: if nobody else has it either, the head is stale, not the filters.
+        let source_lacks_block = policy::is_missing_data(&first_error);
         let skip = self.current.as_deref().unwrap_or("");
         let elsewhere = match self.pool.logs_elsewhere(skip, &params, limit).await {
             Ok(result) => logs::match_block(&result, filters),
@@ -431,9 +439,16 @@ impl<P: SourcePool> Feed<P> {
         };
         match elsewhere {
             Ok(matched) => Ok(matched),
+            Err(_) if source_lacks_block => Err(SourceError::Rpc {
+                method: "eth_getLogs".into(),
+                error: format!(
+                    "block {} is known to no upstream any more: reorged out",
+                    header.hash
+                ),
+            }),
             Err(error) => {
                 let keys: Vec<Arc<str>> = filters.iter().map(|(k, _)| k.clone()).collect();
-                if let Some(suppressed) = self.warnings.allow() {
+                if let Some(suppressed) = self.logs_warnings.allow() {
                     let named: Vec<&str> = keys.iter().take(3).map(|k| &**k).collect();
                     tracing::warn!(block = header.number, filters = ?named, count = keys.len(), source = %first_error, elsewhere = %error, suppressed, "logs of a block unavailable: closing its logs subscribers");
                 }

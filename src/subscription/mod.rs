@@ -311,7 +311,7 @@ impl Hub {
         self.subscriptions.is_empty()
     }
 
-    /// Sends `result` to every subscription of `kind` (not logs: see [`Hub::deliver_block`]).
+    /// Sends `result` to every subscription of `kind` (logs: see [`Hub::deliver_block`]).
     pub fn deliver(&self, kind: Kind, result: &str) {
         for entry in self.subscriptions.iter() {
             if entry.kind == kind {
@@ -320,30 +320,29 @@ impl Hub {
         }
     }
 
-    /// Delivers one block in a single pass over the subscriptions: `header` to newHeads
-    /// subscribers (when given) and to each logs subscriber the logs matched to its filter.
+    /// Delivers one block: `header` to newHeads subscribers (when given), then to each logs
+    /// subscriber the logs matched to its filter, so a client holding both sees a block's
+    /// header before its logs.
     pub fn deliver_block(&self, header: Option<&str>, logs: &[FilterLogs]) {
+        if let Some(header) = header {
+            self.deliver(Kind::NewHeads, header);
+        }
         let by_key: HashMap<&str, &[Arc<str>]> = logs
             .iter()
             .filter(|(_, logs)| !logs.is_empty())
             .map(|(key, logs)| (key.as_ref(), logs.as_slice()))
             .collect();
-        if header.is_none() && by_key.is_empty() {
+        if by_key.is_empty() {
             return;
         }
         for entry in self.subscriptions.iter() {
-            match (entry.kind, header, entry.filter_key.as_deref()) {
-                (Kind::NewHeads, Some(header), _) => {
-                    entry.session.push(notification(entry.key(), header));
+            let Some(logs) = entry.filter_key.as_deref().and_then(|k| by_key.get(k)) else {
+                continue;
+            };
+            for log in logs.iter() {
+                if !entry.session.push(notification(entry.key(), log)) {
+                    break;
                 }
-                (Kind::Logs, _, Some(key)) => {
-                    for log in by_key.get(key).copied().unwrap_or_default() {
-                        if !entry.session.push(notification(entry.key(), log)) {
-                            break;
-                        }
-                    }
-                }
-                _ => {}
             }
         }
     }

@@ -45,7 +45,9 @@
 //!   few ms while mining every 40 ms) checks that no tx is lost and no node forks.
 //!
 //! The driver keeps every canonical block (hash, timestamp, base fee, raw txs in order), so a
-//! paused node can be caught up by replaying the same blocks with the same txs and timestamps.
+//! paused node can be caught up by replaying the same blocks with the same txs and timestamps,
+//! and a killed node can be revived: restarted on its old port (an empty node, like a crashed
+//! one whose database was lost) and replayed from genesis.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -208,9 +210,12 @@ struct Inner {
 /// N anvils on one chain, mined in lockstep. All processes are killed when it is dropped.
 pub struct Devnet {
     cfg: DevnetConfig,
+    /// The anvil binary (kept to restart a killed node).
+    anvil: PathBuf,
     http_urls: Vec<String>,
     ws_urls: Vec<String>,
-    pids: Vec<u32>,
+    /// Current pid of each node (a revived node has a new one).
+    pids: StdMutex<Vec<u32>>,
     http: Http,
     inner: tokio::sync::Mutex<Inner>,
 }
@@ -242,31 +247,7 @@ impl Devnet {
         let mut pids = Vec::new();
         for i in 0..cfg.nodes {
             let port = cfg.ports.as_ref().map(|p| p[i]).unwrap_or(0);
-            let mut cmd = Command::new(&anvil);
-            cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
-                .args(["--chain-id", &cfg.chain_id.to_string()])
-                .args(["--timestamp", &cfg.t0.to_string()])
-                .arg("--no-mining")
-                .args(["--color", "never"])
-                .args(&cfg.extra_args);
-            let mut guard = ChildGuard::spawn(&format!("anvil{i}"), &mut cmd)
-                .map_err(|e| format!("spawn {}: {e}", anvil.display()))?;
-            let line = guard
-                .output()
-                .wait_for_line(|l| l.contains("Listening on 127.0.0.1:"), START_TIMEOUT);
-            let port: u16 = match line.as_deref().and_then(|l| l.rsplit(':').next()) {
-                Some(p) => p
-                    .trim()
-                    .parse()
-                    .map_err(|e| format!("anvil{i}: bad port in {line:?}: {e}"))?,
-                None => {
-                    let status = guard.try_wait();
-                    return Err(format!(
-                        "anvil{i} did not report its port within {START_TIMEOUT:?} (exit: {status:?}); output:\n{}",
-                        guard.output().text()
-                    ));
-                }
-            };
+            let (guard, port) = spawn_anvil(&anvil, &cfg, i, port)?;
             http_urls.push(format!("http://127.0.0.1:{port}"));
             ws_urls.push(format!("ws://127.0.0.1:{port}"));
             pids.push(guard.pid());
@@ -278,9 +259,10 @@ impl Devnet {
         }
         let dev = Devnet {
             cfg,
+            anvil,
             http_urls,
             ws_urls,
-            pids,
+            pids: StdMutex::new(pids),
             http: Http::default(),
             inner: tokio::sync::Mutex::new(Inner {
                 nodes,
@@ -342,7 +324,7 @@ impl Devnet {
     }
 
     pub fn pid(&self, i: usize) -> u32 {
-        self.pids[i]
+        self.pids.lock().unwrap_or_else(|e| e.into_inner())[i]
     }
 
     /// Current state of node i (a node killed from outside shows `Dead` once noticed).
@@ -382,6 +364,66 @@ impl Devnet {
         let node = &mut inner.nodes[i];
         node.guard.kill();
         node.state = NodeState::Dead;
+    }
+
+    /// Restarts a killed node on its old port with the same flags (a crashed node coming back
+    /// with an empty database), replays the canonical chain on it (same txs and timestamps,
+    /// hashes verified) and puts it back into lockstep; returns the blocks replayed. The node
+    /// stays `Dead` to the miner while most of the chain is replayed without the devnet lock,
+    /// so mining goes on meanwhile; the last few blocks are replayed under the lock.
+    pub async fn revive(&self, i: usize) -> Result<u64, String> {
+        let port: u16 = self.http_urls[i]
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| format!("anvil{i}: no port in {}", self.http_urls[i]))?;
+        {
+            let mut inner = self.inner.lock().await;
+            refresh_dead(&mut inner, i);
+            if inner.nodes[i].state != NodeState::Dead {
+                return Err(format!("anvil{i} is not dead"));
+            }
+            // The old port may linger for a moment after SIGKILL: retry the bind briefly.
+            let mut last = String::new();
+            let mut spawned = None;
+            for _ in 0..20 {
+                match spawn_anvil(&self.anvil, &self.cfg, i, port) {
+                    Ok(g) => {
+                        spawned = Some(g);
+                        break;
+                    }
+                    Err(e) => last = e,
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            let (guard, _) = spawned.ok_or(last)?;
+            self.pids.lock().unwrap_or_else(|e| e.into_inner())[i] = guard.pid();
+            // Still `Dead` for `mine` and `sync_pools` until the replay below is done.
+            inner.nodes[i].guard = guard;
+            let genesis = self.block_by_number(i, 0).await?;
+            if str_of(&genesis["hash"]) != inner.chain[0].hash {
+                return Err(format!("anvil{i}: genesis differs after the restart"));
+            }
+        }
+        let mut replayed = 0;
+        loop {
+            let height = self.height().await;
+            let head = self.head(i).await?;
+            if height <= head + 2 {
+                break;
+            }
+            for n in head + 1..=height {
+                let rec = self.block(n).await.ok_or("block record missing")?;
+                self.apply_block(i, &rec, false).await?;
+                replayed += 1;
+            }
+        }
+        let mut inner = self.inner.lock().await;
+        if !inner.nodes[i].guard.is_running() {
+            return Err(format!("anvil{i} exited during its replay"));
+        }
+        inner.nodes[i].state = NodeState::Paused;
+        Ok(replayed + self.catch_up_locked(&mut inner, i).await?)
     }
 
     /// Stops mining node i: it keeps serving but falls behind.
@@ -925,6 +967,44 @@ impl Devnet {
             "block {} still differs after {REPAIR_ATTEMPTS} attempts: {last_hash} vs canonical {}",
             rec.number, rec.hash
         ))
+    }
+}
+
+/// Starts anvil node `i` on `port` (0: anvil picks) with the devnet's flags; returns the guard
+/// and the port anvil reports.
+fn spawn_anvil(
+    anvil: &Path,
+    cfg: &DevnetConfig,
+    i: usize,
+    port: u16,
+) -> Result<(ChildGuard, u16), String> {
+    let mut cmd = Command::new(anvil);
+    cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--chain-id", &cfg.chain_id.to_string()])
+        .args(["--timestamp", &cfg.t0.to_string()])
+        .arg("--no-mining")
+        .args(["--color", "never"])
+        .args(&cfg.extra_args);
+    let mut guard = ChildGuard::spawn(&format!("anvil{i}"), &mut cmd)
+        .map_err(|e| format!("spawn {}: {e}", anvil.display()))?;
+    let line = guard
+        .output()
+        .wait_for_line(|l| l.contains("Listening on 127.0.0.1:"), START_TIMEOUT);
+    match line.as_deref().and_then(|l| l.rsplit(':').next()) {
+        Some(p) => {
+            let port = p
+                .trim()
+                .parse()
+                .map_err(|e| format!("anvil{i}: bad port in {line:?}: {e}"))?;
+            Ok((guard, port))
+        }
+        None => {
+            let status = guard.try_wait();
+            Err(format!(
+                "anvil{i} did not report its port within {START_TIMEOUT:?} (exit: {status:?}); output:\n{}",
+                guard.output().text()
+            ))
+        }
     }
 }
 

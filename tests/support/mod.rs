@@ -6,5 +6,6 @@ pub mod e2e;
 pub mod mock;
 pub mod process;
 pub mod raw_http;
+pub mod relay;
 pub mod tools;
 pub mod ws_client;

@@ -473,3 +473,32 @@ async fn after_every_upstream_failed_the_first_to_recover_serves_again() {
     assert_eq!(heads.closed_with(), None, "back within the grace");
     assert_eq!(h.metrics.failover_count("subscription"), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_block_nobody_knows_any_more_is_a_stale_head_not_a_filter_problem() {
+    let h = Harness::start(&["a", "b"]);
+    let mut heads = h.client(r#"["newHeads"]"#);
+    let logs = h.client(LOGS_FILTER);
+    settle().await;
+    assert!(h.pool.emit("a", 1));
+    settle().await;
+    h.pool
+        .script("a", |s| s.logs_error = Some("unknown block".into()));
+    h.pool.world().elsewhere = Some(Err("b: unknown block".into()));
+    assert!(h.pool.emit("a", 2));
+    settle().await;
+    assert_eq!(
+        logs.closed_with(),
+        None,
+        "logs subscribers are not closed for a reorg"
+    );
+    assert_eq!(heads.head_numbers(), [1], "the stale head is not delivered");
+    assert!(
+        h.pool.connected("b"),
+        "the feed re-plans from another source"
+    );
+    h.pool.world().elsewhere = None;
+    assert!(h.pool.emit("b", 2));
+    settle().await;
+    assert_eq!(heads.head_numbers(), [2]);
+}

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -20,7 +21,7 @@ use health::{evaluate, ChainSummary, Facts, State};
 pub use http::{HttpPool, SendError};
 
 /// Outcomes of one attempt on an upstream, as counted in `ethgate_upstream_requests_total`.
-pub const ATTEMPT_RESULTS: [&str; 8] = [
+pub const ATTEMPT_RESULTS: [&str; 9] = [
     "ok",
     "missing_data",
     "behind",
@@ -29,6 +30,7 @@ pub const ATTEMPT_RESULTS: [&str; 8] = [
     "http_error",
     "timeout",
     "bad_answer",
+    "abandoned",
 ];
 
 /// One upstream node as the request path sees it: immutable settings plus atomics.
@@ -49,6 +51,8 @@ pub struct Upstream {
     latency_micros: AtomicU64,
     attempts: [AtomicU64; ATTEMPT_RESULTS.len()],
     latency: crate::metrics::Histogram,
+    /// `None` while in rotation, else why not: calls in flight here wait on it to move away.
+    rotation: watch::Sender<Option<Arc<str>>>,
 }
 
 impl Upstream {
@@ -65,7 +69,38 @@ impl Upstream {
             latency_micros: AtomicU64::new(0),
             attempts: Default::default(),
             latency: Default::default(),
+            rotation: watch::Sender::new(Some("not probed yet".into())),
         }
+    }
+
+    /// Resolves once this upstream is out of rotation (at once if it already is), with the
+    /// reason. A call in flight races its attempt against this, so a node that froze costs the
+    /// call the health model's detection time rather than `request_timeout`.
+    pub async fn left_rotation(&self) -> Arc<str> {
+        let mut rotation = self.rotation.subscribe();
+        let reason = match rotation.wait_for(Option::is_some).await {
+            Ok(value) => value.clone(),
+            // The sender lives as long as `self`, which this future borrows.
+            Err(_) => None,
+        };
+        reason.unwrap_or_else(|| "upstream removed".into())
+    }
+
+    /// Stores a newly evaluated state and returns the previous one; the rotation signal
+    /// follows, with `reason` (built only on the way out) telling waiting calls why.
+    fn set_state(&self, state: State, reason: impl FnOnce() -> String) -> State {
+        let previous = State::from_u8(self.state.swap(state as u8, Ordering::AcqRel));
+        let healthy = state == State::Healthy;
+        // Compared with the signal, not with `previous`: a reload stores carried-over states
+        // directly, and the signal must catch up with them here.
+        self.rotation.send_if_modified(|out| {
+            if out.is_none() == healthy {
+                return false;
+            }
+            *out = (!healthy).then(|| reason().into());
+            true
+        });
+        previous
     }
 
     /// Counts one attempt with an outcome from [`ATTEMPT_RESULTS`].
@@ -338,7 +373,10 @@ impl Upstreams {
                     .latency_micros
                     .store(latency.as_micros() as u64, Ordering::Relaxed);
             }
-            let previous = State::from_u8(upstream.state.swap(state as u8, Ordering::AcqRel));
+            let previous = upstream.set_state(state, || match &fact.last_error {
+                Some(error) if state == State::Unreachable => format!("{state}: {error}"),
+                _ => state.to_string(),
+            });
             if previous != state {
                 log_transition(upstream, previous, state, fact, summary.best_head);
             }
@@ -376,6 +414,11 @@ impl Upstreams {
         best.saturating_sub(upstream.head())
     }
 
+    /// Where request outcomes are counted.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Health settings in force.
     pub fn health_config(&self) -> &HealthConfig {
         &self.health
@@ -396,3 +439,6 @@ fn log_transition(upstream: &Upstream, from: State, to: State, fact: &Facts, bes
         );
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -5,6 +5,7 @@ pub mod health;
 pub mod http;
 pub mod probe;
 mod reload;
+mod rotation;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -71,36 +72,6 @@ impl Upstream {
             latency: Default::default(),
             rotation: watch::Sender::new(Some("not probed yet".into())),
         }
-    }
-
-    /// Resolves once this upstream is out of rotation (at once if it already is), with the
-    /// reason. A call in flight races its attempt against this, so a node that froze costs the
-    /// call the health model's detection time rather than `request_timeout`.
-    pub async fn left_rotation(&self) -> Arc<str> {
-        let mut rotation = self.rotation.subscribe();
-        let reason = match rotation.wait_for(Option::is_some).await {
-            Ok(value) => value.clone(),
-            // The sender lives as long as `self`, which this future borrows.
-            Err(_) => None,
-        };
-        reason.unwrap_or_else(|| "upstream removed".into())
-    }
-
-    /// Stores a newly evaluated state and returns the previous one; the rotation signal
-    /// follows, with `reason` (built only on the way out) telling waiting calls why.
-    fn set_state(&self, state: State, reason: impl FnOnce() -> String) -> State {
-        let previous = State::from_u8(self.state.swap(state as u8, Ordering::AcqRel));
-        let healthy = state == State::Healthy;
-        // Compared with the signal, not with `previous`: a reload stores carried-over states
-        // directly, and the signal must catch up with them here.
-        self.rotation.send_if_modified(|out| {
-            if out.is_none() == healthy {
-                return false;
-            }
-            *out = (!healthy).then(|| reason().into());
-            true
-        });
-        previous
     }
 
     /// Counts one attempt with an outcome from [`ATTEMPT_RESULTS`].

@@ -61,6 +61,8 @@ pub struct ServerConfig {
     pub header_timeout: Duration,
     /// Budget of one upstream attempt.
     pub request_timeout: Duration,
+    /// When set, a read with no answer after this long is also sent to the next upstream.
+    pub hedge_after: Option<Duration>,
     /// How long in-flight requests may run after shutdown starts.
     pub shutdown_grace: Duration,
     /// After SIGTERM: how long the port keeps serving, with `/readyz` at 503, before shutdown.

@@ -12,7 +12,8 @@
 //! - [`frontend`]: HTTP and WebSocket handling, JSON-RPC dispatch, local answers, batches.
 //! - [`jsonrpc`]: framing: ids kept as raw bytes, upstream ids rewritten, answers spliced.
 //! - [`policy`]: deny list, write methods, "lacks the data" errors.
-//! - [`router`]: candidate order, attempts, failure classes and the retry decision.
+//! - [`router`]: candidate order, attempts, failure classes and the retry decision; reads in
+//!   flight move when their upstream leaves rotation, and may be hedged.
 //! - [`upstream`]: upstream nodes, the shared HTTP pool, health probes and states.
 //! - [`subscription`]: hub, feed, canonical chain view, log filters.
 //! - [`admin`]: `/healthz`, `/readyz`, `/status`, `/metrics`.

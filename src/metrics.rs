@@ -58,7 +58,12 @@ const KNOWN_METHODS: &[&str] = &[
 pub const TRANSPORTS: [&str; 2] = ["http", "ws"];
 /// Outcomes of one client call.
 pub const RESULTS: [&str; 5] = ["ok", "rpc_error", "denied", "invalid", "unavailable"];
-const FAILOVER_KINDS: [&str; 2] = ["request", "subscription"];
+/// `request`: the selected upstream changed; `subscription`: the feed's source changed;
+/// `in_flight`: a call waiting on an upstream that left rotation was moved to another one.
+const FAILOVER_KINDS: [&str; 3] = ["request", "subscription", "in_flight"];
+/// `sent`: reads also sent to a second upstream after `server.hedge_after`; `won`: of those,
+/// the ones the second upstream answered first.
+const HEDGE_RESULTS: [&str; 2] = ["sent", "won"];
 const DENY_REASONS: [&str; 2] = ["not_allowed", "proxy_header"];
 /// Upper bounds of the latency histogram buckets, in seconds.
 const BUCKETS: [f64; 14] = [
@@ -118,6 +123,7 @@ pub struct Metrics {
     requests: Box<[AtomicU64]>,
     durations: [Histogram; TRANSPORTS.len()],
     failovers: Box<[AtomicU64]>,
+    hedges: Box<[AtomicU64]>,
     denied_connections: Box<[AtomicU64]>,
     tls_handshake_failures: AtomicU64,
     ws_connections: AtomicI64,
@@ -141,6 +147,7 @@ impl Metrics {
             requests: counters(TRANSPORTS.len() * (KNOWN_METHODS.len() + 1) * RESULTS.len()),
             durations: Default::default(),
             failovers: counters(FAILOVER_KINDS.len()),
+            hedges: counters(HEDGE_RESULTS.len()),
             denied_connections: counters(DENY_REASONS.len()),
             tls_handshake_failures: AtomicU64::new(0),
             ws_connections: AtomicI64::new(0),
@@ -166,7 +173,12 @@ impl Metrics {
         self.durations[position(&TRANSPORTS, transport)].observe(elapsed);
     }
 
-    /// Counts one failover of `kind` (`request` or `subscription`).
+    /// Counts one hedge event: `sent` or `won`.
+    pub fn hedge(&self, result: &str) {
+        self.hedges[position(&HEDGE_RESULTS, result)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one failover of `kind` (`request`, `subscription` or `in_flight`).
     pub fn failover(&self, kind: &str) {
         self.failovers[position(&FAILOVER_KINDS, kind)].fetch_add(1, Ordering::Relaxed);
     }
@@ -238,6 +250,19 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "ethgate_failovers_total{{kind=\"{kind}\"}} {}",
+                c.load(Ordering::Relaxed)
+            );
+        }
+        header(
+            &mut out,
+            "ethgate_hedges_total",
+            "counter",
+            "Reads also sent to a second upstream after server.hedge_after, and hedges that answered first.",
+        );
+        for (result, c) in HEDGE_RESULTS.iter().zip(self.hedges.iter()) {
+            let _ = writeln!(
+                out,
+                "ethgate_hedges_total{{result=\"{result}\"}} {}",
                 c.load(Ordering::Relaxed)
             );
         }

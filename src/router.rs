@@ -19,6 +19,7 @@ use crate::upstream::{SendError, Upstream, Upstreams};
 mod broadcast;
 mod consistency;
 pub mod marks;
+mod race;
 pub mod tags;
 
 use consistency::{Plan, Verdict};
@@ -36,6 +37,10 @@ pub enum AttemptError {
     /// An answer that is not a JSON-RPC response to what was sent.
     #[error("invalid answer: {0}")]
     BadAnswer(String),
+    /// The upstream left rotation while the call waited on it; the call was moved (a read)
+    /// or answered at once (a write), not left to wait for `request_timeout`.
+    #[error("left rotation while the call was in flight ({0})")]
+    LeftRotation(Arc<str>),
 }
 
 impl AttemptError {
@@ -68,6 +73,7 @@ impl AttemptError {
             AttemptError::Send(SendError::Status(_)) => "http_error",
             AttemptError::Timeout(_) => "timeout",
             AttemptError::BadAnswer(_) => "bad_answer",
+            AttemptError::LeftRotation(_) => "abandoned",
         }
     }
 }
@@ -89,6 +95,8 @@ pub struct Router {
     /// The current upstream set; a reload swaps it while requests in flight keep theirs.
     upstreams: ArcSwap<Upstreams>,
     request_timeout: Duration,
+    /// When set, a read with no answer after this long is also sent to the next candidate.
+    hedge_after: Option<Duration>,
     /// The highest blocks served under each tag; outlives upstream sets (reloads).
     marks: Marks,
 }
@@ -120,8 +128,15 @@ impl Router {
         Router {
             upstreams: ArcSwap::new(upstreams),
             request_timeout,
+            hedge_after: None,
             marks: Marks::default(),
         }
+    }
+
+    /// Hedges reads after `hedge_after` (`None`: never), see [`race`].
+    pub fn with_hedge_after(mut self, hedge_after: Option<Duration>) -> Self {
+        self.hedge_after = hedge_after;
+        self
     }
 
     /// The current upstream set.
@@ -142,62 +157,15 @@ impl Router {
 
     /// Forwards `calls` (as a batch when `batch`) and renders one response per call under
     /// the client's ids. Writes go to every in-rotation upstream ([`broadcast`]); reads go to
-    /// one candidate after another until an answer needs no retry.
+    /// one candidate after another until an answer needs no retry, and move at once when their
+    /// upstream leaves rotation ([`race`]).
     pub async fn forward(&self, calls: &[&Call<'_>], batch: bool) -> Result<Rendered, RpcError> {
         // One set for the whole request, even if a reload swaps it meanwhile.
         let upstreams = self.upstreams.load_full();
         if calls.iter().any(|c| policy::is_write(&c.method)) {
             return broadcast::forward(self, &upstreams, calls, batch).await;
         }
-        let bound = upstreams.health_config().max_lag_blocks;
-        let plan = Plan::new(calls, &self.marks, &upstreams, bound);
-        let mut failures: Vec<(usize, AttemptError)> = Vec::new();
-        // The last answer that wanted a retry, and the head of its upstream: upstreams below
-        // that head cannot do better.
-        let mut fallback: Option<(u64, Attempted)> = None;
-        for index in plan.order(candidates(&upstreams), &upstreams) {
-            let upstream = &upstreams.all()[index];
-            if fallback
-                .as_ref()
-                .is_some_and(|(floor, _)| upstream.head() < *floor)
-            {
-                continue;
-            }
-            let started = tokio::time::Instant::now();
-            let outcome = self
-                .attempt(&upstreams, upstream, calls, batch, &plan)
-                .await;
-            upstream.observe_attempt(started.elapsed());
-            match outcome {
-                Ok(attempted) if !attempted.wants_retry() => {
-                    upstream.count_attempt("ok");
-                    if !failures.is_empty() || fallback.is_some() {
-                        tracing::debug!(upstream = upstream.name(), "served by a fallback");
-                    }
-                    plan.record(&attempted.verdicts, &self.marks);
-                    return Ok(attempted.rendered);
-                }
-                Ok(attempted) => {
-                    upstream.count_attempt(attempted.retry_label());
-                    fallback = Some((upstream.head(), attempted));
-                }
-                Err(error) => {
-                    upstream.count_attempt(error.label());
-                    if error.counts_against_health() {
-                        upstreams.record_passive_failure(index, &error.to_string());
-                    }
-                    let retry = error.retryable(false);
-                    failures.push((index, error));
-                    if !retry {
-                        break;
-                    }
-                }
-            }
-        }
-        match fallback {
-            Some((_, attempted)) => Ok(self.settle(&plan, calls, attempted)),
-            None => Err(final_error(&upstreams, &failures, false)),
-        }
+        race::read(self, &upstreams, calls, batch).await
     }
 
     /// The best answer when no candidate served every call: calls that were behind get the

@@ -31,10 +31,10 @@ impl State {
     pub fn new(config: &Config, tls: Option<Arc<server::tls::Tls>>, drain: server::Drain) -> State {
         let metrics = Arc::new(metrics::Metrics::new());
         let upstreams = Arc::new(upstream::Upstreams::new(config, metrics.clone()));
-        let router = Arc::new(router::Router::new(
-            upstreams,
-            config.server.request_timeout,
-        ));
+        let router = Arc::new(
+            router::Router::new(upstreams, config.server.request_timeout)
+                .with_hedge_after(config.server.hedge_after),
+        );
         let hub = Arc::new(subscription::Hub::new(subscription::Limits {
             per_connection: config.server.max_subscriptions_per_connection,
             total: config.server.max_subscriptions,

@@ -332,6 +332,7 @@ fn only_ok(ok: f64) -> BTreeMap<String, f64> {
         "timeout",
         "bad_answer",
         "too_large",
+        "abandoned",
     ]
     .iter()
     .map(|r| (r.to_string(), 0.0))
@@ -369,6 +370,7 @@ async fn a_fresh_ethgate_exports_every_family_at_zero() {
         ("ethgate_upstream_request_duration_seconds", "histogram"),
         ("ethgate_inflight_requests", "gauge"),
         ("ethgate_ws_queue_overflows_total", "counter"),
+        ("ethgate_hedges_total", "counter"),
         (
             "ethgate_subscription_failover_duration_seconds",
             "histogram",
@@ -383,8 +385,11 @@ async fn a_fresh_ethgate_exports_every_family_at_zero() {
         );
     }
     assert!(s.requests().is_empty(), "no call counted yet");
-    for kind in ["request", "subscription"] {
+    for kind in ["request", "subscription", "in_flight"] {
         s.assert("ethgate_failovers_total", &[("kind", kind)], 0.0);
+    }
+    for result in ["sent", "won"] {
+        s.assert("ethgate_hedges_total", &[("result", result)], 0.0);
     }
     for reason in ["not_allowed", "proxy_header"] {
         s.assert(

@@ -42,6 +42,7 @@ struct RawServer {
     max_batch_len: Option<usize>,
     header_timeout: Option<String>,
     request_timeout: Option<String>,
+    hedge_after: Option<String>,
     shutdown_grace: Option<String>,
     drain_delay: Option<String>,
     subscription_grace: Option<String>,
@@ -243,6 +244,7 @@ impl RawServer {
         if request_timeout.is_zero() {
             p.add("server.request_timeout", "must be greater than zero");
         }
+        let hedge_after = validate_hedge_after(self.hedge_after.as_deref(), request_timeout, p);
         ServerConfig {
             listen: validate_listen(self.listen, p),
             max_connections: p.positive("server.max_connections", self.max_connections, 10_000),
@@ -274,6 +276,7 @@ impl RawServer {
                 "10s",
             ),
             request_timeout,
+            hedge_after,
             shutdown_grace: p.duration(
                 "server.shutdown_grace",
                 self.shutdown_grace.as_deref(),
@@ -304,6 +307,31 @@ impl RawServer {
             tls,
         }
     }
+}
+
+/// `server.hedge_after`: absent means off. Zero is refused rather than read as "off" (it
+/// would otherwise mean "send every read twice"), and so is a delay that `request_timeout`
+/// would end first.
+fn validate_hedge_after(
+    value: Option<&str>,
+    request_timeout: Duration,
+    p: &mut Problems,
+) -> Option<Duration> {
+    let text = value?;
+    let key = "server.hedge_after";
+    let delay = parse_duration(text).map_err(|e| p.add(key, e)).ok()?;
+    if delay.is_zero() {
+        p.add(
+            key,
+            "must be greater than zero (leave it out to turn hedging off)",
+        );
+        return None;
+    }
+    if !request_timeout.is_zero() && delay >= request_timeout {
+        p.add(key, "must be shorter than server.request_timeout");
+        return None;
+    }
+    Some(delay)
 }
 
 impl RawAccess {

@@ -27,6 +27,7 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(c.server.body_timeout, Duration::from_secs(30));
     assert_eq!(c.server.write_timeout, Duration::from_secs(30));
     assert_eq!(c.server.max_response_bytes, 128 * 1024 * 1024);
+    assert_eq!(c.server.hedge_after, None, "hedging is off by default");
     assert_eq!(c.health.interval, Duration::from_secs(2));
     assert_eq!(c.health.failure_threshold, 3);
     assert_eq!(c.admin.listen, "127.0.0.1:9545".parse().unwrap());
@@ -376,4 +377,39 @@ fn drain_delay_may_be_zero_but_must_parse() {
 fn max_response_bytes_must_be_positive() {
     let problems = errors(&with_upstream("[server]\nmax_response_bytes = 0"));
     assert_eq!(problems, ["server.max_response_bytes: must be at least 1"]);
+}
+
+#[test]
+fn hedge_after_is_read_when_set() {
+    let c = Config::from_toml_str(&with_upstream("[server]\nhedge_after = \"250ms\"")).unwrap();
+    assert_eq!(c.server.hedge_after, Some(Duration::from_millis(250)));
+}
+
+#[test]
+fn zero_hedge_after_is_refused() {
+    let problems = errors(&with_upstream("[server]\nhedge_after = \"0s\""));
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with("server.hedge_after: must be greater than zero"),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn hedge_after_must_be_shorter_than_request_timeout() {
+    let toml = "[server]\nrequest_timeout = \"2s\"\nhedge_after = \"2s\"";
+    let problems = errors(&with_upstream(toml));
+    assert_eq!(
+        problems,
+        ["server.hedge_after: must be shorter than server.request_timeout"]
+    );
+}
+
+#[test]
+fn malformed_hedge_after_names_the_key() {
+    let problems = errors(&with_upstream("[server]\nhedge_after = \"soon\""));
+    assert!(
+        problems[0].starts_with("server.hedge_after: "),
+        "{problems:?}"
+    );
 }

@@ -1,6 +1,7 @@
 //! Writes (`eth_sendRawTransaction` and the like) go to every in-rotation upstream at once,
 //! each exactly once: a transaction must not depend on one node's mempool and peers. The
-//! client gets the selected upstream's answer, unless that one did not accept and another did.
+//! client gets the first full acceptance; without one, the selected upstream's answer once
+//! every upstream has answered or left rotation (a frozen node is not waited for).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,7 +44,7 @@ pub(super) struct Answered {
 }
 
 /// Sends `calls` to every in-rotation upstream concurrently and picks the answers. Each send
-/// runs as its own task, so answering the client early (the selected upstream accepted) never
+/// runs as its own task, so answering the client early (an upstream accepted every call) never
 /// cancels a send that is on its way to another node.
 pub(super) async fn forward(
     router: &Router,
@@ -58,9 +59,23 @@ pub(super) async fn forward(
         let (tx, upstreams, body) = (tx.clone(), upstreams.clone(), body.clone());
         let request_timeout = router.request_timeout;
         tokio::spawn(async move {
-            let outcome = send_once(&upstreams, index, body, request_timeout).await;
-            // The receiver is gone once the client has its answer; the send itself is done.
-            let _ = tx.send((rank, outcome)).await;
+            let upstream = upstreams.all()[index].clone();
+            let send = send_once(&upstreams, index, body, request_timeout);
+            tokio::pin!(send);
+            // A node that leaves rotation mid-send is reported at once, so the client does
+            // not wait for a frozen node; its send is never repeated, but is let run (within
+            // `request_timeout`) so a node that wakes up still gets the transaction.
+            let (report, still_sending) = tokio::select! {
+                biased;
+                outcome = &mut send => (outcome, false),
+                reason = upstream.left_rotation() => (Err(AttemptError::LeftRotation(reason)), true),
+            };
+            // The receiver is gone once the client has its answer; the send itself goes on.
+            let _ = tx.send((rank, report)).await;
+            drop(tx);
+            if still_sending {
+                let _ = send.await;
+            }
         });
     }
     drop(tx);
@@ -81,7 +96,9 @@ pub(super) async fn forward(
                 false
             }
         };
-        if rank == 0 && accepted {
+        // Any upstream's full acceptance settles the answer (`choose` prefers acceptances), so
+        // the client never waits for a slower or frozen node.
+        if accepted {
             break;
         }
     }

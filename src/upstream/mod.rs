@@ -5,11 +5,13 @@ pub mod health;
 pub mod http;
 pub mod probe;
 mod reload;
+mod rotation;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -20,7 +22,7 @@ use health::{evaluate, ChainSummary, Facts, State};
 pub use http::{HttpPool, SendError};
 
 /// Outcomes of one attempt on an upstream, as counted in `ethgate_upstream_requests_total`.
-pub const ATTEMPT_RESULTS: [&str; 9] = [
+pub const ATTEMPT_RESULTS: [&str; 10] = [
     "ok",
     "missing_data",
     "behind",
@@ -30,6 +32,7 @@ pub const ATTEMPT_RESULTS: [&str; 9] = [
     "timeout",
     "bad_answer",
     "too_large",
+    "abandoned",
 ];
 
 /// One upstream node as the request path sees it: immutable settings plus atomics.
@@ -50,6 +53,8 @@ pub struct Upstream {
     latency_micros: AtomicU64,
     attempts: [AtomicU64; ATTEMPT_RESULTS.len()],
     latency: crate::metrics::Histogram,
+    /// `None` while in rotation, else why not: calls in flight here wait on it to move away.
+    rotation: watch::Sender<Option<Arc<str>>>,
 }
 
 impl Upstream {
@@ -66,6 +71,7 @@ impl Upstream {
             latency_micros: AtomicU64::new(0),
             attempts: Default::default(),
             latency: Default::default(),
+            rotation: watch::Sender::new(Some("not probed yet".into())),
         }
     }
 
@@ -340,7 +346,10 @@ impl Upstreams {
                     .latency_micros
                     .store(latency.as_micros() as u64, Ordering::Relaxed);
             }
-            let previous = State::from_u8(upstream.state.swap(state as u8, Ordering::AcqRel));
+            let previous = upstream.set_state(state, || match &fact.last_error {
+                Some(error) if state == State::Unreachable => format!("{state}: {error}"),
+                _ => state.to_string(),
+            });
             if previous != state {
                 log_transition(upstream, previous, state, fact, summary.best_head);
             }
@@ -378,6 +387,11 @@ impl Upstreams {
         best.saturating_sub(upstream.head())
     }
 
+    /// Where request outcomes are counted.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Health settings in force.
     pub fn health_config(&self) -> &HealthConfig {
         &self.health
@@ -398,3 +412,6 @@ fn log_transition(upstream: &Upstream, from: State, to: State, fact: &Facts, bes
         );
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -189,6 +189,8 @@ pub struct Mined {
 pub enum NodeState {
     Live,
     Paused,
+    /// SIGSTOPped by `freeze`: its sockets stay open and nothing answers; not mined or read.
+    Frozen,
     Dead,
 }
 
@@ -429,10 +431,40 @@ impl Devnet {
     /// Stops mining node i: it keeps serving but falls behind.
     pub async fn pause(&self, i: usize) {
         let mut inner = self.inner.lock().await;
-        if inner.nodes[i].state != NodeState::Dead {
+        if !matches!(inner.nodes[i].state, NodeState::Dead | NodeState::Frozen) {
             inner.nodes[i].state = NodeState::Paused;
             inner.nodes[i].auto_catch_up = false;
         }
+    }
+
+    /// Freezes node i with SIGSTOP, as a GC pause or a stalled disk would: connections stay
+    /// open, nothing is answered. The driver stops mining it and reading its pool.
+    pub async fn freeze(&self, i: usize) -> Result<(), String> {
+        let mut inner = self.inner.lock().await;
+        let node = &mut inner.nodes[i];
+        if node.state == NodeState::Dead {
+            return Err(format!("anvil{i} is dead"));
+        }
+        node.guard
+            .signal(19)
+            .map_err(|e| format!("SIGSTOP anvil{i}: {e}"))?;
+        node.state = NodeState::Frozen;
+        Ok(())
+    }
+
+    /// Resumes a frozen node with SIGCONT; the next `mine` replays the blocks it missed.
+    pub async fn thaw(&self, i: usize) -> Result<(), String> {
+        let mut inner = self.inner.lock().await;
+        let node = &mut inner.nodes[i];
+        if node.state != NodeState::Frozen {
+            return Err(format!("anvil{i} is not frozen"));
+        }
+        node.guard
+            .signal(18)
+            .map_err(|e| format!("SIGCONT anvil{i}: {e}"))?;
+        node.state = NodeState::Paused;
+        node.auto_catch_up = true;
+        Ok(())
     }
 
     /// Pauses node i and mines `blocks` blocks on it alone with timestamps 1 s off the canonical
@@ -465,8 +497,10 @@ impl Devnet {
 
     async fn catch_up_locked(&self, inner: &mut Inner, i: usize) -> Result<u64, String> {
         refresh_dead(inner, i);
-        if inner.nodes[i].state == NodeState::Dead {
-            return Err(format!("anvil{i} is dead"));
+        match inner.nodes[i].state {
+            NodeState::Dead => return Err(format!("anvil{i} is dead")),
+            NodeState::Frozen => return Err(format!("anvil{i} is frozen")),
+            _ => {}
         }
         let head = self.head(i).await?;
         let height = inner.chain.len() as u64 - 1;
@@ -820,7 +854,7 @@ impl Devnet {
         // hash -> (sender, nonce, source node)
         let mut all: HashMap<String, (String, u64, usize)> = HashMap::new();
         for i in 0..inner.nodes.len() {
-            if inner.nodes[i].state == NodeState::Dead {
+            if matches!(inner.nodes[i].state, NodeState::Dead | NodeState::Frozen) {
                 continue;
             }
             match self.pending(i).await {

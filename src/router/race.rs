@@ -1,0 +1,231 @@
+//! The read path: one candidate after another, with attempts that do not outlive their
+//! upstream's place in rotation.
+//!
+//! Each attempt races its upstream's "left rotation" signal: a node that freezes (socket open,
+//! nothing answered) is taken out by the health model within its detection time, and every read
+//! still waiting on it moves to the next candidate at that moment instead of waiting for
+//! `request_timeout`. With `server.hedge_after` set, a read with no answer after that delay is
+//! also sent to the next candidate (once per read, as eRPC's hedge with `maxCount: 1`). Either
+//! way the first complete answer wins and the other attempt is dropped, which cancels its
+//! hyper request and frees its pooled connection. A batch is one attempt, so it moves whole.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::time::Instant;
+
+use super::consistency::Plan;
+use super::{candidates, final_error, AttemptError, Attempted, Rendered, Router};
+use crate::jsonrpc::{Call, RpcError};
+use crate::upstream::Upstreams;
+
+/// How one attempt ended.
+enum Ending {
+    /// The upstream answered or failed.
+    Done(Result<Attempted, AttemptError>),
+    /// The upstream left rotation first, for this reason.
+    Left(Arc<str>),
+}
+
+/// One finished attempt.
+struct Finished {
+    index: usize,
+    /// Whether it was launched as a hedge.
+    hedge: bool,
+    elapsed: Duration,
+    ending: Ending,
+}
+
+/// Far enough ahead to stand for "never" on a timer that must exist.
+const NEVER: Duration = Duration::from_secs(86_400 * 365);
+
+/// What one read has learnt so far.
+struct Race<'r> {
+    router: &'r Router,
+    upstreams: &'r Upstreams,
+    order: std::vec::IntoIter<usize>,
+    /// Upstreams with an attempt in flight.
+    in_flight: Vec<usize>,
+    failures: Vec<(usize, AttemptError)>,
+    /// The last answer that wanted a retry, and the head of its upstream: upstreams below
+    /// that head cannot do better.
+    fallback: Option<(u64, Attempted)>,
+    /// A failure that no other upstream would do better on (an oversized answer) ends it.
+    stopped: bool,
+}
+
+/// Forwards reads (see the module doc).
+pub(super) async fn read(
+    router: &Router,
+    upstreams: &Upstreams,
+    calls: &[&Call<'_>],
+    batch: bool,
+) -> Result<Rendered, RpcError> {
+    let bound = upstreams.health_config().max_lag_blocks;
+    let plan = Plan::new(calls, &router.marks, upstreams, bound);
+    let mut race = Race {
+        router,
+        upstreams,
+        order: plan.order(candidates(upstreams), upstreams).into_iter(),
+        in_flight: Vec::new(),
+        failures: Vec::new(),
+        fallback: None,
+        stopped: false,
+    };
+    let start = |index: usize, hedge: bool| {
+        attempt_until_left(router, upstreams, &plan, calls, batch, index, hedge)
+    };
+    let mut running = FuturesUnordered::new();
+    // Re-armed at every launch: the delay counts from the latest attempt's start.
+    let hedge_after = router.hedge_after.unwrap_or(NEVER);
+    let hedge_timer = tokio::time::sleep(hedge_after);
+    tokio::pin!(hedge_timer);
+    let mut may_hedge = router.hedge_after.is_some();
+    if let Some(index) = race.next_candidate() {
+        running.push(start(index, false));
+    }
+    loop {
+        tokio::select! {
+            Some(finished) = running.next() => {
+                let moved = matches!(finished.ending, Ending::Left(_));
+                if let Some(rendered) = race.settle_one(finished, &plan) {
+                    race.abandon_the_rest();
+                    return Ok(rendered);
+                }
+                if running.is_empty() {
+                    if let Some(index) = race.next_candidate() {
+                        running.push(start(index, false));
+                        hedge_timer.as_mut().reset(Instant::now() + hedge_after);
+                    }
+                }
+                // A call whose upstream left rotation and that is still in flight elsewhere
+                // (just re-sent, or already hedged there) has moved.
+                if moved && !running.is_empty() {
+                    upstreams.metrics().failover("in_flight");
+                }
+            }
+            () = &mut hedge_timer, if may_hedge && running.len() == 1 => {
+                may_hedge = false;
+                if let Some(index) = race.next_candidate() {
+                    running.push(start(index, true));
+                    upstreams.metrics().hedge("sent");
+                }
+            }
+            else => break,
+        }
+    }
+    race.finish(&plan, calls)
+}
+
+/// One attempt on upstream `index`, abandoned as soon as that upstream leaves rotation.
+async fn attempt_until_left(
+    router: &Router,
+    upstreams: &Upstreams,
+    plan: &Plan,
+    calls: &[&Call<'_>],
+    batch: bool,
+    index: usize,
+    hedge: bool,
+) -> Finished {
+    let upstream = &upstreams.all()[index];
+    let started = Instant::now();
+    let ending = tokio::select! {
+        // An answer that is ready wins over a rotation change seen at the same moment.
+        biased;
+        outcome = router.attempt(upstreams, upstream, calls, batch, plan) => Ending::Done(outcome),
+        reason = upstream.left_rotation() => Ending::Left(reason),
+    };
+    Finished {
+        index,
+        hedge,
+        elapsed: started.elapsed(),
+        ending,
+    }
+}
+
+impl Race<'_> {
+    /// The next candidate worth an attempt: still in rotation, and not below the head of an
+    /// upstream that already lacked the data.
+    fn next_candidate(&mut self) -> Option<usize> {
+        if self.stopped {
+            return None;
+        }
+        let all = self.upstreams.all();
+        let floor = self.fallback.as_ref().map_or(0, |(floor, _)| *floor);
+        let index = self
+            .order
+            .by_ref()
+            .find(|&i| all[i].in_rotation() && all[i].head() >= floor)?;
+        self.in_flight.push(index);
+        Some(index)
+    }
+
+    /// Takes in one finished attempt; returns the answer when it needs no retry.
+    fn settle_one(&mut self, finished: Finished, plan: &Plan) -> Option<Rendered> {
+        let Finished {
+            index,
+            hedge,
+            elapsed,
+            ending,
+        } = finished;
+        self.in_flight.retain(|&i| i != index);
+        let upstream = &self.upstreams.all()[index];
+        let outcome = match ending {
+            Ending::Done(outcome) => {
+                upstream.observe_attempt(elapsed);
+                outcome
+            }
+            Ending::Left(reason) => {
+                tracing::debug!(upstream = upstream.name(), %reason, "call moved: upstream left rotation");
+                Err(AttemptError::LeftRotation(reason))
+            }
+        };
+        match outcome {
+            Ok(attempted) if !attempted.wants_retry() => {
+                upstream.count_attempt("ok");
+                if hedge {
+                    self.upstreams.metrics().hedge("won");
+                }
+                plan.record(&attempted.verdicts, &self.router.marks);
+                return Some(attempted.rendered);
+            }
+            Ok(attempted) => {
+                upstream.count_attempt(attempted.retry_label());
+                let head = upstream.head();
+                if self
+                    .fallback
+                    .as_ref()
+                    .is_none_or(|(floor, _)| head >= *floor)
+                {
+                    self.fallback = Some((head, attempted));
+                }
+            }
+            Err(error) => {
+                upstream.count_attempt(error.label());
+                if error.counts_against_health() {
+                    self.upstreams
+                        .record_passive_failure(index, &error.to_string());
+                }
+                self.stopped |= !error.retryable(false);
+                self.failures.push((index, error));
+            }
+        }
+        None
+    }
+
+    /// Counts the attempts still in flight once another answered: they are dropped unanswered.
+    fn abandon_the_rest(&self) {
+        for &index in &self.in_flight {
+            self.upstreams.all()[index].count_attempt("abandoned");
+        }
+    }
+
+    /// The answer when no candidate served every call.
+    fn finish(self, plan: &Plan, calls: &[&Call<'_>]) -> Result<Rendered, RpcError> {
+        match self.fallback {
+            Some((_, attempted)) => Ok(self.router.settle(plan, calls, attempted)),
+            None => Err(final_error(self.upstreams, &self.failures, false)),
+        }
+    }
+}

@@ -107,7 +107,7 @@ impl Drop for DumpOnPanic<'_> {
     }
 }
 
-fn upstream<'a>(status: &'a Value, i: usize) -> Option<&'a Value> {
+fn upstream(status: &Value, i: usize) -> Option<&Value> {
     let name = format!("anvil{i}");
     status["upstreams"]
         .as_array()?

@@ -760,9 +760,10 @@ async fn a_chainlink_client_sees_one_consistent_chain_through_failovers_and_a_re
     });
     eprintln!(
         "chainlink run: blocks up to {height}, reads {reads:?} (latest, safe, finalized) + {other} \
-         other, {heads} heads, reorgs {reorgs:?}, {} txs sent, eth_getLogs retries {retries}; \
-         test took {:?}",
+         other, {heads} heads, reorgs {reorgs:?}, {} txs sent, eth_getLogs retries {retries}, \
+         {} non-canonical blocks on the nodes; test took {:?}",
         tx.sent.len(),
+        dev.orphans().len(),
         started.elapsed()
     );
 }

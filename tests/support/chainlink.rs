@@ -297,6 +297,9 @@ async fn batch_blocks(
     obs.other_read();
 }
 
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
 /// HeadTracker + LogPoller: `eth_chainId` on dial, `newHeads` over one WebSocket, and
 /// `eth_getLogs {blockHash, address}` over HTTP for every delivered head (a failed fetch is
 /// tried again, up to a bound, as the LogPoller does on its next poll). Runs until `stop`.
@@ -306,26 +309,21 @@ pub async fn spawn_head_follower(
     http_url: &str,
     address: &str,
     chain_id: u64,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Result<JoinHandle<()>, String> {
     let (mut socket, _) =
         tokio::time::timeout(CALL_TIMEOUT, tokio_tungstenite::connect_async(ws_url))
             .await
             .map_err(|_| "WebSocket connect timed out".to_string())?
             .map_err(|e| format!("WebSocket connect: {e}"))?;
-    let call = |id: u64, method: &str, params: Value| {
-        Message::text(
-            json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string(),
-        )
-    };
-    socket
-        .send(call(1, "eth_chainId", json!([])))
-        .await
-        .map_err(|e| e.to_string())?;
-    socket
-        .send(call(2, "eth_subscribe", json!(["newHeads"])))
-        .await
-        .map_err(|e| e.to_string())?;
+    let id = ws_call(&mut socket, "eth_chainId", json!([])).await?;
+    if hex_u64(&id) != Some(chain_id) {
+        return Err(format!("eth_chainId on dial: {id}"));
+    }
+    let sub = ws_call(&mut socket, "eth_subscribe", json!(["newHeads"])).await?;
+    if !sub.is_string() {
+        return Err(format!("eth_subscribe newHeads: {sub}"));
+    }
     let (logs_tx, logs_rx) = mpsc::unbounded_channel::<String>();
     let fetcher = tokio::spawn(fetch_logs(
         obs.clone(),
@@ -333,69 +331,88 @@ pub async fn spawn_head_follower(
         address.to_string(),
         logs_rx,
     ));
-    let mut answered = 0;
-    while answered < 2 {
-        let frame = tokio::time::timeout(CALL_TIMEOUT, socket.next())
-            .await
-            .map_err(|_| "no answer to eth_chainId / eth_subscribe".to_string())?;
-        let Some(Ok(Message::Text(text))) = frame else {
-            continue;
-        };
-        let m: Value = serde_json::from_str(text.as_str()).map_err(|e| e.to_string())?;
-        match m["id"].as_u64() {
-            Some(1) if hex_u64(&m["result"]) == Some(chain_id) => answered += 1,
-            Some(2) if m["result"].is_string() => answered += 1,
-            Some(_) => return Err(format!("dial answer: {m}")),
-            None => {}
-        }
-    }
     Ok(tokio::spawn(async move {
-        loop {
-            let frame = tokio::select! {
-                f = socket.next() => f,
-                _ = stop.changed() => break,
-            };
-            match frame {
-                Some(Ok(Message::Text(text))) => {
-                    let m: Value = serde_json::from_str(text.as_str()).unwrap_or(Value::Null);
-                    let r = &m["params"]["result"];
-                    match (
-                        hex_u64(&r["number"]),
-                        r["hash"].as_str(),
-                        r["parentHash"].as_str(),
-                    ) {
-                        (Some(n), Some(h), Some(p)) => {
-                            let hash = h.to_lowercase();
-                            obs.head(Head {
-                                n,
-                                hash: hash.clone(),
-                                parent: p.to_lowercase(),
-                            });
-                            let _ = logs_tx.send(hash);
-                        }
-                        _ => obs.with(|l| l.head_violations.push(format!("odd frame {m}"))),
-                    }
-                }
-                Some(Ok(Message::Close(c))) => {
-                    obs.with(|l| l.head_violations.push(format!("WebSocket closed: {c:?}")));
-                    break;
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    obs.with(|l| l.head_violations.push(format!("WebSocket error: {e}")));
-                    break;
-                }
-                None => {
-                    obs.with(|l| l.head_violations.push("WebSocket ended".to_string()));
-                    break;
-                }
-            }
-        }
+        follow_heads(&obs, &mut socket, &logs_tx, stop).await;
         drop(logs_tx);
         // The logs of the last heads are still being fetched; bounded by the fetcher's retries.
         let _ = tokio::time::timeout(Duration::from_secs(30), fetcher).await;
         let _ = socket.close(None).await;
     }))
+}
+
+/// One call on the socket before any subscription exists: the answer's `result`.
+async fn ws_call(socket: &mut Socket, method: &str, params: Value) -> Result<Value, String> {
+    let call = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    socket
+        .send(Message::text(call.to_string()))
+        .await
+        .map_err(|e| format!("{method}: {e}"))?;
+    loop {
+        let frame = tokio::time::timeout(CALL_TIMEOUT, socket.next())
+            .await
+            .map_err(|_| format!("{method}: no answer within {CALL_TIMEOUT:?}"))?;
+        match frame {
+            Some(Ok(Message::Text(text))) => {
+                let m: Value = serde_json::from_str(text.as_str())
+                    .map_err(|e| format!("{method}: answer not JSON ({e}): {text}"))?;
+                return m
+                    .get("result")
+                    .cloned()
+                    .ok_or_else(|| format!("{method}: {m}"));
+            }
+            Some(Ok(Message::Close(c))) => return Err(format!("{method}: socket closed {c:?}")),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(format!("{method}: {e}")),
+            None => return Err(format!("{method}: socket ended")),
+        }
+    }
+}
+
+/// Reads newHeads notifications until `stop`, recording each head and queueing its logs.
+async fn follow_heads(
+    obs: &Observer,
+    socket: &mut Socket,
+    logs: &mpsc::UnboundedSender<String>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let frame = tokio::select! {
+            f = socket.next() => f,
+            _ = stop.changed() => return,
+        };
+        let problem = match frame {
+            Some(Ok(Message::Text(text))) => {
+                let m: Value = serde_json::from_str(text.as_str()).unwrap_or(Value::Null);
+                let r = &m["params"]["result"];
+                match (
+                    hex_u64(&r["number"]),
+                    r["hash"].as_str(),
+                    r["parentHash"].as_str(),
+                ) {
+                    (Some(n), Some(h), Some(p)) => {
+                        let hash = h.to_lowercase();
+                        obs.head(Head {
+                            n,
+                            hash: hash.clone(),
+                            parent: p.to_lowercase(),
+                        });
+                        let _ = logs.send(hash);
+                        continue;
+                    }
+                    _ => {
+                        obs.with(|l| l.head_violations.push(format!("odd frame {m}")));
+                        continue;
+                    }
+                }
+            }
+            Some(Ok(Message::Close(c))) => format!("WebSocket closed: {c:?}"),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => format!("WebSocket error: {e}"),
+            None => "WebSocket ended".to_string(),
+        };
+        obs.with(|l| l.head_violations.push(problem));
+        return;
+    }
 }
 
 const LOG_ATTEMPTS: usize = 5;

@@ -220,6 +220,8 @@ pub struct Devnet {
     pids: StdMutex<Vec<u32>>,
     http: Http,
     inner: tokio::sync::Mutex<Inner>,
+    /// Hashes of blocks some node had that are not canonical (see [`Devnet::orphans`]).
+    orphans: StdMutex<HashSet<String>>,
 }
 
 impl Devnet {
@@ -266,6 +268,7 @@ impl Devnet {
             ws_urls,
             pids: StdMutex::new(pids),
             http: Http::default(),
+            orphans: StdMutex::new(HashSet::new()),
             inner: tokio::sync::Mutex::new(Inner {
                 nodes,
                 chain: Vec::new(),
@@ -483,8 +486,28 @@ impl Devnet {
         for k in 1..=blocks {
             let ts = self.cfg.t0 + self.cfg.spacing * (head + k) + 1;
             self.call(i, "evm_mine", json!([ts])).await?;
+            let b = self.block_by_number(i, head + k).await?;
+            self.orphan(&str_of(&b["hash"]));
         }
         Ok(())
+    }
+
+    /// Hashes of every block that was on some node but is not canonical: the blocks of
+    /// `diverge` branches, and follower blocks that came out different and were rolled back
+    /// by the repair of `mine`/`catch_up` (a one-block reorg on that node, which a client
+    /// reading the node at that moment may have seen).
+    pub fn orphans(&self) -> HashSet<String> {
+        self.orphans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn orphan(&self, hash: &str) {
+        self.orphans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(hash.to_lowercase());
     }
 
     /// Brings a paused (or diverged) node back onto the canonical chain: rolls back any block
@@ -979,6 +1002,7 @@ impl Devnet {
                 self.resend(i, saved).await?;
                 return Ok(attempt > 0);
             }
+            self.orphan(&last_hash);
             trace!(
                 "anvil{i} block {} attempt {attempt}: got {:?} want {:?}",
                 rec.number,

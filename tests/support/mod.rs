@@ -1,6 +1,7 @@
 //! Shared test support: each integration test crate uses only part of it.
 #![allow(dead_code)]
 
+pub mod chainlink;
 pub mod devnet;
 pub mod e2e;
 pub mod mock;

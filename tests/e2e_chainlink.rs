@@ -392,13 +392,10 @@ async fn issue_scenario(slots: u64) {
 /// the head than the lag (3): fast finality, as on chains where `finalized` follows the head
 /// within a block or two. The served `safe` and `finalized` blocks are then above the head of
 /// every node left, so ethgate pins the tag to the served number, every node answers `null`
-/// for that number, and the client gets `null` for `eth_getBlockByNumber("safe")` and
-/// `("finalized")` until the nodes catch up — although ethgate keeps the very block object it
-/// served under each tag (the copy it already answers `latest` from in this window).
+/// for that number; the client must not get `null` for `eth_getBlockByNumber("safe")` and
+/// `("finalized")` until the nodes catch up — unless it answers with the very block object it
+/// served under each tag, as it does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "product bug (router, src/router.rs settle + consistency.rs judge): a pinned \
-            safe/finalized read that every upstream answers with null is returned as null \
-            instead of the kept block served under the tag; lead to fix in src"]
 async fn fast_finality_tags_stay_answered_while_every_node_left_is_below_them() {
     if !deps_present(
         "fast_finality_tags_stay_answered_while_every_node_left_is_below_them",

@@ -156,18 +156,22 @@ impl Plan {
         answer: &UpstreamResponse<'_>,
         marks: &Marks,
     ) -> Verdict {
-        if let Some((_, message)) = answer.error_summary() {
-            return if crate::policy::is_missing_data(&message) {
-                Verdict::Lacking
-            } else {
-                Verdict::Fine
-            };
+        let lacking = match answer.error_summary() {
+            Some((_, message)) if crate::policy::is_missing_data(&message) => true,
+            Some(_) => return Verdict::Fine,
+            None => answer.result.is_none_or(|r| r.get() == "null"),
+        };
+        match (self.uses[i], lacking) {
+            // The tag was pinned to the served block: an upstream without it is behind that
+            // mark, and if all are, the client gets the served block (or -32002), never null.
+            (Use::BlockByTag { tag, .. }, true) if pinned => return Verdict::Behind(tag),
+            (_, true) if answer.error_summary().is_some() => return Verdict::Lacking,
+            _ => {}
         }
         let result = answer.result.filter(|r| r.get() != "null");
         match (self.uses[i], result) {
             (Use::ByNumber(n), None) if n <= self.known_head => Verdict::Lacking,
             (Use::ByHash, None) => Verdict::Lacking,
-            (Use::BlockByTag { .. }, None) if pinned => Verdict::Lacking,
             (Use::BlockByTag { .. }, _) if pinned => Verdict::Fine,
             (Use::BlockNumber, Some(result)) => match tags::quantity(result) {
                 Some(n) => self.observed(Tag::Latest, n, None),

@@ -251,3 +251,26 @@ fn observed_values_raise_the_marks_and_keep_the_block() {
         Some(r#"{"number":"0x40"}"#)
     );
 }
+
+#[test]
+fn a_pinned_tag_read_an_upstream_cannot_serve_is_behind_never_null() {
+    let set = upstreams(&[(15, Some(14), Some(13))]);
+    let marks = Marks::default();
+    marks.observe(Tag::Latest, 18);
+    marks.observe(Tag::Safe, 17);
+    let safe = raw(r#"["safe",false]"#);
+    let c = call("eth_getBlockByNumber", Some(&safe));
+    let plan = Plan::new(&[&c], &marks, &set, 5);
+    let null = answer(r#"{"id":0,"result":null}"#);
+    assert_eq!(
+        plan.judge(0, true, &null, &marks),
+        Verdict::Behind(Tag::Safe)
+    );
+    let missing = answer(r#"{"id":0,"error":{"code":-32000,"message":"header not found"}}"#);
+    assert_eq!(
+        plan.judge(0, true, &missing, &marks),
+        Verdict::Behind(Tag::Safe)
+    );
+    // Unpinned, a null tagged block is simply relayed.
+    assert_eq!(plan.judge(0, false, &null, &marks), Verdict::Fine);
+}

@@ -4,6 +4,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::v2::{crc32c_zeroed, PP2_TYPE_CRC32C, SIGNATURE as V2_SIGNATURE};
 use super::*;
 
 fn sock(ip: &str, port: u16) -> SocketAddr {

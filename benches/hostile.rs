@@ -19,6 +19,7 @@
 //! RSS figures are this whole process's (ethgate, backend and clients; the clients share
 //! one bomb body). Nothing is asserted: the bench prints a table and exits 0 unless it breaks.
 //! `cargo test --all-targets` builds it and runs it without `--bench`, which only prints a line.
+#![forbid(unsafe_code)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

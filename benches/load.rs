@@ -20,6 +20,7 @@
 //!
 //! `cargo test --all-targets` builds this target and runs it without `--bench`; it then
 //! prints one line and exits at once, so the test suite is not slowed.
+#![forbid(unsafe_code)]
 
 use std::convert::Infallible;
 use std::fmt::Write as _;

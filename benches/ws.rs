@@ -27,6 +27,7 @@
 //!
 //! `cargo test --all-targets` builds this target and runs it without `--bench`; it then prints
 //! one line and exits at once.
+#![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::convert::Infallible;

@@ -1,4 +1,5 @@
 //! The `ethgate` binary: CLI, logging, runtime, exit codes.
+#![forbid(unsafe_code)]
 
 mod check;
 

@@ -1,6 +1,7 @@
 //! Fuzzes the client request decoder: it must never panic, never accept a batch longer than
 //! the limit, and every call or rejection it returns carries an id of a type ids may have.
 #![no_main]
+#![forbid(unsafe_code)]
 
 use ethgate::jsonrpc::{decode, Incoming};
 use libfuzzer_sys::fuzz_target;

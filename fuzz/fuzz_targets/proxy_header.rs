@@ -2,6 +2,7 @@
 //! themselves on prefixes and re-parses, which is what `read_header` relies on when it peeks at a
 //! header that arrives in pieces.
 #![no_main]
+#![forbid(unsafe_code)]
 
 use ethgate::server::proxy_protocol::{parse, Parsed, MAX_HEADER_LEN};
 use libfuzzer_sys::fuzz_target;

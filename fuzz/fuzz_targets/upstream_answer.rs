@@ -3,6 +3,7 @@
 //! panic, and what it accepts must be one JSON response per call that carries the client's id
 //! byte for byte.
 #![no_main]
+#![forbid(unsafe_code)]
 
 use ethgate::jsonrpc::{decode, Call, Incoming};
 use ethgate::router::splice;

@@ -18,11 +18,11 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::connection::ConnectionCount;
 use crate::frontend::http::{plain, HttpResponse};
 use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::server::write_timeout::WriteTimeout;
-use crate::server::ConnectionCount;
 use crate::subscription::Kind;
 use crate::watch::Balances;
 

@@ -25,6 +25,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod connection;
 pub mod frontend;
 pub mod jsonrpc;
 pub mod metrics;
@@ -123,7 +124,7 @@ impl Server {
             reloads: (_, reload_requests),
         } = self;
         // 1. Shared state.
-        let drain = server::Drain::default();
+        let drain = shutdown::Drain::default();
         let state = Arc::new(state::State::new(&config, tls, drain.clone()));
         log_access(&config);
 
@@ -179,7 +180,7 @@ impl Server {
 /// Marks the server as draining (`/readyz` 503) and waits `delay` while the accept loops, which
 /// run as their own tasks, go on serving: the load balancer's health checks see the 503 and
 /// stop sending new connections before the port closes.
-async fn drain_delay(drain: &server::Drain, delay: std::time::Duration) {
+async fn drain_delay(drain: &shutdown::Drain, delay: std::time::Duration) {
     drain.draining.cancel();
     if delay.is_zero() {
         return;

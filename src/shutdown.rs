@@ -1,4 +1,24 @@
-//! Process signals that end serving.
+//! How the process winds down: the signals that end serving, and the tokens every
+//! connection, session and background task watches, from the first SIGTERM to the forced
+//! close. A leaf: it imports nothing from the crate.
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How connections and WebSocket sessions are wound down on shutdown.
+#[derive(Clone, Default)]
+pub struct Drain {
+    /// Cancelled on SIGTERM, `drain_delay` before `shutdown`: `/readyz` answers 503 so load
+    /// balancers stop sending new connections, while the port still accepts and serves them,
+    /// and HTTP answers carry `Connection: close` so keep-alive clients reconnect elsewhere.
+    pub draining: CancellationToken,
+    /// Cancelled when shutdown starts: stop accepting, finish in-flight work.
+    pub shutdown: CancellationToken,
+    /// Cancelled when the grace period expires: close whatever is still open.
+    pub force_close: CancellationToken,
+    /// Every connection and session task, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+}
 
 /// Completes on the first SIGINT or SIGTERM.
 pub async fn signal() {

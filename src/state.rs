@@ -19,7 +19,7 @@ pub(crate) struct State {
     pub frontend: Arc<frontend::Frontend>,
     pub access: Arc<ArcSwap<server::access::Access>>,
     pub tls: Option<Arc<server::tls::Tls>>,
-    pub connections: Arc<server::ConnectionCount>,
+    pub connections: Arc<crate::connection::ConnectionCount>,
     pub balances: Arc<ArcSwap<watch::Balances>>,
     /// Stops the probers of the current upstream set (replaced on reload).
     pub probers: Mutex<CancellationToken>,
@@ -28,7 +28,11 @@ pub(crate) struct State {
 }
 
 impl State {
-    pub fn new(config: &Config, tls: Option<Arc<server::tls::Tls>>, drain: server::Drain) -> State {
+    pub fn new(
+        config: &Config,
+        tls: Option<Arc<server::tls::Tls>>,
+        drain: crate::shutdown::Drain,
+    ) -> State {
         let metrics = Arc::new(metrics::Metrics::new());
         let upstreams = Arc::new(upstream::Upstreams::new(config, metrics.clone()));
         let router = Arc::new(
@@ -63,7 +67,7 @@ impl State {
                 &config.access,
             ))),
             tls,
-            connections: Arc::new(server::ConnectionCount::default()),
+            connections: Arc::new(crate::connection::ConnectionCount::default()),
             balances: Arc::new(ArcSwap::from_pointee(watch::Balances::new(&config.watch))),
             probers: Mutex::new(CancellationToken::new()),
             watchers: Mutex::new(CancellationToken::new()),

@@ -10,20 +10,24 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
 use super::Frontend;
+use crate::connection::ConnectionGuard;
 
 /// Response type of every client-port handler.
 pub type HttpResponse = Response<Full<Bytes>>;
 
 /// Answers one HTTP request on the client port.
+/// `connection` is the connection's place in `max_connections`, which a WebSocket session
+/// keeps for as long as it lives.
 pub async fn handle(
     frontend: Arc<Frontend>,
     request: Request<Incoming>,
+    connection: Arc<ConnectionGuard>,
 ) -> Result<HttpResponse, Infallible> {
     let response = match *request.method() {
         Method::POST => rpc(&frontend, request).await,
         // A body-less GET is what load balancers send as a health check; geth answers 200.
         Method::GET if !is_websocket_upgrade(&request) => plain(StatusCode::OK, ""),
-        Method::GET => super::ws::upgrade(frontend, request),
+        Method::GET => super::ws::upgrade(frontend, request, connection),
         Method::OPTIONS => {
             let mut response = plain(StatusCode::NO_CONTENT, "");
             response.headers_mut().insert(

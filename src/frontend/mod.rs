@@ -32,7 +32,7 @@ pub struct Frontend {
     /// Outgoing queue bounds of each WebSocket session.
     pub ws_queue: crate::subscription::QueueLimits,
     /// How sessions are wound down on shutdown.
-    pub drain: crate::server::Drain,
+    pub drain: crate::shutdown::Drain,
 }
 
 /// The transport a request came on, and for WebSocket the session it belongs to.

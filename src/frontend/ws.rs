@@ -18,7 +18,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::http::{plain, HttpResponse};
 use super::{Frontend, Transport};
-use crate::server::ConnectionGuard;
+use crate::connection::ConnectionGuard;
 use crate::subscription::SessionHandle;
 
 /// Calls of one session answered concurrently; more wait, which pauses reading.
@@ -35,7 +35,11 @@ const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 const SHUTTING_DOWN: (u16, &str) = (1001, "server shutting down");
 
 /// Answers a WebSocket upgrade request and starts the session once hyper hands over the socket.
-pub fn upgrade(frontend: Arc<Frontend>, request: Request<Incoming>) -> HttpResponse {
+pub fn upgrade(
+    frontend: Arc<Frontend>,
+    request: Request<Incoming>,
+    connection: Arc<ConnectionGuard>,
+) -> HttpResponse {
     let key = request
         .headers()
         .get(header::SEC_WEBSOCKET_KEY)
@@ -52,7 +56,6 @@ pub fn upgrade(frontend: Arc<Frontend>, request: Request<Incoming>) -> HttpRespo
     };
     // The upgraded socket outlives hyper's connection task: the session holds the connection's
     // place in `max_connections` and in the open-connection count until it ends.
-    let connection = request.extensions().get::<Arc<ConnectionGuard>>().cloned();
     let tracker = frontend.drain.tracker.clone();
     tracker.spawn(async move {
         let _connection = connection;

@@ -11,7 +11,6 @@ pub mod write_timeout;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,30 +21,16 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::config::ServerConfig;
+use crate::connection::{ConnectionCount, ConnectionGuard};
 use crate::frontend::http::HttpResponse;
 use crate::frontend::{self, Frontend};
+use crate::shutdown::Drain;
 use access::Access;
 use tls::Tls;
-
-/// How connections and WebSocket sessions are wound down on shutdown.
-#[derive(Clone, Default)]
-pub struct Drain {
-    /// Cancelled on SIGTERM, `drain_delay` before `shutdown`: `/readyz` answers 503 so load
-    /// balancers stop sending new connections, while the port still accepts and serves them,
-    /// and HTTP answers carry `Connection: close` so keep-alive clients reconnect elsewhere.
-    pub draining: CancellationToken,
-    /// Cancelled when shutdown starts: stop accepting, finish in-flight work.
-    pub shutdown: CancellationToken,
-    /// Cancelled when the grace period expires: close whatever is still open.
-    pub force_close: CancellationToken,
-    /// Every connection and session task, so shutdown can wait for them.
-    pub tracker: TaskTracker,
-}
 
 /// TCP keepalive on client sockets: a peer that vanished without a FIN or RST (a half-open
 /// WebSocket client, a crashed host) is found out after about `IDLE + INTERVAL * RETRIES`
@@ -59,41 +44,6 @@ const HANDSHAKE_WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Back-off after a failed accept (e.g. out of file descriptors), so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
-
-/// Open client connections, for /status.
-#[derive(Debug, Default)]
-pub struct ConnectionCount(AtomicUsize);
-
-impl ConnectionCount {
-    /// Current number of open client connections.
-    pub fn get(&self) -> usize {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// One client connection's place in `max_connections` and in the open count; released when
-/// the last holder (the connection task, or a WebSocket session after an upgrade) drops it.
-#[derive(Debug)]
-pub struct ConnectionGuard {
-    count: Arc<ConnectionCount>,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl ConnectionGuard {
-    fn new(count: Arc<ConnectionCount>, permit: OwnedSemaphorePermit) -> Self {
-        count.0.fetch_add(1, Ordering::Relaxed);
-        ConnectionGuard {
-            count,
-            _permit: permit,
-        }
-    }
-}
-
-impl Drop for ConnectionGuard {
-    fn drop(&mut self) {
-        self.count.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 /// Everything the accept loops need.
 pub struct ClientPort {
@@ -276,7 +226,7 @@ impl Settings {
             client,
             guard,
         } = peer;
-        let service = service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+        let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
             // The access log is debug only: the client address is worked out only then.
             if tracing::enabled!(tracing::Level::DEBUG) {
                 let client = access
@@ -286,8 +236,7 @@ impl Settings {
                 tracing::debug!(%client, method = %request.method(), path, "request");
             }
             // A WebSocket upgrade takes the guard along, since the socket outlives this task.
-            request.extensions_mut().insert(guard.clone());
-            let answer = frontend::http::handle(frontend.clone(), request);
+            let answer = frontend::http::handle(frontend.clone(), request, guard.clone());
             let draining = draining.clone();
             async move { Ok::<_, Infallible>(close_if_draining(answer.await?, &draining)) }
         });

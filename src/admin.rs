@@ -133,7 +133,10 @@ impl Admin {
             "/readyz" => plain(StatusCode::SERVICE_UNAVAILABLE, "no upstream in rotation"),
             "/status" => typed(self.status().to_string(), "application/json"),
             "/metrics" => {
-                let mut text = self.metrics.render(&self.router.upstreams());
+                let mut text = self.metrics.render();
+                let upstreams = self.router.upstreams();
+                crate::upstream::metrics::render(&mut text, &upstreams);
+                crate::upstream::metrics::render_requests(&mut text, &upstreams);
                 self.balances.load().render(&mut text);
                 self.render_subscriptions(&mut text);
                 typed(text, "text/plain; version=0.0.4")

@@ -26,6 +26,7 @@
 pub mod admin;
 pub mod config;
 pub mod connection;
+pub mod descriptors;
 pub mod frontend;
 pub mod jsonrpc;
 pub mod metrics;
@@ -67,7 +68,7 @@ impl Server {
     /// the TLS material, so every start-up error surfaces before serving.
     pub async fn bind(config: Config) -> anyhow::Result<Server> {
         // Before any socket exists, so every connection counts against the raised limit.
-        server::descriptors::raise_and_check(&config);
+        descriptors::raise_and_check(&config);
         let tls = match &config.server.tls {
             Some(tls) => Some(Arc::new(server::tls::Tls::load(tls)?)),
             None => None,

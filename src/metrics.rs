@@ -5,10 +5,6 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::upstream::Upstreams;
-
-mod upstreams;
-
 /// Method names that get their own label (sorted: looked up by binary search); anything else
 /// is `other`.
 const KNOWN_METHODS: &[&str] = &[
@@ -234,12 +230,11 @@ impl Metrics {
         self.duplicates_dropped.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Renders the Prometheus text exposition.
-    pub fn render(&self, upstreams: &Upstreams) -> String {
+    /// Renders these metrics in the Prometheus text format (the admin port adds the
+    /// per-upstream series, which `upstream` renders itself).
+    pub fn render(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);
         self.render_requests(&mut out);
-        upstreams::render(&mut out, upstreams);
-        upstreams::render_requests(&mut out, upstreams);
         header(
             &mut out,
             "ethgate_failovers_total",
@@ -370,7 +365,8 @@ impl Metrics {
     }
 }
 
-pub(crate) fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+/// Writes the `# HELP` and `# TYPE` lines of one metric family.
+pub fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 

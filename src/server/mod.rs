@@ -3,7 +3,6 @@
 //! HTTP/1 connection per socket, drained gracefully on shutdown.
 
 pub mod access;
-pub mod descriptors;
 pub mod handshake;
 pub mod proxy_protocol;
 pub mod tls;

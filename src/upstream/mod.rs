@@ -3,6 +3,7 @@
 
 pub mod health;
 pub mod http;
+pub mod metrics;
 pub mod probe;
 mod reload;
 mod rotation;

@@ -2,9 +2,9 @@
 
 use std::fmt::Write;
 
-use super::header;
-use crate::upstream::health::State;
-use crate::upstream::{Upstreams, ATTEMPT_RESULTS};
+use super::health::State;
+use super::{Upstreams, ATTEMPT_RESULTS};
+use crate::metrics::header;
 
 const STATES: [State; 6] = [
     State::Healthy,
@@ -68,7 +68,7 @@ pub fn render(out: &mut String, upstreams: &Upstreams) {
 /// numbers; an upstream that never reported a tag has no series (0 would read as a real
 /// block and trip lag alerts).
 fn render_tag_blocks(out: &mut String, upstreams: &Upstreams) {
-    type Tagged = fn(&crate::upstream::Upstream) -> Option<u64>;
+    type Tagged = fn(&super::Upstream) -> Option<u64>;
     let series: [(&str, &str, Tagged); 2] = [
         (
             "ethgate_upstream_safe_block",

@@ -7,20 +7,35 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: raw TOML structs validated into a typed [`config::Config`].
-//! - [`server`]: the client port (connection limit, allowlist, TLS, graceful drain).
+//! The path of a call, and the module that owns each step:
+//!
+//! ```text
+//! accept ─► allowlist ─► [PROXY] ─► [TLS] ─► hyper ─┬─► POST ─► decode ─► deny/local ─► router ─► upstream
+//! server    server::access  ::proxy_protocol ::tls  frontend::http   jsonrpc  policy, frontend  router   upstream
+//!                                                   └─► WS upgrade ─► session ─┬─► calls: same path as POST
+//!                                                       frontend::ws           └─► eth_subscribe ─► subscription (hub)
+//! upstream heads ─► subscription::feed ─► chain view, logs ─► hub ─► each session's bounded queue
+//! health probes (upstream::probe) ─► upstream state ─► rotation, which routing and the feed follow
+//! ```
+//!
+//! Modules, each using only those listed after it (leaves use nothing from the crate; a test,
+//! `tests/architecture.rs`, keeps the graph free of cycles):
+//!
+//! - [`admin`]: `/healthz`, `/readyz`, `/status`, `/metrics` (composes every module's series).
+//! - [`server`]: the client port (connection limit, allowlist, PROXY header, TLS, drain).
 //! - [`frontend`]: HTTP and WebSocket handling, JSON-RPC dispatch, local answers, batches.
-//! - [`jsonrpc`]: framing: ids kept as raw bytes, upstream ids rewritten, answers spliced.
-//! - [`policy`]: deny list, write methods, "lacks the data" errors.
-//! - [`router`]: candidate order, attempts, failure classes and the retry decision; reads in
-//!   flight move when their upstream leaves rotation, and may be hedged.
-//! - [`upstream`]: upstream nodes, the shared HTTP pool, health probes and states.
-//! - [`subscription`]: hub, feed, canonical chain view, log filters.
-//! - [`admin`]: `/healthz`, `/readyz`, `/status`, `/metrics`.
-//! - [`metrics`]: atomic counters and their Prometheus rendering.
-//! - [`reload`]: applying a new config to a running server (SIGHUP).
-//! - [`shutdown`]: SIGINT/SIGTERM handling.
+//! - [`subscription`]: hub, feed, canonical chain view, log filters, the feed's sources.
 //! - [`watch`]: balance watch of the Chainlink node's addresses.
+//! - [`router`]: candidate order, attempts, failure classes and the retry decision; reads in
+//!   flight move when their upstream leaves rotation, and may be hedged; monotonic tags.
+//! - [`upstream`]: upstream nodes, the HTTP pool, health probes and states, their metrics.
+//! - [`reload`]: applying a new config to a running server (SIGHUP).
+//! - [`descriptors`]: the open-file limit raised and checked at start.
+//! - [`policy`]: deny list, write methods, "lacks the data" errors.
+//! - leaves: [`config`] (raw TOML validated into [`config::Config`]), [`jsonrpc`] (framing:
+//!   raw ids, rewritten upstream ids, spliced answers), [`metrics`] (atomic counters and the
+//!   text format), [`shutdown`] (signals and the drain tokens), [`connection`] (a client
+//!   connection's place in `max_connections`).
 #![forbid(unsafe_code)]
 
 pub mod admin;

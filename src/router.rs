@@ -21,6 +21,7 @@ mod consistency;
 pub mod marks;
 mod race;
 pub mod tags;
+mod txhash;
 
 use consistency::{Plan, Verdict};
 use marks::Marks;

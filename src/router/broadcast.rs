@@ -183,9 +183,30 @@ pub(super) fn choose(
             } else {
                 0
             };
-            answered[pick].rendered[i].take()
+            let reply = answered[pick].rendered[i].take();
+            let known_only = answered[pick].acceptance[i] == Acceptance::AlreadyKnown;
+            if known_only {
+                return already_known_as_success(calls[i]).or(reply);
+            }
+            reply
         })
         .collect::<Vec<Option<Reply>>>()
+}
+
+/// A send that no node took afresh but some already hold is accepted: the client gets the
+/// transaction's hash, as a first send would have answered, rather than an error that would
+/// make it resend or give up.
+fn already_known_as_success(call: &Call<'_>) -> Option<Reply> {
+    if call.method != "eth_sendRawTransaction" {
+        return None;
+    }
+    let (id, hash) = (call.id?, super::txhash::of_send_params(call.params)?);
+    let mut body = Vec::with_capacity(110);
+    crate::jsonrpc::encode_result(&mut body, id, &hash);
+    Some(Reply {
+        body,
+        is_error: false,
+    })
 }
 
 #[cfg(test)]
@@ -260,7 +281,34 @@ mod tests {
             ],
             true,
         );
-        assert_eq!(body(&picked, 0), "error already known");
+        assert_eq!(
+            body(&picked, 0),
+            "error already known",
+            "no raw transaction: as answered"
+        );
+    }
+
+    #[test]
+    fn a_send_only_known_already_is_answered_with_its_hash() {
+        let id = RawValue::from_string("7".into()).unwrap();
+        let raw = RawValue::from_string(r#"["0xf86c098504a817c800825208943535353535353535353535353535353535353535880de0b6b3a76400008025a028ef61340bd939bc2195fe537567866003e1a15d3c71ff63e1590620aa636276a067cbe9d8997f761aecb703304b3800ccf555c9f3dc64214b297fb1966a3b6d83"]"#.into()).unwrap();
+        let call = Call {
+            id: Some(&id),
+            method: "eth_sendRawTransaction".into(),
+            params: Some(&raw),
+        };
+        let picked = choose(
+            &[&call],
+            vec![
+                answer(&[("error underpriced", Refused)]),
+                answer(&[("error already known", AlreadyKnown)]),
+            ],
+            true,
+        );
+        assert_eq!(
+            body(&picked, 0),
+            r#"{"jsonrpc":"2.0","id":7,"result":"0x33469b22e9f636356c4160a87eb19df52b7412e8eac32a4a55ffe88ea8350788"}"#
+        );
     }
 
     #[test]

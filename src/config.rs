@@ -131,6 +131,45 @@ pub struct UpstreamConfig {
     pub ws: Option<http::Uri>,
     /// Lower is preferred.
     pub priority: u32,
+    /// TLS settings for `https://` and `wss://` endpoints.
+    pub tls: UpstreamTls,
+    /// Headers sent on every HTTP request and on the WebSocket handshake (URL userinfo
+    /// becomes an `Authorization: Basic` entry here). Debug output shows names only.
+    pub headers: Credentials,
+}
+
+impl UpstreamConfig {
+    /// Whether any endpoint is `https://` or `wss://`.
+    pub fn uses_tls(&self) -> bool {
+        [&self.http, &self.ws]
+            .into_iter()
+            .flatten()
+            .any(|u| matches!(u.scheme_str(), Some("https" | "wss")))
+    }
+}
+
+/// Per-upstream TLS files (PEM); verification against the system store is always on.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct UpstreamTls {
+    /// Extra CA certificate(s) trusted for this upstream, besides the system store.
+    pub ca: Option<PathBuf>,
+    /// Client certificate chain for mTLS.
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key.
+    pub key: Option<PathBuf>,
+}
+
+/// Header names and values for one upstream; the values are secrets.
+#[derive(Clone, PartialEq, Default)]
+pub struct Credentials(pub Vec<(String, String)>);
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Values are API keys and passwords: never printed.
+        f.debug_list()
+            .entries(self.0.iter().map(|(name, _)| format!("{name}: <redacted>")))
+            .finish()
+    }
 }
 
 /// `[admin]`.

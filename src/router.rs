@@ -187,16 +187,13 @@ impl Router {
     /// One attempt of `calls` on `upstream`, with tags pinned as the plan says.
     async fn attempt(
         &self,
-        upstreams: &Upstreams,
         upstream: &Upstream,
         calls: &[&Call<'_>],
         batch: bool,
         plan: &Plan,
     ) -> Result<Attempted, AttemptError> {
         let pins = plan.pins_for(calls, upstream);
-        let answer = self
-            .post(upstreams, upstream, encode(calls, &pins, batch))
-            .await?;
+        let answer = self.post(upstream, encode(calls, &pins, batch)).await?;
         render(&answer, calls, batch, |i, response| {
             plan.judge(i, pins[i].is_some(), response, &self.marks)
         })
@@ -204,19 +201,14 @@ impl Router {
     }
 
     /// POSTs `body` to `upstream` within the request budget.
-    async fn post(
-        &self,
-        upstreams: &Upstreams,
-        upstream: &Upstream,
-        body: Bytes,
-    ) -> Result<Bytes, AttemptError> {
+    async fn post(&self, upstream: &Upstream, body: Bytes) -> Result<Bytes, AttemptError> {
         let uri = upstream
             .config
             .http
             .as_ref()
             .ok_or_else(|| SendError::NotSent("no http endpoint".into()))?;
         Ok(
-            timeout(self.request_timeout, upstreams.pool().post(uri, body))
+            timeout(self.request_timeout, upstream.pool().post(uri, body))
                 .await
                 .map_err(|_| AttemptError::Timeout(self.request_timeout))??,
         )

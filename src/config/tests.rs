@@ -93,13 +93,6 @@ fn websocket_only_upstream_is_refused_until_calls_go_over_ws() {
 }
 
 #[test]
-fn tls_to_upstreams_is_refused_with_a_reason() {
-    let problems = errors("[[upstream]]\nname = \"a\"\nhttp = \"https://x\"\nws = \"wss://x\"");
-    assert_eq!(problems.len(), 2, "{problems:?}");
-    assert!(problems[0].contains("not supported yet"), "{problems:?}");
-}
-
-#[test]
 fn invalid_upstream_url_names_the_key() {
     let problems = errors("[[upstream]]\nname = \"a\"\nhttp = \"ftp://x\"\n[[upstream]]\nname = \"b\"\nhttp = \"http://x\"\nws = \"http://y\"");
     assert!(

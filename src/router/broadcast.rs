@@ -120,7 +120,7 @@ async fn send_once(
     let upstream = &upstreams.all()[index];
     let started = tokio::time::Instant::now();
     let outcome = match &upstream.config.http {
-        Some(uri) => match timeout(request_timeout, upstreams.pool().post(uri, body)).await {
+        Some(uri) => match timeout(request_timeout, upstream.pool().post(uri, body)).await {
             Ok(answer) => answer.map_err(AttemptError::Send),
             Err(_) => Err(AttemptError::Timeout(request_timeout)),
         },

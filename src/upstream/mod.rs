@@ -1,11 +1,13 @@
 //! Upstream Ethereum nodes: one [`Upstream`] per configured node and the [`Upstreams`] set
 //! that holds their health model and publishes, through atomics, which ones are in rotation.
 
+pub mod dial;
 pub mod health;
 pub mod http;
 pub mod probe;
 mod reload;
 mod rotation;
+pub mod tls;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -55,13 +57,16 @@ pub struct Upstream {
     latency: crate::metrics::Histogram,
     /// `None` while in rotation, else why not: calls in flight here wait on it to move away.
     rotation: watch::Sender<Option<Arc<str>>>,
+    /// This upstream's own HTTP pool: its TLS settings and headers are its own.
+    pool: HttpPool,
 }
 
 impl Upstream {
-    fn new(index: usize, config: UpstreamConfig) -> Self {
+    fn new(index: usize, config: UpstreamConfig, pool: HttpPool) -> Self {
         Upstream {
             index,
             config,
+            pool,
             state: AtomicU8::new(State::Unreachable as u8),
             head: AtomicU64::new(0),
             safe: AtomicU64::new(0),
@@ -73,6 +78,11 @@ impl Upstream {
             latency: Default::default(),
             rotation: watch::Sender::new(Some("not probed yet".into())),
         }
+    }
+
+    /// The HTTP pool that carries this upstream's calls and probes.
+    pub fn pool(&self) -> &HttpPool {
+        &self.pool
     }
 
     /// Counts one attempt with an outcome from [`ATTEMPT_RESULTS`].
@@ -183,18 +193,22 @@ pub struct Upstreams {
     /// False until the start-up probe round is over, so the first upstream to answer is not
     /// selected over a preferred one that answers a moment later.
     started: std::sync::atomic::AtomicBool,
-    pool: HttpPool,
     metrics: Arc<Metrics>,
 }
 
 impl Upstreams {
     /// Builds the set from a validated config; nothing is in rotation until probed.
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Self {
+        let connect_timeout = (config.server.request_timeout / 2).min(Duration::from_secs(5));
+        let max_response_bytes = config.server.max_response_bytes;
         let list: Vec<Arc<Upstream>> = config
             .upstreams
             .iter()
             .enumerate()
-            .map(|(index, u)| Arc::new(Upstream::new(index, u.clone())))
+            .map(|(index, u)| {
+                let pool = HttpPool::for_upstream(connect_timeout, max_response_bytes, u);
+                Arc::new(Upstream::new(index, u.clone(), pool))
+            })
             .collect();
         let mut by_priority: Vec<usize> = (0..list.len()).collect();
         by_priority.sort_by_key(|&i| (list[i].config.priority, i));
@@ -203,7 +217,6 @@ impl Upstreams {
             let _ = expected_chain_id.set(id);
         }
         let now = Instant::now();
-        let connect_timeout = (config.server.request_timeout / 2).min(Duration::from_secs(5));
         Upstreams {
             facts: Mutex::new(list.iter().map(|_| Facts::new(now)).collect()),
             list,
@@ -212,7 +225,6 @@ impl Upstreams {
             expected_chain_id,
             selected: AtomicUsize::new(NONE_SELECTED),
             started: std::sync::atomic::AtomicBool::new(false),
-            pool: HttpPool::new(connect_timeout, config.server.max_response_bytes),
             metrics,
         }
     }
@@ -225,11 +237,6 @@ impl Upstreams {
     /// Upstream indexes in priority order.
     pub fn priority_order(&self) -> &[usize] {
         &self.by_priority
-    }
-
-    /// The shared HTTP pool.
-    pub fn pool(&self) -> &HttpPool {
-        &self.pool
     }
 
     /// The chain id every upstream must report, once known.

@@ -69,7 +69,12 @@ pub async fn probe_and_record(upstreams: &Upstreams, index: usize, with_tags: bo
     let started = Instant::now();
     let outcome = match &upstream.config.http {
         Some(uri) => {
-            match timeout(upstreams.health.timeout, probe(upstreams, uri, with_tags)).await {
+            match timeout(
+                upstreams.health.timeout,
+                probe(upstream.pool(), uri, with_tags),
+            )
+            .await
+            {
                 Ok(outcome) => outcome,
                 Err(_) => Err(format!(
                     "probe timed out after {:?}",
@@ -82,14 +87,13 @@ pub async fn probe_and_record(upstreams: &Upstreams, index: usize, with_tags: bo
     upstreams.record_probe(index, outcome, started.elapsed());
 }
 
-async fn probe(upstreams: &Upstreams, uri: &http::Uri, with_tags: bool) -> Result<Report, String> {
+async fn probe(pool: &super::HttpPool, uri: &http::Uri, with_tags: bool) -> Result<Report, String> {
     let body = if with_tags {
         PROBE_WITH_TAGS_BODY
     } else {
         PROBE_BODY
     };
-    let answer = upstreams
-        .pool
+    let answer = pool
         .post(uri, Bytes::from_static(body.as_bytes()))
         .await
         .map_err(|e| e.to_string())?;

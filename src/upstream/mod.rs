@@ -332,6 +332,14 @@ impl Upstreams {
         }
     }
 
+    /// The last probe error of upstream `index` while it is unreachable (for /status).
+    pub fn unreachable_reason(&self, index: usize) -> Option<String> {
+        if self.list.get(index)?.state() != State::Unreachable {
+            return None;
+        }
+        self.lock_facts().get(index)?.last_error.clone()
+    }
+
     fn lock_facts(&self) -> std::sync::MutexGuard<'_, Vec<Facts>> {
         // A panic while holding the lock cannot leave the facts half-written in a way that
         // matters: every field is overwritten by the next probe.

@@ -57,8 +57,12 @@ fn describe(error: &tokio_tungstenite::tungstenite::Error) -> String {
             let mut text = other.to_string();
             let mut source = std::error::Error::source(other);
             while let Some(inner) = source {
-                text.push_str(": ");
-                text.push_str(&inner.to_string());
+                // tungstenite's messages often repeat their source already.
+                let inner_text = inner.to_string();
+                if !text.contains(&inner_text) {
+                    text.push_str(": ");
+                    text.push_str(&inner_text);
+                }
                 source = inner.source();
             }
             text

@@ -315,7 +315,18 @@ impl Upstreams {
                 me.latency = Some(rtt);
                 me.last_error = None;
             }
-            Err(error) => me.last_error = Some(error),
+            Err(error) => {
+                // An upstream starts unreachable, so failing from the start is no transition:
+                // its first failure gets the one line instead (a wrong CA, a typo in the URL).
+                if me.last_error.is_none() && me.chain.is_none() {
+                    tracing::warn!(
+                        upstream = self.list[index].name(),
+                        reason = %error,
+                        "upstream unreachable since start"
+                    );
+                }
+                me.last_error = Some(error);
+            }
         }
         me.reachable.record(ok, &self.health);
         self.publish(&facts, now);

@@ -5,7 +5,7 @@
 mod support;
 
 use serde_json::json;
-use support::mock::{result_of, Gateway, MockUpstream};
+use support::mock::{header, result_of, Gateway, MockUpstream};
 use support::process::TempDir;
 use support::tls_relay::{write_file, Ca, TlsRelay};
 use support::ws_client::WsClient;
@@ -15,6 +15,7 @@ const PATH_KEY: &str = "0123456789abcdef0123456789abcdef";
 
 /// `[server]`/`[health]` settings shared by the tests (fast probes).
 const HEAD: &str = "[server]\nlisten = \"127.0.0.1:0\"\nrequest_timeout = \"2s\"\ndrain_delay = \"0s\"\n\
+    subscription_grace = \"5s\"\n\
     [health]\ninterval = \"300ms\"\ntimeout = \"250ms\"\nfailure_threshold = 1\nrecovery_threshold = 1\n\
     [admin]\nlisten = \"127.0.0.1:0\"\n";
 
@@ -177,4 +178,49 @@ async fn an_expired_certificate_is_unreachable_with_the_reason_and_no_traffic() 
     assert_eq!(relay.handshakes_ok(), 0, "no request went through");
     assert!(relay.seen().is_empty());
     assert_eq!(mock.total_calls(), 0, "the node saw nothing");
+}
+
+#[tokio::test]
+async fn failover_from_a_plain_upstream_to_a_tls_one_keeps_subscriptions() {
+    let dir = TempDir::new("ethgate-upstream-tls-failover").expect("temp dir");
+    let ca = Ca::new("node-ca");
+    let (plain, tls) = (MockUpstream::start().await, MockUpstream::start().await);
+    plain.set_head(10);
+    tls.set_head(10);
+    let relay = TlsRelay::start(tls.addr().port(), &ca.issue("localhost"), None).await;
+    let ca_file = write_file(dir.path(), "ca.pem", &ca.pem());
+    let toml = format!(
+        "{HEAD}[[upstream]]\nname = \"own\"\nhttp = \"{}\"\nws = \"{}\"\npriority = 0\n\
+         [[upstream]]\nname = \"hosted\"\nhttp = \"https://localhost:{port}\"\n\
+         ws = \"wss://localhost:{port}\"\npriority = 1\ntls_ca = {ca:?}\n",
+        plain.http_url(),
+        plain.ws_url(),
+        port = relay.port(),
+        ca = ca_file.display().to_string()
+    );
+    let gw = Gateway::start_toml(&toml).await;
+    gw.wait_all_healthy().await;
+    plain.wait_for_calls("eth_subscribe", 1).await;
+    let mut client = WsClient::connect(&gw.ws_url()).await;
+    let id = client.subscribe(json!(["newHeads"])).await;
+    plain.emit_new_head(11);
+    assert_eq!(client.head_numbers(&id, 1).await, [11]);
+
+    tls.set_head(13);
+    plain.refuse().await;
+    tls.wait_for_calls("eth_subscribe", 1).await;
+    tls.notify("newHeads", header(11));
+    tls.emit_new_head(13);
+    assert_eq!(
+        client.head_numbers(&id, 2).await,
+        [12, 13],
+        "the same subscription continues from the TLS upstream, gap filled"
+    );
+    assert!(relay.handshakes_ok() >= 1, "the feed went through TLS");
+    let answer = gw.call("eth_blockNumber", json!([])).await;
+    assert_eq!(
+        result_of(&answer),
+        json!("0xd"),
+        "calls moved to the TLS upstream"
+    );
 }

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use ethgate::config::{Config, UpstreamConfig};
 use ethgate::upstream::dial::dial_ws;
-use ethgate::upstream::probe::{probe_endpoint, Report};
+use ethgate::upstream::probe::{probe_endpoint, probe_over, Report};
+use ethgate::upstream::ws::WsMux;
 use ethgate::upstream::HttpPool;
 
 pub fn check(path: &Path, probe: bool) -> ExitCode {
@@ -54,12 +55,20 @@ async fn probe_all(config: &Config) -> bool {
     for upstream in &config.upstreams {
         let started = Instant::now();
         let pool = HttpPool::for_upstream(timeout, config.server.max_response_bytes, upstream);
-        let http = match &upstream.http {
-            Some(uri) => tokio::time::timeout(timeout, probe_endpoint(&pool, uri))
-                .await
-                .unwrap_or_else(|_| Err(format!("timed out after {timeout:?}"))),
-            None => Err("no http endpoint".to_string()),
+        let probe = async {
+            match &upstream.http {
+                Some(uri) => probe_endpoint(&pool, uri).await,
+                // A WebSocket-only upstream is probed over its WebSocket, as ethgate would.
+                None => {
+                    let mux =
+                        WsMux::new(upstream.clone(), timeout, config.server.max_response_bytes);
+                    probe_over(|body| mux.post(body)).await
+                }
+            }
         };
+        let http = tokio::time::timeout(timeout, probe)
+            .await
+            .unwrap_or_else(|_| Err(format!("timed out after {timeout:?}")));
         let latency = started.elapsed();
         let ws = ws_handshake(upstream, timeout).await;
         let (line, good) = describe(upstream, &http, ws, latency, &mut expected);

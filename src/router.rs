@@ -202,16 +202,9 @@ impl Router {
 
     /// POSTs `body` to `upstream` within the request budget.
     async fn post(&self, upstream: &Upstream, body: Bytes) -> Result<Bytes, AttemptError> {
-        let uri = upstream
-            .config
-            .http
-            .as_ref()
-            .ok_or_else(|| SendError::NotSent("no http endpoint".into()))?;
-        Ok(
-            timeout(self.request_timeout, upstream.pool().post(uri, body))
-                .await
-                .map_err(|_| AttemptError::Timeout(self.request_timeout))??,
-        )
+        Ok(timeout(self.request_timeout, upstream.post(body))
+            .await
+            .map_err(|_| AttemptError::Timeout(self.request_timeout))??)
     }
 }
 

@@ -84,12 +84,10 @@ fn upstream_needs_http_or_ws() {
 }
 
 #[test]
-fn websocket_only_upstream_is_refused_until_calls_go_over_ws() {
-    let problems = errors("[[upstream]]\nname = \"a\"\nws = \"ws://127.0.0.1:8546\"");
-    assert_eq!(
-        problems,
-        vec!["upstream[0].http: required in this version (`ws` adds subscriptions)"]
-    );
+fn websocket_only_upstream_is_accepted() {
+    let c = Config::from_toml_str("[[upstream]]\nname = \"a\"\nws = \"wss://node.example/ws\"")
+        .expect("a ws-only upstream is valid");
+    assert_eq!(c.upstreams[0].http, None);
 }
 
 #[test]

@@ -190,15 +190,10 @@ impl SourcePool for RouterPool {
         let mut reasons = Vec::new();
         for index in router::candidates(&upstreams) {
             let upstream = &upstreams.all()[index];
-            let Some(uri) = upstream
-                .config
-                .http
-                .as_ref()
-                .filter(|_| upstream.name() != skip)
-            else {
+            if upstream.name() == skip {
                 continue;
-            };
-            let post = upstream.pool().post(uri, body.clone());
+            }
+            let post = upstream.post(body.clone());
             let outcome = match tokio::time::timeout(limit, post).await {
                 Err(_) => Err(format!("timed out after {limit:?}")),
                 Ok(Err(error)) => Err(error.to_string()),
@@ -210,7 +205,7 @@ impl SourcePool for RouterPool {
             }
         }
         if reasons.is_empty() {
-            reasons.push("no other upstream in rotation with an http endpoint".into());
+            reasons.push("no other upstream in rotation".into());
         }
         Err(reasons.join("; "))
     }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use super::http::sensitive_headers;
@@ -19,6 +20,15 @@ pub type UpstreamSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub async fn dial_ws(
     upstream: &UpstreamConfig,
     connect_timeout: Duration,
+) -> Result<UpstreamSocket, String> {
+    dial_ws_with(upstream, connect_timeout, None).await
+}
+
+/// [`dial_ws`] with WebSocket limits (message size) of the caller's choice.
+pub async fn dial_ws_with(
+    upstream: &UpstreamConfig,
+    connect_timeout: Duration,
+    ws_config: Option<WebSocketConfig>,
 ) -> Result<UpstreamSocket, String> {
     let uri = upstream
         .ws
@@ -39,7 +49,7 @@ pub async fn dial_ws(
         Connector::Plain
     };
     let dial =
-        tokio_tungstenite::connect_async_tls_with_config(request, None, true, Some(connector));
+        tokio_tungstenite::connect_async_tls_with_config(request, ws_config, true, Some(connector));
     match tokio::time::timeout(connect_timeout, dial).await {
         Err(_) => Err(format!("timed out after {connect_timeout:?}")),
         Ok(Err(error)) => Err(describe(&error)),

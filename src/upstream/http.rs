@@ -145,6 +145,11 @@ impl HttpPool {
         pool
     }
 
+    /// The largest answer read.
+    pub fn max_response_bytes(&self) -> usize {
+        self.max_response_bytes
+    }
+
     /// POSTs a JSON body and returns the answer's body.
     pub async fn post(&self, uri: &http::Uri, body: Bytes) -> Result<Bytes, SendError> {
         if let Some(reason) = &self.broken {

@@ -8,11 +8,13 @@ pub mod probe;
 mod reload;
 mod rotation;
 pub mod tls;
+pub mod ws;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -59,11 +61,21 @@ pub struct Upstream {
     rotation: watch::Sender<Option<Arc<str>>>,
     /// This upstream's own HTTP pool: its TLS settings and headers are its own.
     pool: HttpPool,
+    /// Calls, batches and probes of a WebSocket-only upstream (no `http`).
+    ws_calls: Option<ws::WsMux>,
 }
 
 impl Upstream {
-    fn new(index: usize, config: UpstreamConfig, pool: HttpPool) -> Self {
+    fn new(
+        index: usize,
+        config: UpstreamConfig,
+        pool: HttpPool,
+        connect_timeout: Duration,
+    ) -> Self {
+        let ws_calls = (config.http.is_none() && config.ws.is_some())
+            .then(|| ws::WsMux::new(config.clone(), connect_timeout, pool.max_response_bytes()));
         Upstream {
+            ws_calls,
             index,
             config,
             pool,
@@ -80,9 +92,19 @@ impl Upstream {
         }
     }
 
-    /// The HTTP pool that carries this upstream's calls and probes.
+    /// The HTTP pool of this upstream (its TLS settings and headers).
     pub fn pool(&self) -> &HttpPool {
         &self.pool
+    }
+
+    /// Sends one JSON-RPC request or batch (ids already the router's) over this upstream's
+    /// call transport: its HTTP endpoint, or its multiplexed WebSocket when it has only `ws`.
+    pub async fn post(&self, body: Bytes) -> Result<Bytes, SendError> {
+        match (&self.config.http, &self.ws_calls) {
+            (Some(uri), _) => self.pool.post(uri, body).await,
+            (None, Some(mux)) => mux.post(body).await,
+            (None, None) => Err(SendError::NotSent("no endpoint".into())),
+        }
     }
 
     /// Counts one attempt with an outcome from [`ATTEMPT_RESULTS`].
@@ -207,7 +229,7 @@ impl Upstreams {
             .enumerate()
             .map(|(index, u)| {
                 let pool = HttpPool::for_upstream(connect_timeout, max_response_bytes, u);
-                Arc::new(Upstream::new(index, u.clone(), pool))
+                Arc::new(Upstream::new(index, u.clone(), pool, connect_timeout))
             })
             .collect();
         let mut by_priority: Vec<usize> = (0..list.len()).collect();

@@ -12,7 +12,7 @@ fn upstream() -> Upstream {
         headers: Default::default(),
     };
     let pool = HttpPool::for_upstream(Duration::from_secs(1), 1 << 20, &config);
-    Upstream::new(0, config, pool)
+    Upstream::new(0, config, pool, Duration::from_secs(1))
 }
 
 /// Whether `left_rotation` resolves within a (paused-clock) moment, and with what.

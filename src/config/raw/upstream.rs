@@ -48,12 +48,6 @@ impl RawUpstream {
     fn validate(self, key: &str, p: &mut Problems) -> UpstreamConfig {
         if self.http.is_none() && self.ws.is_none() {
             p.add(key, "needs at least one of `http` or `ws`");
-        } else if self.http.is_none() {
-            // Probes and calls go over HTTP; a WebSocket-only upstream would never be healthy.
-            p.add(
-                &format!("{key}.http"),
-                "required in this version (`ws` adds subscriptions)",
-            );
         }
         let mut auth = Vec::new();
         let mut endpoint = |field: &str, text: Option<String>, schemes: &[&str]| {

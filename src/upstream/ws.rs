@@ -1,0 +1,282 @@
+//! Calls to a WebSocket-only upstream: one multiplexed connection per upstream. Each request's
+//! ids are rewritten to ids unique on the connection (as the HTTP path rewrites client ids)
+//! and restored on the answer. The connection is opened on demand and re-opened after a loss,
+//! with backoff between failed dials so a dead node costs one dial per backoff step, not one
+//! per call. Errors are classified like HTTP ones: "not sent" only when nothing was written.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::dial::{dial_ws_with, UpstreamSocket};
+use super::SendError;
+use crate::config::UpstreamConfig;
+
+/// First wait after a failed dial; doubled per failure up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest wait between dials to a node that keeps failing.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Requests queued for writing per connection; a full queue waits (the call's timeout bounds it).
+const QUEUE: usize = 256;
+
+/// One request waiting for its answer: its ids on the connection are `base..base + len`.
+struct Waiting {
+    len: u64,
+    /// The caller's ids, in request order.
+    original: Vec<Option<Box<RawValue>>>,
+    answer: oneshot::Sender<Result<Bytes, SendError>>,
+}
+
+type Pending = Arc<Mutex<BTreeMap<u64, Waiting>>>;
+
+/// A live connection: a writer queue feeding the task that owns the socket.
+struct Live {
+    outgoing: mpsc::Sender<Message>,
+    pending: Pending,
+}
+
+#[derive(Default)]
+struct Dialing {
+    live: Option<Live>,
+    failures: u32,
+    retry_at: Option<Instant>,
+    last_error: String,
+}
+
+/// The multiplexed call transport of one WebSocket-only upstream.
+pub struct WsMux {
+    config: UpstreamConfig,
+    connect_timeout: Duration,
+    max_response_bytes: usize,
+    state: tokio::sync::Mutex<Dialing>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for WsMux {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The config holds credentials: name only.
+        f.debug_struct("WsMux")
+            .field("upstream", &self.config.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WsMux {
+    /// A transport for `config.ws`; nothing is dialled until the first call.
+    pub fn new(
+        config: UpstreamConfig,
+        connect_timeout: Duration,
+        max_response_bytes: usize,
+    ) -> Self {
+        WsMux {
+            config,
+            connect_timeout,
+            max_response_bytes,
+            state: tokio::sync::Mutex::new(Dialing::default()),
+            next_id: std::sync::atomic::AtomicU64::new(1),
+        }
+    }
+
+    /// Sends one JSON-RPC request or batch and returns the answer with the caller's ids.
+    pub async fn post(&self, body: Bytes) -> Result<Bytes, SendError> {
+        let (live_tx, pending) = self.connection().await?;
+        let (text, base, len, original) = self.rewrite(&body)?;
+        let (answer, answered) = oneshot::channel();
+        lock(&pending).insert(
+            base,
+            Waiting {
+                len,
+                original,
+                answer,
+            },
+        );
+        // Removes the entry however this call ends (timeout, cancellation).
+        let _cleanup = Cleanup(&pending, base);
+        if live_tx.send(Message::text(text)).await.is_err() {
+            // The writer task is gone before taking the message: it was never written.
+            return Err(SendError::NotSent("upstream WebSocket closed".into()));
+        }
+        answered
+            .await
+            .unwrap_or_else(|_| Err(SendError::NoAnswer("upstream WebSocket closed".into())))
+    }
+
+    /// Gives every call an id unique on the connection; returns the text, the first id, the
+    /// number of ids and the caller's ids. Everything but `id` is passed through as raw text.
+    fn rewrite(
+        &self,
+        body: &[u8],
+    ) -> Result<(String, u64, u64, Vec<Option<Box<RawValue>>>), SendError> {
+        let invalid = |e: serde_json::Error| SendError::NotSent(format!("invalid request: {e}"));
+        let batch = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+        let mut calls: Vec<Call> = if batch {
+            serde_json::from_slice(body).map_err(invalid)?
+        } else {
+            vec![serde_json::from_slice(body).map_err(invalid)?]
+        };
+        let len = calls.len() as u64;
+        let base = self
+            .next_id
+            .fetch_add(len.max(1), std::sync::atomic::Ordering::Relaxed);
+        let mut original = Vec::with_capacity(calls.len());
+        for (offset, call) in calls.iter_mut().enumerate() {
+            let id = RawValue::from_string((base + offset as u64).to_string()).map_err(invalid)?;
+            original.push(call.insert("id".to_string(), id));
+        }
+        let text = if batch {
+            serde_json::to_string(&calls)
+        } else {
+            serde_json::to_string(&calls[0])
+        };
+        Ok((text.map_err(invalid)?, base, len, original))
+    }
+
+    /// The live connection, dialling one if there is none and the backoff allows.
+    async fn connection(&self) -> Result<(mpsc::Sender<Message>, Pending), SendError> {
+        let mut state = self.state.lock().await;
+        if let Some(live) = &state.live {
+            if !live.outgoing.is_closed() {
+                return Ok((live.outgoing.clone(), live.pending.clone()));
+            }
+            state.live = None;
+        }
+        if state.retry_at.is_some_and(|at| Instant::now() < at) {
+            return Err(SendError::NotSent(format!(
+                "reconnect backoff after: {}",
+                state.last_error
+            )));
+        }
+        let ws_config = WebSocketConfig::default()
+            .max_message_size(Some(self.max_response_bytes))
+            .max_frame_size(Some(self.max_response_bytes));
+        match dial_ws_with(&self.config, self.connect_timeout, Some(ws_config)).await {
+            Ok(socket) => {
+                let (outgoing, queue) = mpsc::channel(QUEUE);
+                let pending: Pending = Arc::default();
+                tokio::spawn(run(socket, queue, pending.clone()));
+                state.failures = 0;
+                state.retry_at = None;
+                state.live = Some(Live {
+                    outgoing: outgoing.clone(),
+                    pending: pending.clone(),
+                });
+                Ok((outgoing, pending))
+            }
+            Err(error) => {
+                state.failures = state.failures.saturating_add(1);
+                let backoff = MIN_BACKOFF
+                    .saturating_mul(1 << state.failures.min(6).saturating_sub(1))
+                    .min(MAX_BACKOFF);
+                state.retry_at = Some(Instant::now() + backoff);
+                state.last_error = error.clone();
+                Err(SendError::NotSent(error))
+            }
+        }
+    }
+}
+
+struct Cleanup<'a>(&'a Pending, u64);
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        lock(self.0).remove(&self.1);
+    }
+}
+
+fn lock(pending: &Pending) -> MutexGuard<'_, BTreeMap<u64, Waiting>> {
+    // Entries are inserted and removed whole; a poisoned map is still consistent.
+    pending.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Owns the socket: writes queued requests, routes answers to their callers. When it ends
+/// (socket lost, or every handle dropped), every waiting call gets "no answer".
+async fn run(mut socket: UpstreamSocket, mut queue: mpsc::Receiver<Message>, pending: Pending) {
+    let reason = loop {
+        tokio::select! {
+            outgoing = queue.recv() => match outgoing {
+                None => break "transport dropped".to_string(),
+                Some(message) => {
+                    if let Err(error) = socket.send(message).await {
+                        break format!("write failed: {error}");
+                    }
+                }
+            },
+            incoming = socket.next() => match incoming {
+                None => break "closed by the upstream".to_string(),
+                Some(Err(error)) => break format!("read failed: {error}"),
+                Some(Ok(Message::Text(text))) => deliver(text.as_bytes(), &pending),
+                Some(Ok(Message::Binary(data))) => deliver(&data, &pending),
+                Some(Ok(Message::Close(_))) => break "closed by the upstream".to_string(),
+                Some(Ok(_)) => {}
+            },
+        }
+    };
+    queue.close();
+    let waiting = std::mem::take(&mut *lock(&pending));
+    for (_, waiting) in waiting {
+        let _ = waiting.answer.send(Err(SendError::NoAnswer(format!(
+            "upstream WebSocket {reason}"
+        ))));
+    }
+    let _ = socket.close(None).await;
+}
+
+/// Hands an answer (object or batch array) to the call whose ids it carries, with the
+/// caller's ids put back. Notifications and unknown ids are dropped.
+fn deliver(text: &[u8], pending: &Pending) {
+    let batch = text.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    let parsed = if batch {
+        serde_json::from_slice::<Vec<Call>>(text)
+    } else {
+        serde_json::from_slice::<Call>(text).map(|a| vec![a])
+    };
+    let Ok(mut answers) = parsed else {
+        return;
+    };
+    let id_of = |answer: &Call| -> Option<u64> { answer.get("id")?.get().parse().ok() };
+    let Some(first) = answers.iter().find_map(id_of) else {
+        return;
+    };
+    let (base, waiting) = {
+        let mut map = lock(pending);
+        let base = match map.range(..=first).next_back() {
+            Some((&base, entry)) if first < base + entry.len => base,
+            // An answer to a call that gave up (timed out) already: dropped.
+            _ => return,
+        };
+        match map.remove(&base) {
+            Some(waiting) => (base, waiting),
+            None => return,
+        }
+    };
+    for answer in &mut answers {
+        let restored = id_of(answer)
+            .and_then(|id| id.checked_sub(base))
+            .and_then(|offset| waiting.original.get(offset as usize))
+            .and_then(|id| id.clone());
+        if let Some(id) = restored {
+            answer.insert("id".to_string(), id);
+        }
+    }
+    let body = if batch {
+        serde_json::to_vec(&answers)
+    } else {
+        serde_json::to_vec(&answers[0])
+    };
+    let _ = waiting.answer.send(
+        body.map(Bytes::from)
+            .map_err(|e| SendError::NoAnswer(e.to_string())),
+    );
+}
+
+/// One call or answer with its members as raw text: only `id` is touched, so params and
+/// results pass through byte for byte.
+type Call = std::collections::HashMap<String, Box<RawValue>>;

@@ -24,6 +24,11 @@ use crate::config::UpstreamConfig;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest wait between dials to a node that keeps failing.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Silence after which the connection is pinged.
+const PING_AFTER: Duration = Duration::from_secs(5);
+/// Silence after which the connection counts as dead (a half-open socket never errors): it is
+/// dropped, its calls get "no answer", and the next call dials again.
+const DEAD_AFTER: Duration = Duration::from_secs(15);
 /// Requests queued for writing per connection; a full queue waits (the call's timeout bounds it).
 const QUEUE: usize = 256;
 
@@ -33,6 +38,15 @@ struct Waiting {
     /// The caller's ids, in request order.
     original: Vec<Option<Box<RawValue>>>,
     answer: oneshot::Sender<Result<Bytes, SendError>>,
+}
+
+/// A request with its ids rewritten to `base..base + len`.
+struct Rewritten {
+    text: String,
+    base: u64,
+    len: u64,
+    /// The caller's ids, in request order.
+    original: Vec<Option<Box<RawValue>>>,
 }
 
 type Pending = Arc<Mutex<BTreeMap<u64, Waiting>>>;
@@ -87,8 +101,13 @@ impl WsMux {
 
     /// Sends one JSON-RPC request or batch and returns the answer with the caller's ids.
     pub async fn post(&self, body: Bytes) -> Result<Bytes, SendError> {
+        let Rewritten {
+            text,
+            base,
+            len,
+            original,
+        } = self.rewrite(&body)?;
         let (live_tx, pending) = self.connection().await?;
-        let (text, base, len, original) = self.rewrite(&body)?;
         let (answer, answered) = oneshot::channel();
         lock(&pending).insert(
             base,
@@ -109,12 +128,9 @@ impl WsMux {
             .unwrap_or_else(|_| Err(SendError::NoAnswer("upstream WebSocket closed".into())))
     }
 
-    /// Gives every call an id unique on the connection; returns the text, the first id, the
-    /// number of ids and the caller's ids. Everything but `id` is passed through as raw text.
-    fn rewrite(
-        &self,
-        body: &[u8],
-    ) -> Result<(String, u64, u64, Vec<Option<Box<RawValue>>>), SendError> {
+    /// Gives every call an id unique on the connection. Everything but `id` is passed
+    /// through as raw text.
+    fn rewrite(&self, body: &[u8]) -> Result<Rewritten, SendError> {
         let invalid = |e: serde_json::Error| SendError::NotSent(format!("invalid request: {e}"));
         let batch = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
         let mut calls: Vec<Call> = if batch {
@@ -122,10 +138,13 @@ impl WsMux {
         } else {
             vec![serde_json::from_slice(body).map_err(invalid)?]
         };
+        if calls.is_empty() {
+            return Err(SendError::NotSent("invalid request: empty batch".into()));
+        }
         let len = calls.len() as u64;
         let base = self
             .next_id
-            .fetch_add(len.max(1), std::sync::atomic::Ordering::Relaxed);
+            .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
         let mut original = Vec::with_capacity(calls.len());
         for (offset, call) in calls.iter_mut().enumerate() {
             let id = RawValue::from_string((base + offset as u64).to_string()).map_err(invalid)?;
@@ -136,7 +155,12 @@ impl WsMux {
         } else {
             serde_json::to_string(&calls[0])
         };
-        Ok((text.map_err(invalid)?, base, len, original))
+        Ok(Rewritten {
+            text: text.map_err(invalid)?,
+            base,
+            len,
+            original,
+        })
     }
 
     /// The live connection, dialling one if there is none and the backoff allows.
@@ -199,24 +223,44 @@ fn lock(pending: &Pending) -> MutexGuard<'_, BTreeMap<u64, Waiting>> {
 /// Owns the socket: writes queued requests, routes answers to their callers. When it ends
 /// (socket lost, or every handle dropped), every waiting call gets "no answer".
 async fn run(mut socket: UpstreamSocket, mut queue: mpsc::Receiver<Message>, pending: Pending) {
+    let mut last_seen = Instant::now();
+    let mut ticker = tokio::time::interval(PING_AFTER);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let reason = loop {
         tokio::select! {
-            outgoing = queue.recv() => match outgoing {
-                None => break "transport dropped".to_string(),
-                Some(message) => {
-                    if let Err(error) = socket.send(message).await {
+            _ = ticker.tick() => {
+                let silent = last_seen.elapsed();
+                if silent >= DEAD_AFTER {
+                    break format!("silent for {silent:?}");
+                }
+                if silent >= PING_AFTER {
+                    if let Err(error) = socket.send(Message::Ping(Bytes::new())).await {
                         break format!("write failed: {error}");
                     }
                 }
+            }
+            outgoing = queue.recv() => match outgoing {
+                None => break "transport dropped".to_string(),
+                Some(message) => {
+                    // Bounded: a peer that stops reading must not wedge the connection.
+                    match tokio::time::timeout(DEAD_AFTER, socket.send(message)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(error)) => break format!("write failed: {error}"),
+                        Err(_) => break format!("write stuck for {DEAD_AFTER:?}"),
+                    }
+                }
             },
-            incoming = socket.next() => match incoming {
-                None => break "closed by the upstream".to_string(),
-                Some(Err(error)) => break format!("read failed: {error}"),
-                Some(Ok(Message::Text(text))) => deliver(text.as_bytes(), &pending),
-                Some(Ok(Message::Binary(data))) => deliver(&data, &pending),
-                Some(Ok(Message::Close(_))) => break "closed by the upstream".to_string(),
-                Some(Ok(_)) => {}
-            },
+            incoming = socket.next() => {
+                last_seen = Instant::now();
+                match incoming {
+                    None => break "closed by the upstream".to_string(),
+                    Some(Err(error)) => break format!("read failed: {error}"),
+                    Some(Ok(Message::Text(text))) => deliver(text.as_bytes(), &pending),
+                    Some(Ok(Message::Binary(data))) => deliver(&data, &pending),
+                    Some(Ok(Message::Close(_))) => break "closed by the upstream".to_string(),
+                    Some(Ok(_)) => {}
+                }
+            }
         }
     };
     queue.close();

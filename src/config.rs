@@ -121,7 +121,7 @@ pub struct HealthConfig {
 }
 
 /// One `[[upstream]]`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct UpstreamConfig {
     /// Unique name used in logs, metrics and /status.
     pub name: String,
@@ -136,6 +136,27 @@ pub struct UpstreamConfig {
     /// Headers sent on every HTTP request and on the WebSocket handshake (URL userinfo
     /// becomes an `Authorization: Basic` entry here). Debug output shows names only.
     pub headers: Credentials,
+}
+
+impl fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // URL paths and queries may hold API keys: scheme and host only.
+        let shown = |uri: &Option<http::Uri>| {
+            uri.as_ref().map(|u| {
+                let scheme = u.scheme_str().unwrap_or("");
+                let host = u.authority().map_or("", |a| a.as_str());
+                format!("{scheme}://{host}")
+            })
+        };
+        f.debug_struct("UpstreamConfig")
+            .field("name", &self.name)
+            .field("http", &shown(&self.http))
+            .field("ws", &shown(&self.ws))
+            .field("priority", &self.priority)
+            .field("tls", &self.tls)
+            .field("headers", &self.headers)
+            .finish()
+    }
 }
 
 impl UpstreamConfig {

@@ -324,3 +324,81 @@ fn deliver(text: &[u8], pending: &Pending) {
 /// One call or answer with its members as raw text: only `id` is touched, so params and
 /// results pass through byte for byte.
 type Call = std::collections::HashMap<String, Box<RawValue>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mux() -> WsMux {
+        let config = UpstreamConfig {
+            name: "w".into(),
+            http: None,
+            ws: Some("ws://127.0.0.1:1".parse().expect("uri")),
+            priority: 0,
+            tls: Default::default(),
+            headers: Default::default(),
+        };
+        WsMux::new(config, Duration::from_secs(1), 1 << 20)
+    }
+
+    #[test]
+    fn ids_are_rewritten_per_connection_and_restored_on_a_reordered_batch() {
+        let mux = mux();
+        let body = br#"[{"jsonrpc":"2.0","id":"a","method":"m","params":[1.50]},{"jsonrpc":"2.0","id":7,"method":"n"}]"#;
+        let first = mux.rewrite(body).expect("rewrite");
+        let second = mux.rewrite(body).expect("rewrite");
+        assert_eq!((first.base, first.len), (1, 2));
+        assert_eq!(second.base, 3, "ids never repeat on a connection");
+        assert!(
+            first.text.contains(r#""params":[1.50]"#),
+            "params pass through raw: {}",
+            first.text
+        );
+        let pending: Pending = Arc::default();
+        let (answer, mut answered) = oneshot::channel();
+        lock(&pending).insert(
+            first.base,
+            Waiting {
+                len: first.len,
+                original: first.original,
+                answer,
+            },
+        );
+        // An answer to nobody (a call that timed out) is dropped.
+        deliver(br#"{"jsonrpc":"2.0","id":99,"result":"0x0"}"#, &pending);
+        assert!(answered.try_recv().is_err());
+        deliver(
+            br#"[{"jsonrpc":"2.0","id":2,"result":"0x2"},{"jsonrpc":"2.0","id":1,"result":"0x1"}]"#,
+            &pending,
+        );
+        let body = answered.try_recv().expect("answered").expect("ok");
+        let answers: Vec<serde_json::Value> = serde_json::from_slice(&body).expect("json");
+        assert_eq!(answers[0]["id"], serde_json::json!(7));
+        assert_eq!(answers[0]["result"], "0x2");
+        assert_eq!(answers[1]["id"], "a");
+        assert!(lock(&pending).is_empty());
+    }
+
+    #[test]
+    fn an_empty_batch_or_garbage_is_not_sent() {
+        let mux = mux();
+        assert!(matches!(mux.rewrite(b"[]"), Err(SendError::NotSent(_))));
+        assert!(matches!(mux.rewrite(b"{nope"), Err(SendError::NotSent(_))));
+    }
+
+    #[tokio::test]
+    async fn a_failed_dial_backs_off_instead_of_dialling_per_call() {
+        let mux = mux();
+        let body = Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"method":"m"}"#);
+        let first = mux
+            .post(body.clone())
+            .await
+            .expect_err("nothing listens on port 1");
+        assert!(matches!(first, SendError::NotSent(_)), "{first:?}");
+        let second = mux.post(body).await.expect_err("backoff");
+        assert!(
+            matches!(&second, SendError::NotSent(m) if m.starts_with("reconnect backoff")),
+            "{second:?}"
+        );
+    }
+}

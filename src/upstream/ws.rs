@@ -72,6 +72,8 @@ pub struct WsMux {
     max_response_bytes: usize,
     state: tokio::sync::Mutex<Dialing>,
     next_id: std::sync::atomic::AtomicU64,
+    /// [`PING_AFTER`] and [`DEAD_AFTER`] (shorter in tests).
+    liveness: (Duration, Duration),
 }
 
 impl std::fmt::Debug for WsMux {
@@ -96,6 +98,7 @@ impl WsMux {
             max_response_bytes,
             state: tokio::sync::Mutex::new(Dialing::default()),
             next_id: std::sync::atomic::AtomicU64::new(1),
+            liveness: (PING_AFTER, DEAD_AFTER),
         }
     }
 
@@ -185,7 +188,7 @@ impl WsMux {
             Ok(socket) => {
                 let (outgoing, queue) = mpsc::channel(QUEUE);
                 let pending: Pending = Arc::default();
-                tokio::spawn(run(socket, queue, pending.clone()));
+                tokio::spawn(run(socket, queue, pending.clone(), self.liveness));
                 state.failures = 0;
                 state.retry_at = None;
                 state.live = Some(Live {
@@ -222,18 +225,23 @@ fn lock(pending: &Pending) -> MutexGuard<'_, BTreeMap<u64, Waiting>> {
 
 /// Owns the socket: writes queued requests, routes answers to their callers. When it ends
 /// (socket lost, or every handle dropped), every waiting call gets "no answer".
-async fn run(mut socket: UpstreamSocket, mut queue: mpsc::Receiver<Message>, pending: Pending) {
+async fn run(
+    mut socket: UpstreamSocket,
+    mut queue: mpsc::Receiver<Message>,
+    pending: Pending,
+    (ping_after, dead_after): (Duration, Duration),
+) {
     let mut last_seen = Instant::now();
-    let mut ticker = tokio::time::interval(PING_AFTER);
+    let mut ticker = tokio::time::interval(ping_after);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let reason = loop {
         tokio::select! {
             _ = ticker.tick() => {
                 let silent = last_seen.elapsed();
-                if silent >= DEAD_AFTER {
+                if silent >= dead_after {
                     break format!("silent for {silent:?}");
                 }
-                if silent >= PING_AFTER {
+                if silent >= ping_after {
                     if let Err(error) = socket.send(Message::Ping(Bytes::new())).await {
                         break format!("write failed: {error}");
                     }
@@ -243,10 +251,10 @@ async fn run(mut socket: UpstreamSocket, mut queue: mpsc::Receiver<Message>, pen
                 None => break "transport dropped".to_string(),
                 Some(message) => {
                     // Bounded: a peer that stops reading must not wedge the connection.
-                    match tokio::time::timeout(DEAD_AFTER, socket.send(message)).await {
+                    match tokio::time::timeout(dead_after, socket.send(message)).await {
                         Ok(Ok(())) => {}
                         Ok(Err(error)) => break format!("write failed: {error}"),
-                        Err(_) => break format!("write stuck for {DEAD_AFTER:?}"),
+                        Err(_) => break format!("write stuck for {dead_after:?}"),
                     }
                 }
             },
@@ -384,6 +392,35 @@ mod tests {
         let mux = mux();
         assert!(matches!(mux.rewrite(b"[]"), Err(SendError::NotSent(_))));
         assert!(matches!(mux.rewrite(b"{nope"), Err(SendError::NotSent(_))));
+    }
+
+    #[tokio::test]
+    async fn a_silent_connection_is_dropped_and_its_call_gets_no_answer() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        // A node that completes the handshake, then never reads or answers (not even pongs).
+        let node = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let ws = tokio_tungstenite::accept_async(tcp)
+                .await
+                .expect("handshake");
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(ws);
+        });
+        let mut mux = mux();
+        mux.config.ws = Some(format!("ws://{addr}").parse().expect("uri"));
+        mux.liveness = (Duration::from_millis(100), Duration::from_millis(300));
+        let body = Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"method":"m"}"#);
+        let outcome = tokio::time::timeout(Duration::from_secs(10), mux.post(body))
+            .await
+            .expect("given up well before 10 s");
+        assert!(
+            matches!(&outcome, Err(SendError::NoAnswer(m)) if m.contains("silent")),
+            "{outcome:?}"
+        );
+        node.abort();
     }
 
     #[tokio::test]

@@ -224,3 +224,66 @@ async fn failover_from_a_plain_upstream_to_a_tls_one_keeps_subscriptions() {
         "calls moved to the TLS upstream"
     );
 }
+
+#[tokio::test]
+async fn a_reload_re_reads_the_client_certificate_files() {
+    let dir = TempDir::new("ethgate-upstream-tls-reload").expect("temp dir");
+    let (server_ca, client_ca, other_ca) =
+        (Ca::new("node-ca"), Ca::new("client-ca"), Ca::new("other"));
+    let mock = MockUpstream::start().await;
+    let relay = TlsRelay::start(
+        mock.addr().port(),
+        &server_ca.issue("localhost"),
+        Some(&client_ca),
+    )
+    .await;
+    let ca_file = write_file(dir.path(), "ca.pem", &server_ca.pem());
+    let accepted = client_ca.issue("ethgate");
+    let cert_file = write_file(dir.path(), "client.crt", &accepted.cert_pem);
+    let key_file = write_file(dir.path(), "client.key", &accepted.key_pem);
+    let toml = format!(
+        "{HEAD}[[upstream]]\nname = \"node\"\nhttp = \"https://localhost:{}\"\n\
+         tls_ca = {:?}\ntls_cert = {:?}\ntls_key = {:?}\n",
+        relay.port(),
+        ca_file.display().to_string(),
+        cert_file.display().to_string(),
+        key_file.display().to_string()
+    );
+    let config = ethgate::config::Config::from_toml_str(&toml).expect("config");
+    let server = ethgate::Server::bind(config).await.expect("bind");
+    let (admin, reloader) = (server.admin_addr(), server.reloader());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(server.run(shutdown.clone().cancelled_owned()));
+    let state = |wanted: &'static str| async move {
+        let deadline = tokio::time::Instant::now() + support::mock::WAIT;
+        loop {
+            let (_, body) = support::mock::HttpClient::new()
+                .get(&format!("http://{admin}/status"))
+                .await
+                .expect("status");
+            let status: serde_json::Value = serde_json::from_slice(&body).expect("json");
+            if status["upstreams"][0]["state"] == wanted {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never {wanted}: {status}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    state("healthy").await;
+    // The same paths now hold a certificate the node does not accept; a reload of the same
+    // file re-reads them, and the node refuses ethgate from then on.
+    let refused = other_ca.issue("ethgate");
+    write_file(dir.path(), "client.crt", &refused.cert_pem);
+    write_file(dir.path(), "client.key", &refused.key_pem);
+    let config = ethgate::config::Config::from_toml_str(&toml).expect("config");
+    let notes = reloader.reload(config).await.expect("reload applied");
+    assert!(
+        notes.iter().any(|n| n.contains("TLS files re-read")),
+        "{notes:?}"
+    );
+    state("unreachable").await;
+    shutdown.cancel();
+}

@@ -59,10 +59,13 @@ pub async fn dial_ws_with(
 
 /// A handshake error as text, with its sources (the TLS reason sits in a source).
 fn describe(error: &tokio_tungstenite::tungstenite::Error) -> String {
+    use tokio_tungstenite::tungstenite::error::UrlError;
     use tokio_tungstenite::tungstenite::Error;
     match error {
         // The response may echo request details; the status is what matters.
         Error::Http(response) => format!("handshake refused: HTTP {}", response.status()),
+        // One URL error variant quotes the whole URL (path keys included): never shown.
+        Error::Url(UrlError::UnableToConnect(_)) => "unable to connect".to_string(),
         other => {
             let mut text = other.to_string();
             let mut source = std::error::Error::source(other);

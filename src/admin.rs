@@ -163,6 +163,8 @@ impl Admin {
                     "latency_ms": u.latency().as_secs_f64() * 1000.0,
                     "priority": u.config.priority,
                     "selected": selected == Some(u.index),
+                    // Why an unreachable upstream is so (connect or TLS error); null otherwise.
+                    "reason": set.unreachable_reason(u.index),
                 })
             })
             .collect();

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use ethgate::config::{Config, UpstreamConfig};
-use ethgate::upstream::probe::{probe_endpoint, Report};
+use ethgate::upstream::dial::dial_ws;
+use ethgate::upstream::probe::{probe_endpoint, probe_over, Report};
+use ethgate::upstream::ws::WsMux;
 use ethgate::upstream::HttpPool;
 
 pub fn check(path: &Path, probe: bool) -> ExitCode {
@@ -48,17 +50,25 @@ pub fn check(path: &Path, probe: bool) -> ExitCode {
 /// Probes every upstream, prints one line each; true when all are reachable on the right chain.
 async fn probe_all(config: &Config) -> bool {
     let timeout = config.health.timeout.max(Duration::from_secs(2));
-    let pool = HttpPool::new(timeout, config.server.max_response_bytes);
     let mut expected = config.chain_id;
     let mut all_good = true;
     for upstream in &config.upstreams {
         let started = Instant::now();
-        let http = match &upstream.http {
-            Some(uri) => tokio::time::timeout(timeout, probe_endpoint(&pool, uri))
-                .await
-                .unwrap_or_else(|_| Err(format!("timed out after {timeout:?}"))),
-            None => Err("no http endpoint".to_string()),
+        let pool = HttpPool::for_upstream(timeout, config.server.max_response_bytes, upstream);
+        let probe = async {
+            match &upstream.http {
+                Some(uri) => probe_endpoint(&pool, uri).await,
+                // A WebSocket-only upstream is probed over its WebSocket, as ethgate would.
+                None => {
+                    let mux =
+                        WsMux::new(upstream.clone(), timeout, config.server.max_response_bytes);
+                    probe_over(|body| mux.post(body)).await
+                }
+            }
         };
+        let http = tokio::time::timeout(timeout, probe)
+            .await
+            .unwrap_or_else(|_| Err(format!("timed out after {timeout:?}")));
         let latency = started.elapsed();
         let ws = ws_handshake(upstream, timeout).await;
         let (line, good) = describe(upstream, &http, ws, latency, &mut expected);
@@ -109,14 +119,14 @@ fn describe(
 }
 
 async fn ws_handshake(upstream: &UpstreamConfig, timeout: Duration) -> Option<Result<(), String>> {
-    let url = upstream.ws.as_ref()?.to_string();
-    let outcome = match tokio::time::timeout(timeout, tokio_tungstenite::connect_async(url)).await {
-        Ok(Ok((mut socket, _))) => {
+    upstream.ws.as_ref()?;
+    // The dialer's errors never hold the URL, whose path may carry an API key.
+    let outcome = match dial_ws(upstream, timeout).await {
+        Ok(mut socket) => {
             let _ = socket.close(None).await;
             Ok(())
         }
-        Ok(Err(error)) => Err(error.to_string()),
-        Err(_) => Err(format!("timed out after {timeout:?}")),
+        Err(error) => Err(error),
     };
     Some(outcome)
 }

@@ -121,7 +121,7 @@ pub struct HealthConfig {
 }
 
 /// One `[[upstream]]`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct UpstreamConfig {
     /// Unique name used in logs, metrics and /status.
     pub name: String,
@@ -131,6 +131,66 @@ pub struct UpstreamConfig {
     pub ws: Option<http::Uri>,
     /// Lower is preferred.
     pub priority: u32,
+    /// TLS settings for `https://` and `wss://` endpoints.
+    pub tls: UpstreamTls,
+    /// Headers sent on every HTTP request and on the WebSocket handshake (URL userinfo
+    /// becomes an `Authorization: Basic` entry here). Debug output shows names only.
+    pub headers: Credentials,
+}
+
+impl fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // URL paths and queries may hold API keys: scheme and host only.
+        let shown = |uri: &Option<http::Uri>| {
+            uri.as_ref().map(|u| {
+                let scheme = u.scheme_str().unwrap_or("");
+                let host = u.authority().map_or("", |a| a.as_str());
+                format!("{scheme}://{host}")
+            })
+        };
+        f.debug_struct("UpstreamConfig")
+            .field("name", &self.name)
+            .field("http", &shown(&self.http))
+            .field("ws", &shown(&self.ws))
+            .field("priority", &self.priority)
+            .field("tls", &self.tls)
+            .field("headers", &self.headers)
+            .finish()
+    }
+}
+
+impl UpstreamConfig {
+    /// Whether any endpoint is `https://` or `wss://`.
+    pub fn uses_tls(&self) -> bool {
+        [&self.http, &self.ws]
+            .into_iter()
+            .flatten()
+            .any(|u| matches!(u.scheme_str(), Some("https" | "wss")))
+    }
+}
+
+/// Per-upstream TLS files (PEM); verification against the system store is always on.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct UpstreamTls {
+    /// Extra CA certificate(s) trusted for this upstream, besides the system store.
+    pub ca: Option<PathBuf>,
+    /// Client certificate chain for mTLS.
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key.
+    pub key: Option<PathBuf>,
+}
+
+/// Header names and values for one upstream; the values are secrets.
+#[derive(Clone, PartialEq, Default)]
+pub struct Credentials(pub Vec<(String, String)>);
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Values are API keys and passwords: never printed.
+        f.debug_list()
+            .entries(self.0.iter().map(|(name, _)| format!("{name}: <redacted>")))
+            .finish()
+    }
 }
 
 /// `[admin]`.

@@ -89,14 +89,25 @@ fn apply(
         (None, None) => {}
         _ => notes.push("server.tls added or removed: restart to apply".into()),
     }
-    if old.upstreams != new.upstreams || old.health != new.health || old.chain_id != new.chain_id {
+    // An upstream's TLS files may have changed on disk under the same path (a renewed client
+    // certificate, a rotated CA): rebuilding the set re-reads them. Health carries over.
+    let tls_files = new
+        .upstreams
+        .iter()
+        .any(|u| u.uses_tls() && (u.tls.ca.is_some() || u.tls.cert.is_some()));
+    if old.upstreams != new.upstreams
+        || old.health != new.health
+        || old.chain_id != new.chain_id
+        || tls_files
+    {
         let upstreams = Arc::new(upstream::Upstreams::new(new, state.metrics.clone()));
         upstreams.carry_over(&state.router.upstreams());
         state.router.replace_upstreams(upstreams);
         state.restart_probers(tracker, stop);
         notes.push(format!(
-            "upstreams and health settings applied ({} upstreams)",
-            new.upstreams.len()
+            "upstreams and health settings applied ({} upstreams{})",
+            new.upstreams.len(),
+            if tls_files { "; TLS files re-read" } else { "" }
         ));
     }
     if old.access != new.access {

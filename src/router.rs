@@ -188,16 +188,13 @@ impl Router {
     /// One attempt of `calls` on `upstream`, with tags pinned as the plan says.
     async fn attempt(
         &self,
-        upstreams: &Upstreams,
         upstream: &Upstream,
         calls: &[&Call<'_>],
         batch: bool,
         plan: &Plan,
     ) -> Result<Attempted, AttemptError> {
         let pins = plan.pins_for(calls, upstream);
-        let answer = self
-            .post(upstreams, upstream, encode(calls, &pins, batch))
-            .await?;
+        let answer = self.post(upstream, encode(calls, &pins, batch)).await?;
         render(&answer, calls, batch, |i, response| {
             plan.judge(i, pins[i].is_some(), response, &self.marks)
         })
@@ -205,22 +202,10 @@ impl Router {
     }
 
     /// POSTs `body` to `upstream` within the request budget.
-    async fn post(
-        &self,
-        upstreams: &Upstreams,
-        upstream: &Upstream,
-        body: Bytes,
-    ) -> Result<Bytes, AttemptError> {
-        let uri = upstream
-            .config
-            .http
-            .as_ref()
-            .ok_or_else(|| SendError::NotSent("no http endpoint".into()))?;
-        Ok(
-            timeout(self.request_timeout, upstreams.pool().post(uri, body))
-                .await
-                .map_err(|_| AttemptError::Timeout(self.request_timeout))??,
-        )
+    async fn post(&self, upstream: &Upstream, body: Bytes) -> Result<Bytes, AttemptError> {
+        Ok(timeout(self.request_timeout, upstream.post(body))
+            .await
+            .map_err(|_| AttemptError::Timeout(self.request_timeout))??)
     }
 }
 

@@ -12,6 +12,9 @@ use super::*;
 use listen::{validate_listen, RawListen};
 
 mod listen;
+mod upstream;
+
+use upstream::{validate_upstreams, RawUpstream};
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -82,16 +85,6 @@ struct RawHealth {
     no_new_heads: Option<String>,
     failure_threshold: Option<u32>,
     recovery_threshold: Option<u32>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawUpstream {
-    name: String,
-    http: Option<String>,
-    ws: Option<String>,
-    #[serde(default)]
-    priority: u32,
 }
 
 #[derive(Deserialize, Default)]
@@ -412,75 +405,6 @@ impl RawHealth {
             no_new_heads,
             failure_threshold,
             recovery_threshold,
-        }
-    }
-}
-
-fn validate_upstreams(raw: Vec<RawUpstream>, p: &mut Problems) -> Vec<UpstreamConfig> {
-    if raw.is_empty() {
-        p.add("upstream", "at least one [[upstream]] is required");
-    }
-    let mut upstreams: Vec<UpstreamConfig> = Vec::with_capacity(raw.len());
-    for (i, u) in raw.into_iter().enumerate() {
-        let key = format!("upstream[{i}]");
-        if u.name.trim().is_empty() {
-            p.add(&format!("{key}.name"), "must not be empty");
-        } else if upstreams.iter().any(|seen| seen.name == u.name) {
-            p.add(
-                &format!("{key}.name"),
-                format!("duplicate upstream name {:?}", u.name),
-            );
-        }
-        if u.http.is_none() && u.ws.is_none() {
-            p.add(&key, "needs at least one of `http` or `ws`");
-        } else if u.http.is_none() {
-            // Probes and calls go over HTTP; a WebSocket-only upstream would never be healthy.
-            p.add(
-                &format!("{key}.http"),
-                "required in this version (`ws` adds subscriptions)",
-            );
-        }
-        let http = u
-            .http
-            .and_then(|url| parse_url(p, &format!("{key}.http"), &url, &["http"]));
-        let ws =
-            u.ws.and_then(|url| parse_url(p, &format!("{key}.ws"), &url, &["ws"]));
-        upstreams.push(UpstreamConfig {
-            name: u.name,
-            http,
-            ws,
-            priority: u.priority,
-        });
-    }
-    upstreams
-}
-
-fn parse_url(p: &mut Problems, key: &str, text: &str, schemes: &[&str]) -> Option<http::Uri> {
-    let uri: http::Uri = match text.parse() {
-        Ok(uri) => uri,
-        Err(e) => {
-            p.add(key, format!("invalid URL {text:?}: {e}"));
-            return None;
-        }
-    };
-    match uri.scheme_str() {
-        Some(scheme) if schemes.contains(&scheme) && uri.host().is_some() => Some(uri),
-        Some("https") => {
-            p.add(
-                key,
-                format!("invalid URL {text:?}: https upstreams are not supported yet"),
-            );
-            None
-        }
-        _ => {
-            p.add(
-                key,
-                format!(
-                    "invalid URL {text:?}: expected {}://HOST[:PORT][/PATH]",
-                    schemes.join("|")
-                ),
-            );
-            None
         }
     }
 }

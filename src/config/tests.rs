@@ -84,19 +84,10 @@ fn upstream_needs_http_or_ws() {
 }
 
 #[test]
-fn websocket_only_upstream_is_refused_until_calls_go_over_ws() {
-    let problems = errors("[[upstream]]\nname = \"a\"\nws = \"ws://127.0.0.1:8546\"");
-    assert_eq!(
-        problems,
-        vec!["upstream[0].http: required in this version (`ws` adds subscriptions)"]
-    );
-}
-
-#[test]
-fn tls_to_upstreams_is_refused_with_a_reason() {
-    let problems = errors("[[upstream]]\nname = \"a\"\nhttp = \"https://x\"\nws = \"wss://x\"");
-    assert_eq!(problems.len(), 2, "{problems:?}");
-    assert!(problems[0].contains("not supported yet"), "{problems:?}");
+fn websocket_only_upstream_is_accepted() {
+    let c = Config::from_toml_str("[[upstream]]\nname = \"a\"\nws = \"wss://node.example/ws\"")
+        .expect("a ws-only upstream is valid");
+    assert_eq!(c.upstreams[0].http, None);
 }
 
 #[test]

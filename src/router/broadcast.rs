@@ -14,7 +14,7 @@ use super::consistency::Verdict;
 use super::{candidates, encode, final_error, render, AttemptError, Rendered, Reply, Router};
 use crate::jsonrpc::{Call, RpcError, UpstreamResponse};
 use crate::policy;
-use crate::upstream::{SendError, Upstreams};
+use crate::upstream::Upstreams;
 
 /// What one upstream said to one call of a broadcast.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,14 +119,9 @@ async fn send_once(
 ) -> Result<Bytes, AttemptError> {
     let upstream = &upstreams.all()[index];
     let started = tokio::time::Instant::now();
-    let outcome = match &upstream.config.http {
-        Some(uri) => match timeout(request_timeout, upstreams.pool().post(uri, body)).await {
-            Ok(answer) => answer.map_err(AttemptError::Send),
-            Err(_) => Err(AttemptError::Timeout(request_timeout)),
-        },
-        None => Err(AttemptError::Send(SendError::NotSent(
-            "no http endpoint".into(),
-        ))),
+    let outcome = match timeout(request_timeout, upstream.post(body)).await {
+        Ok(answer) => answer.map_err(AttemptError::Send),
+        Err(_) => Err(AttemptError::Timeout(request_timeout)),
     };
     upstream.observe_attempt(started.elapsed());
     match &outcome {

@@ -133,7 +133,7 @@ async fn attempt_until_left(
     let ending = tokio::select! {
         // An answer that is ready wins over a rotation change seen at the same moment.
         biased;
-        outcome = router.attempt(upstreams, upstream, calls, batch, plan) => Ending::Done(outcome),
+        outcome = router.attempt(upstream, calls, batch, plan) => Ending::Done(outcome),
         reason = upstream.left_rotation() => Ending::Left(reason),
     };
     Finished {

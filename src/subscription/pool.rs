@@ -150,20 +150,25 @@ impl SourcePool for RouterPool {
     async fn connect(&self, name: &str) -> Result<FeedConnection, SourceError> {
         let upstreams = self.router.upstreams();
         let upstream = upstreams.all().iter().find(|u| u.name() == name);
-        let Some(config) = upstream.map(|u| &u.config) else {
+        let Some(upstream) = upstream else {
             return Err(SourceError::Connect(format!("{name} is not configured")));
         };
+        let config = &upstream.config;
         match (&config.ws, &config.http) {
-            (Some(ws), _) => {
-                let url = ws.to_string();
+            (Some(_), _) => {
+                let config = config.clone();
                 drop(upstreams);
-                let source =
-                    Source::connect(&url, self.connect_timeout, self.ping_after, self.dead_after)
-                        .await?;
+                let source = Source::connect(
+                    &config,
+                    self.connect_timeout,
+                    self.ping_after,
+                    self.dead_after,
+                )
+                .await?;
                 Ok(FeedConnection::Ws(Box::new(source)))
             }
             (None, Some(http)) => Ok(FeedConnection::Poll(Box::new(Polling::new(
-                upstreams.pool().clone(),
+                upstream.pool().clone(),
                 http.clone(),
                 self.poll_every,
                 self.dead_after,
@@ -185,15 +190,10 @@ impl SourcePool for RouterPool {
         let mut reasons = Vec::new();
         for index in router::candidates(&upstreams) {
             let upstream = &upstreams.all()[index];
-            let Some(uri) = upstream
-                .config
-                .http
-                .as_ref()
-                .filter(|_| upstream.name() != skip)
-            else {
+            if upstream.name() == skip {
                 continue;
-            };
-            let post = upstreams.pool().post(uri, body.clone());
+            }
+            let post = upstream.post(body.clone());
             let outcome = match tokio::time::timeout(limit, post).await {
                 Err(_) => Err(format!("timed out after {limit:?}")),
                 Ok(Err(error)) => Err(error.to_string()),
@@ -205,7 +205,7 @@ impl SourcePool for RouterPool {
             }
         }
         if reasons.is_empty() {
-            reasons.push("no other upstream in rotation with an http endpoint".into());
+            reasons.push("no other upstream in rotation".into());
         }
         Err(reasons.join("; "))
     }

@@ -81,15 +81,14 @@ impl Source {
     /// Connects within `connect_timeout`; the socket is pinged after `ping_after` of silence
     /// and given up after `dead_after` of silence.
     pub async fn connect(
-        url: &str,
+        upstream: &crate::config::UpstreamConfig,
         connect_timeout: Duration,
         ping_after: Duration,
         dead_after: Duration,
     ) -> Result<Source, SourceError> {
-        let (socket, _) = timeout(connect_timeout, tokio_tungstenite::connect_async(url))
+        let socket = crate::upstream::dial::dial_ws(upstream, connect_timeout)
             .await
-            .map_err(|_| SourceError::Connect(format!("timed out after {connect_timeout:?}")))?
-            .map_err(|e| SourceError::Connect(e.to_string()))?;
+            .map_err(SourceError::Connect)?;
         Ok(Source {
             socket,
             next_id: 1,

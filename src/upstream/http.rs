@@ -1,14 +1,19 @@
 //! Pooled keep-alive HTTP transport to upstream nodes, with errors classified by whether the
 //! request could have reached the node.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use tokio_rustls::rustls::ClientConfig;
+
+use crate::config::{Credentials, UpstreamConfig};
 
 /// Why an HTTP exchange with an upstream failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -63,39 +68,101 @@ fn out_of_descriptors(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// A shared connection pool for every upstream.
+/// One upstream's keep-alive connection pool (plain or TLS), with its credentials.
 #[derive(Clone)]
 pub struct HttpPool {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     max_response_bytes: usize,
+    /// Sent on every request; values are marked sensitive so no debug output shows them.
+    headers: Arc<[(HeaderName, HeaderValue)]>,
+    /// Set when this upstream's TLS files could not be loaded: every request fails with it.
+    broken: Option<Arc<str>>,
+}
+
+impl std::fmt::Debug for HttpPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Header values are credentials: names only.
+        let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("HttpPool")
+            .field("headers", &names)
+            .field("broken", &self.broken)
+            .finish_non_exhaustive()
+    }
 }
 
 impl HttpPool {
     /// A pool whose connects give up after `connect_timeout`, so a black-holed node surfaces
     /// as "not sent" rather than as a request timeout, and whose answers are read up to
-    /// `max_response_bytes`.
-    pub fn new(connect_timeout: Duration, max_response_bytes: usize) -> Self {
+    /// `max_response_bytes`. `https://` URIs are verified against `tls`.
+    pub fn new(
+        connect_timeout: Duration,
+        max_response_bytes: usize,
+        tls: Arc<ClientConfig>,
+        headers: &Credentials,
+    ) -> Self {
+        // A new connection resolves the host name again (GaiResolver per connect), so a node
+        // that moved to another address is found on the next connect.
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_keepalive(Some(Duration::from_secs(30)));
+        // The TLS layer wraps this connector and takes `https://` itself.
+        connector.enforce_http(false);
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(Arc::unwrap_or_clone(tls))
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
         HttpPool {
             client,
             max_response_bytes,
+            headers: sensitive_headers(headers).into(),
+            broken: None,
         }
+    }
+
+    /// A pool for one upstream: its TLS settings and headers. TLS files that cannot be loaded
+    /// (they were checked at config load, so they changed since) make every request fail
+    /// with the reason, which then shows in /status.
+    pub fn for_upstream(
+        connect_timeout: Duration,
+        max_response_bytes: usize,
+        upstream: &UpstreamConfig,
+    ) -> Self {
+        let (tls, broken) = if upstream.uses_tls() {
+            match super::tls::client_config(&upstream.tls) {
+                Ok(tls) => (tls, None),
+                Err(reason) => (super::tls::plain_only(), Some(reason.into())),
+            }
+        } else {
+            (super::tls::plain_only(), None)
+        };
+        let mut pool = Self::new(connect_timeout, max_response_bytes, tls, &upstream.headers);
+        pool.broken = broken;
+        pool
+    }
+
+    /// The largest answer read.
+    pub fn max_response_bytes(&self) -> usize {
+        self.max_response_bytes
     }
 
     /// POSTs a JSON body and returns the answer's body.
     pub async fn post(&self, uri: &http::Uri, body: Bytes) -> Result<Bytes, SendError> {
+        if let Some(reason) = &self.broken {
+            return Err(SendError::NotSent(reason.to_string()));
+        }
         let mut request = hyper::Request::post(uri.clone())
             .body(Full::new(body))
             .map_err(|e| SendError::NotSent(e.to_string()))?;
-        request
-            .headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let headers = request.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        for (name, value) in self.headers.iter() {
+            headers.insert(name.clone(), value.clone());
+        }
         let response = self.client.request(request).await.map_err(|e| {
             let detail = error_chain(&e);
             if out_of_descriptors(&e) {
@@ -127,6 +194,21 @@ impl HttpPool {
             Err(e) => Err(SendError::NoAnswer(error_chain(e.as_ref()))),
         }
     }
+}
+
+/// Parses validated header pairs, marking every value sensitive.
+pub fn sensitive_headers(headers: &Credentials) -> Vec<(HeaderName, HeaderValue)> {
+    headers
+        .0
+        .iter()
+        .filter_map(|(name, value)| {
+            // Validated at config load; a pair that fails here is skipped rather than sent.
+            let name = HeaderName::from_bytes(name.as_bytes()).ok()?;
+            let mut value = HeaderValue::from_str(value).ok()?;
+            value.set_sensitive(true);
+            Some((name, value))
+        })
+        .collect()
 }
 
 /// Joins an error with its sources: hyper's top-level messages alone say little.

@@ -1,17 +1,21 @@
 //! Upstream Ethereum nodes: one [`Upstream`] per configured node and the [`Upstreams`] set
 //! that holds their health model and publishes, through atomics, which ones are in rotation.
 
+pub mod dial;
 pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod probe;
 mod reload;
 mod rotation;
+pub mod tls;
+pub mod ws;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -56,13 +60,26 @@ pub struct Upstream {
     latency: crate::metrics::Histogram,
     /// `None` while in rotation, else why not: calls in flight here wait on it to move away.
     rotation: watch::Sender<Option<Arc<str>>>,
+    /// This upstream's own HTTP pool: its TLS settings and headers are its own.
+    pool: HttpPool,
+    /// Calls, batches and probes of a WebSocket-only upstream (no `http`).
+    ws_calls: Option<ws::WsMux>,
 }
 
 impl Upstream {
-    fn new(index: usize, config: UpstreamConfig) -> Self {
+    fn new(
+        index: usize,
+        config: UpstreamConfig,
+        pool: HttpPool,
+        connect_timeout: Duration,
+    ) -> Self {
+        let ws_calls = (config.http.is_none() && config.ws.is_some())
+            .then(|| ws::WsMux::new(config.clone(), connect_timeout, pool.max_response_bytes()));
         Upstream {
+            ws_calls,
             index,
             config,
+            pool,
             state: AtomicU8::new(State::Unreachable as u8),
             head: AtomicU64::new(0),
             safe: AtomicU64::new(0),
@@ -73,6 +90,21 @@ impl Upstream {
             attempts: Default::default(),
             latency: Default::default(),
             rotation: watch::Sender::new(Some("not probed yet".into())),
+        }
+    }
+
+    /// The HTTP pool of this upstream (its TLS settings and headers).
+    pub fn pool(&self) -> &HttpPool {
+        &self.pool
+    }
+
+    /// Sends one JSON-RPC request or batch (ids already the router's) over this upstream's
+    /// call transport: its HTTP endpoint, or its multiplexed WebSocket when it has only `ws`.
+    pub async fn post(&self, body: Bytes) -> Result<Bytes, SendError> {
+        match (&self.config.http, &self.ws_calls) {
+            (Some(uri), _) => self.pool.post(uri, body).await,
+            (None, Some(mux)) => mux.post(body).await,
+            (None, None) => Err(SendError::NotSent("no endpoint".into())),
         }
     }
 
@@ -184,18 +216,22 @@ pub struct Upstreams {
     /// False until the start-up probe round is over, so the first upstream to answer is not
     /// selected over a preferred one that answers a moment later.
     started: std::sync::atomic::AtomicBool,
-    pool: HttpPool,
     metrics: Arc<Metrics>,
 }
 
 impl Upstreams {
     /// Builds the set from a validated config; nothing is in rotation until probed.
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Self {
+        let connect_timeout = (config.server.request_timeout / 2).min(Duration::from_secs(5));
+        let max_response_bytes = config.server.max_response_bytes;
         let list: Vec<Arc<Upstream>> = config
             .upstreams
             .iter()
             .enumerate()
-            .map(|(index, u)| Arc::new(Upstream::new(index, u.clone())))
+            .map(|(index, u)| {
+                let pool = HttpPool::for_upstream(connect_timeout, max_response_bytes, u);
+                Arc::new(Upstream::new(index, u.clone(), pool, connect_timeout))
+            })
             .collect();
         let mut by_priority: Vec<usize> = (0..list.len()).collect();
         by_priority.sort_by_key(|&i| (list[i].config.priority, i));
@@ -204,7 +240,6 @@ impl Upstreams {
             let _ = expected_chain_id.set(id);
         }
         let now = Instant::now();
-        let connect_timeout = (config.server.request_timeout / 2).min(Duration::from_secs(5));
         Upstreams {
             facts: Mutex::new(list.iter().map(|_| Facts::new(now)).collect()),
             list,
@@ -213,7 +248,6 @@ impl Upstreams {
             expected_chain_id,
             selected: AtomicUsize::new(NONE_SELECTED),
             started: std::sync::atomic::AtomicBool::new(false),
-            pool: HttpPool::new(connect_timeout, config.server.max_response_bytes),
             metrics,
         }
     }
@@ -226,11 +260,6 @@ impl Upstreams {
     /// Upstream indexes in priority order.
     pub fn priority_order(&self) -> &[usize] {
         &self.by_priority
-    }
-
-    /// The shared HTTP pool.
-    pub fn pool(&self) -> &HttpPool {
-        &self.pool
     }
 
     /// The chain id every upstream must report, once known.
@@ -309,7 +338,18 @@ impl Upstreams {
                 me.latency = Some(rtt);
                 me.last_error = None;
             }
-            Err(error) => me.last_error = Some(error),
+            Err(error) => {
+                // An upstream starts unreachable, so failing from the start is no transition:
+                // its first failure gets the one line instead (a wrong CA, a typo in the URL).
+                if me.last_error.is_none() && me.chain.is_none() {
+                    tracing::warn!(
+                        upstream = self.list[index].name(),
+                        reason = %error,
+                        "upstream unreachable since start"
+                    );
+                }
+                me.last_error = Some(error);
+            }
         }
         me.reachable.record(ok, &self.health);
         self.publish(&facts, now);
@@ -324,6 +364,14 @@ impl Upstreams {
         if facts[index].reachable.record(false, &self.health).is_some() {
             self.publish(&facts, now);
         }
+    }
+
+    /// The last probe error of upstream `index` while it is unreachable (for /status).
+    pub fn unreachable_reason(&self, index: usize) -> Option<String> {
+        if self.list.get(index)?.state() != State::Unreachable {
+            return None;
+        }
+        self.lock_facts().get(index)?.last_error.clone()
     }
 
     fn lock_facts(&self) -> std::sync::MutexGuard<'_, Vec<Facts>> {

@@ -67,30 +67,25 @@ pub async fn run(upstreams: Arc<Upstreams>, index: usize, shutdown: Cancellation
 pub async fn probe_and_record(upstreams: &Upstreams, index: usize, with_tags: bool) {
     let upstream = &upstreams.list[index];
     let started = Instant::now();
-    let outcome = match &upstream.config.http {
-        Some(uri) => {
-            match timeout(upstreams.health.timeout, probe(upstreams, uri, with_tags)).await {
-                Ok(outcome) => outcome,
-                Err(_) => Err(format!(
-                    "probe timed out after {:?}",
-                    upstreams.health.timeout
-                )),
-            }
-        }
-        None => Err("no http endpoint to probe".to_string()),
+    // Over the upstream's call transport: HTTP, or its WebSocket when it has only `ws`.
+    let outcome = match timeout(upstreams.health.timeout, probe(upstream, with_tags)).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(format!(
+            "probe timed out after {:?}",
+            upstreams.health.timeout
+        )),
     };
     upstreams.record_probe(index, outcome, started.elapsed());
 }
 
-async fn probe(upstreams: &Upstreams, uri: &http::Uri, with_tags: bool) -> Result<Report, String> {
+async fn probe(upstream: &super::Upstream, with_tags: bool) -> Result<Report, String> {
     let body = if with_tags {
         PROBE_WITH_TAGS_BODY
     } else {
         PROBE_BODY
     };
-    let answer = upstreams
-        .pool
-        .post(uri, Bytes::from_static(body.as_bytes()))
+    let answer = upstream
+        .post(Bytes::from_static(body.as_bytes()))
         .await
         .map_err(|e| e.to_string())?;
     parse_report(&answer)
@@ -100,6 +95,18 @@ async fn probe(upstreams: &Upstreams, uri: &http::Uri, with_tags: bool) -> Resul
 pub async fn probe_endpoint(pool: &super::HttpPool, uri: &http::Uri) -> Result<Report, String> {
     let body = pool
         .post(uri, Bytes::from_static(PROBE_BODY.as_bytes()))
+        .await
+        .map_err(|e| e.to_string())?;
+    parse_report(&body)
+}
+
+/// Sends the probe batch through any call transport (no timeout: the caller bounds it).
+pub async fn probe_over<F, Fut>(post: F) -> Result<Report, String>
+where
+    F: FnOnce(Bytes) -> Fut,
+    Fut: std::future::Future<Output = Result<Bytes, super::SendError>>,
+{
+    let body = post(Bytes::from_static(PROBE_BODY.as_bytes()))
         .await
         .map_err(|e| e.to_string())?;
     parse_report(&body)

@@ -3,15 +3,16 @@ use std::time::Duration;
 use super::*;
 
 fn upstream() -> Upstream {
-    Upstream::new(
-        0,
-        UpstreamConfig {
-            name: "a".into(),
-            http: None,
-            ws: None,
-            priority: 0,
-        },
-    )
+    let config = UpstreamConfig {
+        name: "a".into(),
+        http: None,
+        ws: None,
+        priority: 0,
+        tls: Default::default(),
+        headers: Default::default(),
+    };
+    let pool = HttpPool::for_upstream(Duration::from_secs(1), 1 << 20, &config);
+    Upstream::new(0, config, pool, Duration::from_secs(1))
 }
 
 /// Whether `left_rotation` resolves within a (paused-clock) moment, and with what.

@@ -8,5 +8,6 @@ pub mod mock;
 pub mod process;
 pub mod raw_http;
 pub mod relay;
+pub mod tls_relay;
 pub mod tools;
 pub mod ws_client;

@@ -5,6 +5,7 @@
 
 mod duration;
 mod raw;
+pub mod upstream_tls;
 mod values;
 
 use std::fmt;

@@ -44,7 +44,7 @@ pub async fn dial_ws_with(
     let connector = if uri.scheme_str() == Some("wss") {
         // Read per dial rather than once: a renewed client certificate is picked up on the
         // next reconnect, and reconnects are rare.
-        Connector::Rustls(super::tls::client_config(&upstream.tls)?)
+        Connector::Rustls(crate::config::upstream_tls::client_config(&upstream.tls)?)
     } else {
         Connector::Plain
     };

@@ -133,12 +133,15 @@ impl HttpPool {
         upstream: &UpstreamConfig,
     ) -> Self {
         let (tls, broken) = if upstream.uses_tls() {
-            match super::tls::client_config(&upstream.tls) {
+            match crate::config::upstream_tls::client_config(&upstream.tls) {
                 Ok(tls) => (tls, None),
-                Err(reason) => (super::tls::plain_only(), Some(reason.into())),
+                Err(reason) => (
+                    crate::config::upstream_tls::plain_only(),
+                    Some(reason.into()),
+                ),
             }
         } else {
-            (super::tls::plain_only(), None)
+            (crate::config::upstream_tls::plain_only(), None)
         };
         let mut pool = Self::new(connect_timeout, max_response_bytes, tls, &upstream.headers);
         pool.broken = broken;

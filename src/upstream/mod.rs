@@ -8,7 +8,6 @@ pub mod metrics;
 pub mod probe;
 mod reload;
 mod rotation;
-pub mod tls;
 pub mod ws;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};

@@ -106,7 +106,7 @@ fn validate_tls(p: &mut Problems, key: &str, config: &UpstreamConfig) {
             "TLS files need an https:// or wss:// endpoint",
         );
     } else if config.uses_tls() {
-        if let Err(reason) = crate::upstream::tls::client_config(tls) {
+        if let Err(reason) = crate::config::upstream_tls::client_config(tls) {
             p.add(key, reason);
         }
     }

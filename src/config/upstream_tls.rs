@@ -1,6 +1,8 @@
 //! TLS to upstream nodes: one rustls client config per upstream, verifying against the
 //! system's trust store plus the upstream's `tls_ca`, optionally presenting a client
 //! certificate (`tls_cert` + `tls_key`). There is deliberately no way to turn verification off.
+//! It lives with the config so that a bad file is a config error at load, and `config` stays
+//! a leaf that `upstream` builds on.
 
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -9,7 +11,7 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 
-use crate::config::UpstreamTls;
+use super::UpstreamTls;
 
 /// The system's trust store, read once per process: it is a few hundred files, and every
 /// upstream (and every reload) would otherwise read them again.

@@ -5,9 +5,7 @@
 mod support;
 
 use serde_json::{json, Value};
-use support::mock::{
-    block_hash, error_of, result_of, Gateway, GatewayConfig, MockUpstream, TX_HASH,
-};
+use support::mock::{block_hash, result_of, Gateway, GatewayConfig, MockUpstream, TX_HASH};
 use support::ws_client::WsClient;
 
 const RAW_TX: &str = "0x02f86b0180843b9aca00";

@@ -165,7 +165,7 @@ impl Plan {
             // The tag was pinned to the served block: an upstream without it is behind that
             // mark, and if all are, the client gets the served block (or -32002), never null.
             (Use::BlockByTag { tag, .. }, true) if pinned => return Verdict::Behind(tag),
-            (_, true) if answer.error_summary().is_some() => return Verdict::Lacking,
+            (_, true) if answer.error.is_some() => return Verdict::Lacking,
             _ => {}
         }
         let result = answer.result.filter(|r| r.get() != "null");

@@ -11,6 +11,7 @@ use serde_json::value::RawValue;
 use tokio::time::Instant;
 
 use super::source::{Notification, SourceError};
+use crate::jsonrpc::UpstreamResponse;
 use crate::upstream::http::HttpPool;
 
 /// The subscription id this source gives its synthetic newHeads subscription.
@@ -115,20 +116,15 @@ fn block_hash(block: &RawValue) -> Option<String> {
 
 /// The `result` of one answer, or the upstream's error.
 pub(super) fn answer_result(method: &str, answer: &[u8]) -> Result<Box<RawValue>, SourceError> {
-    #[derive(Deserialize)]
-    struct Answer {
-        result: Option<Box<RawValue>>,
-        error: Option<Box<RawValue>>,
-    }
     let rpc = |error: String| SourceError::Rpc {
         method: method.into(),
         error,
     };
-    let answer: Answer =
+    let answer: UpstreamResponse<'_> =
         serde_json::from_slice(answer).map_err(|e| rpc(format!("not a JSON-RPC answer: {e}")))?;
     match (answer.result, answer.error) {
         (_, Some(error)) => Err(rpc(error.get().to_string())),
-        (Some(result), None) => Ok(result),
+        (Some(result), None) => Ok(result.to_owned()),
         (None, None) => Err(rpc("no result".into())),
     }
 }

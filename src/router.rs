@@ -310,13 +310,15 @@ fn render(
 /// The upstream's answers in call order: a batch answer may come in any order, and is matched
 /// by ethgate's ids `0..n` in one pass.
 fn match_answers(body: &[u8], n: usize, batch: bool) -> Result<Vec<UpstreamResponse<'_>>, String> {
+    // UTF-8 checked once for the whole answer rather than by serde_json string by string.
+    let body = std::str::from_utf8(body).map_err(|e| format!("not a JSON-RPC answer: {e}"))?;
     if !batch {
         let answer =
-            serde_json::from_slice(body).map_err(|e| format!("not a JSON-RPC answer: {e}"))?;
+            serde_json::from_str(body).map_err(|e| format!("not a JSON-RPC answer: {e}"))?;
         return Ok(vec![answer]);
     }
     let answers: Vec<UpstreamResponse> =
-        serde_json::from_slice(body).map_err(|e| format!("not a JSON-RPC batch answer: {e}"))?;
+        serde_json::from_str(body).map_err(|e| format!("not a JSON-RPC batch answer: {e}"))?;
     let mut slots: Vec<Option<UpstreamResponse>> = (0..n).map(|_| None).collect();
     for answer in answers {
         let slot = answer

@@ -10,9 +10,9 @@ use serde_json::value::RawValue;
 use super::{RpcError, BATCH_TOO_LARGE, PARSE_ERROR};
 
 /// The raw elements of a JSON array body, at most `limit` of them.
-pub(super) fn elements(body: &[u8], limit: usize) -> Result<Vec<&RawValue>, RpcError> {
+pub(super) fn elements(body: &str, limit: usize) -> Result<Vec<&RawValue>, RpcError> {
     let too_long = Cell::new(false);
-    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let mut deserializer = serde_json::Deserializer::from_str(body);
     let seed = Elements {
         limit,
         too_long: &too_long,

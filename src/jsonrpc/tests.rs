@@ -185,3 +185,19 @@ fn batch_length_is_enforced_while_decoding() {
     assert_eq!(decode(b" [ ] ", 3).unwrap_err(), EMPTY_BATCH);
     assert_eq!(decode(b"[0] x", 3).unwrap_err(), PARSE_ERROR);
 }
+
+#[test]
+fn invalid_utf8_anywhere_is_a_parse_error_and_valid_multibyte_text_is_kept() {
+    let single = b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"eth_\xff\"}";
+    assert_eq!(decode(single, 1000).unwrap_err().code, PARSE_ERROR.code);
+    let batch = b"[{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"a\"},{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"\xc3\x28\"}]";
+    assert_eq!(decode(batch, 1000).unwrap_err().code, PARSE_ERROR.code);
+    let call =
+        single_ok("{\"jsonrpc\":\"2.0\",\"id\":\"é€\",\"method\":\"m\",\"params\":[\"日本\"]}");
+    assert_eq!(call.id.map(RawValue::get), Some("\"é€\""));
+    assert_eq!(call.params.map(RawValue::get), Some("[\"日本\"]"));
+}
+
+fn single_ok(body: &str) -> Call<'_> {
+    single(body).expect("valid call")
+}

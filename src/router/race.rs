@@ -12,7 +12,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::stream::{FuturesUnordered, StreamExt};
+use std::future::{poll_fn, Future};
+use std::pin::{pin, Pin};
+use std::task::Poll;
+
 use tokio::time::Instant;
 
 use super::consistency::Plan;
@@ -76,39 +79,44 @@ pub(super) async fn read(
     let start = |index: usize, hedge: bool| {
         attempt_until_left(router, upstreams, &plan, calls, batch, index, hedge)
     };
-    let mut running = FuturesUnordered::new();
+    // At most two attempts run at once (the current one and a hedge), so two pinned slots on
+    // this future's own state hold them: no allocation per read.
+    let mut first = pin!(None);
+    let mut second = pin!(None);
     // Re-armed at every launch: the delay counts from the latest attempt's start.
     let hedge_after = router.hedge_after.unwrap_or(NEVER);
     let hedge_timer = tokio::time::sleep(hedge_after);
     tokio::pin!(hedge_timer);
     let mut may_hedge = router.hedge_after.is_some();
     if let Some(index) = race.next_candidate() {
-        running.push(start(index, false));
+        first.set(Some(start(index, false)));
     }
     loop {
+        let running = usize::from(first.is_some()) + usize::from(second.is_some());
         tokio::select! {
-            Some(finished) = running.next() => {
+            Some(finished) = next_finished(first.as_mut(), second.as_mut()) => {
                 let moved = matches!(finished.ending, Ending::Left(_));
                 if let Some(rendered) = race.settle_one(finished, &plan) {
                     race.abandon_the_rest();
                     return Ok(rendered);
                 }
-                if running.is_empty() {
+                if first.is_none() && second.is_none() {
                     if let Some(index) = race.next_candidate() {
-                        running.push(start(index, false));
+                        first.set(Some(start(index, false)));
                         hedge_timer.as_mut().reset(Instant::now() + hedge_after);
                     }
                 }
                 // A call whose upstream left rotation and that is still in flight elsewhere
                 // (just re-sent, or already hedged there) has moved.
-                if moved && !running.is_empty() {
+                if moved && (first.is_some() || second.is_some()) {
                     upstreams.metrics().failover("in_flight");
                 }
             }
-            () = &mut hedge_timer, if may_hedge && running.len() == 1 => {
+            () = &mut hedge_timer, if may_hedge && running == 1 => {
                 may_hedge = false;
                 if let Some(index) = race.next_candidate() {
-                    running.push(start(index, true));
+                    let hedge = Some(start(index, true));
+                    if first.is_none() { first.set(hedge) } else { second.set(hedge) }
                     upstreams.metrics().hedge("sent");
                 }
             }
@@ -116,6 +124,28 @@ pub(super) async fn read(
         }
     }
     race.finish(&plan, calls)
+}
+
+/// The next attempt to finish, its slot emptied; `None` when both slots are empty.
+async fn next_finished<F: Future>(
+    mut first: Pin<&mut Option<F>>,
+    mut second: Pin<&mut Option<F>>,
+) -> Option<F::Output> {
+    if first.is_none() && second.is_none() {
+        return None;
+    }
+    poll_fn(|cx| {
+        for slot in [&mut first, &mut second] {
+            if let Some(attempt) = slot.as_mut().as_pin_mut() {
+                if let Poll::Ready(finished) = attempt.poll(cx) {
+                    slot.set(None);
+                    return Poll::Ready(Some(finished));
+                }
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// One attempt on upstream `index`, abandoned as soon as that upstream leaves rotation.

@@ -128,3 +128,16 @@ fn pinned_params_replace_the_clients_in_the_encoded_body() {
         br#"{"jsonrpc":"2.0","id":0,"method":"eth_getBlockByNumber","params":["0x10",false]}"#
     );
 }
+
+#[test]
+fn an_answer_that_is_not_utf8_is_a_bad_answer() {
+    let id = raw("1");
+    let c = call(Some(&id), "eth_blockNumber");
+    let error = splice(
+        b"{\"jsonrpc\":\"2.0\",\"id\":0,\"result\":\"\xff\"}",
+        &[&c],
+        false,
+    )
+    .expect_err("refused");
+    assert!(error.starts_with("not a JSON-RPC answer"), "{error}");
+}

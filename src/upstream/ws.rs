@@ -184,7 +184,15 @@ impl WsMux {
         let ws_config = WebSocketConfig::default()
             .max_message_size(Some(self.max_response_bytes))
             .max_frame_size(Some(self.max_response_bytes));
-        match dial_ws_with(&self.config, self.connect_timeout, Some(ws_config)).await {
+        // Boxed: the dial (TCP, TLS, handshake) is a future of several KiB that would otherwise
+        // be part of every call's state, even calls over HTTP (`Upstream::post`), which are
+        // then moved and copied at each await.
+        let dial = Box::pin(dial_ws_with(
+            &self.config,
+            self.connect_timeout,
+            Some(ws_config),
+        ));
+        match dial.await {
             Ok(socket) => {
                 let (outgoing, queue) = mpsc::channel(QUEUE);
                 let pending: Pending = Arc::default();

@@ -1,17 +1,19 @@
 //! Pooled keep-alive HTTP transport to upstream nodes, with errors classified by whether the
 //! request could have reached the node.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use bytes::{Bytes, BytesMut};
+use http::header::{HeaderName, HeaderValue};
+use tokio::time::Instant;
 use tokio_rustls::rustls::ClientConfig;
+
+mod conn;
+mod exchange;
+
+use conn::{Endpoint, Stream};
+use exchange::Failure;
 
 use crate::config::{Credentials, UpstreamConfig};
 
@@ -68,16 +70,34 @@ fn out_of_descriptors(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// One upstream's keep-alive connection pool (plain or TLS), with its credentials.
+/// One upstream's keep-alive connections (plain or TLS), with its credentials.
 #[derive(Clone)]
 pub struct HttpPool {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// Connections waiting for a request, most recently used last.
+    idle: Arc<Mutex<Vec<Idle>>>,
+    connect_timeout: Duration,
     max_response_bytes: usize,
+    /// Verifies `https://` upstreams; announces HTTP/1.1 by ALPN.
+    tls: Arc<ClientConfig>,
     /// Sent on every request; values are marked sensitive so no debug output shows them.
     headers: Arc<[(HeaderName, HeaderValue)]>,
     /// Set when this upstream's TLS files could not be loaded: every request fails with it.
     broken: Option<Arc<str>>,
 }
+
+/// A connection between two requests, with its read buffer (which may hold capacity only).
+struct Idle {
+    /// `scheme://authority` it was opened for.
+    origin: Arc<str>,
+    stream: Stream,
+    buf: BytesMut,
+    since: Instant,
+}
+
+/// Idle connections older than this are closed rather than reused (hyper's default too).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle connections kept per upstream; more are closed when returned.
+const MAX_IDLE: usize = 512;
 
 impl std::fmt::Debug for HttpPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -91,34 +111,22 @@ impl std::fmt::Debug for HttpPool {
 }
 
 impl HttpPool {
-    /// A pool whose connects give up after `connect_timeout`, so a black-holed node surfaces
-    /// as "not sent" rather than as a request timeout, and whose answers are read up to
-    /// `max_response_bytes`. `https://` URIs are verified against `tls`.
+    /// A pool whose connects (and TLS handshakes) give up after `connect_timeout`, so a
+    /// black-holed node surfaces as "not sent" rather than as a request timeout, and whose
+    /// answers are read up to `max_response_bytes`. `https://` URIs are verified against `tls`.
     pub fn new(
         connect_timeout: Duration,
         max_response_bytes: usize,
         tls: Arc<ClientConfig>,
         headers: &Credentials,
     ) -> Self {
-        // A new connection resolves the host name again (GaiResolver per connect), so a node
-        // that moved to another address is found on the next connect.
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_keepalive(Some(Duration::from_secs(30)));
-        // The TLS layer wraps this connector and takes `https://` itself.
-        connector.enforce_http(false);
-        let connector = HttpsConnectorBuilder::new()
-            .with_tls_config(Arc::unwrap_or_clone(tls))
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(connector);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
+        let mut tls = Arc::unwrap_or_clone(tls);
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         HttpPool {
-            client,
+            idle: Arc::default(),
+            connect_timeout,
             max_response_bytes,
+            tls: Arc::new(tls),
             headers: sensitive_headers(headers).into(),
             broken: None,
         }
@@ -158,45 +166,83 @@ impl HttpPool {
         if let Some(reason) = &self.broken {
             return Err(SendError::NotSent(reason.to_string()));
         }
-        let mut request = hyper::Request::post(uri.clone())
-            .body(Full::new(body))
-            .map_err(|e| SendError::NotSent(e.to_string()))?;
-        let headers = request.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        for (name, value) in self.headers.iter() {
-            headers.insert(name.clone(), value.clone());
-        }
-        let response = self.client.request(request).await.map_err(|e| {
-            let detail = error_chain(&e);
-            if out_of_descriptors(&e) {
-                SendError::Local(detail)
-            } else if e.is_connect() {
-                SendError::NotSent(detail)
-            } else {
-                SendError::NoAnswer(detail)
+        let (Some(endpoint), Some(authority)) = (Endpoint::of(uri, &self.tls), uri.authority())
+        else {
+            return Err(SendError::NotSent(format!("not an http(s) URL: {uri}")));
+        };
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let request = exchange::request(path, authority.as_str(), &self.headers, &body);
+        let origin = format!("{}://{authority}", uri.scheme_str().unwrap_or("http"));
+        loop {
+            let (mut conn, reused) = match self.checkout(&origin) {
+                Some(conn) => (conn, true),
+                None => (self.connect(&endpoint, &origin).await?, false),
+            };
+            let limit = self.max_response_bytes;
+            let answer =
+                match exchange::exchange(&mut conn.stream, &mut conn.buf, &request, limit).await {
+                    Ok(answer) => answer,
+                    // A kept-alive connection the node closed meanwhile: the request never left,
+                    // so it goes out on another connection.
+                    Err(Failure::NotWritten(_)) if reused => continue,
+                    Err(Failure::NotWritten(e)) => return Err(SendError::NoAnswer(e.to_string())),
+                    Err(Failure::NoAnswer(detail)) => return Err(SendError::NoAnswer(detail)),
+                    Err(Failure::TooLarge) => return Err(SendError::TooLarge(limit)),
+                };
+            if exchange::is_retry_status(answer.status) {
+                return Err(SendError::Status(answer.status));
             }
-        })?;
-        let status = response.status();
-        if status.is_server_error() || status == http::StatusCode::TOO_MANY_REQUESTS {
-            return Err(SendError::Status(status.as_u16()));
-        }
-        let limit = self.max_response_bytes;
-        let declared = response
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > limit as u64) {
-            return Err(SendError::TooLarge(limit));
-        }
-        // Chunked answers are counted while they stream: reading stops at the limit, so an
-        // answer that never ends, or a huge one, costs at most `limit` bytes.
-        match Limited::new(response.into_body(), limit).collect().await {
-            Ok(body) => Ok(body.to_bytes()),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(SendError::TooLarge(limit)),
-            Err(e) => Err(SendError::NoAnswer(error_chain(e.as_ref()))),
+            if answer.reusable {
+                self.check_in(conn);
+            }
+            return Ok(answer.body);
         }
     }
+
+    /// The most recently used idle connection to `origin` that is still open.
+    fn checkout(&self, origin: &str) -> Option<Idle> {
+        let mut idle = lock(&self.idle);
+        while let Some(position) = idle.iter().rposition(|c| &*c.origin == origin) {
+            let conn = idle.swap_remove(position);
+            if conn.since.elapsed() < IDLE_TIMEOUT && conn.stream.is_reusable() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    fn check_in(&self, mut conn: Idle) {
+        conn.since = Instant::now();
+        let mut idle = lock(&self.idle);
+        if idle.len() < MAX_IDLE {
+            idle.push(conn);
+        }
+    }
+
+    async fn connect(&self, endpoint: &Endpoint, origin: &str) -> Result<Idle, SendError> {
+        let stream = Stream::connect(endpoint, self.connect_timeout)
+            .await
+            .map_err(|e| {
+                let detail = format!("connect: {}", error_chain(&e));
+                if out_of_descriptors(&e) {
+                    SendError::Local(detail)
+                } else {
+                    SendError::NotSent(detail)
+                }
+            })?;
+        Ok(Idle {
+            origin: origin.into(),
+            stream,
+            buf: BytesMut::new(),
+            since: Instant::now(),
+        })
+    }
+}
+
+/// The pool's lock; a panic elsewhere while holding it leaves a list that is still valid.
+fn lock(idle: &Mutex<Vec<Idle>>) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+    idle.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Parses validated header pairs, marking every value sensitive.
@@ -225,3 +271,6 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,336 @@
+//! One HTTP/1.1 POST and its answer on a kept-alive connection, driven by the calling task.
+//!
+//! Only what an upstream JSON-RPC answer needs, as pingora does for its own HTTP/1 client:
+//! the head parsed by `httparse`, bodies framed by `Content-Length`, `chunked` or the end of
+//! the connection, interim (1xx) answers skipped, and every read bounded by
+//! `max_response_bytes`. Driving the exchange inline saves the task hop, channel and pool
+//! machinery of a general-purpose client on every call.
+
+use std::io::{self, Write};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{HeaderName, HeaderValue};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::conn::Stream;
+
+/// Largest response head accepted (status line and headers).
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Headers parsed in one response head.
+const MAX_HEADERS: usize = 64;
+/// Largest chunk-size line (size, extensions) accepted in a chunked body.
+const MAX_CHUNK_LINE: usize = 1024;
+
+/// How an exchange failed.
+#[derive(Debug)]
+pub(super) enum Failure {
+    /// Nothing of the request reached the kernel: it was certainly not sent.
+    NotWritten(io::Error),
+    /// The request may have arrived, but no complete, well-formed answer came back.
+    NoAnswer(String),
+    /// The answer is larger than the limit.
+    TooLarge,
+}
+
+/// A complete answer.
+pub(super) struct Answer {
+    pub status: u16,
+    pub body: Bytes,
+    /// Whether the connection may carry another request.
+    pub reusable: bool,
+}
+
+/// The request head and body, written with as few system calls as the sizes allow.
+pub(super) fn request(
+    path: &str,
+    host: &str,
+    headers: &[(HeaderName, HeaderValue)],
+    body: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(160 + path.len() + body.len());
+    out.extend_from_slice(b"POST ");
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    out.extend_from_slice(host.as_bytes());
+    out.extend_from_slice(b"\r\ncontent-type: application/json\r\ncontent-length: ");
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "{}", body.len());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
+}
+
+/// Writes `request` and reads the answer, reading at most `limit` body bytes.
+pub(super) async fn exchange(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    request: &[u8],
+    limit: usize,
+) -> Result<Answer, Failure> {
+    write(stream, request).await?;
+    let head = loop {
+        let head = read_head(stream, buf).await?;
+        // Interim answers (100 Continue, 103 Early Hints) precede the real one.
+        if !(100..200).contains(&head.status) {
+            break head;
+        }
+    };
+    // An answer that only says "try elsewhere" is not read: its body would only cost memory,
+    // and the connection is closed rather than drained.
+    if is_retry_status(head.status) {
+        return Ok(Answer {
+            status: head.status,
+            body: Bytes::new(),
+            reusable: false,
+        });
+    }
+    let (body, reusable) = match head.framing {
+        Framing::Empty => (Bytes::new(), head.keep_alive),
+        Framing::Length(len) if len > limit as u64 => return Err(Failure::TooLarge),
+        Framing::Length(len) => (
+            read_exact(stream, buf, len as usize).await?,
+            head.keep_alive,
+        ),
+        Framing::Chunked => (read_chunked(stream, buf, limit).await?, head.keep_alive),
+        Framing::UntilClose => (read_to_close(stream, buf, limit).await?, false),
+    };
+    Ok(Answer {
+        status: head.status,
+        body,
+        reusable: reusable && buf.is_empty(),
+    })
+}
+
+/// Statuses that mean "try elsewhere": server errors and 429 Too Many Requests.
+pub(super) fn is_retry_status(status: u16) -> bool {
+    status >= 500 || status == 429
+}
+
+async fn write(stream: &mut Stream, request: &[u8]) -> Result<(), Failure> {
+    let mut written = 0;
+    while written < request.len() {
+        match stream.write(&request[written..]).await {
+            Ok(0) => return Err(lost(written, "connection closed while writing")),
+            Ok(n) => written += n,
+            Err(e) if written == 0 => return Err(Failure::NotWritten(e)),
+            Err(e) => return Err(Failure::NoAnswer(format!("writing the request: {e}"))),
+        }
+    }
+    match stream.flush().await {
+        Ok(()) => Ok(()),
+        Err(e) => Err(Failure::NoAnswer(format!("writing the request: {e}"))),
+    }
+}
+
+fn lost(written: usize, what: &str) -> Failure {
+    if written == 0 {
+        Failure::NotWritten(io::Error::new(io::ErrorKind::WriteZero, what.to_string()))
+    } else {
+        Failure::NoAnswer(what.into())
+    }
+}
+
+/// How the body of an answer is delimited.
+enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+struct Head {
+    status: u16,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+/// Reads more bytes into `buf`; the end of the stream before `what` is complete is a failure.
+async fn fill(stream: &mut Stream, buf: &mut BytesMut, what: &str) -> Result<(), Failure> {
+    if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(8192);
+    }
+    match stream.read_buf(buf).await {
+        Ok(0) => Err(Failure::NoAnswer(format!(
+            "connection closed before the {what} was complete"
+        ))),
+        Ok(_) => Ok(()),
+        Err(e) => Err(Failure::NoAnswer(format!("reading the {what}: {e}"))),
+    }
+}
+
+async fn read_head(stream: &mut Stream, buf: &mut BytesMut) -> Result<Head, Failure> {
+    loop {
+        if let Some((len, head)) = parse_head(buf)? {
+            buf.advance(len);
+            return Ok(head);
+        }
+        if buf.len() > MAX_HEAD_BYTES {
+            return Err(Failure::NoAnswer("answer head too large".into()));
+        }
+        fill(stream, buf, "answer head").await?;
+    }
+}
+
+/// The parsed head and its length, `None` while incomplete.
+fn parse_head(buf: &[u8]) -> Result<Option<(usize, Head)>, Failure> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut headers);
+    let len = match response.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(Failure::NoAnswer(format!("invalid HTTP answer: {e}"))),
+    };
+    let status = response.code.unwrap_or(0);
+    let http11 = response.version == Some(1);
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut encoded = false;
+    let mut close = !http11;
+    for header in response.headers.iter() {
+        let value = std::str::from_utf8(header.value).unwrap_or("").trim();
+        if header.name.eq_ignore_ascii_case("content-length") {
+            let parsed: u64 = value
+                .parse()
+                .map_err(|_| Failure::NoAnswer("invalid Content-Length".into()))?;
+            if length.is_some_and(|l| l != parsed) {
+                return Err(Failure::NoAnswer("conflicting Content-Length".into()));
+            }
+            length = Some(parsed);
+        } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
+            encoded = true;
+            chunked = value
+                .rsplit(',')
+                .next()
+                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+        } else if header.name.eq_ignore_ascii_case("connection") {
+            for token in value.split(',').map(str::trim) {
+                if token.eq_ignore_ascii_case("close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case("keep-alive") && !http11 {
+                    close = false;
+                }
+            }
+        }
+    }
+    // RFC 9112 §6.3: no body for 1xx, 204 and 304; Transfer-Encoding overrides
+    // Content-Length; a non-chunked coding runs until the connection closes.
+    let framing = match (status, encoded, chunked, length) {
+        (100..=199 | 204 | 304, ..) => Framing::Empty,
+        (_, true, true, _) => Framing::Chunked,
+        (_, true, false, _) => Framing::UntilClose,
+        (_, false, _, Some(len)) => Framing::Length(len),
+        (_, false, _, None) => Framing::UntilClose,
+    };
+    let keep_alive = !close && !matches!(framing, Framing::UntilClose);
+    Ok(Some((
+        len,
+        Head {
+            status,
+            framing,
+            keep_alive,
+        },
+    )))
+}
+
+async fn read_exact(stream: &mut Stream, buf: &mut BytesMut, len: usize) -> Result<Bytes, Failure> {
+    if buf.capacity() < len {
+        buf.reserve(len - buf.len());
+    }
+    while buf.len() < len {
+        fill(stream, buf, "answer body").await?;
+    }
+    Ok(buf.split_to(len).freeze())
+}
+
+async fn read_to_close(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    limit: usize,
+) -> Result<Bytes, Failure> {
+    loop {
+        if buf.len() > limit {
+            return Err(Failure::TooLarge);
+        }
+        buf.reserve(8192);
+        match stream.read_buf(buf).await {
+            Ok(0) => return Ok(buf.split().freeze()),
+            Ok(_) => {}
+            Err(e) => return Err(Failure::NoAnswer(format!("reading the answer body: {e}"))),
+        }
+    }
+}
+
+async fn read_chunked(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    limit: usize,
+) -> Result<Bytes, Failure> {
+    let mut body = BytesMut::new();
+    loop {
+        let size = read_chunk_size(stream, buf).await?;
+        if size == 0 {
+            skip_trailers(stream, buf).await?;
+            return Ok(body.freeze());
+        }
+        if body.len() as u64 + size > limit as u64 {
+            return Err(Failure::TooLarge);
+        }
+        let size = size as usize;
+        while buf.len() < size + 2 {
+            fill(stream, buf, "answer body").await?;
+        }
+        body.extend_from_slice(&buf[..size]);
+        if &buf[size..size + 2] != b"\r\n" {
+            return Err(Failure::NoAnswer(
+                "invalid chunk: no CRLF after data".into(),
+            ));
+        }
+        buf.advance(size + 2);
+    }
+}
+
+/// Reads one CRLF-terminated line (without the CRLF), at most `MAX_CHUNK_LINE` long.
+async fn read_line(stream: &mut Stream, buf: &mut BytesMut) -> Result<Bytes, Failure> {
+    loop {
+        if let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
+            let line = buf.split_to(end).freeze();
+            buf.advance(2);
+            return Ok(line);
+        }
+        if buf.len() > MAX_CHUNK_LINE {
+            return Err(Failure::NoAnswer("invalid chunk: line too long".into()));
+        }
+        fill(stream, buf, "answer body").await?;
+    }
+}
+
+async fn read_chunk_size(stream: &mut Stream, buf: &mut BytesMut) -> Result<u64, Failure> {
+    let line = read_line(stream, buf).await?;
+    let size = line.split(|&b| b == b';').next().unwrap_or_default();
+    let size = std::str::from_utf8(size).unwrap_or("").trim();
+    if size.is_empty() || size.len() > 15 {
+        return Err(Failure::NoAnswer("invalid chunk size".into()));
+    }
+    u64::from_str_radix(size, 16).map_err(|_| Failure::NoAnswer("invalid chunk size".into()))
+}
+
+async fn skip_trailers(stream: &mut Stream, buf: &mut BytesMut) -> Result<(), Failure> {
+    let mut trailer_bytes = 0;
+    loop {
+        let line = read_line(stream, buf).await?;
+        if line.is_empty() {
+            return Ok(());
+        }
+        trailer_bytes += line.len();
+        if trailer_bytes > MAX_HEAD_BYTES {
+            return Err(Failure::NoAnswer("answer trailers too large".into()));
+        }
+    }
+}

@@ -162,9 +162,9 @@ impl Admin {
                     "lag": set.lag(u),
                     "latency_ms": u.latency().as_secs_f64() * 1000.0,
                     "priority": u.config.priority,
-                    "selected": selected == Some(u.index),
+                    "selected": selected.is_some_and(|s| Arc::ptr_eq(s, u)),
                     // Why an unreachable upstream is so (connect or TLS error); null otherwise.
-                    "reason": set.unreachable_reason(u.index),
+                    "reason": set.unreachable_reason(u),
                 })
             })
             .collect();

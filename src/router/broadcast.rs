@@ -11,10 +11,12 @@ use tokio::sync::mpsc;
 use tokio::time::timeout;
 
 use super::consistency::Verdict;
-use super::{candidates, encode, final_error, render, AttemptError, Rendered, Reply, Router};
+use super::{
+    candidates, encode, final_error, render, AttemptError, Framing, Rendered, Reply, Router,
+};
 use crate::jsonrpc::{Call, RpcError, UpstreamResponse};
 use crate::policy;
-use crate::upstream::Upstreams;
+use crate::upstream::{AttemptResult, Upstream, Upstreams};
 
 /// What one upstream said to one call of a broadcast.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,17 +52,17 @@ pub(super) async fn forward(
     router: &Router,
     upstreams: &Arc<Upstreams>,
     calls: &[&Call<'_>],
-    batch: bool,
+    framing: Framing,
 ) -> Result<Rendered, RpcError> {
     let order = candidates(upstreams);
-    let body = encode(calls, &[], batch);
+    let body = encode(calls, &[], framing);
     let (tx, mut rx) = mpsc::channel(order.len().max(1));
-    for (rank, &index) in order.iter().enumerate() {
+    for (rank, &upstream) in order.iter().enumerate() {
         let (tx, upstreams, body) = (tx.clone(), upstreams.clone(), body.clone());
+        let upstream = upstream.clone();
         let request_timeout = router.request_timeout;
         tokio::spawn(async move {
-            let upstream = upstreams.all()[index].clone();
-            let send = send_once(&upstreams, index, body, request_timeout);
+            let send = send_once(&upstreams, &upstream, body, request_timeout);
             tokio::pin!(send);
             // A node that leaves rotation mid-send is reported at once, so the client does
             // not wait for a frozen node; its send is never repeated, but is let run (within
@@ -82,7 +84,7 @@ pub(super) async fn forward(
     let mut answers: Vec<Option<Answered>> = order.iter().map(|_| None).collect();
     let mut failures = Vec::new();
     while let Some((rank, outcome)) = rx.recv().await {
-        let accepted = match outcome.and_then(|answer| judge(&answer, calls, batch)) {
+        let accepted = match outcome.and_then(|answer| judge(&answer, calls, framing)) {
             Ok(answered) => {
                 let all = answered
                     .acceptance
@@ -92,7 +94,7 @@ pub(super) async fn forward(
                 all
             }
             Err(error) => {
-                failures.push((order[rank], error));
+                failures.push((&**order[rank], error));
                 false
             }
         };
@@ -105,19 +107,18 @@ pub(super) async fn forward(
     let primary_answered = answers.first().is_some_and(Option::is_some);
     let answered: Vec<Answered> = answers.into_iter().flatten().collect();
     if answered.is_empty() {
-        return Err(final_error(upstreams, &failures, true));
+        return Err(final_error(&failures, true));
     }
     Ok(choose(calls, answered, primary_answered))
 }
 
-/// One send to upstream `index`, counted on it; never retried.
+/// One send to `upstream`, counted on it; never retried.
 async fn send_once(
     upstreams: &Upstreams,
-    index: usize,
+    upstream: &Upstream,
     body: Bytes,
     request_timeout: Duration,
 ) -> Result<Bytes, AttemptError> {
-    let upstream = &upstreams.all()[index];
     let started = tokio::time::Instant::now();
     let outcome = match timeout(request_timeout, upstream.post(body)).await {
         Ok(answer) => answer.map_err(AttemptError::Send),
@@ -125,11 +126,11 @@ async fn send_once(
     };
     upstream.observe_attempt(started.elapsed());
     match &outcome {
-        Ok(_) => upstream.count_attempt("ok"),
+        Ok(_) => upstream.count_attempt(AttemptResult::Ok),
         Err(error) => {
             upstream.count_attempt(error.label());
             if error.counts_against_health() {
-                upstreams.record_passive_failure(index, &error.to_string());
+                upstreams.record_passive_failure(upstream, &error.to_string());
             }
         }
     }
@@ -137,9 +138,9 @@ async fn send_once(
 }
 
 /// Renders one upstream's answer and notes which calls it accepted.
-fn judge(answer: &[u8], calls: &[&Call<'_>], batch: bool) -> Result<Answered, AttemptError> {
+fn judge(answer: &[u8], calls: &[&Call<'_>], framing: Framing) -> Result<Answered, AttemptError> {
     let mut acceptance = Vec::with_capacity(calls.len());
-    let attempted = render(answer, calls, batch, |_, response| {
+    let attempted = render(answer, calls, framing, |_, response| {
         acceptance.push(Acceptance::of(response));
         Verdict::Fine
     })

@@ -22,7 +22,7 @@ use super::pool::{Connection, SourcePool};
 use super::select;
 use super::source::SourceError;
 use super::{Hub, Kind};
-use crate::metrics::Metrics;
+use crate::metrics::{FailoverKind, Metrics};
 use crate::policy;
 
 /// Pending transaction hashes remembered for dedupe.
@@ -277,7 +277,7 @@ impl<P: SourcePool> Feed<P> {
         let unserved = self.unserved_since.take().map(|since| since.elapsed());
         let subscribed = !self.hub.is_empty();
         if failover && subscribed {
-            self.metrics.failover("subscription");
+            self.metrics.failover(FailoverKind::Subscription);
             self.metrics
                 .subscription_failover(unserved.unwrap_or_default());
         }

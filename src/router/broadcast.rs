@@ -56,31 +56,7 @@ pub(super) async fn forward(
 ) -> Result<Rendered, RpcError> {
     let order = candidates(upstreams);
     let body = encode(calls, &[], framing);
-    let (tx, mut rx) = mpsc::channel(order.len().max(1));
-    for (rank, &upstream) in order.iter().enumerate() {
-        let (tx, upstreams, body) = (tx.clone(), upstreams.clone(), body.clone());
-        let upstream = upstream.clone();
-        let request_timeout = router.request_timeout;
-        tokio::spawn(async move {
-            let send = send_once(&upstreams, &upstream, body, request_timeout);
-            tokio::pin!(send);
-            // A node that leaves rotation mid-send is reported at once, so the client does
-            // not wait for a frozen node; its send is never repeated, but is let run (within
-            // `request_timeout`) so a node that wakes up still gets the transaction.
-            let (report, still_sending) = tokio::select! {
-                biased;
-                outcome = &mut send => (outcome, false),
-                reason = upstream.left_rotation() => (Err(AttemptError::LeftRotation(reason)), true),
-            };
-            // The receiver is gone once the client has its answer; the send itself goes on.
-            let _ = tx.send((rank, report)).await;
-            drop(tx);
-            if still_sending {
-                let _ = send.await;
-            }
-        });
-    }
-    drop(tx);
+    let mut rx = spawn_sends(upstreams, &order, body, router.request_timeout);
     let mut answers: Vec<Option<Answered>> = order.iter().map(|_| None).collect();
     let mut failures = Vec::new();
     while let Some((rank, outcome)) = rx.recv().await {
@@ -110,6 +86,40 @@ pub(super) async fn forward(
         return Err(final_error(&failures, true));
     }
     Ok(choose(calls, answered, primary_answered))
+}
+
+/// Starts one send per upstream of `order`, each its own task; each reports its outcome
+/// with its rank in `order` on the returned channel.
+fn spawn_sends(
+    upstreams: &Arc<Upstreams>,
+    order: &[&Arc<Upstream>],
+    body: Bytes,
+    request_timeout: Duration,
+) -> mpsc::Receiver<(usize, Result<Bytes, AttemptError>)> {
+    let (tx, rx) = mpsc::channel(order.len().max(1));
+    for (rank, &upstream) in order.iter().enumerate() {
+        let (tx, upstreams, body) = (tx.clone(), upstreams.clone(), body.clone());
+        let upstream = upstream.clone();
+        tokio::spawn(async move {
+            let send = send_once(&upstreams, &upstream, body, request_timeout);
+            tokio::pin!(send);
+            // A node that leaves rotation mid-send is reported at once, so the client does
+            // not wait for a frozen node; its send is never repeated, but is let run (within
+            // `request_timeout`) so a node that wakes up still gets the transaction.
+            let (report, still_sending) = tokio::select! {
+                biased;
+                outcome = &mut send => (outcome, false),
+                reason = upstream.left_rotation() => (Err(AttemptError::LeftRotation(reason)), true),
+            };
+            // The receiver is gone once the client has its answer; the send itself goes on.
+            let _ = tx.send((rank, report)).await;
+            drop(tx);
+            if still_sending {
+                let _ = send.await;
+            }
+        });
+    }
+    rx
 }
 
 /// One send to `upstream`, counted on it; never retried.

@@ -53,10 +53,10 @@ impl AttemptError {
 
     /// Whether the next candidate may be tried: always for reads, only when the request
     /// never left ethgate for writes.
-    pub fn retryable(&self, contains_write: bool) -> bool {
+    pub fn retryable(&self, calls: Calls) -> bool {
         // Another node would send the same oversized answer: not worth its memory.
         let too_large = matches!(self, AttemptError::Send(SendError::TooLarge(_)));
-        !too_large && (!contains_write || self.certainly_not_sent())
+        !too_large && (calls == Calls::ReadOnly || self.certainly_not_sent())
     }
 
     /// Whether this failure says something about the upstream's health (passive signal):
@@ -80,6 +80,15 @@ impl AttemptError {
             AttemptError::LeftRotation(_) => AttemptResult::Abandoned,
         }
     }
+}
+
+/// What a forwarded request holds, as far as retrying it elsewhere goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Calls {
+    /// Reads only: any candidate may be tried next.
+    ReadOnly,
+    /// At least one write: tried elsewhere only if it certainly never left ethgate.
+    WithWrite,
 }
 
 /// How calls travel to an upstream, as the client sent them: one request object, or a JSON
@@ -239,7 +248,7 @@ pub fn candidates(upstreams: &Upstreams) -> Vec<&Arc<Upstream>> {
     upstreams.candidates(Upstream::in_rotation).collect()
 }
 
-fn final_error(failures: &[(&Upstream, AttemptError)], contains_write: bool) -> RpcError {
+fn final_error(failures: &[(&Upstream, AttemptError)], calls: Calls) -> RpcError {
     if failures.is_empty() {
         return jsonrpc::NO_HEALTHY_UPSTREAM;
     }
@@ -259,7 +268,7 @@ fn final_error(failures: &[(&Upstream, AttemptError)], contains_write: bool) -> 
         .iter()
         .map(|(upstream, e)| format!("{}: {e}", upstream.name()))
         .collect();
-    if contains_write
+    if calls == Calls::WithWrite
         && failures
             .last()
             .is_some_and(|(_, e)| !e.certainly_not_sent())

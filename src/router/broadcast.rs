@@ -12,7 +12,7 @@ use tokio::time::timeout;
 
 use super::consistency::Verdict;
 use super::{
-    candidates, encode, final_error, render, AttemptError, Framing, Rendered, Reply, Router,
+    candidates, encode, final_error, render, AttemptError, Calls, Framing, Rendered, Reply, Router,
 };
 use crate::jsonrpc::{Call, RpcError, UpstreamResponse};
 use crate::policy;
@@ -37,6 +37,15 @@ impl Acceptance {
             _ => Acceptance::Refused,
         }
     }
+}
+
+/// Whether the selected upstream (first candidate) is among the answers, as their first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Primary {
+    /// It answered: the first answer is its.
+    Answered,
+    /// It has not answered (yet): every answer is another upstream's.
+    Silent,
 }
 
 /// One upstream's rendered answer with the acceptance of each call.
@@ -80,12 +89,15 @@ pub(super) async fn forward(
             break;
         }
     }
-    let primary_answered = answers.first().is_some_and(Option::is_some);
+    let primary = match answers.first() {
+        Some(Some(_)) => Primary::Answered,
+        _ => Primary::Silent,
+    };
     let answered: Vec<Answered> = answers.into_iter().flatten().collect();
     if answered.is_empty() {
-        return Err(final_error(&failures, true));
+        return Err(final_error(&failures, Calls::WithWrite));
     }
-    Ok(choose(calls, answered, primary_answered))
+    Ok(choose(calls, answered, primary))
 }
 
 /// Starts one send per upstream of `order`, each its own task; each reports its outcome
@@ -162,14 +174,14 @@ fn judge(answer: &[u8], calls: &[&Call<'_>], framing: Framing) -> Result<Answere
 }
 
 /// Picks one reply per call from the answers (in candidate order; the selected upstream's
-/// first when `primary_answered`; the ones still on their way when the selected upstream
+/// first when the `primary` answered; the ones still on their way when the selected upstream
 /// accepted every call are not waited for). A write gets the primary's acceptance, else another
 /// upstream's acceptance (a result first, then "already known"), else the primary's error
 /// verbatim. Other calls of the batch get the first answer.
 pub(super) fn choose(
     calls: &[&Call<'_>],
     mut answered: Vec<Answered>,
-    primary_answered: bool,
+    primary: Primary,
 ) -> Rendered {
     (0..calls.len())
         .map(|i| {
@@ -177,7 +189,7 @@ pub(super) fn choose(
                 let accepted =
                     |wanted: Acceptance| answered.iter().position(|a| a.acceptance[i] == wanted);
                 let primary_accepted =
-                    primary_answered && answered[0].acceptance[i] != Acceptance::Refused;
+                    primary == Primary::Answered && answered[0].acceptance[i] != Acceptance::Refused;
                 if primary_accepted && answered[0].acceptance[i] == Acceptance::Accepted {
                     0
                 } else {
@@ -259,7 +271,7 @@ mod tests {
                 answer(&[("hash-a", Accepted)]),
                 answer(&[("hash-b", Accepted)]),
             ],
-            true,
+            Primary::Answered,
         );
         assert_eq!(body(&picked, 0), "hash-a");
     }
@@ -275,7 +287,7 @@ mod tests {
                 answer(&[("error already known", AlreadyKnown)]),
                 answer(&[("hash-c", Accepted)]),
             ],
-            true,
+            Primary::Answered,
         );
         assert_eq!(body(&picked, 0), "hash-c");
         // Only "already known" elsewhere: that acceptance is passed on.
@@ -285,7 +297,7 @@ mod tests {
                 answer(&[("error underpriced", Refused)]),
                 answer(&[("error already known", AlreadyKnown)]),
             ],
-            true,
+            Primary::Answered,
         );
         assert_eq!(
             body(&picked, 0),
@@ -309,7 +321,7 @@ mod tests {
                 answer(&[("error underpriced", Refused)]),
                 answer(&[("error already known", AlreadyKnown)]),
             ],
-            true,
+            Primary::Answered,
         );
         assert_eq!(
             body(&picked, 0),
@@ -327,14 +339,14 @@ mod tests {
                 answer(&[("error insufficient funds", Refused)]),
                 answer(&[("error nonce too low", Refused)]),
             ],
-            true,
+            Primary::Answered,
         );
         assert_eq!(body(&picked, 0), "error insufficient funds");
         // The selected upstream did not answer at all: the first answer stands in.
         let picked = choose(
             &[&call],
             vec![answer(&[("error nonce too low", Refused)])],
-            false,
+            Primary::Silent,
         );
         assert_eq!(body(&picked, 0), "error nonce too low");
     }
@@ -349,7 +361,7 @@ mod tests {
                 answer(&[("error already known", AlreadyKnown)]),
                 answer(&[("hash-b", Accepted)]),
             ],
-            true,
+            Primary::Answered,
         );
         assert_eq!(body(&picked, 0), "hash-b");
     }
@@ -369,7 +381,7 @@ mod tests {
                 answer(&[("0x10", Accepted), ("error x", Refused)]),
                 answer(&[("0x11", Accepted), ("hash-b", Accepted)]),
             ],
-            true,
+            Primary::Answered,
         );
         assert_eq!(body(&picked, 0), "0x10");
         assert_eq!(body(&picked, 1), "hash-b");

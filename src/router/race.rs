@@ -16,7 +16,9 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::time::Instant;
 
 use super::consistency::Plan;
-use super::{candidates, final_error, AttemptError, Attempted, Framing, Rendered, Router};
+use super::{
+    candidates, final_error, AttemptError, Attempted, Calls, Framing, Rendered, Router,
+};
 use crate::jsonrpc::{Call, RpcError};
 use crate::metrics::{FailoverKind, HedgeResult};
 use crate::upstream::{AttemptResult, Upstream, Upstreams};
@@ -203,7 +205,7 @@ impl<'r> Race<'r> {
                     self.upstreams
                         .record_passive_failure(upstream, &error.to_string());
                 }
-                self.stopped |= !error.retryable(false);
+                self.stopped |= !error.retryable(Calls::ReadOnly);
                 self.failures.push((upstream, error));
             }
         }
@@ -221,7 +223,7 @@ impl<'r> Race<'r> {
     fn finish(self, plan: &Plan, calls: &[&Call<'_>]) -> Result<Rendered, RpcError> {
         match self.fallback {
             Some((_, attempted)) => Ok(self.router.settle(plan, calls, attempted)),
-            None => Err(final_error(&self.failures, false)),
+            None => Err(final_error(&self.failures, Calls::ReadOnly)),
         }
     }
 }

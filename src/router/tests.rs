@@ -22,11 +22,11 @@ fn only_writes_that_never_left_are_retried() {
     let status = AttemptError::Send(SendError::Status(503));
     let bad = AttemptError::BadAnswer("html".into());
     for error in [&not_sent, &no_answer, &timeout, &status, &bad] {
-        assert!(error.retryable(false), "reads retry on {error}");
+        assert!(error.retryable(Calls::ReadOnly), "reads retry on {error}");
     }
-    assert!(not_sent.retryable(true));
+    assert!(not_sent.retryable(Calls::WithWrite));
     for error in [&no_answer, &timeout, &status, &bad] {
-        assert!(!error.retryable(true), "writes must not retry on {error}");
+        assert!(!error.retryable(Calls::WithWrite), "writes must not retry on {error}");
     }
 }
 
@@ -44,8 +44,8 @@ fn only_evidence_about_the_node_counts_against_health() {
 
 #[test]
 fn too_large_answers_are_not_retried_and_local_failures_are() {
-    assert!(!AttemptError::Send(SendError::TooLarge(10)).retryable(false));
-    assert!(AttemptError::Send(SendError::Local("EMFILE".into())).retryable(true));
+    assert!(!AttemptError::Send(SendError::TooLarge(10)).retryable(Calls::ReadOnly));
+    assert!(AttemptError::Send(SendError::Local("EMFILE".into())).retryable(Calls::WithWrite));
 }
 
 #[test]

@@ -188,8 +188,8 @@ pub(super) fn choose(
             let pick = if policy::is_write(&calls[i].method) {
                 let accepted =
                     |wanted: Acceptance| answered.iter().position(|a| a.acceptance[i] == wanted);
-                let primary_accepted =
-                    primary == Primary::Answered && answered[0].acceptance[i] != Acceptance::Refused;
+                let primary_accepted = primary == Primary::Answered
+                    && answered[0].acceptance[i] != Acceptance::Refused;
                 if primary_accepted && answered[0].acceptance[i] == Acceptance::Accepted {
                     0
                 } else {

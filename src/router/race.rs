@@ -16,9 +16,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::time::Instant;
 
 use super::consistency::Plan;
-use super::{
-    candidates, final_error, AttemptError, Attempted, Calls, Framing, Rendered, Router,
-};
+use super::{candidates, final_error, AttemptError, Attempted, Calls, Framing, Rendered, Router};
 use crate::jsonrpc::{Call, RpcError};
 use crate::metrics::{FailoverKind, HedgeResult};
 use crate::upstream::{AttemptResult, Upstream, Upstreams};

@@ -26,7 +26,10 @@ fn only_writes_that_never_left_are_retried() {
     }
     assert!(not_sent.retryable(Calls::WithWrite));
     for error in [&no_answer, &timeout, &status, &bad] {
-        assert!(!error.retryable(Calls::WithWrite), "writes must not retry on {error}");
+        assert!(
+            !error.retryable(Calls::WithWrite),
+            "writes must not retry on {error}"
+        );
     }
 }
 

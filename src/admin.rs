@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -94,27 +95,31 @@ impl Admin {
                     }
                 },
             };
+            tracker.spawn(
+                self.clone()
+                    .serve(stream, shutdown.clone())
+                    .map(move |()| drop(permit)),
+            );
+        }
+    }
+
+    /// Serves one admin connection until it ends or `shutdown`.
+    async fn serve(self: Arc<Self>, stream: tokio::net::TcpStream, shutdown: CancellationToken) {
+        let write_timeout = self.write_timeout;
+        let header_timeout = self.header_timeout;
+        let service = service_fn(move |request| {
             let admin = self.clone();
-            let shutdown = shutdown.clone();
-            tracker.spawn(async move {
-                let _permit = permit;
-                let write_timeout = admin.write_timeout;
-                let header_timeout = admin.header_timeout;
-                let service = service_fn(move |request| {
-                    let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(admin.handle(&request)) }
-                });
-                let mut builder = http1::Builder::new();
-                builder
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(header_timeout);
-                let io = WriteTimeout::new(stream, write_timeout);
-                let connection = builder.serve_connection(TokioIo::new(io), service);
-                tokio::select! {
-                    _ = connection => {}
-                    _ = shutdown.cancelled() => {}
-                }
-            });
+            async move { Ok::<_, Infallible>(admin.handle(&request)) }
+        });
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout);
+        let io = WriteTimeout::new(stream, write_timeout);
+        let connection = builder.serve_connection(TokioIo::new(io), service);
+        tokio::select! {
+            _ = connection => {}
+            _ = shutdown.cancelled() => {}
         }
     }
 
@@ -162,9 +167,9 @@ impl Admin {
                     "lag": set.lag(u),
                     "latency_ms": u.latency().as_secs_f64() * 1000.0,
                     "priority": u.config.priority,
-                    "selected": selected == Some(u.index),
+                    "selected": selected.is_some_and(|s| Arc::ptr_eq(s, u)),
                     // Why an unreachable upstream is so (connect or TLS error); null otherwise.
-                    "reason": set.unreachable_reason(u.index),
+                    "reason": set.unreachable_reason(u),
                 })
             })
             .collect();

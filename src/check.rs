@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use ethgate::config::{Config, UpstreamConfig};
 use ethgate::upstream::dial::dial_ws;
-use ethgate::upstream::probe::{probe_endpoint, probe_over, Report};
+use ethgate::upstream::probe::{probe_endpoint, probe_over, Batch, Report};
 use ethgate::upstream::ws::WsMux;
 use ethgate::upstream::HttpPool;
 
@@ -62,13 +62,14 @@ async fn probe_all(config: &Config) -> bool {
                 None => {
                     let mux =
                         WsMux::new(upstream.clone(), timeout, config.server.max_response_bytes);
-                    probe_over(|body| mux.post(body)).await
+                    probe_over(|body| mux.post(body), Batch::Plain).await
                 }
             }
         };
-        let http = tokio::time::timeout(timeout, probe)
-            .await
-            .unwrap_or_else(|_| Err(format!("timed out after {timeout:?}")));
+        let http = match tokio::time::timeout(timeout, probe).await {
+            Ok(probed) => probed.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("timed out after {timeout:?}")),
+        };
         let latency = started.elapsed();
         let ws = ws_handshake(upstream, timeout).await;
         let (line, good) = describe(upstream, &http, ws, latency, &mut expected);

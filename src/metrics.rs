@@ -1,126 +1,31 @@
 //! Prometheus metrics: fixed label sets backed by atomics, so recording on the request path
-//! is a couple of relaxed increments with no lock and no allocation.
+//! is a couple of relaxed increments with no lock and no allocation. A leaf: the label enums
+//! ([`labels`]), the [`Histogram`] and the text format; other modules render their own series
+//! with [`header`] and `admin` composes the output.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Method names that get their own label (sorted: looked up by binary search); anything else
-/// is `other`.
-const KNOWN_METHODS: &[&str] = &[
-    "eth_blockNumber",
-    "eth_call",
-    "eth_chainId",
-    "eth_estimateGas",
-    "eth_feeHistory",
-    "eth_gasPrice",
-    "eth_getBalance",
-    "eth_getBlockByHash",
-    "eth_getBlockByNumber",
-    "eth_getBlockReceipts",
-    "eth_getBlockTransactionCountByHash",
-    "eth_getBlockTransactionCountByNumber",
-    "eth_getCode",
-    "eth_getFilterChanges",
-    "eth_getFilterLogs",
-    "eth_getLogs",
-    "eth_getProof",
-    "eth_getStorageAt",
-    "eth_getTransactionByBlockHashAndIndex",
-    "eth_getTransactionByBlockNumberAndIndex",
-    "eth_getTransactionByHash",
-    "eth_getTransactionCount",
-    "eth_getTransactionReceipt",
-    "eth_getUncleByBlockHashAndIndex",
-    "eth_getUncleCountByBlockHash",
-    "eth_maxPriorityFeePerGas",
-    "eth_newBlockFilter",
-    "eth_newFilter",
-    "eth_newPendingTransactionFilter",
-    "eth_sendRawTransaction",
-    "eth_sendTransaction",
-    "eth_subscribe",
-    "eth_syncing",
-    "eth_uninstallFilter",
-    "eth_unsubscribe",
-    "net_listening",
-    "net_peerCount",
-    "net_version",
-    "web3_clientVersion",
-    "web3_sha3",
-];
+mod histogram;
+pub mod labels;
 
-/// Client transports.
-pub const TRANSPORTS: [&str; 2] = ["http", "ws"];
-/// Outcomes of one client call.
-pub const RESULTS: [&str; 5] = ["ok", "rpc_error", "denied", "invalid", "unavailable"];
-/// `request`: the selected upstream changed; `subscription`: the feed's source changed;
-/// `in_flight`: a call waiting on an upstream that left rotation was moved to another one.
-const FAILOVER_KINDS: [&str; 3] = ["request", "subscription", "in_flight"];
-/// `sent`: reads also sent to a second upstream after `server.hedge_after`; `won`: of those,
-/// the ones the second upstream answered first.
-const HEDGE_RESULTS: [&str; 2] = ["sent", "won"];
-const DENY_REASONS: [&str; 2] = ["not_allowed", "proxy_header"];
-/// Upper bounds of the latency histogram buckets, in seconds.
-const BUCKETS: [f64; 14] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+pub use histogram::Histogram;
+pub(crate) use labels::label_enum;
+use labels::{method_index, method_label, METHOD_LABELS};
+pub use labels::{CallResult, DenyReason, FailoverKind, HedgeResult, Transport};
 
-/// A cumulative histogram with fixed buckets.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    buckets: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
-}
-
-impl Histogram {
-    /// Records one duration.
-    pub fn observe(&self, elapsed: Duration) {
-        let seconds = elapsed.as_secs_f64();
-        if let Some(i) = BUCKETS.iter().position(|&le| seconds <= le) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
-    }
-
-    /// Writes the buckets, sum and count of series `name{labels}`.
-    pub fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        let mut cumulative = 0;
-        for (le, bucket) in BUCKETS.iter().zip(&self.buckets) {
-            cumulative += bucket.load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
-            );
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let braces = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
-        let _ = writeln!(out, "{name}_sum{braces} {sum}");
-        let _ = writeln!(out, "{name}_count{braces} {count}");
-    }
-}
-
-fn counters(n: usize) -> Box<[AtomicU64]> {
-    (0..n).map(|_| AtomicU64::new(0)).collect()
+fn counters<const N: usize>() -> [AtomicU64; N] {
+    std::array::from_fn(|_| AtomicU64::new(0))
 }
 
 /// Every metric ethgate exports.
 pub struct Metrics {
     requests: Box<[AtomicU64]>,
-    durations: [Histogram; TRANSPORTS.len()],
-    failovers: Box<[AtomicU64]>,
-    hedges: Box<[AtomicU64]>,
-    denied_connections: Box<[AtomicU64]>,
+    durations: [Histogram; Transport::ALL.len()],
+    failovers: [AtomicU64; FailoverKind::ALL.len()],
+    hedges: [AtomicU64; HedgeResult::ALL.len()],
+    denied_connections: [AtomicU64; DenyReason::ALL.len()],
     tls_handshake_failures: AtomicU64,
     ws_connections: AtomicI64,
     ws_queue_overflows: AtomicU64,
@@ -136,15 +41,21 @@ impl Default for Metrics {
     }
 }
 
+/// The slot of one `ethgate_requests_total` series.
+fn request_slot(transport: Transport, method: usize, result: CallResult) -> usize {
+    (transport.index() * METHOD_LABELS + method) * CallResult::ALL.len() + result.index()
+}
+
 impl Metrics {
     /// Every metric at zero.
     pub fn new() -> Self {
+        let requests = Transport::ALL.len() * METHOD_LABELS * CallResult::ALL.len();
         Metrics {
-            requests: counters(TRANSPORTS.len() * (KNOWN_METHODS.len() + 1) * RESULTS.len()),
+            requests: (0..requests).map(|_| AtomicU64::new(0)).collect(),
             durations: Default::default(),
-            failovers: counters(FAILOVER_KINDS.len()),
-            hedges: counters(HEDGE_RESULTS.len()),
-            denied_connections: counters(DENY_REASONS.len()),
+            failovers: counters(),
+            hedges: counters(),
+            denied_connections: counters(),
             tls_handshake_failures: AtomicU64::new(0),
             ws_connections: AtomicI64::new(0),
             ws_queue_overflows: AtomicU64::new(0),
@@ -155,39 +66,35 @@ impl Metrics {
         }
     }
 
-    /// Counts one client call.
-    pub fn request(&self, transport: &str, method: &str, result: &str) {
-        let t = position(&TRANSPORTS, transport);
-        let m = method_index(method);
-        let r = position(&RESULTS, result);
-        let i = (t * (KNOWN_METHODS.len() + 1) + m) * RESULTS.len() + r;
-        self.requests[i].fetch_add(1, Ordering::Relaxed);
+    /// Counts one client call (`method` as the client sent it: unknown ones count as `other`).
+    pub fn request(&self, transport: Transport, method: &str, result: CallResult) {
+        let slot = request_slot(transport, method_index(method), result);
+        self.requests[slot].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records the duration of one client request (a whole batch counts once).
-    pub fn request_duration(&self, transport: &str, elapsed: Duration) {
-        self.durations[position(&TRANSPORTS, transport)].observe(elapsed);
+    pub fn request_duration(&self, transport: Transport, elapsed: Duration) {
+        self.durations[transport.index()].observe(elapsed);
     }
 
-    /// Counts one hedge event: `sent` or `won`.
-    pub fn hedge(&self, result: &str) {
-        self.hedges[position(&HEDGE_RESULTS, result)].fetch_add(1, Ordering::Relaxed);
+    /// Counts one hedge event.
+    pub fn hedge(&self, result: HedgeResult) {
+        self.hedges[result.index()].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts one failover of `kind` (`request`, `subscription` or `in_flight`).
-    pub fn failover(&self, kind: &str) {
-        self.failovers[position(&FAILOVER_KINDS, kind)].fetch_add(1, Ordering::Relaxed);
+    /// Counts one failover of `kind`.
+    pub fn failover(&self, kind: FailoverKind) {
+        self.failovers[kind.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Failovers of `kind` counted so far.
-    #[cfg(test)]
-    pub(crate) fn failover_count(&self, kind: &str) -> u64 {
-        self.failovers[position(&FAILOVER_KINDS, kind)].load(Ordering::Relaxed)
+    pub fn failover_count(&self, kind: FailoverKind) -> u64 {
+        self.failovers[kind.index()].load(Ordering::Relaxed)
     }
 
     /// Counts one connection closed at accept.
-    pub fn denied_connection(&self, reason: &str) {
-        self.denied_connections[position(&DENY_REASONS, reason)].fetch_add(1, Ordering::Relaxed);
+    pub fn denied_connection(&self, reason: DenyReason) {
+        self.denied_connections[reason.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts one failed TLS handshake.
@@ -235,45 +142,30 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);
         self.render_requests(&mut out);
-        header(
+        labelled(
             &mut out,
-            "ethgate_failovers_total",
-            "counter",
-            "Failovers to another upstream.",
+            ("ethgate_failovers_total", "Failovers to another upstream."),
+            ("kind", &FailoverKind::ALL),
+            &self.failovers,
         );
-        for (kind, c) in FAILOVER_KINDS.iter().zip(self.failovers.iter()) {
-            let _ = writeln!(
-                out,
-                "ethgate_failovers_total{{kind=\"{kind}\"}} {}",
-                c.load(Ordering::Relaxed)
-            );
-        }
-        header(
+        labelled(
             &mut out,
-            "ethgate_hedges_total",
-            "counter",
-            "Reads also sent to a second upstream after server.hedge_after, and hedges that answered first.",
+            (
+                "ethgate_hedges_total",
+                "Reads also sent to a second upstream after server.hedge_after, and hedges that answered first.",
+            ),
+            ("result", &HedgeResult::ALL),
+            &self.hedges,
         );
-        for (result, c) in HEDGE_RESULTS.iter().zip(self.hedges.iter()) {
-            let _ = writeln!(
-                out,
-                "ethgate_hedges_total{{result=\"{result}\"}} {}",
-                c.load(Ordering::Relaxed)
-            );
-        }
-        header(
+        labelled(
             &mut out,
-            "ethgate_denied_connections_total",
-            "counter",
-            "Connections closed at accept.",
+            (
+                "ethgate_denied_connections_total",
+                "Connections closed at accept.",
+            ),
+            ("reason", &DenyReason::ALL),
+            &self.denied_connections,
         );
-        for (reason, c) in DENY_REASONS.iter().zip(self.denied_connections.iter()) {
-            let _ = writeln!(
-                out,
-                "ethgate_denied_connections_total{{reason=\"{reason}\"}} {}",
-                c.load(Ordering::Relaxed)
-            );
-        }
         header(
             &mut out,
             "ethgate_tls_handshake_failures_total",
@@ -282,6 +174,21 @@ impl Metrics {
         );
         let failures = self.tls_handshake_failures.load(Ordering::Relaxed);
         let _ = writeln!(out, "ethgate_tls_handshake_failures_total {failures}");
+        self.render_plain(&mut out);
+        let name = "ethgate_subscription_failover_duration_seconds";
+        header(
+            &mut out,
+            name,
+            "histogram",
+            "Time subscriptions went unserved in a failover.",
+        );
+        self.subscription_failover_seconds
+            .render(&mut out, name, "");
+        out
+    }
+
+    /// The unlabelled gauges and counters.
+    fn render_plain(&self, out: &mut String) {
         let plain = [
             (
                 "ethgate_inflight_requests",
@@ -315,19 +222,9 @@ impl Metrics {
             ),
         ];
         for (name, kind, help, value) in plain {
-            header(&mut out, name, kind, help);
+            header(out, name, kind, help);
             let _ = writeln!(out, "{name} {value}");
         }
-        let name = "ethgate_subscription_failover_duration_seconds";
-        header(
-            &mut out,
-            name,
-            "histogram",
-            "Time subscriptions went unserved in a failover.",
-        );
-        self.subscription_failover_seconds
-            .render(&mut out, name, "");
-        out
     }
 
     fn render_requests(&self, out: &mut String) {
@@ -337,12 +234,12 @@ impl Metrics {
             "counter",
             "Client JSON-RPC calls by outcome.",
         );
-        for (t, transport) in TRANSPORTS.iter().enumerate() {
-            let methods = KNOWN_METHODS.iter().chain(std::iter::once(&"other"));
-            for (m, method) in methods.enumerate() {
-                for (r, result) in RESULTS.iter().enumerate() {
-                    let i = (t * (KNOWN_METHODS.len() + 1) + m) * RESULTS.len() + r;
-                    let value = self.requests[i].load(Ordering::Relaxed);
+        for transport in Transport::ALL {
+            for m in 0..METHOD_LABELS {
+                let method = method_label(m);
+                for result in CallResult::ALL {
+                    let value =
+                        self.requests[request_slot(transport, m, result)].load(Ordering::Relaxed);
                     if value > 0 {
                         let _ = writeln!(out, "ethgate_requests_total{{transport=\"{transport}\",method=\"{method}\",result=\"{result}\"}} {value}");
                     }
@@ -355,7 +252,7 @@ impl Metrics {
             "histogram",
             "Client request latency.",
         );
-        for (transport, histogram) in TRANSPORTS.iter().zip(&self.durations) {
+        for (transport, histogram) in Transport::ALL.iter().zip(&self.durations) {
             histogram.render(
                 out,
                 "ethgate_request_duration_seconds",
@@ -365,23 +262,24 @@ impl Metrics {
     }
 }
 
+/// Writes one counter family with one label: `(name, help)`, the label's name with every
+/// value (`ALL`), and the counters in the same order.
+fn labelled<L: std::fmt::Display>(
+    out: &mut String,
+    (name, help): (&str, &str),
+    (label, values): (&str, &[L]),
+    counters: &[AtomicU64],
+) {
+    header(out, name, "counter", help);
+    for (value, counter) in values.iter().zip(counters) {
+        let count = counter.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {count}");
+    }
+}
+
 /// Writes the `# HELP` and `# TYPE` lines of one metric family.
 pub fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-/// Index of `value` in a fixed label set; unknown values fall on the last entry.
-fn position(set: &[&str], value: &str) -> usize {
-    set.iter()
-        .position(|s| *s == value)
-        .unwrap_or(set.len() - 1)
-}
-
-fn method_index(method: &str) -> usize {
-    // A binary search over the sorted list: cheaper per request than hashing the name.
-    KNOWN_METHODS
-        .binary_search(&method)
-        .unwrap_or(KNOWN_METHODS.len())
 }
 
 #[cfg(test)]
@@ -389,12 +287,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn known_methods_are_sorted_and_unknown_ones_are_other() {
-        assert!(
-            KNOWN_METHODS.windows(2).all(|w| w[0] < w[1]),
-            "KNOWN_METHODS must stay sorted"
+    fn each_call_is_counted_under_its_own_series() {
+        let metrics = Metrics::new();
+        metrics.request(Transport::Ws, "eth_call", CallResult::RpcError);
+        metrics.request(Transport::Http, "eth_madeUp", CallResult::Invalid);
+        metrics.request(Transport::Http, "eth_madeUp", CallResult::Invalid);
+        let text = metrics.render();
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("ethgate_requests_total{"))
+            .collect();
+        assert_eq!(
+            series,
+            [
+                r#"ethgate_requests_total{transport="http",method="other",result="invalid"} 2"#,
+                r#"ethgate_requests_total{transport="ws",method="eth_call",result="rpc_error"} 1"#,
+            ]
         );
-        assert_eq!(KNOWN_METHODS[method_index("eth_call")], "eth_call");
-        assert_eq!(method_index("eth_madeUp"), KNOWN_METHODS.len());
+    }
+
+    #[test]
+    fn labelled_families_render_every_value() {
+        let metrics = Metrics::new();
+        metrics.failover(FailoverKind::InFlight);
+        metrics.hedge(HedgeResult::Won);
+        metrics.denied_connection(DenyReason::ProxyHeader);
+        let text = metrics.render();
+        for line in [
+            r#"ethgate_failovers_total{kind="request"} 0"#,
+            r#"ethgate_failovers_total{kind="subscription"} 0"#,
+            r#"ethgate_failovers_total{kind="in_flight"} 1"#,
+            r#"ethgate_hedges_total{result="sent"} 0"#,
+            r#"ethgate_hedges_total{result="won"} 1"#,
+            r#"ethgate_denied_connections_total{reason="not_allowed"} 0"#,
+            r#"ethgate_denied_connections_total{reason="proxy_header"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}");
+        }
     }
 }

@@ -13,8 +13,9 @@ use tokio::time::timeout;
 use serde_json::value::RawValue;
 
 use crate::jsonrpc::{self, Call, RpcError, UpstreamResponse};
+use crate::metrics::Metrics;
 use crate::policy;
-use crate::upstream::{SendError, Upstream, Upstreams};
+use crate::upstream::{AttemptResult, SendError, Upstream, Upstreams};
 
 mod broadcast;
 mod consistency;
@@ -52,10 +53,10 @@ impl AttemptError {
 
     /// Whether the next candidate may be tried: always for reads, only when the request
     /// never left ethgate for writes.
-    pub fn retryable(&self, contains_write: bool) -> bool {
+    pub fn retryable(&self, calls: Calls) -> bool {
         // Another node would send the same oversized answer: not worth its memory.
         let too_large = matches!(self, AttemptError::Send(SendError::TooLarge(_)));
-        !too_large && (!contains_write || self.certainly_not_sent())
+        !too_large && (calls == Calls::ReadOnly || self.certainly_not_sent())
     }
 
     /// Whether this failure says something about the upstream's health (passive signal):
@@ -65,18 +66,39 @@ impl AttemptError {
         matches!(self, AttemptError::Send(e) if e.is_node_evidence())
     }
 
-    /// Short label for metrics.
-    pub fn label(&self) -> &'static str {
+    /// How the attempt is counted on its upstream.
+    pub fn label(&self) -> AttemptResult {
         match self {
-            AttemptError::Send(SendError::NotSent(_) | SendError::Local(_)) => "not_sent",
-            AttemptError::Send(SendError::TooLarge(_)) => "too_large",
-            AttemptError::Send(SendError::NoAnswer(_)) => "no_answer",
-            AttemptError::Send(SendError::Status(_)) => "http_error",
-            AttemptError::Timeout(_) => "timeout",
-            AttemptError::BadAnswer(_) => "bad_answer",
-            AttemptError::LeftRotation(_) => "abandoned",
+            AttemptError::Send(SendError::NotSent(_) | SendError::Local(_)) => {
+                AttemptResult::NotSent
+            }
+            AttemptError::Send(SendError::TooLarge(_)) => AttemptResult::TooLarge,
+            AttemptError::Send(SendError::NoAnswer(_)) => AttemptResult::NoAnswer,
+            AttemptError::Send(SendError::Status(_)) => AttemptResult::HttpError,
+            AttemptError::Timeout(_) => AttemptResult::Timeout,
+            AttemptError::BadAnswer(_) => AttemptResult::BadAnswer,
+            AttemptError::LeftRotation(_) => AttemptResult::Abandoned,
         }
     }
+}
+
+/// What a forwarded request holds, as far as retrying it elsewhere goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Calls {
+    /// Reads only: any candidate may be tried next.
+    ReadOnly,
+    /// At least one write: tried elsewhere only if it certainly never left ethgate.
+    WithWrite,
+}
+
+/// How calls travel to an upstream, as the client sent them: one request object, or a JSON
+/// array (even of one call).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// A single request object.
+    Single,
+    /// A batch.
+    Batch,
 }
 
 /// One response rendered under the client's id.
@@ -100,6 +122,8 @@ pub struct Router {
     hedge_after: Option<Duration>,
     /// The highest blocks served under each tag; outlives upstream sets (reloads).
     marks: Marks,
+    /// Where in-flight failovers and hedges are counted.
+    metrics: Arc<Metrics>,
 }
 
 /// One upstream's answer to an attempt, rendered, with a verdict per call.
@@ -114,23 +138,29 @@ impl Attempted {
     }
 
     /// Counted as `missing_data` when a call lacked data, else `behind`.
-    fn retry_label(&self) -> &'static str {
+    fn retry_label(&self) -> AttemptResult {
         if self.verdicts.contains(&Verdict::Lacking) {
-            "missing_data"
+            AttemptResult::MissingData
         } else {
-            "behind"
+            AttemptResult::Behind
         }
     }
 }
 
 impl Router {
-    /// A router over `upstreams` with a per-attempt budget of `request_timeout`.
-    pub fn new(upstreams: Arc<Upstreams>, request_timeout: Duration) -> Self {
+    /// A router over `upstreams` with a per-attempt budget of `request_timeout`, counting
+    /// its failovers and hedges in `metrics`.
+    pub fn new(
+        upstreams: Arc<Upstreams>,
+        request_timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Router {
             upstreams: ArcSwap::new(upstreams),
             request_timeout,
             hedge_after: None,
             marks: Marks::default(),
+            metrics,
         }
     }
 
@@ -156,17 +186,21 @@ impl Router {
         &self.marks
     }
 
-    /// Forwards `calls` (as a batch when `batch`) and renders one response per call under
+    /// Forwards `calls` (framed as the client sent them) and renders one response per call under
     /// the client's ids. Writes go to every in-rotation upstream ([`broadcast`]); reads go to
     /// one candidate after another until an answer needs no retry, and move at once when their
     /// upstream leaves rotation ([`race`]).
-    pub async fn forward(&self, calls: &[&Call<'_>], batch: bool) -> Result<Rendered, RpcError> {
+    pub async fn forward(
+        &self,
+        calls: &[&Call<'_>],
+        framing: Framing,
+    ) -> Result<Rendered, RpcError> {
         // One set for the whole request, even if a reload swaps it meanwhile.
         let upstreams = self.upstreams.load_full();
         if calls.iter().any(|c| policy::is_write(&c.method)) {
-            return broadcast::forward(self, &upstreams, calls, batch).await;
+            return broadcast::forward(self, &upstreams, calls, framing).await;
         }
-        race::read(self, &upstreams, calls, batch).await
+        race::read(self, &upstreams, calls, framing).await
     }
 
     /// The best answer when no candidate served every call: calls that were behind get the
@@ -190,12 +224,12 @@ impl Router {
         &self,
         upstream: &Upstream,
         calls: &[&Call<'_>],
-        batch: bool,
+        framing: Framing,
         plan: &Plan,
     ) -> Result<Attempted, AttemptError> {
         let pins = plan.pins_for(calls, upstream);
-        let answer = self.post(upstream, encode(calls, &pins, batch)).await?;
-        render(&answer, calls, batch, |i, response| {
+        let answer = self.post(upstream, encode(calls, &pins, framing)).await?;
+        render(&answer, calls, framing, |i, response| {
             plan.judge(i, pins[i].is_some(), response, &self.marks)
         })
         .map_err(AttemptError::BadAnswer)
@@ -210,22 +244,11 @@ impl Router {
 }
 
 /// In-rotation upstreams to try, sticky choice first, then by priority.
-pub fn candidates(upstreams: &Upstreams) -> Vec<usize> {
-    let selected = upstreams.selected();
-    let all = upstreams.all();
-    let others = upstreams
-        .priority_order()
-        .iter()
-        .copied()
-        .filter(|&i| Some(i) != selected && all[i].in_rotation());
-    selected.into_iter().chain(others).collect()
+pub fn candidates(upstreams: &Upstreams) -> Vec<&Arc<Upstream>> {
+    upstreams.candidates(Upstream::in_rotation).collect()
 }
 
-fn final_error(
-    upstreams: &Upstreams,
-    failures: &[(usize, AttemptError)],
-    contains_write: bool,
-) -> RpcError {
+fn final_error(failures: &[(&Upstream, AttemptError)], calls: Calls) -> RpcError {
     if failures.is_empty() {
         return jsonrpc::NO_HEALTHY_UPSTREAM;
     }
@@ -241,12 +264,11 @@ fn final_error(
     {
         return jsonrpc::UPSTREAM_TIMEOUT;
     }
-    let all = upstreams.all();
     let mut detail: Vec<String> = failures
         .iter()
-        .map(|(i, e)| format!("{}: {e}", all[*i].name()))
+        .map(|(upstream, e)| format!("{}: {e}", upstream.name()))
         .collect();
-    if contains_write
+    if calls == Calls::WithWrite
         && failures
             .last()
             .is_some_and(|(_, e)| !e.certainly_not_sent())
@@ -258,7 +280,8 @@ fn final_error(
 
 /// Encodes the forwarded calls with ethgate's ids `0..n`; `pins[i]`, when present, replaces
 /// call `i`'s params.
-fn encode(calls: &[&Call<'_>], pins: &[Option<Box<RawValue>>], batch: bool) -> Bytes {
+fn encode(calls: &[&Call<'_>], pins: &[Option<Box<RawValue>>], framing: Framing) -> Bytes {
+    let batch = framing == Framing::Batch;
     let mut out = Vec::with_capacity(64 + calls.len() * 96);
     if batch {
         out.push(b'[');
@@ -278,18 +301,18 @@ fn encode(calls: &[&Call<'_>], pins: &[Option<Box<RawValue>>], batch: bool) -> B
 
 /// Splices an upstream answer into one response per call under the client's ids, judging
 /// nothing: the splicing alone, public for the fuzz target and its corpus.
-pub fn splice(body: &[u8], calls: &[&Call<'_>], batch: bool) -> Result<Rendered, String> {
-    render(body, calls, batch, |_, _| Verdict::Fine).map(|attempted| attempted.rendered)
+pub fn splice(body: &[u8], calls: &[&Call<'_>], framing: Framing) -> Result<Rendered, String> {
+    render(body, calls, framing, |_, _| Verdict::Fine).map(|attempted| attempted.rendered)
 }
 
 /// Splices an upstream answer into per-call responses, with `judge`'s verdict on each.
 fn render(
     body: &[u8],
     calls: &[&Call<'_>],
-    batch: bool,
+    framing: Framing,
     mut judge: impl FnMut(usize, &UpstreamResponse<'_>) -> Verdict,
 ) -> Result<Attempted, String> {
-    let answers = match_answers(body, calls.len(), batch)?;
+    let answers = match_answers(body, calls.len(), framing)?;
     let mut verdicts = Vec::with_capacity(calls.len());
     let mut rendered = Vec::with_capacity(calls.len());
     for (i, (call, answer)) in calls.iter().zip(&answers).enumerate() {
@@ -309,10 +332,14 @@ fn render(
 
 /// The upstream's answers in call order: a batch answer may come in any order, and is matched
 /// by ethgate's ids `0..n` in one pass.
-fn match_answers(body: &[u8], n: usize, batch: bool) -> Result<Vec<UpstreamResponse<'_>>, String> {
+fn match_answers(
+    body: &[u8],
+    n: usize,
+    framing: Framing,
+) -> Result<Vec<UpstreamResponse<'_>>, String> {
     // UTF-8 checked once for the whole answer rather than by serde_json string by string.
     let body = std::str::from_utf8(body).map_err(|e| format!("not a JSON-RPC answer: {e}"))?;
-    if !batch {
+    if framing == Framing::Single {
         let answer =
             serde_json::from_str(body).map_err(|e| format!("not a JSON-RPC answer: {e}"))?;
         return Ok(vec![answer]);

@@ -36,7 +36,7 @@ impl State {
         let metrics = Arc::new(metrics::Metrics::new());
         let upstreams = Arc::new(upstream::Upstreams::new(config, metrics.clone()));
         let router = Arc::new(
-            router::Router::new(upstreams, config.server.request_timeout)
+            router::Router::new(upstreams, config.server.request_timeout, metrics.clone())
                 .with_hedge_after(config.server.hedge_after),
         );
         let hub = Arc::new(subscription::Hub::new(subscription::Limits {

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::WatchConfig;
 use crate::jsonrpc::Call;
-use crate::router::Router;
+use crate::router::{Framing, Router};
 
 const WEI_PER_ETHER: f64 = 1e18;
 
@@ -152,7 +152,7 @@ async fn fetch_balance(router: &Router, params: &RawValue) -> Result<u128, Strin
         params: Some(params),
     };
     let replies = router
-        .forward(&[&call], false)
+        .forward(&[&call], Framing::Single)
         .await
         .map_err(|e| e.message.to_string())?;
     let reply = replies.into_iter().flatten().next().ok_or("no reply")?;

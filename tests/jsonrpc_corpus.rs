@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use ethgate::jsonrpc::{decode, Call, Incoming};
-use ethgate::router::splice;
+use ethgate::router::{splice, Framing};
 use serde_json::value::RawValue;
 
 fn corpus(name: &str) -> Vec<(String, Vec<u8>)> {
@@ -75,8 +75,8 @@ fn answer_corpus_splices_as_its_names_say() {
             .position(|&b| b == 0)
             .expect("request NUL answer");
         let (items, batch) = match decode(&bytes[..split], 1000) {
-            Ok(Incoming::Single(item)) => (vec![item], false),
-            Ok(Incoming::Batch(items)) => (items, true),
+            Ok(Incoming::Single(item)) => (vec![item], Framing::Single),
+            Ok(Incoming::Batch(items)) => (items, Framing::Batch),
             Err(e) => panic!("{name}: request does not decode: {e:?}"),
         };
         let calls: Vec<&Call<'_>> = items.iter().filter_map(|i| i.as_ref().ok()).collect();

@@ -6,7 +6,7 @@
 #![forbid(unsafe_code)]
 
 use ethgate::jsonrpc::{decode, Call, Incoming};
-use ethgate::router::splice;
+use ethgate::router::{splice, Framing};
 use libfuzzer_sys::fuzz_target;
 use serde_json::value::RawValue;
 
@@ -16,8 +16,8 @@ fuzz_target!(|data: &[u8]| {
     };
     let (request, answer) = (&data[..split], &data[split + 1..]);
     let (items, batch) = match decode(request, 1000) {
-        Ok(Incoming::Single(item)) => (vec![item], false),
-        Ok(Incoming::Batch(items)) => (items, true),
+        Ok(Incoming::Single(item)) => (vec![item], Framing::Single),
+        Ok(Incoming::Batch(items)) => (items, Framing::Batch),
         Err(_) => return,
     };
     let calls: Vec<&Call<'_>> = items.iter().filter_map(|item| item.as_ref().ok()).collect();

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use serde_json::value::RawValue;
 
 use crate::jsonrpc::{self, Call, RpcError};
-use crate::metrics::Metrics;
+use crate::metrics::{self, CallResult, Metrics};
 use crate::policy::DenyList;
-use crate::router::{Reply, Router};
+use crate::router::{Framing, Reply, Router};
 use crate::subscription::{Hub, PendingSubscription, SessionHandle};
 
 /// What the front end needs to answer a client call.
@@ -45,10 +45,10 @@ pub enum Transport<'s> {
 }
 
 impl Transport<'_> {
-    fn label(self) -> &'static str {
+    fn label(self) -> metrics::Transport {
         match self {
-            Transport::Http => "http",
-            Transport::Ws(_) => "ws",
+            Transport::Http => metrics::Transport::Http,
+            Transport::Ws(_) => metrics::Transport::Ws,
         }
     }
 }
@@ -64,7 +64,7 @@ pub struct Served {
 
 /// A call answered without an upstream.
 enum Local {
-    Error(RpcError, &'static str),
+    Error(RpcError, CallResult),
     Result(String),
 }
 
@@ -84,11 +84,13 @@ impl Frontend {
         let mut served = Served::default();
         served.body = match jsonrpc::decode(body, self.max_batch_len) {
             Err(error) => {
-                self.metrics.request(transport.label(), "other", "invalid");
+                self.metrics
+                    .request(transport.label(), "other", CallResult::Invalid);
                 Some(jsonrpc::error_body(None, &error))
             }
             Ok(jsonrpc::Incoming::Single(Err(rejected))) => {
-                self.metrics.request(transport.label(), "other", "invalid");
+                self.metrics
+                    .request(transport.label(), "other", CallResult::Invalid);
                 Some(jsonrpc::error_body(rejected.id, &rejected.error))
             }
             Ok(jsonrpc::Incoming::Single(Ok(call))) => {
@@ -112,7 +114,7 @@ impl Frontend {
         if let Some(local) = self.local(transport, call, pending) {
             return self.render_local(transport, call, local);
         }
-        match self.router.forward(&[call], false).await {
+        match self.router.forward(&[call], Framing::Single).await {
             Ok(mut replies) => {
                 let reply = replies.pop().flatten();
                 self.count(transport, call, reply.as_ref());
@@ -120,7 +122,7 @@ impl Frontend {
             }
             Err(error) => {
                 self.metrics
-                    .request(transport.label(), &call.method, "unavailable");
+                    .request(transport.label(), &call.method, CallResult::Unavailable);
                 call.id.map(|id| jsonrpc::error_body(Some(id), &error))
             }
         }
@@ -138,7 +140,8 @@ impl Frontend {
         for (i, item) in items.iter().enumerate() {
             match item {
                 Err(rejected) => {
-                    self.metrics.request(transport.label(), "other", "invalid");
+                    self.metrics
+                        .request(transport.label(), "other", CallResult::Invalid);
                     slots[i] = Some(jsonrpc::error_body(rejected.id, &rejected.error));
                 }
                 Ok(call) => match self.local(transport, call, pending) {
@@ -149,7 +152,7 @@ impl Frontend {
         }
         if !forwarded.is_empty() {
             let calls: Vec<&Call<'_>> = forwarded.iter().map(|(_, c)| *c).collect();
-            match self.router.forward(&calls, true).await {
+            match self.router.forward(&calls, Framing::Batch).await {
                 Ok(replies) => {
                     for ((i, call), reply) in forwarded.iter().zip(replies) {
                         self.count(transport, call, reply.as_ref());
@@ -158,8 +161,11 @@ impl Frontend {
                 }
                 Err(error) => {
                     for (i, call) in &forwarded {
-                        self.metrics
-                            .request(transport.label(), &call.method, "unavailable");
+                        self.metrics.request(
+                            transport.label(),
+                            &call.method,
+                            CallResult::Unavailable,
+                        );
                         slots[*i] = call.id.map(|id| jsonrpc::error_body(Some(id), &error));
                     }
                 }
@@ -178,15 +184,19 @@ impl Frontend {
     ) -> Option<Local> {
         let method = call.method.as_ref();
         if self.deny.load().denies(method) {
-            return Some(Local::Error(jsonrpc::method_not_allowed(method), "denied"));
+            return Some(Local::Error(
+                jsonrpc::method_not_allowed(method),
+                CallResult::Denied,
+            ));
         }
         match (method, transport) {
-            ("eth_subscribe" | "eth_unsubscribe", Transport::Http) => {
-                Some(Local::Error(jsonrpc::NOTIFICATIONS_UNSUPPORTED, "invalid"))
-            }
+            ("eth_subscribe" | "eth_unsubscribe", Transport::Http) => Some(Local::Error(
+                jsonrpc::NOTIFICATIONS_UNSUPPORTED,
+                CallResult::Invalid,
+            )),
             // A subscription nobody can learn the id of would only leak.
             ("eth_subscribe", Transport::Ws(_)) if call.id.is_none() => {
-                Some(Local::Error(jsonrpc::INVALID_REQUEST, "invalid"))
+                Some(Local::Error(jsonrpc::INVALID_REQUEST, CallResult::Invalid))
             }
             ("eth_subscribe", Transport::Ws(session)) => {
                 Some(match self.hub.prepare(call.params, session) {
@@ -195,7 +205,7 @@ impl Frontend {
                         pending.push(subscription);
                         Local::Result(result)
                     }
-                    Err(error) => Local::Error(error, "invalid"),
+                    Err(error) => Local::Error(error, CallResult::Invalid),
                 })
             }
             ("eth_unsubscribe", Transport::Ws(session)) => {
@@ -223,8 +233,11 @@ impl Frontend {
         match id {
             Some(id) if self.hub.unsubscribe(session.id(), &id) => Local::Result("true".into()),
             // geth's answer for an id this connection does not hold.
-            Some(_) => Local::Error(RpcError::new(-32000, "subscription not found"), "rpc_error"),
-            None => Local::Error(RpcError::new(-32602, "invalid params"), "invalid"),
+            Some(_) => Local::Error(
+                RpcError::new(-32000, "subscription not found"),
+                CallResult::RpcError,
+            ),
+            None => Local::Error(RpcError::new(-32602, "invalid params"), CallResult::Invalid),
         }
     }
 
@@ -235,8 +248,8 @@ impl Frontend {
         local: Local,
     ) -> Option<Vec<u8>> {
         let label = match &local {
-            Local::Error(_, label) => label,
-            Local::Result(_) => "ok",
+            Local::Error(_, label) => *label,
+            Local::Result(_) => CallResult::Ok,
         };
         self.metrics.request(transport.label(), &call.method, label);
         let id = call.id?;
@@ -250,9 +263,9 @@ impl Frontend {
 
     fn count(&self, transport: Transport<'_>, call: &Call<'_>, reply: Option<&Reply>) {
         let result = if reply.is_some_and(|r| r.is_error) {
-            "rpc_error"
+            CallResult::RpcError
         } else {
-            "ok"
+            CallResult::Ok
         };
         self.metrics
             .request(transport.label(), &call.method, result);

@@ -11,10 +11,12 @@ use tokio::sync::mpsc;
 use tokio::time::timeout;
 
 use super::consistency::Verdict;
-use super::{candidates, encode, final_error, render, AttemptError, Rendered, Reply, Router};
+use super::{
+    candidates, encode, final_error, render, AttemptError, Calls, Framing, Rendered, Reply, Router,
+};
 use crate::jsonrpc::{Call, RpcError, UpstreamResponse};
 use crate::policy;
-use crate::upstream::Upstreams;
+use crate::upstream::{AttemptResult, Upstream, Upstreams};
 
 /// What one upstream said to one call of a broadcast.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +39,15 @@ impl Acceptance {
     }
 }
 
+/// Whether the selected upstream (first candidate) is among the answers, as their first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Primary {
+    /// It answered: the first answer is its.
+    Answered,
+    /// It has not answered (yet): every answer is another upstream's.
+    Silent,
+}
+
 /// One upstream's rendered answer with the acceptance of each call.
 pub(super) struct Answered {
     rendered: Rendered,
@@ -50,17 +61,59 @@ pub(super) async fn forward(
     router: &Router,
     upstreams: &Arc<Upstreams>,
     calls: &[&Call<'_>],
-    batch: bool,
+    framing: Framing,
 ) -> Result<Rendered, RpcError> {
     let order = candidates(upstreams);
-    let body = encode(calls, &[], batch);
-    let (tx, mut rx) = mpsc::channel(order.len().max(1));
-    for (rank, &index) in order.iter().enumerate() {
+    let body = encode(calls, &[], framing);
+    let mut rx = spawn_sends(upstreams, &order, body, router.request_timeout);
+    let mut answers: Vec<Option<Answered>> = order.iter().map(|_| None).collect();
+    let mut failures = Vec::new();
+    while let Some((rank, outcome)) = rx.recv().await {
+        let accepted = match outcome.and_then(|answer| judge(&answer, calls, framing)) {
+            Ok(answered) => {
+                let all = answered
+                    .acceptance
+                    .iter()
+                    .all(|a| *a == Acceptance::Accepted);
+                answers[rank] = Some(answered);
+                all
+            }
+            Err(error) => {
+                failures.push((&**order[rank], error));
+                false
+            }
+        };
+        // Any upstream's full acceptance settles the answer (`choose` prefers acceptances), so
+        // the client never waits for a slower or frozen node.
+        if accepted {
+            break;
+        }
+    }
+    let primary = match answers.first() {
+        Some(Some(_)) => Primary::Answered,
+        _ => Primary::Silent,
+    };
+    let answered: Vec<Answered> = answers.into_iter().flatten().collect();
+    if answered.is_empty() {
+        return Err(final_error(&failures, Calls::WithWrite));
+    }
+    Ok(choose(calls, answered, primary))
+}
+
+/// Starts one send per upstream of `order`, each its own task; each reports its outcome
+/// with its rank in `order` on the returned channel.
+fn spawn_sends(
+    upstreams: &Arc<Upstreams>,
+    order: &[&Arc<Upstream>],
+    body: Bytes,
+    request_timeout: Duration,
+) -> mpsc::Receiver<(usize, Result<Bytes, AttemptError>)> {
+    let (tx, rx) = mpsc::channel(order.len().max(1));
+    for (rank, &upstream) in order.iter().enumerate() {
         let (tx, upstreams, body) = (tx.clone(), upstreams.clone(), body.clone());
-        let request_timeout = router.request_timeout;
+        let upstream = upstream.clone();
         tokio::spawn(async move {
-            let upstream = upstreams.all()[index].clone();
-            let send = send_once(&upstreams, index, body, request_timeout);
+            let send = send_once(&upstreams, &upstream, body, request_timeout);
             tokio::pin!(send);
             // A node that leaves rotation mid-send is reported at once, so the client does
             // not wait for a frozen node; its send is never repeated, but is let run (within
@@ -78,46 +131,16 @@ pub(super) async fn forward(
             }
         });
     }
-    drop(tx);
-    let mut answers: Vec<Option<Answered>> = order.iter().map(|_| None).collect();
-    let mut failures = Vec::new();
-    while let Some((rank, outcome)) = rx.recv().await {
-        let accepted = match outcome.and_then(|answer| judge(&answer, calls, batch)) {
-            Ok(answered) => {
-                let all = answered
-                    .acceptance
-                    .iter()
-                    .all(|a| *a == Acceptance::Accepted);
-                answers[rank] = Some(answered);
-                all
-            }
-            Err(error) => {
-                failures.push((order[rank], error));
-                false
-            }
-        };
-        // Any upstream's full acceptance settles the answer (`choose` prefers acceptances), so
-        // the client never waits for a slower or frozen node.
-        if accepted {
-            break;
-        }
-    }
-    let primary_answered = answers.first().is_some_and(Option::is_some);
-    let answered: Vec<Answered> = answers.into_iter().flatten().collect();
-    if answered.is_empty() {
-        return Err(final_error(upstreams, &failures, true));
-    }
-    Ok(choose(calls, answered, primary_answered))
+    rx
 }
 
-/// One send to upstream `index`, counted on it; never retried.
+/// One send to `upstream`, counted on it; never retried.
 async fn send_once(
     upstreams: &Upstreams,
-    index: usize,
+    upstream: &Upstream,
     body: Bytes,
     request_timeout: Duration,
 ) -> Result<Bytes, AttemptError> {
-    let upstream = &upstreams.all()[index];
     let started = tokio::time::Instant::now();
     let outcome = match timeout(request_timeout, upstream.post(body)).await {
         Ok(answer) => answer.map_err(AttemptError::Send),
@@ -125,11 +148,11 @@ async fn send_once(
     };
     upstream.observe_attempt(started.elapsed());
     match &outcome {
-        Ok(_) => upstream.count_attempt("ok"),
+        Ok(_) => upstream.count_attempt(AttemptResult::Ok),
         Err(error) => {
             upstream.count_attempt(error.label());
             if error.counts_against_health() {
-                upstreams.record_passive_failure(index, &error.to_string());
+                upstreams.record_passive_failure(upstream, &error.to_string());
             }
         }
     }
@@ -137,9 +160,9 @@ async fn send_once(
 }
 
 /// Renders one upstream's answer and notes which calls it accepted.
-fn judge(answer: &[u8], calls: &[&Call<'_>], batch: bool) -> Result<Answered, AttemptError> {
+fn judge(answer: &[u8], calls: &[&Call<'_>], framing: Framing) -> Result<Answered, AttemptError> {
     let mut acceptance = Vec::with_capacity(calls.len());
-    let attempted = render(answer, calls, batch, |_, response| {
+    let attempted = render(answer, calls, framing, |_, response| {
         acceptance.push(Acceptance::of(response));
         Verdict::Fine
     })
@@ -151,22 +174,22 @@ fn judge(answer: &[u8], calls: &[&Call<'_>], batch: bool) -> Result<Answered, At
 }
 
 /// Picks one reply per call from the answers (in candidate order; the selected upstream's
-/// first when `primary_answered`; the ones still on their way when the selected upstream
+/// first when the `primary` answered; the ones still on their way when the selected upstream
 /// accepted every call are not waited for). A write gets the primary's acceptance, else another
 /// upstream's acceptance (a result first, then "already known"), else the primary's error
 /// verbatim. Other calls of the batch get the first answer.
 pub(super) fn choose(
     calls: &[&Call<'_>],
     mut answered: Vec<Answered>,
-    primary_answered: bool,
+    primary: Primary,
 ) -> Rendered {
     (0..calls.len())
         .map(|i| {
             let pick = if policy::is_write(&calls[i].method) {
                 let accepted =
                     |wanted: Acceptance| answered.iter().position(|a| a.acceptance[i] == wanted);
-                let primary_accepted =
-                    primary_answered && answered[0].acceptance[i] != Acceptance::Refused;
+                let primary_accepted = primary == Primary::Answered
+                    && answered[0].acceptance[i] != Acceptance::Refused;
                 if primary_accepted && answered[0].acceptance[i] == Acceptance::Accepted {
                     0
                 } else {
@@ -248,7 +271,7 @@ mod tests {
                 answer(&[("hash-a", Accepted)]),
                 answer(&[("hash-b", Accepted)]),
             ],
-            true,
+            Primary::Answered,
         );
         assert_eq!(body(&picked, 0), "hash-a");
     }
@@ -264,7 +287,7 @@ mod tests {
                 answer(&[("error already known", AlreadyKnown)]),
                 answer(&[("hash-c", Accepted)]),
             ],
-            true,
+            Primary::Answered,
         );
         assert_eq!(body(&picked, 0), "hash-c");
         // Only "already known" elsewhere: that acceptance is passed on.
@@ -274,7 +297,7 @@ mod tests {
                 answer(&[("error underpriced", Refused)]),
                 answer(&[("error already known", AlreadyKnown)]),
             ],
-            true,
+            Primary::Answered,
         );
         assert_eq!(
             body(&picked, 0),
@@ -298,7 +321,7 @@ mod tests {
                 answer(&[("error underpriced", Refused)]),
                 answer(&[("error already known", AlreadyKnown)]),
             ],
-            true,
+            Primary::Answered,
         );
         assert_eq!(
             body(&picked, 0),
@@ -316,14 +339,14 @@ mod tests {
                 answer(&[("error insufficient funds", Refused)]),
                 answer(&[("error nonce too low", Refused)]),
             ],
-            true,
+            Primary::Answered,
         );
         assert_eq!(body(&picked, 0), "error insufficient funds");
         // The selected upstream did not answer at all: the first answer stands in.
         let picked = choose(
             &[&call],
             vec![answer(&[("error nonce too low", Refused)])],
-            false,
+            Primary::Silent,
         );
         assert_eq!(body(&picked, 0), "error nonce too low");
     }
@@ -338,7 +361,7 @@ mod tests {
                 answer(&[("error already known", AlreadyKnown)]),
                 answer(&[("hash-b", Accepted)]),
             ],
-            true,
+            Primary::Answered,
         );
         assert_eq!(body(&picked, 0), "hash-b");
     }
@@ -358,7 +381,7 @@ mod tests {
                 answer(&[("0x10", Accepted), ("error x", Refused)]),
                 answer(&[("0x11", Accepted), ("hash-b", Accepted)]),
             ],
-            true,
+            Primary::Answered,
         );
         assert_eq!(body(&picked, 0), "0x10");
         assert_eq!(body(&picked, 1), "hash-b");

@@ -110,16 +110,16 @@ impl Plan {
 
     /// `candidates` without upstreams unfit for tag reads (when the request reads tags),
     /// those at or above the wanted head first, each group in the given order.
-    pub fn order(&self, candidates: Vec<usize>, upstreams: &Upstreams) -> Vec<usize> {
-        let all = upstreams.all();
+    pub fn order<'u>(
+        &self,
+        candidates: impl IntoIterator<Item = &'u Arc<Upstream>>,
+        upstreams: &Upstreams,
+    ) -> Vec<&'u Arc<Upstream>> {
         let bound = upstreams.health_config().max_lag_blocks;
-        let usable: Vec<usize> = candidates
+        let usable = candidates
             .into_iter()
-            .filter(|&i| !self.reads_tags || fit_for_tags(&all[i], self.marks, bound))
-            .collect();
-        let (ready, behind): (Vec<usize>, Vec<usize>) = usable
-            .into_iter()
-            .partition(|&i| all[i].head() >= self.wanted_head);
+            .filter(|u| !self.reads_tags || fit_for_tags(u, self.marks, bound));
+        let (ready, behind): (Vec<_>, Vec<_>) = usable.partition(|u| u.head() >= self.wanted_head);
         ready.into_iter().chain(behind).collect()
     }
 

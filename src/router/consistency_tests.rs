@@ -27,9 +27,16 @@ fn upstreams(tags: &[(u64, Option<u64>, Option<u64>)]) -> Upstreams {
             safe,
             finalized,
         };
-        set.record_probe(i, Ok(report), Duration::from_millis(1));
+        set.record_probe(&set.all()[i], Ok(report), Duration::from_millis(1));
     }
     set
+}
+
+/// The names `plan` orders the upstreams at `positions` (configured order) in.
+fn order<'s>(plan: &Plan, set: &'s Upstreams, positions: &[usize]) -> Vec<&'s str> {
+    let candidates = positions.iter().map(|&i| &set.all()[i]);
+    let ordered = plan.order(candidates, set);
+    ordered.into_iter().map(|u| u.name()).collect()
 }
 
 fn raw(text: &str) -> Box<RawValue> {
@@ -55,16 +62,16 @@ fn after_failover_upstreams_at_the_served_head_come_before_behind_ones() {
     marks.observe(Tag::Latest, 100);
     let number = call("eth_blockNumber", None);
     let plan = Plan::new(&[&number], &marks, &set, 5);
-    assert_eq!(plan.order(vec![0, 1, 2], &set), vec![1, 0, 2]);
+    assert_eq!(order(&plan, &set, &[0, 1, 2]), ["u1", "u0", "u2"]);
     // A read that names no tag keeps strict order.
     let chain = call("eth_chainId", None);
     let plan = Plan::new(&[&chain], &marks, &set, 5);
-    assert_eq!(plan.order(vec![0, 1, 2], &set), vec![0, 1, 2]);
+    assert_eq!(order(&plan, &set, &[0, 1, 2]), ["u0", "u1", "u2"]);
     // A block by number at or below the served head prefers upstreams that have it.
     let params = raw(r#"["0x63",false]"#);
     let by_number = call("eth_getBlockByNumber", Some(&params));
     let plan = Plan::new(&[&by_number], &marks, &set, 5);
-    assert_eq!(plan.order(vec![0, 1, 2], &set), vec![1, 0, 2]);
+    assert_eq!(order(&plan, &set, &[0, 1, 2]), ["u1", "u0", "u2"]);
 }
 
 #[test]
@@ -76,7 +83,7 @@ fn upstreams_whose_finalized_went_back_or_lags_are_not_used_for_tag_reads() {
     ]);
     // u0 reports less than before: went back.
     set.record_probe(
-        0,
+        &set.all()[0],
         Ok(Report {
             chain_id: 1,
             syncing: false,
@@ -93,11 +100,11 @@ fn upstreams_whose_finalized_went_back_or_lags_are_not_used_for_tag_reads() {
     let finalized = call("eth_getBlockByNumber", Some(&params));
     let plan = Plan::new(&[&finalized], &marks, &set, 5);
     // u1 lags the served finalized by 6 > 5; u2 by 2.
-    assert_eq!(plan.order(vec![0, 1, 2], &set), vec![2]);
+    assert_eq!(order(&plan, &set, &[0, 1, 2]), ["u2"]);
     // Reads without tags still use every upstream.
     let chain = call("eth_chainId", None);
     let plan = Plan::new(&[&chain], &marks, &set, 5);
-    assert_eq!(plan.order(vec![0, 1, 2], &set), vec![0, 1, 2]);
+    assert_eq!(order(&plan, &set, &[0, 1, 2]), ["u0", "u1", "u2"]);
 }
 
 #[test]
@@ -193,7 +200,7 @@ fn a_null_block_above_the_served_head_is_an_honest_answer() {
     let c = call("eth_getBlockByNumber", Some(&future));
     let plan = Plan::new(&[&c], &marks, &set, 5);
     // Only numbers at or below the known head are waited for: null above it is honest.
-    assert_eq!(plan.order(vec![0], &set), vec![0]);
+    assert_eq!(order(&plan, &set, &[0]), ["u0"]);
     let null = answer(r#"{"id":0,"result":null}"#);
     assert_eq!(plan.judge(0, false, &null, &marks), Verdict::Fine);
 }

@@ -9,19 +9,19 @@
 //! way the first complete answer wins and the other attempt is dropped, which cancels its
 //! hyper request and frees its pooled connection. A batch is one attempt, so it moves whole.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
+use std::sync::Arc;
 use std::task::Poll;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::consistency::Plan;
-use super::{candidates, final_error, AttemptError, Attempted, Rendered, Router};
+use super::{candidates, final_error, AttemptError, Attempted, Calls, Framing, Rendered, Router};
 use crate::jsonrpc::{Call, RpcError};
-use crate::upstream::Upstreams;
+use crate::metrics::{FailoverKind, HedgeResult};
+use crate::upstream::{AttemptResult, Upstream, Upstreams};
 
 /// How one attempt ended.
 enum Ending {
@@ -32,8 +32,8 @@ enum Ending {
 }
 
 /// One finished attempt.
-struct Finished {
-    index: usize,
+struct Finished<'r> {
+    upstream: &'r Arc<Upstream>,
     /// Whether it was launched as a hedge.
     hedge: bool,
     elapsed: Duration,
@@ -47,10 +47,10 @@ const NEVER: Duration = Duration::from_secs(86_400 * 365);
 struct Race<'r> {
     router: &'r Router,
     upstreams: &'r Upstreams,
-    order: std::vec::IntoIter<usize>,
+    order: std::vec::IntoIter<&'r Arc<Upstream>>,
     /// Upstreams with an attempt in flight.
-    in_flight: Vec<usize>,
-    failures: Vec<(usize, AttemptError)>,
+    in_flight: Vec<&'r Arc<Upstream>>,
+    failures: Vec<(&'r Upstream, AttemptError)>,
     /// The last answer that wanted a retry, and the head of its upstream: upstreams below
     /// that head cannot do better.
     fallback: Option<(u64, Attempted)>,
@@ -63,7 +63,7 @@ pub(super) async fn read(
     router: &Router,
     upstreams: &Upstreams,
     calls: &[&Call<'_>],
-    batch: bool,
+    framing: Framing,
 ) -> Result<Rendered, RpcError> {
     let bound = upstreams.health_config().max_lag_blocks;
     let plan = Plan::new(calls, &router.marks, upstreams, bound);
@@ -76,9 +76,8 @@ pub(super) async fn read(
         fallback: None,
         stopped: false,
     };
-    let start = |index: usize, hedge: bool| {
-        attempt_until_left(router, upstreams, &plan, calls, batch, index, hedge)
-    };
+    let start =
+        |upstream, hedge: bool| attempt_until_left(router, &plan, calls, framing, upstream, hedge);
     // At most two attempts run at once (the current one and a hedge), so two pinned slots on
     // this future's own state hold them: no allocation per read.
     let mut first = pin!(None);
@@ -88,8 +87,8 @@ pub(super) async fn read(
     let hedge_timer = tokio::time::sleep(hedge_after);
     tokio::pin!(hedge_timer);
     let mut may_hedge = router.hedge_after.is_some();
-    if let Some(index) = race.next_candidate() {
-        first.set(Some(start(index, false)));
+    if let Some(upstream) = race.next_candidate() {
+        first.set(Some(start(upstream, false)));
     }
     loop {
         let running = usize::from(first.is_some()) + usize::from(second.is_some());
@@ -101,23 +100,23 @@ pub(super) async fn read(
                     return Ok(rendered);
                 }
                 if first.is_none() && second.is_none() {
-                    if let Some(index) = race.next_candidate() {
-                        first.set(Some(start(index, false)));
+                    if let Some(upstream) = race.next_candidate() {
+                        first.set(Some(start(upstream, false)));
                         hedge_timer.as_mut().reset(Instant::now() + hedge_after);
                     }
                 }
                 // A call whose upstream left rotation and that is still in flight elsewhere
                 // (just re-sent, or already hedged there) has moved.
                 if moved && (first.is_some() || second.is_some()) {
-                    upstreams.metrics().failover("in_flight");
+                    router.metrics.failover(FailoverKind::InFlight);
                 }
             }
             () = &mut hedge_timer, if may_hedge && running == 1 => {
                 may_hedge = false;
-                if let Some(index) = race.next_candidate() {
-                    let hedge = Some(start(index, true));
+                if let Some(upstream) = race.next_candidate() {
+                    let hedge = Some(start(upstream, true));
                     if first.is_none() { first.set(hedge) } else { second.set(hedge) }
-                    upstreams.metrics().hedge("sent");
+                    router.metrics.hedge(HedgeResult::Sent);
                 }
             }
             else => break,
@@ -148,59 +147,55 @@ async fn next_finished<F: Future>(
     .await
 }
 
-/// One attempt on upstream `index`, abandoned as soon as that upstream leaves rotation.
-async fn attempt_until_left(
+/// One attempt on `upstream`, abandoned as soon as that upstream leaves rotation.
+async fn attempt_until_left<'r>(
     router: &Router,
-    upstreams: &Upstreams,
     plan: &Plan,
     calls: &[&Call<'_>],
-    batch: bool,
-    index: usize,
+    framing: Framing,
+    upstream: &'r Arc<Upstream>,
     hedge: bool,
-) -> Finished {
-    let upstream = &upstreams.all()[index];
+) -> Finished<'r> {
     let started = Instant::now();
     let ending = tokio::select! {
         // An answer that is ready wins over a rotation change seen at the same moment.
         biased;
-        outcome = router.attempt(upstream, calls, batch, plan) => Ending::Done(outcome),
+        outcome = router.attempt(upstream, calls, framing, plan) => Ending::Done(outcome),
         reason = upstream.left_rotation() => Ending::Left(reason),
     };
     Finished {
-        index,
+        upstream,
         hedge,
         elapsed: started.elapsed(),
         ending,
     }
 }
 
-impl Race<'_> {
+impl<'r> Race<'r> {
     /// The next candidate worth an attempt: still in rotation, and not below the head of an
     /// upstream that already lacked the data.
-    fn next_candidate(&mut self) -> Option<usize> {
+    fn next_candidate(&mut self) -> Option<&'r Arc<Upstream>> {
         if self.stopped {
             return None;
         }
-        let all = self.upstreams.all();
         let floor = self.fallback.as_ref().map_or(0, |(floor, _)| *floor);
-        let index = self
+        let upstream = self
             .order
             .by_ref()
-            .find(|&i| all[i].in_rotation() && all[i].head() >= floor)?;
-        self.in_flight.push(index);
-        Some(index)
+            .find(|u| u.in_rotation() && u.head() >= floor)?;
+        self.in_flight.push(upstream);
+        Some(upstream)
     }
 
     /// Takes in one finished attempt; returns the answer when it needs no retry.
-    fn settle_one(&mut self, finished: Finished, plan: &Plan) -> Option<Rendered> {
+    fn settle_one(&mut self, finished: Finished<'r>, plan: &Plan) -> Option<Rendered> {
         let Finished {
-            index,
+            upstream,
             hedge,
             elapsed,
             ending,
         } = finished;
-        self.in_flight.retain(|&i| i != index);
-        let upstream = &self.upstreams.all()[index];
+        self.in_flight.retain(|u| !Arc::ptr_eq(u, upstream));
         let outcome = match ending {
             Ending::Done(outcome) => {
                 upstream.observe_attempt(elapsed);
@@ -213,9 +208,9 @@ impl Race<'_> {
         };
         match outcome {
             Ok(attempted) if !attempted.wants_retry() => {
-                upstream.count_attempt("ok");
+                upstream.count_attempt(AttemptResult::Ok);
                 if hedge {
-                    self.upstreams.metrics().hedge("won");
+                    self.router.metrics.hedge(HedgeResult::Won);
                 }
                 plan.record(&attempted.verdicts, &self.router.marks);
                 return Some(attempted.rendered);
@@ -235,10 +230,10 @@ impl Race<'_> {
                 upstream.count_attempt(error.label());
                 if error.counts_against_health() {
                     self.upstreams
-                        .record_passive_failure(index, &error.to_string());
+                        .record_passive_failure(upstream, &error.to_string());
                 }
-                self.stopped |= !error.retryable(false);
-                self.failures.push((index, error));
+                self.stopped |= !error.retryable(Calls::ReadOnly);
+                self.failures.push((upstream, error));
             }
         }
         None
@@ -246,8 +241,8 @@ impl Race<'_> {
 
     /// Counts the attempts still in flight once another answered: they are dropped unanswered.
     fn abandon_the_rest(&self) {
-        for &index in &self.in_flight {
-            self.upstreams.all()[index].count_attempt("abandoned");
+        for upstream in &self.in_flight {
+            upstream.count_attempt(AttemptResult::Abandoned);
         }
     }
 
@@ -255,7 +250,7 @@ impl Race<'_> {
     fn finish(self, plan: &Plan, calls: &[&Call<'_>]) -> Result<Rendered, RpcError> {
         match self.fallback {
             Some((_, attempted)) => Ok(self.router.settle(plan, calls, attempted)),
-            None => Err(final_error(self.upstreams, &self.failures, false)),
+            None => Err(final_error(&self.failures, Calls::ReadOnly)),
         }
     }
 }

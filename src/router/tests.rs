@@ -22,11 +22,14 @@ fn only_writes_that_never_left_are_retried() {
     let status = AttemptError::Send(SendError::Status(503));
     let bad = AttemptError::BadAnswer("html".into());
     for error in [&not_sent, &no_answer, &timeout, &status, &bad] {
-        assert!(error.retryable(false), "reads retry on {error}");
+        assert!(error.retryable(Calls::ReadOnly), "reads retry on {error}");
     }
-    assert!(not_sent.retryable(true));
+    assert!(not_sent.retryable(Calls::WithWrite));
     for error in [&no_answer, &timeout, &status, &bad] {
-        assert!(!error.retryable(true), "writes must not retry on {error}");
+        assert!(
+            !error.retryable(Calls::WithWrite),
+            "writes must not retry on {error}"
+        );
     }
 }
 
@@ -44,8 +47,8 @@ fn only_evidence_about_the_node_counts_against_health() {
 
 #[test]
 fn too_large_answers_are_not_retried_and_local_failures_are() {
-    assert!(!AttemptError::Send(SendError::TooLarge(10)).retryable(false));
-    assert!(AttemptError::Send(SendError::Local("EMFILE".into())).retryable(true));
+    assert!(!AttemptError::Send(SendError::TooLarge(10)).retryable(Calls::ReadOnly));
+    assert!(AttemptError::Send(SendError::Local("EMFILE".into())).retryable(Calls::WithWrite));
 }
 
 #[test]
@@ -55,7 +58,7 @@ fn batch_is_encoded_with_sequential_ids() {
     let a = call(Some(&id_a), "eth_a");
     let mut b = call(None, "eth_b");
     b.params = Some(&params);
-    let body = encode(&[&a, &b], &[], true);
+    let body = encode(&[&a, &b], &[], Framing::Batch);
     assert_eq!(
         &body[..],
         br#"[{"jsonrpc":"2.0","id":0,"method":"eth_a"},{"jsonrpc":"2.0","id":1,"method":"eth_b","params":[1]}]"#
@@ -70,7 +73,7 @@ fn reversed_batch_answer_is_restored_to_request_order_with_client_ids() {
     let b = call(Some(&id_b), "eth_b");
     let answer =
         br#"[{"jsonrpc":"2.0","id":1,"result":"B"},{"jsonrpc":"2.0","id":0,"result":"A"}]"#;
-    let attempted = render(answer, &[&a, &b], true, |_, _| Verdict::Fine).unwrap();
+    let attempted = render(answer, &[&a, &b], Framing::Batch, |_, _| Verdict::Fine).unwrap();
     let bodies: Vec<String> = attempted
         .rendered
         .into_iter()
@@ -90,11 +93,17 @@ fn notification_gets_no_reply_and_incomplete_batch_is_a_bad_answer() {
     let n = call(None, "eth_n");
     let answer = br#"[{"id":0,"result":"A"},{"id":1,"result":null}]"#;
     let fine = |_: usize, _: &UpstreamResponse<'_>| Verdict::Fine;
-    let attempted = render(answer, &[&a, &n], true, fine).unwrap();
+    let attempted = render(answer, &[&a, &n], Framing::Batch, fine).unwrap();
     assert!(attempted.rendered[1].is_none());
-    assert!(render(br#"[{"id":0,"result":"A"}]"#, &[&a, &n], true, fine).is_err());
-    assert!(render(b"<html>502</html>", &[&a], false, fine).is_err());
-    assert!(render(br#"{"id":0}"#, &[&a], false, fine).is_err());
+    assert!(render(
+        br#"[{"id":0,"result":"A"}]"#,
+        &[&a, &n],
+        Framing::Batch,
+        fine
+    )
+    .is_err());
+    assert!(render(b"<html>502</html>", &[&a], Framing::Single, fine).is_err());
+    assert!(render(br#"{"id":0}"#, &[&a], Framing::Single, fine).is_err());
 }
 
 #[test]
@@ -102,17 +111,22 @@ fn verdicts_are_collected_per_call_and_errors_flagged() {
     let id = raw("1");
     let a = call(Some(&id), "eth_call");
     let missing = br#"{"id":0,"error":{"code":-32000,"message":"header not found"}}"#;
-    let attempted = render(missing, &[&a], false, |_, r| match r.error_summary() {
-        Some(_) => Verdict::Lacking,
-        None => Verdict::Fine,
+    let attempted = render(missing, &[&a], Framing::Single, |_, r| {
+        match r.error_summary() {
+            Some(_) => Verdict::Lacking,
+            None => Verdict::Fine,
+        }
     })
     .unwrap();
     assert!(attempted.wants_retry());
-    assert_eq!(attempted.retry_label(), "missing_data");
+    assert_eq!(attempted.retry_label(), AttemptResult::MissingData);
     assert!(attempted.rendered[0].as_ref().unwrap().is_error);
     let ok = br#"{"id":0,"result":"0x1"}"#;
-    let attempted = render(ok, &[&a], false, |_, _| Verdict::Behind(tags::Tag::Latest)).unwrap();
-    assert_eq!(attempted.retry_label(), "behind");
+    let attempted = render(ok, &[&a], Framing::Single, |_, _| {
+        Verdict::Behind(tags::Tag::Latest)
+    })
+    .unwrap();
+    assert_eq!(attempted.retry_label(), AttemptResult::Behind);
     assert!(!attempted.rendered[0].as_ref().unwrap().is_error);
 }
 
@@ -122,7 +136,7 @@ fn pinned_params_replace_the_clients_in_the_encoded_body() {
     let mut a = call(None, "eth_getBlockByNumber");
     a.params = Some(&params);
     let pins = vec![Some(raw(r#"["0x10",false]"#))];
-    let body = encode(&[&a], &pins, false);
+    let body = encode(&[&a], &pins, Framing::Single);
     assert_eq!(
         &body[..],
         br#"{"jsonrpc":"2.0","id":0,"method":"eth_getBlockByNumber","params":["0x10",false]}"#
@@ -136,7 +150,7 @@ fn an_answer_that_is_not_utf8_is_a_bad_answer() {
     let error = splice(
         b"{\"jsonrpc\":\"2.0\",\"id\":0,\"result\":\"\xff\"}",
         &[&c],
-        false,
+        Framing::Single,
     )
     .expect_err("refused");
     assert!(error.starts_with("not a JSON-RPC answer"), "{error}");

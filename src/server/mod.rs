@@ -27,6 +27,7 @@ use crate::config::ServerConfig;
 use crate::connection::{ConnectionCount, ConnectionGuard};
 use crate::frontend::http::HttpResponse;
 use crate::frontend::{self, Frontend};
+use crate::metrics::DenyReason;
 use crate::shutdown::Drain;
 use access::Access;
 use tls::Tls;
@@ -159,7 +160,9 @@ impl Settings {
         if access.allows(client.ip()) {
             return true;
         }
-        self.frontend.metrics.denied_connection("not_allowed");
+        self.frontend
+            .metrics
+            .denied_connection(DenyReason::NotAllowed);
         access.log_denied(client.ip());
         false
     }
@@ -178,7 +181,9 @@ impl Settings {
                     }
                 }
                 Err(error) => {
-                    self.frontend.metrics.denied_connection("proxy_header");
+                    self.frontend
+                        .metrics
+                        .denied_connection(DenyReason::ProxyHeader);
                     let addr = peer.addr;
                     tracing::debug!(%addr, %error, "invalid PROXY header; connection closed");
                     return;

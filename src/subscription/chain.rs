@@ -109,6 +109,16 @@ pub enum Change {
     Added(Arc<Header>),
 }
 
+/// What becomes of a head at or below the delivered one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behind {
+    /// Taken (a reorg): the source is the one that delivered so far, or has passed it.
+    Taken,
+    /// Ignored: right after a failover, an upstream that is behind delivers nothing until it
+    /// passes the delivered head.
+    Ignored,
+}
+
 /// What integrating a head would do.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Plan {
@@ -138,12 +148,11 @@ impl ChainView {
     }
 
     /// Works out how `head` changes the canonical chain, fetching missing ancestors by hash.
-    /// `behind_ok` is false right after a failover: a head at or below the delivered one is
-    /// then ignored, so an upstream that is behind delivers nothing until it passes.
+    /// A head at or below the delivered one is taken as a reorg, or ignored as `behind` says.
     pub async fn plan<F: FetchHeader>(
         &self,
         head: Header,
-        behind_ok: bool,
+        behind: Behind,
         fetch: &mut F,
     ) -> Result<Plan, F::Error> {
         let Some(last) = self.last() else {
@@ -152,7 +161,7 @@ impl ChainView {
                 ..Plan::default()
             });
         };
-        if self.contains(&head.hash) || (!behind_ok && head.number <= last.number) {
+        if self.contains(&head.hash) || (behind == Behind::Ignored && head.number <= last.number) {
             return Ok(Plan {
                 dropped: true,
                 ..Plan::default()

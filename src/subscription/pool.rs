@@ -13,7 +13,7 @@ use super::poll::{answer_result, Polling};
 use super::select::Candidate;
 use super::source::{Notification, Source, SourceError};
 use crate::router::tags::Tag;
-use crate::router::{self, Router};
+use crate::router::Router;
 use crate::upstream::health::State;
 
 /// One live connection to the upstream feeding subscriptions.
@@ -117,20 +117,15 @@ impl SourcePool for RouterPool {
 
     fn candidates(&self) -> Vec<Candidate> {
         let upstreams = self.router.upstreams();
-        let all = upstreams.all();
         upstreams
-            .priority_order()
-            .iter()
-            .map(|&i| {
-                let u = &all[i];
-                Candidate {
-                    name: u.name().into(),
-                    state: u.state().as_str(),
-                    in_rotation: u.in_rotation(),
-                    can_feed: u.config.ws.is_some() || u.config.http.is_some(),
-                    polled: u.config.ws.is_none(),
-                    head: u.head(),
-                }
+            .by_priority()
+            .map(|u| Candidate {
+                name: u.name().into(),
+                state: u.state().as_str(),
+                in_rotation: u.in_rotation(),
+                can_feed: u.config.ws.is_some() || u.config.http.is_some(),
+                polled: u.config.ws.is_none(),
+                head: u.head(),
             })
             .collect()
     }
@@ -188,11 +183,7 @@ impl SourcePool for RouterPool {
             r#"{{"jsonrpc":"2.0","id":1,"method":"eth_getLogs","params":{params}}}"#
         ));
         let mut reasons = Vec::new();
-        for index in router::candidates(&upstreams) {
-            let upstream = &upstreams.all()[index];
-            if upstream.name() == skip {
-                continue;
-            }
+        for upstream in upstreams.candidates(|u| u.in_rotation() && u.name() != skip) {
             let post = upstream.post(body.clone());
             let outcome = match tokio::time::timeout(limit, post).await {
                 Err(_) => Err(format!("timed out after {limit:?}")),

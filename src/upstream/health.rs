@@ -27,6 +27,16 @@ pub enum State {
 }
 
 impl State {
+    /// Every state, in the order `ethgate_upstream_state` renders them.
+    pub const ALL: [State; 6] = [
+        State::Healthy,
+        State::Lagging,
+        State::Syncing,
+        State::Stalled,
+        State::Unreachable,
+        State::WrongChain,
+    ];
+
     /// The name used in /status and logs.
     pub fn as_str(self) -> &'static str {
         match self {

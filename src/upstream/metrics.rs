@@ -3,17 +3,34 @@
 use std::fmt::Write;
 
 use super::health::State;
-use super::{Upstreams, ATTEMPT_RESULTS};
-use crate::metrics::header;
+use super::Upstreams;
+use crate::metrics::{header, label_enum};
 
-const STATES: [State; 6] = [
-    State::Healthy,
-    State::Lagging,
-    State::Syncing,
-    State::Stalled,
-    State::Unreachable,
-    State::WrongChain,
-];
+label_enum! {
+    /// Outcome of one attempt on an upstream (`result` of `ethgate_upstream_requests_total`).
+    pub enum AttemptResult {
+        /// A final answer.
+        Ok => "ok",
+        /// An answer that lacked the data asked for: retried elsewhere.
+        MissingData => "missing_data",
+        /// An answer below a block already served: retried elsewhere.
+        Behind => "behind",
+        /// The request never left ethgate.
+        NotSent => "not_sent",
+        /// Sent, but no answer came back.
+        NoAnswer => "no_answer",
+        /// An HTTP status other than success.
+        HttpError => "http_error",
+        /// No answer within `server.request_timeout`.
+        Timeout => "timeout",
+        /// An answer that is not a JSON-RPC response to what was sent.
+        BadAnswer => "bad_answer",
+        /// An answer over `server.max_response_bytes`.
+        TooLarge => "too_large",
+        /// Left unanswered: another attempt answered first, or the upstream left rotation.
+        Abandoned => "abandoned",
+    }
+}
 
 /// Up, state, head and lag of every upstream, and the latency of attempts on it.
 pub fn render(out: &mut String, upstreams: &Upstreams) {
@@ -100,7 +117,7 @@ fn render_states(out: &mut String, upstreams: &Upstreams) {
         "1 for the state each upstream is in.",
     );
     for u in upstreams.all() {
-        for state in STATES {
+        for state in State::ALL {
             let on = u8::from(u.state() == state);
             let _ = writeln!(
                 out,
@@ -135,12 +152,37 @@ pub fn render_requests(out: &mut String, upstreams: &Upstreams) {
         "Attempts on each upstream by outcome.",
     );
     for upstream in upstreams.all() {
-        for (result, value) in ATTEMPT_RESULTS.iter().zip(upstream.attempts()) {
+        for (result, value) in AttemptResult::ALL.iter().zip(upstream.attempts()) {
             let name = upstream.name();
             let _ = writeln!(
                 out,
                 "ethgate_upstream_requests_total{{upstream=\"{name}\",result=\"{result}\"}} {value}"
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempt_results_keep_their_exposition_names_in_order() {
+        let names = AttemptResult::ALL.map(AttemptResult::as_str).join(",");
+        assert_eq!(
+            names,
+            "ok,missing_data,behind,not_sent,no_answer,http_error,timeout,bad_answer,too_large,abandoned"
+        );
+        for (i, result) in AttemptResult::ALL.iter().enumerate() {
+            assert_eq!(result.index(), i);
+        }
+    }
+
+    #[test]
+    fn every_state_is_in_the_table_once() {
+        for (i, state) in State::ALL.iter().enumerate() {
+            assert_eq!(State::from_u8(*state as u8), *state);
+            assert!(!State::ALL[..i].contains(state), "{state} listed twice");
         }
     }
 }

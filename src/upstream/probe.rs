@@ -5,12 +5,13 @@
 //! interval for nothing.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::time::{timeout, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::Upstreams;
+use super::{HttpPool, SendError, Upstream, Upstreams};
 use crate::jsonrpc::UpstreamResponse;
 
 const PROBE_BODY: &str = concat!(
@@ -46,8 +47,68 @@ pub struct Report {
     pub finalized: Option<u64>,
 }
 
-/// Probes upstream `index` every `health.interval` until `shutdown`.
-pub async fn run(upstreams: Arc<Upstreams>, index: usize, shutdown: CancellationToken) {
+/// Why a probe failed; its text is the `reason` `/status` shows for an unreachable upstream.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeError {
+    /// The batch could not be sent or got no answer.
+    #[error(transparent)]
+    Send(#[from] SendError),
+    /// No answer within `health.timeout`.
+    #[error("probe timed out after {0:?}")]
+    TimedOut(Duration),
+    /// The answer is not a JSON-RPC batch answer (the parser's message).
+    #[error("invalid probe answer: {0}")]
+    Invalid(String),
+    /// The answer lacks the call with this id.
+    #[error("probe answer lacks id {0}")]
+    MissingId(u64),
+    /// The node answered the call with this id with an error.
+    #[error("probe call {id} failed: {code} {message}")]
+    CallFailed {
+        /// Id of the call in the probe batch.
+        id: u64,
+        /// JSON-RPC error code.
+        code: i64,
+        /// JSON-RPC error message.
+        message: String,
+    },
+    /// The answer to the call with this id has no result.
+    #[error("probe call {0} has no result")]
+    NoResult(u64),
+    /// A number that is not a `0x` hex quantity, from the named method.
+    #[error("{0} is not a hex quantity")]
+    NotQuantity(&'static str),
+}
+
+/// Which probe batch to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Batch {
+    /// Chain id, syncing and head.
+    Plain,
+    /// The plain batch plus the `safe` and `finalized` blocks.
+    WithTags,
+}
+
+impl Batch {
+    /// The batch of probe round `round`: the tags every [`TAG_ROUNDS`]th round.
+    fn of_round(round: u64) -> Batch {
+        if round % TAG_ROUNDS == 0 {
+            Batch::WithTags
+        } else {
+            Batch::Plain
+        }
+    }
+
+    fn body(self) -> Bytes {
+        Bytes::from_static(match self {
+            Batch::Plain => PROBE_BODY.as_bytes(),
+            Batch::WithTags => PROBE_WITH_TAGS_BODY.as_bytes(),
+        })
+    }
+}
+
+/// Probes `upstream` every `health.interval` until `shutdown`.
+pub async fn run(upstreams: Arc<Upstreams>, upstream: Arc<Upstream>, shutdown: CancellationToken) {
     let mut ticker = tokio::time::interval(upstreams.health.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut round: u64 = 0;
@@ -55,99 +116,78 @@ pub async fn run(upstreams: Arc<Upstreams>, index: usize, shutdown: Cancellation
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {
-                probe_and_record(&upstreams, index, round % TAG_ROUNDS == 0).await;
+                probe_and_record(&upstreams, &upstream, Batch::of_round(round)).await;
                 round = round.wrapping_add(1);
             }
         }
     }
 }
 
-/// Runs one probe (with the tag blocks when `with_tags`) and feeds its outcome to the
-/// health model.
-pub async fn probe_and_record(upstreams: &Upstreams, index: usize, with_tags: bool) {
-    let upstream = &upstreams.list[index];
+/// Runs one probe and feeds its outcome to the health model.
+pub async fn probe_and_record(upstreams: &Upstreams, upstream: &Upstream, batch: Batch) {
     let started = Instant::now();
+    let limit = upstreams.health.timeout;
     // Over the upstream's call transport: HTTP, or its WebSocket when it has only `ws`.
-    let outcome = match timeout(upstreams.health.timeout, probe(upstream, with_tags)).await {
+    let outcome = match timeout(limit, probe_over(|body| upstream.post(body), batch)).await {
         Ok(outcome) => outcome,
-        Err(_) => Err(format!(
-            "probe timed out after {:?}",
-            upstreams.health.timeout
-        )),
+        Err(_) => Err(ProbeError::TimedOut(limit)),
     };
-    upstreams.record_probe(index, outcome, started.elapsed());
+    upstreams.record_probe(upstream, outcome, started.elapsed());
 }
 
-async fn probe(upstream: &super::Upstream, with_tags: bool) -> Result<Report, String> {
-    let body = if with_tags {
-        PROBE_WITH_TAGS_BODY
-    } else {
-        PROBE_BODY
-    };
-    let answer = upstream
-        .post(Bytes::from_static(body.as_bytes()))
-        .await
-        .map_err(|e| e.to_string())?;
-    parse_report(&answer)
+/// Sends the plain probe batch to one HTTP endpoint (no timeout: the caller bounds it).
+pub async fn probe_endpoint(pool: &HttpPool, uri: &http::Uri) -> Result<Report, ProbeError> {
+    probe_over(|body| pool.post(uri, body), Batch::Plain).await
 }
 
-/// Sends the probe batch to one HTTP endpoint (no timeout: the caller bounds it).
-pub async fn probe_endpoint(pool: &super::HttpPool, uri: &http::Uri) -> Result<Report, String> {
-    let body = pool
-        .post(uri, Bytes::from_static(PROBE_BODY.as_bytes()))
-        .await
-        .map_err(|e| e.to_string())?;
-    parse_report(&body)
-}
-
-/// Sends the probe batch through any call transport (no timeout: the caller bounds it).
-pub async fn probe_over<F, Fut>(post: F) -> Result<Report, String>
+/// Sends a probe batch through any call transport (no timeout: the caller bounds it).
+pub async fn probe_over<F, Fut>(post: F, batch: Batch) -> Result<Report, ProbeError>
 where
     F: FnOnce(Bytes) -> Fut,
-    Fut: std::future::Future<Output = Result<Bytes, super::SendError>>,
+    Fut: std::future::Future<Output = Result<Bytes, SendError>>,
 {
-    let body = post(Bytes::from_static(PROBE_BODY.as_bytes()))
-        .await
-        .map_err(|e| e.to_string())?;
+    let body = post(batch.body()).await?;
     parse_report(&body)
 }
 
 /// Reads the probe batch's answers, in whatever order the node returned them.
-pub fn parse_report(body: &[u8]) -> Result<Report, String> {
+pub fn parse_report(body: &[u8]) -> Result<Report, ProbeError> {
     let answers: Vec<UpstreamResponse> =
-        serde_json::from_slice(body).map_err(|e| format!("invalid probe answer: {e}"))?;
-    let result = |id: u64| -> Result<&str, String> {
+        serde_json::from_slice(body).map_err(|e| ProbeError::Invalid(e.to_string()))?;
+    let result = |id: u64| -> Result<&str, ProbeError> {
         let answer = answers
             .iter()
             .find(|a| a.numeric_id() == Some(id))
-            .ok_or_else(|| format!("probe answer lacks id {id}"))?;
+            .ok_or(ProbeError::MissingId(id))?;
         if let Some((code, message)) = answer.error_summary() {
-            return Err(format!("probe call {id} failed: {code} {message}"));
+            return Err(ProbeError::CallFailed { id, code, message });
         }
         answer
             .result
             .map(|raw| raw.get())
-            .ok_or_else(|| format!("probe call {id} has no result"))
-    };
-    // A node that does not know a tag (pre-merge chains, some L2s) answers with an error or
-    // null: that says nothing about its health, so the tag is just unknown.
-    let tag = |id: u64| -> Option<u64> {
-        let answer = answers.iter().find(|a| a.numeric_id() == Some(id))?;
-        #[derive(serde::Deserialize)]
-        struct Numbered<'a> {
-            #[serde(borrow)]
-            number: Option<&'a str>,
-        }
-        let block: Numbered = serde_json::from_str(answer.result?.get()).ok()?;
-        u64::from_str_radix(block.number?.strip_prefix("0x")?, 16).ok()
+            .ok_or(ProbeError::NoResult(id))
     };
     Ok(Report {
-        chain_id: parse_quantity(result(0)?).ok_or("eth_chainId is not a hex quantity")?,
+        chain_id: parse_quantity(result(0)?).ok_or(ProbeError::NotQuantity("eth_chainId"))?,
         syncing: result(1)? != "false",
-        head: parse_quantity(result(2)?).ok_or("eth_blockNumber is not a hex quantity")?,
-        safe: tag(3),
-        finalized: tag(4),
+        head: parse_quantity(result(2)?).ok_or(ProbeError::NotQuantity("eth_blockNumber"))?,
+        safe: tag_number(&answers, 3),
+        finalized: tag_number(&answers, 4),
     })
+}
+
+/// The number of the tag block asked for with `id`. A node that does not know a tag
+/// (pre-merge chains, some L2s) answers with an error or null: that says nothing about its
+/// health, so the tag is just unknown.
+fn tag_number(answers: &[UpstreamResponse<'_>], id: u64) -> Option<u64> {
+    let answer = answers.iter().find(|a| a.numeric_id() == Some(id))?;
+    #[derive(serde::Deserialize)]
+    struct Numbered<'a> {
+        #[serde(borrow)]
+        number: Option<&'a str>,
+    }
+    let block: Numbered = serde_json::from_str(answer.result?.get()).ok()?;
+    u64::from_str_radix(block.number?.strip_prefix("0x")?, 16).ok()
 }
 
 /// Parses a JSON string holding a `0x` hex quantity.
@@ -209,9 +249,46 @@ mod tests {
     fn errors_and_garbage_fail_the_probe() {
         assert!(parse_report(b"<html>").is_err());
         let body = br#"[{"id":0,"error":{"code":-32601,"message":"nope"}},{"id":1,"result":false},{"id":2,"result":"0x1"}]"#;
-        assert!(parse_report(body).unwrap_err().contains("nope"));
+        assert_eq!(
+            parse_report(body).unwrap_err().to_string(),
+            "probe call 0 failed: -32601 nope"
+        );
         let body = br#"[{"id":0,"result":"0x1"},{"id":1,"result":false}]"#;
         assert!(parse_report(body).is_err());
+    }
+
+    #[test]
+    fn probe_errors_read_as_the_status_reason_always_did() {
+        let invalid = parse_report(b"<html>").unwrap_err().to_string();
+        assert!(invalid.starts_with("invalid probe answer: "), "{invalid}");
+        let no_result = br#"[{"id":0,"result":"0x1"},{"id":1},{"id":2,"result":"0x1"}]"#;
+        assert_eq!(
+            parse_report(no_result).unwrap_err().to_string(),
+            "probe call 1 has no result"
+        );
+        let not_hex = br#"[{"id":0,"result":"0x1"},{"id":1,"result":false},{"id":2,"result":7}]"#;
+        assert_eq!(
+            parse_report(not_hex).unwrap_err().to_string(),
+            "eth_blockNumber is not a hex quantity"
+        );
+        assert_eq!(
+            ProbeError::TimedOut(std::time::Duration::from_secs(2)).to_string(),
+            "probe timed out after 2s"
+        );
+        let refused = ProbeError::from(SendError::NotSent("connection refused".into()));
+        assert_eq!(
+            refused.to_string(),
+            SendError::NotSent("connection refused".into()).to_string()
+        );
+    }
+
+    #[test]
+    fn tag_blocks_are_read_every_few_rounds_starting_with_the_first() {
+        let rounds: Vec<Batch> = (0..2 * TAG_ROUNDS).map(Batch::of_round).collect();
+        assert_eq!(rounds[0], Batch::WithTags);
+        assert_eq!(rounds[TAG_ROUNDS as usize], Batch::WithTags);
+        let with_tags = rounds.iter().filter(|b| **b == Batch::WithTags).count();
+        assert_eq!(with_tags, 2);
     }
 
     #[test]

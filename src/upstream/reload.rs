@@ -16,9 +16,7 @@ impl Upstreams {
                 let _ = self.expected_chain_id.set(id);
             }
         }
-        let selected_name = previous
-            .selected()
-            .map(|i| previous.list[i].name().to_string());
+        let selected_name = previous.selected().map(|u| u.name().to_string());
         {
             let old_facts = previous.lock_facts();
             let mut facts = self.lock_facts();

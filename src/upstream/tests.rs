@@ -69,3 +69,175 @@ async fn any_state_but_healthy_counts_as_out_and_the_reason_is_kept_until_back()
     u.set_state(State::Healthy, String::new);
     assert_eq!(left_now(&u).await, None);
 }
+
+mod set {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use crate::config::Config;
+    use crate::metrics::{FailoverKind, Metrics};
+    use crate::upstream::probe::{ProbeError, Report};
+    use crate::upstream::{Failover, HealthObserve, Transition, Upstream, Upstreams};
+
+    /// Writes down every event the set reports.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl Recorder {
+        fn take(&self) -> Vec<String> {
+            std::mem::take(&mut *self.0.lock().unwrap())
+        }
+    }
+
+    impl HealthObserve for Recorder {
+        fn failover(&self, f: &Failover<'_>) {
+            let line = format!(
+                "failover {} -> {}: {}",
+                f.from.name(),
+                f.to.name(),
+                f.reason
+            );
+            self.0.lock().unwrap().push(line);
+        }
+
+        fn transition(&self, t: &Transition<'_>) {
+            let line = format!("{} {} -> {}", t.upstream.name(), t.from, t.to);
+            self.0.lock().unwrap().push(line);
+        }
+    }
+
+    /// Upstreams `u0` (preferred), `u1`, `u2`, leaving rotation on the first failure and
+    /// back on the first success, past the start-up round.
+    fn set(observer: Arc<dyn HealthObserve>) -> Upstreams {
+        let mut toml = String::from("[health]\nfailure_threshold = 1\nrecovery_threshold = 1\n");
+        for i in 0..3 {
+            toml += &format!(
+                "[[upstream]]\nname = \"u{i}\"\nhttp = \"http://127.0.0.1:{}\"\npriority = {i}\n",
+                1000 + i
+            );
+        }
+        let set = Upstreams::new(&Config::from_toml_str(&toml).unwrap(), observer);
+        set.started
+            .store(true, std::sync::atomic::Ordering::Release);
+        set
+    }
+
+    fn ok(set: &Upstreams, i: usize) {
+        let report = Report {
+            chain_id: 1,
+            syncing: false,
+            head: 10,
+            safe: None,
+            finalized: None,
+        };
+        set.record_probe(&set.all()[i], Ok(report), Duration::from_millis(1));
+    }
+
+    fn fail(set: &Upstreams, i: usize) {
+        let error = ProbeError::TimedOut(Duration::from_secs(1));
+        set.record_probe(&set.all()[i], Err(error), Duration::from_secs(1));
+    }
+
+    fn names<'a>(upstreams: impl Iterator<Item = &'a Arc<Upstream>>) -> Vec<&'a str> {
+        upstreams.map(|u| u.name()).collect()
+    }
+
+    #[test]
+    fn transitions_and_failovers_reach_the_observer_once_each() {
+        let recorder = Arc::new(Recorder::default());
+        let set = set(recorder.clone());
+        ok(&set, 0);
+        ok(&set, 1);
+        // The first choice is no failover.
+        assert_eq!(
+            recorder.take(),
+            ["u0 unreachable -> healthy", "u1 unreachable -> healthy"]
+        );
+        ok(&set, 0);
+        ok(&set, 1);
+        assert!(
+            recorder.take().is_empty(),
+            "a probe that changes nothing is no event"
+        );
+        fail(&set, 0);
+        assert_eq!(
+            recorder.take(),
+            [
+                "u0 healthy -> unreachable",
+                "failover u0 -> u1: u0 is unreachable"
+            ]
+        );
+        // u0 back: a transition, but the sticky choice stays (no flapping).
+        ok(&set, 0);
+        assert_eq!(recorder.take(), ["u0 unreachable -> healthy"]);
+        assert_eq!(set.selected().map(|u| u.name()), Some("u1"));
+    }
+
+    #[test]
+    fn the_metrics_count_request_failovers_as_an_observer() {
+        let metrics = Arc::new(Metrics::new());
+        let set = set(metrics.clone());
+        ok(&set, 0);
+        ok(&set, 1);
+        assert_eq!(metrics.failover_count(FailoverKind::Request), 0);
+        fail(&set, 0);
+        assert_eq!(metrics.failover_count(FailoverKind::Request), 1);
+        assert_eq!(metrics.failover_count(FailoverKind::InFlight), 0);
+    }
+
+    #[test]
+    fn candidates_put_the_sticky_choice_first_then_priority_and_take_only_the_accepted() {
+        let set = set(Arc::new(Metrics::new()));
+        assert!(set.candidates(Upstream::in_rotation).next().is_none());
+        for i in 0..3 {
+            ok(&set, i);
+        }
+        assert_eq!(
+            names(set.candidates(Upstream::in_rotation)),
+            ["u0", "u1", "u2"]
+        );
+        fail(&set, 0);
+        ok(&set, 0);
+        // u1 took over and stays first while u0, preferred, is back.
+        assert_eq!(
+            names(set.candidates(Upstream::in_rotation)),
+            ["u1", "u0", "u2"]
+        );
+        assert_eq!(names(set.candidates(|u| u.name() != "u0")), ["u1", "u2"]);
+        fail(&set, 2);
+        assert_eq!(names(set.candidates(Upstream::in_rotation)), ["u1", "u0"]);
+        assert_eq!(names(set.candidates(|_| true)), ["u1", "u0", "u2"]);
+        assert_eq!(names(set.by_priority()), ["u0", "u1", "u2"]);
+    }
+
+    #[test]
+    fn an_upstream_of_another_set_is_not_recorded() {
+        let mine = set(Arc::new(Metrics::new()));
+        let other = set(Arc::new(Metrics::new()));
+        let stranger = &other.all()[0];
+        let report = Report {
+            chain_id: 1,
+            syncing: false,
+            head: 10,
+            safe: None,
+            finalized: None,
+        };
+        mine.record_probe(stranger, Ok(report), Duration::from_millis(1));
+        assert!(
+            !mine.any_in_rotation(),
+            "its slot's upstream was not probed"
+        );
+        mine.record_passive_failure(stranger, "refused");
+        fail(&other, 0);
+        assert_eq!(mine.unreachable_reason(stranger), None);
+        assert_eq!(
+            other.unreachable_reason(stranger).as_deref(),
+            Some("probe timed out after 1s")
+        );
+        assert_eq!(
+            mine.unreachable_reason(&mine.all()[0]),
+            None,
+            "no probe yet"
+        );
+    }
+}

@@ -245,24 +245,15 @@ async fn run(
     let reason = loop {
         tokio::select! {
             _ = ticker.tick() => {
-                let silent = last_seen.elapsed();
-                if silent >= dead_after {
-                    break format!("silent for {silent:?}");
-                }
-                if silent >= ping_after {
-                    if let Err(error) = socket.send(Message::Ping(Bytes::new())).await {
-                        break format!("write failed: {error}");
-                    }
+                if let Err(reason) = keep_alive(&mut socket, last_seen, (ping_after, dead_after)).await {
+                    break reason;
                 }
             }
             outgoing = queue.recv() => match outgoing {
                 None => break "transport dropped".to_string(),
                 Some(message) => {
-                    // Bounded: a peer that stops reading must not wedge the connection.
-                    match tokio::time::timeout(dead_after, socket.send(message)).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(error)) => break format!("write failed: {error}"),
-                        Err(_) => break format!("write stuck for {dead_after:?}"),
+                    if let Err(reason) = write(&mut socket, message, dead_after).await {
+                        break reason;
                     }
                 }
             },
@@ -287,6 +278,39 @@ async fn run(
         ))));
     }
     let _ = socket.close(None).await;
+}
+
+/// On each liveness tick: gives up a connection silent for `dead_after`, pings one silent
+/// for `ping_after`. The error is why the connection ended.
+async fn keep_alive(
+    socket: &mut UpstreamSocket,
+    last_seen: Instant,
+    (ping_after, dead_after): (Duration, Duration),
+) -> Result<(), String> {
+    let silent = last_seen.elapsed();
+    if silent >= dead_after {
+        return Err(format!("silent for {silent:?}"));
+    }
+    if silent >= ping_after {
+        if let Err(error) = socket.send(Message::Ping(Bytes::new())).await {
+            return Err(format!("write failed: {error}"));
+        }
+    }
+    Ok(())
+}
+
+/// Writes one queued request, bounded: a peer that stops reading must not wedge the
+/// connection. The error is why the connection ended.
+async fn write(
+    socket: &mut UpstreamSocket,
+    message: Message,
+    dead_after: Duration,
+) -> Result<(), String> {
+    match tokio::time::timeout(dead_after, socket.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(format!("write failed: {error}")),
+        Err(_) => Err(format!("write stuck for {dead_after:?}")),
+    }
 }
 
 /// Hands an answer (object or batch array) to the call whose ids it carries, with the

@@ -45,9 +45,9 @@ impl Chain {
         Chain(headers.into_iter().map(|h| (h.hash.clone(), h)).collect())
     }
 
-    async fn plan(&self, view: &ChainView, head: Header, behind_ok: bool) -> Plan {
+    async fn plan(&self, view: &ChainView, head: Header, behind: Behind) -> Plan {
         let mut source = self;
-        view.plan(head, behind_ok, &mut source).await.unwrap()
+        view.plan(head, behind, &mut source).await.unwrap()
     }
 }
 
@@ -74,7 +74,7 @@ fn main_chain(to: u64) -> Vec<Header> {
 async fn view_at(chain: &Chain, to: u64) -> ChainView {
     let mut view = ChainView::default();
     for n in 0..=to {
-        let plan = chain.plan(&view, header(n, 0, 0), true).await;
+        let plan = chain.plan(&view, header(n, 0, 0), Behind::Taken).await;
         deliver(&mut view, &plan);
     }
     view
@@ -85,7 +85,7 @@ async fn consecutive_heads_are_added_one_by_one() {
     let chain = Chain::new(main_chain(3));
     let view = view_at(&chain, 2).await;
     assert_eq!(
-        numbers(&chain.plan(&view, header(3, 0, 0), true).await),
+        numbers(&chain.plan(&view, header(3, 0, 0), Behind::Taken).await),
         ["+3"]
     );
 }
@@ -94,7 +94,7 @@ async fn consecutive_heads_are_added_one_by_one() {
 async fn skipped_numbers_are_filled_in_order() {
     let chain = Chain::new(main_chain(10));
     let view = view_at(&chain, 5).await;
-    let plan = chain.plan(&view, header(9, 0, 0), true).await;
+    let plan = chain.plan(&view, header(9, 0, 0), Behind::Taken).await;
     assert_eq!(numbers(&plan), ["+6", "+7", "+8", "+9"]);
 }
 
@@ -102,7 +102,7 @@ async fn skipped_numbers_are_filled_in_order() {
 async fn duplicate_heads_are_dropped() {
     let chain = Chain::new(main_chain(5));
     let view = view_at(&chain, 5).await;
-    let plan = chain.plan(&view, header(4, 0, 0), true).await;
+    let plan = chain.plan(&view, header(4, 0, 0), Behind::Taken).await;
     assert!(plan.dropped && plan.changes.is_empty());
 }
 
@@ -113,12 +113,20 @@ async fn after_failover_a_node_behind_delivers_nothing_until_it_passes() {
     let chain = Chain::new(all);
     let view = view_at(&chain, 6).await;
     assert!(
-        chain.plan(&view, header(4, 1, 0), false).await.dropped,
+        chain
+            .plan(&view, header(4, 1, 0), Behind::Ignored)
+            .await
+            .dropped,
         "lower fork head ignored"
     );
-    assert!(chain.plan(&view, header(6, 0, 0), false).await.dropped);
+    assert!(
+        chain
+            .plan(&view, header(6, 0, 0), Behind::Ignored)
+            .await
+            .dropped
+    );
     assert_eq!(
-        numbers(&chain.plan(&view, header(8, 0, 0), false).await),
+        numbers(&chain.plan(&view, header(8, 0, 0), Behind::Ignored).await),
         ["+7", "+8"]
     );
 }
@@ -130,7 +138,7 @@ async fn reorg_of_depth_one_retracts_then_delivers_from_the_fork() {
     all.push(header(6, 1, 1));
     let chain = Chain::new(all);
     let view = view_at(&chain, 5).await;
-    let plan = chain.plan(&view, header(6, 1, 1), true).await;
+    let plan = chain.plan(&view, header(6, 1, 1), Behind::Taken).await;
     assert_eq!(numbers(&plan), ["-5", "+5", "+6"]);
 }
 
@@ -142,7 +150,7 @@ async fn reorg_of_depth_three_at_the_same_height() {
     all.push(header(10, 1, 1));
     let chain = Chain::new(all);
     let mut view = view_at(&chain, 10).await;
-    let plan = chain.plan(&view, header(10, 1, 1), true).await;
+    let plan = chain.plan(&view, header(10, 1, 1), Behind::Taken).await;
     assert_eq!(numbers(&plan), ["-10", "-9", "-8", "+8", "+9", "+10"]);
     deliver(&mut view, &plan);
     assert_eq!(view.last().unwrap().hash, header(10, 1, 1).hash);
@@ -155,7 +163,7 @@ async fn head_on_an_unrelated_chain_restarts_the_view() {
     all.extend((0..=9).map(|n| header(n, 7, 7)));
     let chain = Chain::new(all);
     let view = view_at(&chain, 3).await;
-    let plan = chain.plan(&view, header(9, 7, 7), true).await;
+    let plan = chain.plan(&view, header(9, 7, 7), Behind::Taken).await;
     assert!(plan.restarted);
     assert_eq!(numbers(&plan), ["+9"]);
 }
@@ -167,10 +175,10 @@ async fn fork_below_the_window_retracts_everything_delivered() {
     let chain = Chain::new(all);
     let mut view = ChainView::default();
     for n in 9..=10 {
-        let plan = chain.plan(&view, header(n, 0, 0), true).await;
+        let plan = chain.plan(&view, header(n, 0, 0), Behind::Taken).await;
         deliver(&mut view, &plan);
     }
-    let plan = chain.plan(&view, header(12, 4, 4), false).await;
+    let plan = chain.plan(&view, header(12, 4, 4), Behind::Ignored).await;
     assert!(!plan.restarted);
     assert_eq!(numbers(&plan), ["-10", "-9", "+9", "+10", "+11", "+12"]);
 }
@@ -180,7 +188,7 @@ async fn missing_ancestor_is_an_error() {
     let chain = Chain::new(main_chain(3));
     let view = view_at(&chain, 3).await;
     let orphan = header(9, 7, 7);
-    let result = view.plan(orphan, true, &mut Missing).await;
+    let result = view.plan(orphan, Behind::Taken, &mut Missing).await;
     assert!(
         result.is_err(),
         "a missing ancestor is an error for the caller to handle"

@@ -471,7 +471,7 @@ async fn after_every_upstream_failed_the_first_to_recover_serves_again() {
     settle().await;
     assert_eq!(heads.head_numbers(), [1, 2]);
     assert_eq!(heads.closed_with(), None, "back within the grace");
-    assert_eq!(h.metrics.failover_count("subscription"), 1);
+    assert_eq!(h.metrics.failover_count(FailoverKind::Subscription), 1);
 }
 
 #[tokio::test(start_paused = true)]

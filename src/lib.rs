@@ -60,7 +60,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -69,19 +68,40 @@ use tokio_util::task::TaskTracker;
 use config::Config;
 use reload::{ReloadRequest, Reloader};
 
+/// Why ethgate could not start; printed by `main` with its cause (`{:#}`).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The TLS certificate, key or client CA could not be loaded (names the key and file).
+    #[error(transparent)]
+    Tls(#[from] server::tls::TlsError),
+    /// A listener could not be bound; the cause (address in use, permission) is the source.
+    #[error("{key}: cannot bind {addr}")]
+    Bind {
+        /// `server.listen` or `admin.listen`.
+        key: &'static str,
+        /// The address that could not be bound.
+        addr: SocketAddr,
+        /// The operating system's reason.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// A bound, not yet serving, ethgate instance.
 pub struct Server {
     config: Config,
     clients: Vec<TcpListener>,
     admin: TcpListener,
     tls: Option<Arc<server::tls::Tls>>,
-    reloads: (Reloader, mpsc::Receiver<ReloadRequest>),
+    /// Handed out by [`Server::reloader`]; requests arrive on `reload_requests`.
+    reloader: Reloader,
+    reload_requests: mpsc::Receiver<ReloadRequest>,
 }
 
 impl Server {
     /// Binds the client and admin listeners of `config` (port 0 picks a free port) and loads
     /// the TLS material, so every start-up error surfaces before serving.
-    pub async fn bind(config: Config) -> anyhow::Result<Server> {
+    pub async fn bind(config: Config) -> Result<Server, StartError> {
         // Before any socket exists, so every connection counts against the raised limit.
         descriptors::raise_and_check(&config);
         let tls = match &config.server.tls {
@@ -90,18 +110,28 @@ impl Server {
         };
         let mut clients = Vec::with_capacity(config.server.listen.len());
         for &addr in &config.server.listen {
-            clients
-                .push(listen(addr).with_context(|| format!("server.listen: cannot bind {addr}"))?);
+            clients.push(listen(addr).map_err(|source| StartError::Bind {
+                key: "server.listen",
+                addr,
+                source,
+            })?);
         }
-        let admin = TcpListener::bind(config.admin.listen)
+        let admin_addr = config.admin.listen;
+        let admin = TcpListener::bind(admin_addr)
             .await
-            .with_context(|| format!("admin.listen: cannot bind {}", config.admin.listen))?;
+            .map_err(|source| StartError::Bind {
+                key: "admin.listen",
+                addr: admin_addr,
+                source,
+            })?;
+        let (reloader, reload_requests) = Reloader::channel();
         Ok(Server {
             config,
             clients,
             admin,
             tls,
-            reloads: Reloader::channel(),
+            reloader,
+            reload_requests,
         })
     }
 
@@ -126,22 +156,26 @@ impl Server {
 
     /// A handle that applies new configs to the running server (what SIGHUP uses).
     pub fn reloader(&self) -> Reloader {
-        self.reloads.0.clone()
+        self.reloader.clone()
     }
 
     /// Serves until `shutdown` completes; then `/readyz` answers 503 while the port keeps
     /// serving for `server.drain_delay`, and the port drains within `server.shutdown_grace`.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    ///
+    /// Every start-up failure surfaces in [`Server::bind`]; the `Result` leaves room for one
+    /// that can only happen once serving starts.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), StartError> {
         let Server {
             config,
             clients,
             admin,
             tls,
-            reloads: (_, reload_requests),
+            reloader: _,
+            reload_requests,
         } = self;
         // 1. Shared state.
         let drain = shutdown::Drain::default();
-        let state = Arc::new(state::State::new(&config, tls, drain.clone()));
+        let state = Arc::new(state::Shared::new(&config, tls, drain.clone()));
         log_access(&config);
 
         // 2. One probe round before serving, so the first requests find upstreams in rotation.

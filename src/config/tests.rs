@@ -9,7 +9,7 @@ http = "http://127.0.0.1:8545"
 fn errors(toml: &str) -> Vec<String> {
     Config::from_toml_str(toml)
         .expect_err("config should be invalid")
-        .0
+        .messages()
 }
 
 fn with_upstream(extra: &str) -> String {

@@ -223,8 +223,14 @@ impl Frontend {
         match id {
             Some(id) if self.hub.unsubscribe(session.id(), &id) => Local::Result("true".into()),
             // geth's answer for an id this connection does not hold.
-            Some(_) => Local::Error(RpcError::new(-32000, "subscription not found"), "rpc_error"),
-            None => Local::Error(RpcError::new(-32602, "invalid params"), "invalid"),
+            Some(_) => Local::Error(
+                RpcError::new(jsonrpc::code::SERVER_ERROR, "subscription not found"),
+                "rpc_error",
+            ),
+            None => Local::Error(
+                RpcError::new(jsonrpc::code::INVALID_PARAMS, "invalid params"),
+                "invalid",
+            ),
         }
     }
 

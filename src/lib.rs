@@ -271,3 +271,81 @@ pub(crate) fn log_access(config: &Config) {
         tracing::info!(allow = %allow.join(", "), "client networks allowed");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(listen: SocketAddr, admin: SocketAddr) -> Config {
+        Config::from_toml_str(&format!(
+            "[server]\nlisten = \"{listen}\"\n[admin]\nlisten = \"{admin}\"\n\
+             [[upstream]]\nname = \"a\"\nhttp = \"http://127.0.0.1:1\"\n"
+        ))
+        .expect("valid config")
+    }
+
+    fn any_port() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    }
+
+    /// What `main` prints (`{:#}` through anyhow): the key, the address and the cause.
+    fn as_printed(error: StartError) -> String {
+        format!("{:#}", anyhow::Error::from(error))
+    }
+
+    #[tokio::test]
+    async fn a_taken_client_port_names_server_listen_and_the_cause() {
+        let taken = std::net::TcpListener::bind(any_port()).expect("bind");
+        let addr = taken.local_addr().expect("addr");
+        let error = Server::bind(config(addr, any_port()))
+            .await
+            .err()
+            .expect("the port is taken");
+        assert!(
+            matches!(&error, StartError::Bind { key: "server.listen", addr: a, source }
+                if *a == addr && source.kind() == std::io::ErrorKind::AddrInUse),
+            "{error:?}"
+        );
+        let printed = as_printed(error);
+        assert!(
+            printed.starts_with(&format!("server.listen: cannot bind {addr}: ")),
+            "{printed}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_taken_admin_port_names_admin_listen() {
+        let taken = std::net::TcpListener::bind(any_port()).expect("bind");
+        let addr = taken.local_addr().expect("addr");
+        let error = Server::bind(config(any_port(), addr))
+            .await
+            .err()
+            .expect("the port is taken");
+        assert!(
+            matches!(&error, StartError::Bind { key: "admin.listen", addr: a, .. } if *a == addr),
+            "{error:?}"
+        );
+        assert_eq!(
+            error.to_string(),
+            format!("admin.listen: cannot bind {addr}")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reload_after_the_server_is_gone_says_it_is_not_running() {
+        let server = Server::bind(config(any_port(), any_port()))
+            .await
+            .expect("bind");
+        let reloader = server.reloader();
+        drop(server);
+        let error = reloader
+            .reload(config(any_port(), any_port()))
+            .await
+            .expect_err("no server to apply it");
+        assert!(
+            matches!(error, reload::ReloadError::NotRunning),
+            "{error:?}"
+        );
+        assert_eq!(error.to_string(), "ethgate is not running");
+    }
+}

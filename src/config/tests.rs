@@ -404,3 +404,39 @@ fn malformed_hedge_after_names_the_key() {
         "{problems:?}"
     );
 }
+
+#[test]
+fn problems_carry_their_key_as_a_field() {
+    let errors = Config::from_toml_str(&with_upstream(
+        "[server]\nmax_batch_len = 0\nlisten = [\"127.0.0.1:1\", \"x\"]",
+    ))
+    .expect_err("invalid");
+    let keys: Vec<Option<&str>> = errors.0.iter().map(ConfigError::key).collect();
+    assert_eq!(
+        keys,
+        [Some("server.listen[1]"), Some("server.max_batch_len")],
+        "{errors}"
+    );
+    let syntax = Config::from_toml_str("[server\n").expect_err("not TOML");
+    assert!(
+        matches!(
+            syntax.0.as_slice(),
+            [ConfigError::Syntax { at: Some(_), .. }]
+        ),
+        "{syntax:?}"
+    );
+    assert_eq!(syntax.0[0].key(), None);
+    let missing =
+        Config::load(std::path::Path::new("/nonexistent/ethgate.toml")).expect_err("no such file");
+    assert!(
+        matches!(missing.0.as_slice(), [ConfigError::Read { path, .. }]
+            if path == std::path::Path::new("/nonexistent/ethgate.toml")),
+        "{missing:?}"
+    );
+    assert!(
+        missing
+            .to_string()
+            .starts_with("/nonexistent/ethgate.toml: "),
+        "{missing}"
+    );
+}

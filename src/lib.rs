@@ -29,13 +29,19 @@
 //! - [`router`]: candidate order, attempts, failure classes and the retry decision; reads in
 //!   flight move when their upstream leaves rotation, and may be hedged; monotonic tags.
 //! - [`upstream`]: upstream nodes, the HTTP pool, health probes and states, their metrics.
-//! - [`reload`]: applying a new config to a running server (SIGHUP).
+//! - [`reload`]: applying a new config to a running server (SIGHUP); uses `state` (the
+//!   [`Server`]'s shared parts, `state::Shared`), `server`, `upstream`, `policy`, `watch`.
 //! - [`descriptors`]: the open-file limit raised and checked at start.
 //! - [`policy`]: deny list, write methods, "lacks the data" errors.
-//! - leaves: [`config`] (raw TOML validated into [`config::Config`]), [`jsonrpc`] (framing:
-//!   raw ids, rewritten upstream ids, spliced answers), [`metrics`] (atomic counters and the
-//!   text format), [`shutdown`] (signals and the drain tokens), [`connection`] (a client
-//!   connection's place in `max_connections`).
+//! - leaves: [`config`] (raw TOML validated into [`config::Config`], problems as
+//!   [`config::ConfigError`] naming their key), [`jsonrpc`] (framing: raw ids, rewritten
+//!   upstream ids, spliced answers; every error code ethgate mints, in [`jsonrpc::code`]),
+//!   [`metrics`] (atomic counters and the text format), [`shutdown`] (signals and the drain
+//!   tokens), [`connection`] (a client connection's place in `max_connections`).
+//!
+//! Errors are typed per layer (`thiserror`): [`StartError`] from [`Server::bind`],
+//! [`reload::ReloadError`] from a reload, [`config::ConfigErrors`] from loading a file; only the
+//! binary uses `anyhow`, to print an error with its causes.
 #![forbid(unsafe_code)]
 
 pub mod admin;

@@ -72,11 +72,19 @@ async fn probe_all(config: &Config) -> bool {
         };
         let latency = started.elapsed();
         let ws = ws_handshake(upstream, timeout).await;
-        let (line, good) = describe(upstream, &http, ws, latency, &mut expected);
-        all_good &= good;
-        println!("{line}");
+        let verdict = describe(upstream, &http, ws, latency, &mut expected);
+        all_good &= verdict.good;
+        println!("{}", verdict.line);
     }
     all_good
+}
+
+/// One upstream's line of `ethgate check --probe` output.
+struct Verdict {
+    /// What is printed.
+    line: String,
+    /// Reachable and on the expected chain (a syncing node still counts: it will catch up).
+    good: bool,
 }
 
 fn describe(
@@ -85,17 +93,17 @@ fn describe(
     ws: Option<Result<(), String>>,
     latency: Duration,
     expected: &mut Option<u64>,
-) -> (String, bool) {
+) -> Verdict {
     let ws = match ws {
         None => "ws=-".to_string(),
         Some(Ok(())) => "ws=ok".to_string(),
         Some(Err(e)) => format!("ws=error({e})"),
     };
     match http {
-        Err(error) => (
-            format!("{}: unreachable: {error} {ws}", upstream.name),
-            false,
-        ),
+        Err(error) => Verdict {
+            line: format!("{}: unreachable: {error} {ws}", upstream.name),
+            good: false,
+        },
         Ok(report) => {
             let expected_id = *expected.get_or_insert(report.chain_id);
             let chain_ok = report.chain_id == expected_id;
@@ -114,7 +122,10 @@ fn describe(
                 report.syncing,
                 latency.as_secs_f64() * 1000.0
             );
-            (line, chain_ok)
+            Verdict {
+                line,
+                good: chain_ok,
+            }
         }
     }
 }

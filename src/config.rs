@@ -2,10 +2,20 @@
 //!
 //! Every problem names the key it concerns, and validation collects all problems at once so
 //! `ethgate check` can print them together.
+//!
+//! Layout: this file holds the validated types; `raw` the serde structs as written,
+//! `validate` (with `validate/listen.rs`, `validate/upstream.rs`) the rules, `defaults` the value
+//! of every key left out, `error` the problems; `duration`, `values`, `url` and `env` parse
+//! single values; [`upstream_tls`] builds an upstream's rustls client config.
 
+mod defaults;
 mod duration;
+mod env;
+mod error;
 mod raw;
 pub mod upstream_tls;
+mod url;
+mod validate;
 mod values;
 
 use std::fmt;
@@ -15,8 +25,9 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+pub use defaults::DEFAULT_DENY_METHODS;
 pub use duration::parse_duration;
-pub use raw::DEFAULT_DENY_METHODS;
+pub use error::{ConfigError, ConfigErrors};
 
 /// Validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -230,46 +241,20 @@ pub struct WatchConfig {
     pub interval: Duration,
 }
 
-/// Why a configuration could not be loaded: every problem found, each naming its key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigErrors(pub Vec<String>);
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, problem) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{problem}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigErrors {}
-
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
         Self::from_toml_str(&text)
     }
 
     /// Parses and validates a TOML document.
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigErrors> {
-        let raw: raw::RawConfig =
-            toml::from_str(text).map_err(|e| ConfigErrors(vec![toml_error(&e)]))?;
+        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError::syntax(&e))?;
         raw.validate()
-    }
-}
-
-/// Renders a TOML error on one line, with the key path when toml knows it.
-fn toml_error(e: &toml::de::Error) -> String {
-    let message = e.message().trim().to_string();
-    match e.span() {
-        Some(span) => format!("config (at byte {}): {message}", span.start),
-        None => format!("config: {message}"),
     }
 }
 

@@ -8,6 +8,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
 mod batch;
+pub mod code;
 
 /// A standard error that ethgate produces itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,25 +39,27 @@ impl RpcError {
 }
 
 /// -32700: the body is not JSON.
-pub const PARSE_ERROR: RpcError = RpcError::new(-32700, "parse error");
+pub const PARSE_ERROR: RpcError = RpcError::new(code::PARSE_ERROR, "parse error");
 /// -32600: valid JSON but not a JSON-RPC request.
-pub const INVALID_REQUEST: RpcError = RpcError::new(-32600, "invalid request");
+pub const INVALID_REQUEST: RpcError = RpcError::new(code::INVALID_REQUEST, "invalid request");
 /// -32600: a batch with no element.
-pub const EMPTY_BATCH: RpcError = RpcError::new(-32600, "empty batch");
+pub const EMPTY_BATCH: RpcError = RpcError::new(code::INVALID_REQUEST, "empty batch");
 /// -32600: a batch longer than `server.max_batch_len`.
-pub const BATCH_TOO_LARGE: RpcError = RpcError::new(-32600, "batch too large");
+pub const BATCH_TOO_LARGE: RpcError = RpcError::new(code::INVALID_REQUEST, "batch too large");
 /// -32601: `eth_subscribe` over HTTP.
 pub const NOTIFICATIONS_UNSUPPORTED: RpcError =
-    RpcError::new(-32601, "notifications not supported");
+    RpcError::new(code::METHOD_NOT_FOUND, "notifications not supported");
 /// -32002: no upstream could serve the call.
-pub const NO_HEALTHY_UPSTREAM: RpcError = RpcError::new(-32002, "no healthy upstream");
+pub const NO_HEALTHY_UPSTREAM: RpcError =
+    RpcError::new(code::RESOURCE_UNAVAILABLE, "no healthy upstream");
 /// -32002: every attempt timed out.
-pub const UPSTREAM_TIMEOUT: RpcError = RpcError::new(-32002, "upstream timeout");
+pub const UPSTREAM_TIMEOUT: RpcError =
+    RpcError::new(code::RESOURCE_UNAVAILABLE, "upstream timeout");
 
 /// -32601 for a method matched by the deny list.
 pub fn method_not_allowed(method: &str) -> RpcError {
     RpcError {
-        code: -32601,
+        code: code::METHOD_NOT_FOUND,
         message: Cow::Owned(format!("method not allowed: {method}")),
         data: None,
     }
@@ -74,7 +77,8 @@ pub struct Call<'a> {
 }
 
 /// -32003: an upstream answer over `server.max_response_bytes` (geth's code and wording).
-pub const RESPONSE_TOO_LARGE: RpcError = RpcError::new(-32003, "response too large");
+pub const RESPONSE_TOO_LARGE: RpcError =
+    RpcError::new(code::RESPONSE_TOO_LARGE, "response too large");
 
 /// A request element that is not a valid call, with the id it carried when one could be read,
 /// so the error goes back under that id as geth does.

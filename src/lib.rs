@@ -29,13 +29,19 @@
 //! - [`router`]: candidate order, attempts, failure classes and the retry decision; reads in
 //!   flight move when their upstream leaves rotation, and may be hedged; monotonic tags.
 //! - [`upstream`]: upstream nodes, the HTTP pool, health probes and states, their metrics.
-//! - [`reload`]: applying a new config to a running server (SIGHUP).
+//! - [`reload`]: applying a new config to a running server (SIGHUP); uses `state` (the
+//!   [`Server`]'s shared parts, `state::Shared`), `server`, `upstream`, `policy`, `watch`.
 //! - [`descriptors`]: the open-file limit raised and checked at start.
 //! - [`policy`]: deny list, write methods, "lacks the data" errors.
-//! - leaves: [`config`] (raw TOML validated into [`config::Config`]), [`jsonrpc`] (framing:
-//!   raw ids, rewritten upstream ids, spliced answers), [`metrics`] (atomic counters and the
-//!   text format), [`shutdown`] (signals and the drain tokens), [`connection`] (a client
-//!   connection's place in `max_connections`).
+//! - leaves: [`config`] (raw TOML validated into [`config::Config`], problems as
+//!   [`config::ConfigError`] naming their key), [`jsonrpc`] (framing: raw ids, rewritten
+//!   upstream ids, spliced answers; every error code ethgate mints, in [`jsonrpc::code`]),
+//!   [`metrics`] (atomic counters and the text format), [`shutdown`] (signals and the drain
+//!   tokens), [`connection`] (a client connection's place in `max_connections`).
+//!
+//! Errors are typed per layer (`thiserror`): [`StartError`] from [`Server::bind`],
+//! [`reload::ReloadError`] from a reload, [`config::ConfigErrors`] from loading a file; only the
+//! binary uses `anyhow`, to print an error with its causes.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -60,7 +66,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -69,19 +74,40 @@ use tokio_util::task::TaskTracker;
 use config::Config;
 use reload::{ReloadRequest, Reloader};
 
+/// Why ethgate could not start; printed by `main` with its cause (`{:#}`).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The TLS certificate, key or client CA could not be loaded (names the key and file).
+    #[error(transparent)]
+    Tls(#[from] server::tls::TlsError),
+    /// A listener could not be bound; the cause (address in use, permission) is the source.
+    #[error("{key}: cannot bind {addr}")]
+    Bind {
+        /// `server.listen` or `admin.listen`.
+        key: &'static str,
+        /// The address that could not be bound.
+        addr: SocketAddr,
+        /// The operating system's reason.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// A bound, not yet serving, ethgate instance.
 pub struct Server {
     config: Config,
     clients: Vec<TcpListener>,
     admin: TcpListener,
     tls: Option<Arc<server::tls::Tls>>,
-    reloads: (Reloader, mpsc::Receiver<ReloadRequest>),
+    /// Handed out by [`Server::reloader`]; requests arrive on `reload_requests`.
+    reloader: Reloader,
+    reload_requests: mpsc::Receiver<ReloadRequest>,
 }
 
 impl Server {
     /// Binds the client and admin listeners of `config` (port 0 picks a free port) and loads
     /// the TLS material, so every start-up error surfaces before serving.
-    pub async fn bind(config: Config) -> anyhow::Result<Server> {
+    pub async fn bind(config: Config) -> Result<Server, StartError> {
         // Before any socket exists, so every connection counts against the raised limit.
         descriptors::raise_and_check(&config);
         let tls = match &config.server.tls {
@@ -90,18 +116,28 @@ impl Server {
         };
         let mut clients = Vec::with_capacity(config.server.listen.len());
         for &addr in &config.server.listen {
-            clients
-                .push(listen(addr).with_context(|| format!("server.listen: cannot bind {addr}"))?);
+            clients.push(listen(addr).map_err(|source| StartError::Bind {
+                key: "server.listen",
+                addr,
+                source,
+            })?);
         }
-        let admin = TcpListener::bind(config.admin.listen)
+        let admin_addr = config.admin.listen;
+        let admin = TcpListener::bind(admin_addr)
             .await
-            .with_context(|| format!("admin.listen: cannot bind {}", config.admin.listen))?;
+            .map_err(|source| StartError::Bind {
+                key: "admin.listen",
+                addr: admin_addr,
+                source,
+            })?;
+        let (reloader, reload_requests) = Reloader::channel();
         Ok(Server {
             config,
             clients,
             admin,
             tls,
-            reloads: Reloader::channel(),
+            reloader,
+            reload_requests,
         })
     }
 
@@ -126,22 +162,26 @@ impl Server {
 
     /// A handle that applies new configs to the running server (what SIGHUP uses).
     pub fn reloader(&self) -> Reloader {
-        self.reloads.0.clone()
+        self.reloader.clone()
     }
 
     /// Serves until `shutdown` completes; then `/readyz` answers 503 while the port keeps
     /// serving for `server.drain_delay`, and the port drains within `server.shutdown_grace`.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    ///
+    /// Every start-up failure surfaces in [`Server::bind`]; the `Result` leaves room for one
+    /// that can only happen once serving starts.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), StartError> {
         let Server {
             config,
             clients,
             admin,
             tls,
-            reloads: (_, reload_requests),
+            reloader: _,
+            reload_requests,
         } = self;
         // 1. Shared state.
         let drain = shutdown::Drain::default();
-        let state = Arc::new(state::State::new(&config, tls, drain.clone()));
+        let state = Arc::new(state::Shared::new(&config, tls, drain.clone()));
         log_access(&config);
 
         // 2. One probe round before serving, so the first requests find upstreams in rotation.
@@ -235,5 +275,83 @@ pub(crate) fn log_access(config: &Config) {
         tracing::warn!(allow = %allow.join(", "), "access.allow admits every address");
     } else {
         tracing::info!(allow = %allow.join(", "), "client networks allowed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(listen: SocketAddr, admin: SocketAddr) -> Config {
+        Config::from_toml_str(&format!(
+            "[server]\nlisten = \"{listen}\"\n[admin]\nlisten = \"{admin}\"\n\
+             [[upstream]]\nname = \"a\"\nhttp = \"http://127.0.0.1:1\"\n"
+        ))
+        .expect("valid config")
+    }
+
+    fn any_port() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    }
+
+    /// What `main` prints (`{:#}` through anyhow): the key, the address and the cause.
+    fn as_printed(error: StartError) -> String {
+        format!("{:#}", anyhow::Error::from(error))
+    }
+
+    #[tokio::test]
+    async fn a_taken_client_port_names_server_listen_and_the_cause() {
+        let taken = std::net::TcpListener::bind(any_port()).expect("bind");
+        let addr = taken.local_addr().expect("addr");
+        let error = Server::bind(config(addr, any_port()))
+            .await
+            .err()
+            .expect("the port is taken");
+        assert!(
+            matches!(&error, StartError::Bind { key: "server.listen", addr: a, source }
+                if *a == addr && source.kind() == std::io::ErrorKind::AddrInUse),
+            "{error:?}"
+        );
+        let printed = as_printed(error);
+        assert!(
+            printed.starts_with(&format!("server.listen: cannot bind {addr}: ")),
+            "{printed}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_taken_admin_port_names_admin_listen() {
+        let taken = std::net::TcpListener::bind(any_port()).expect("bind");
+        let addr = taken.local_addr().expect("addr");
+        let error = Server::bind(config(any_port(), addr))
+            .await
+            .err()
+            .expect("the port is taken");
+        assert!(
+            matches!(&error, StartError::Bind { key: "admin.listen", addr: a, .. } if *a == addr),
+            "{error:?}"
+        );
+        assert_eq!(
+            error.to_string(),
+            format!("admin.listen: cannot bind {addr}")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reload_after_the_server_is_gone_says_it_is_not_running() {
+        let server = Server::bind(config(any_port(), any_port()))
+            .await
+            .expect("bind");
+        let reloader = server.reloader();
+        drop(server);
+        let error = reloader
+            .reload(config(any_port(), any_port()))
+            .await
+            .expect_err("no server to apply it");
+        assert!(
+            matches!(error, reload::ReloadError::NotRunning),
+            "{error:?}"
+        );
+        assert_eq!(error.to_string(), "ethgate is not running");
     }
 }

@@ -101,10 +101,12 @@ fn run(
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
+    // anyhow here only: `{:#}` prints the error with its causes ("cannot bind …: address in use").
+    let result: anyhow::Result<()> = runtime.block_on(async {
         let server = ethgate::Server::bind(config).await?;
         tokio::spawn(reload_on_sighup(path, server.reloader()));
-        server.run(ethgate::shutdown::signal()).await
+        server.run(ethgate::shutdown::signal()).await?;
+        Ok(())
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -134,7 +136,7 @@ async fn reload_on_sighup(path: PathBuf, reloader: ethgate::reload::Reloader) {
                     let _ = reloader.reload(config).await;
                 }
                 Err(errors) => tracing::error!(
-                    problems = %errors.0.join("; "),
+                    problems = %errors.messages().join("; "),
                     "config reload refused: invalid file; the previous config stays"
                 ),
             }

@@ -10,11 +10,34 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::state::State;
+use crate::server::tls::TlsError;
+use crate::state::Shared;
 use crate::{policy, server, upstream, watch};
 
+/// Why a reload was refused; nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The server has stopped (or never ran): no one applies configs.
+    #[error("ethgate is not running")]
+    NotRunning,
+    /// The server stopped while the reload was queued or being applied.
+    #[error("ethgate stopped during the reload")]
+    Stopped,
+    /// The new TLS certificate, key or client CA could not be loaded (names the key and file).
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// What a reload changed, and what it could not change without a restart: one line each.
+pub type ReloadNotes = Vec<String>;
+
 /// A config to apply and where to say how it went.
-pub type ReloadRequest = (Config, oneshot::Sender<Result<Vec<String>, String>>);
+pub struct ReloadRequest {
+    /// The validated new config.
+    pub config: Config,
+    /// Where the outcome goes.
+    pub reply: oneshot::Sender<Result<ReloadNotes, ReloadError>>,
+}
 
 /// Applies new configs to a running server.
 #[derive(Clone)]
@@ -30,28 +53,26 @@ impl Reloader {
 
     /// Applies `config`. `Ok` lists what changed and what needs a restart; `Err` says why it
     /// was refused, in which case nothing changed.
-    pub async fn reload(&self, config: Config) -> Result<Vec<String>, String> {
+    pub async fn reload(&self, config: Config) -> Result<ReloadNotes, ReloadError> {
         let (reply, outcome) = oneshot::channel();
         self.requests
-            .send((config, reply))
+            .send(ReloadRequest { config, reply })
             .await
-            .map_err(|_| "ethgate is not running".to_string())?;
-        outcome
-            .await
-            .map_err(|_| "ethgate stopped during the reload".to_string())?
+            .map_err(|_| ReloadError::NotRunning)?;
+        outcome.await.map_err(|_| ReloadError::Stopped)?
     }
 }
 
 /// Applies reload requests one at a time until `stop`.
 pub(crate) async fn run(
-    state: Arc<State>,
+    state: Arc<Shared>,
     mut current: Config,
     mut requests: mpsc::Receiver<ReloadRequest>,
     tracker: TaskTracker,
     stop: CancellationToken,
 ) {
     loop {
-        let (config, reply) = tokio::select! {
+        let ReloadRequest { config, reply } = tokio::select! {
             _ = stop.cancelled() => return,
             request = requests.recv() => match request {
                 Some(request) => request,
@@ -73,17 +94,17 @@ pub(crate) async fn run(
 }
 
 fn apply(
-    state: &State,
+    state: &Shared,
     old: &Config,
     new: &Config,
     tracker: &TaskTracker,
     stop: &CancellationToken,
-) -> Result<Vec<String>, String> {
+) -> Result<ReloadNotes, ReloadError> {
     let mut notes = needs_restart(old, new);
     // TLS first: it is the only part that can still fail, and a failure must change nothing.
     match (&state.tls, &new.server.tls) {
         (Some(tls), Some(config)) => {
-            tls.reload(config).map_err(|e| e.to_string())?;
+            tls.reload(config)?;
             notes.push("TLS certificate and key reloaded".into());
         }
         (None, None) => {}
@@ -132,7 +153,7 @@ fn apply(
 }
 
 /// Settings read once at start-up: changing them needs a restart, which is said, not ignored.
-fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
+fn needs_restart(old: &Config, new: &Config) -> ReloadNotes {
     let mut notes = Vec::new();
     let (mut old_server, mut new_server) = (old.server.clone(), new.server.clone());
     old_server.tls = None;

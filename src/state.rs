@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::{admin, frontend, metrics, policy, router, server, subscription, upstream, watch};
 
 /// Shared state; the parts a reload may change sit behind `ArcSwap`.
-pub(crate) struct State {
+pub(crate) struct Shared {
     pub metrics: Arc<metrics::Metrics>,
     pub router: Arc<router::Router>,
     pub hub: Arc<subscription::Hub>,
@@ -27,12 +27,12 @@ pub(crate) struct State {
     pub watchers: Mutex<CancellationToken>,
 }
 
-impl State {
+impl Shared {
     pub fn new(
         config: &Config,
         tls: Option<Arc<server::tls::Tls>>,
         drain: crate::shutdown::Drain,
-    ) -> State {
+    ) -> Shared {
         let metrics = Arc::new(metrics::Metrics::new());
         let upstreams = Arc::new(upstream::Upstreams::new(config, metrics.clone()));
         let router = Arc::new(
@@ -57,7 +57,7 @@ impl State {
             },
             drain,
         });
-        State {
+        Shared {
             metrics,
             router,
             hub,

@@ -94,7 +94,7 @@ struct Running {
 
 impl Running {
     /// Re-applies the same config, as SIGHUP does: the certificate files are read again.
-    async fn reload(&self) -> Result<Vec<String>, String> {
+    async fn reload(&self) -> Result<Vec<String>, ethgate::reload::ReloadError> {
         let config = ethgate::config::Config::from_toml_str(&self.toml).unwrap();
         self.reloader.reload(config).await
     }

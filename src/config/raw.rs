@@ -1,458 +1,119 @@
-//! The TOML file as written, and its validation into [`Config`].
+//! The TOML file as written: serde structs with every key optional and unknown keys refused.
+//! What a value means, and whether it is allowed, is decided in [`super::validate`].
 
-use std::net::SocketAddr;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Duration;
 
-use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::values::{parse_ether, parse_net};
-use super::*;
-use listen::{validate_listen, RawListen};
-
 mod listen;
-mod upstream;
 
-use upstream::{validate_upstreams, RawUpstream};
+pub(super) use listen::RawListen;
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
-    chain_id: Option<u64>,
+    pub(super) chain_id: Option<u64>,
     #[serde(default)]
-    server: RawServer,
+    pub(super) server: RawServer,
     #[serde(default)]
-    access: RawAccess,
+    pub(super) access: RawAccess,
     #[serde(default)]
-    health: RawHealth,
+    pub(super) health: RawHealth,
     #[serde(default)]
-    upstream: Vec<RawUpstream>,
+    pub(super) upstream: Vec<RawUpstream>,
     #[serde(default)]
-    admin: RawAdmin,
+    pub(super) admin: RawAdmin,
     #[serde(default)]
-    log: RawLog,
+    pub(super) log: RawLog,
     #[serde(default)]
-    watch: Vec<RawWatch>,
+    pub(super) watch: Vec<RawWatch>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct RawServer {
-    listen: Option<RawListen>,
-    max_connections: Option<usize>,
-    max_request_bytes: Option<usize>,
-    max_batch_len: Option<usize>,
-    header_timeout: Option<String>,
-    request_timeout: Option<String>,
-    hedge_after: Option<String>,
-    shutdown_grace: Option<String>,
-    drain_delay: Option<String>,
-    subscription_grace: Option<String>,
-    ws_queue_len: Option<usize>,
-    ws_queue_bytes: Option<usize>,
-    max_subscriptions_per_connection: Option<usize>,
-    max_subscriptions: Option<usize>,
-    body_timeout: Option<String>,
-    write_timeout: Option<String>,
-    max_response_bytes: Option<usize>,
-    tls: Option<RawTls>,
+pub(super) struct RawServer {
+    pub(super) listen: Option<RawListen>,
+    pub(super) max_connections: Option<usize>,
+    pub(super) max_request_bytes: Option<usize>,
+    pub(super) max_batch_len: Option<usize>,
+    pub(super) header_timeout: Option<String>,
+    pub(super) request_timeout: Option<String>,
+    pub(super) hedge_after: Option<String>,
+    pub(super) shutdown_grace: Option<String>,
+    pub(super) drain_delay: Option<String>,
+    pub(super) subscription_grace: Option<String>,
+    pub(super) ws_queue_len: Option<usize>,
+    pub(super) ws_queue_bytes: Option<usize>,
+    pub(super) max_subscriptions_per_connection: Option<usize>,
+    pub(super) max_subscriptions: Option<usize>,
+    pub(super) body_timeout: Option<String>,
+    pub(super) write_timeout: Option<String>,
+    pub(super) max_response_bytes: Option<usize>,
+    pub(super) tls: Option<RawTls>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawTls {
-    cert: Option<PathBuf>,
-    key: Option<PathBuf>,
-    client_ca: Option<PathBuf>,
+pub(super) struct RawTls {
+    pub(super) cert: Option<PathBuf>,
+    pub(super) key: Option<PathBuf>,
+    pub(super) client_ca: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct RawAccess {
-    allow: Option<Vec<String>>,
-    proxy_protocol: Option<bool>,
-    trusted_proxies: Option<Vec<String>>,
-    deny_methods: Option<Vec<String>>,
+pub(super) struct RawAccess {
+    pub(super) allow: Option<Vec<String>>,
+    pub(super) proxy_protocol: Option<bool>,
+    pub(super) trusted_proxies: Option<Vec<String>>,
+    pub(super) deny_methods: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct RawHealth {
-    interval: Option<String>,
-    timeout: Option<String>,
-    max_lag_blocks: Option<u64>,
-    no_new_heads: Option<String>,
-    failure_threshold: Option<u32>,
-    recovery_threshold: Option<u32>,
+pub(super) struct RawHealth {
+    pub(super) interval: Option<String>,
+    pub(super) timeout: Option<String>,
+    pub(super) max_lag_blocks: Option<u64>,
+    pub(super) no_new_heads: Option<String>,
+    pub(super) failure_threshold: Option<u32>,
+    pub(super) recovery_threshold: Option<u32>,
+}
+
+/// One `[[upstream]]`: endpoints, TLS files and credentials, as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUpstream {
+    pub(super) name: String,
+    pub(super) http: Option<String>,
+    pub(super) ws: Option<String>,
+    #[serde(default)]
+    pub(super) priority: u32,
+    pub(super) tls_ca: Option<PathBuf>,
+    pub(super) tls_cert: Option<PathBuf>,
+    pub(super) tls_key: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) headers: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct RawAdmin {
-    listen: Option<String>,
+pub(super) struct RawAdmin {
+    pub(super) listen: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct RawLog {
-    format: Option<String>,
-    level: Option<String>,
+pub(super) struct RawLog {
+    pub(super) format: Option<String>,
+    pub(super) level: Option<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawWatch {
-    address: String,
-    min_balance: Option<String>,
-    interval: Option<String>,
-}
-
-/// The deny list used when `access.deny_methods` is not set.
-pub const DEFAULT_DENY_METHODS: [&str; 6] = [
-    "admin_*",
-    "personal_*",
-    "debug_*",
-    "miner_*",
-    "txpool_*",
-    "engine_*",
-];
-
-/// Collects problems while validating, so all of them are reported at once.
-#[derive(Default)]
-struct Problems(Vec<String>);
-
-impl Problems {
-    fn add(&mut self, key: &str, message: impl std::fmt::Display) {
-        self.0.push(format!("{key}: {message}"));
-    }
-
-    fn duration(&mut self, key: &str, value: Option<&str>, default: &str) -> Duration {
-        let text = value.unwrap_or(default);
-        parse_duration(text).unwrap_or_else(|e| {
-            self.add(key, e);
-            Duration::ZERO
-        })
-    }
-
-    /// A duration that must be greater than zero (a zero timeout would refuse everything).
-    fn positive_duration(&mut self, key: &str, value: Option<&str>, default: &str) -> Duration {
-        let duration = self.duration(key, value, default);
-        if duration.is_zero() && value.is_some_and(|v| parse_duration(v).is_ok()) {
-            self.add(key, "must be greater than zero");
-        }
-        duration
-    }
-
-    fn socket_addr(&mut self, key: &str, value: Option<&str>, default: &str) -> SocketAddr {
-        let text = value.unwrap_or(default);
-        text.parse().unwrap_or_else(|_| {
-            self.add(key, format!("invalid address {text:?} (expected IP:PORT)"));
-            SocketAddr::from(([127, 0, 0, 1], 0))
-        })
-    }
-
-    fn nets(&mut self, key: &str, values: &[String]) -> Vec<IpNet> {
-        let mut nets = Vec::with_capacity(values.len());
-        for (i, text) in values.iter().enumerate() {
-            match parse_net(text) {
-                Ok(net) => nets.push(net),
-                Err(e) => self.add(&format!("{key}[{i}]"), e),
-            }
-        }
-        nets
-    }
-
-    fn positive(&mut self, key: &str, value: Option<usize>, default: usize) -> usize {
-        let value = value.unwrap_or(default);
-        if value == 0 {
-            self.add(key, "must be at least 1");
-        }
-        value
-    }
-}
-
-impl RawConfig {
-    pub(super) fn validate(self) -> Result<Config, ConfigErrors> {
-        let mut p = Problems::default();
-        if self.chain_id == Some(0) {
-            p.add("chain_id", "must be a positive integer");
-        }
-        let server = self.server.validate(&mut p);
-        let access = self.access.validate(&mut p);
-        let health = self.health.validate(&mut p);
-        let upstreams = validate_upstreams(self.upstream, &mut p);
-        let admin = AdminConfig {
-            listen: p.socket_addr(
-                "admin.listen",
-                self.admin.listen.as_deref(),
-                "127.0.0.1:9545",
-            ),
-        };
-        let log = self.log.validate(&mut p);
-        let watch = self
-            .watch
-            .into_iter()
-            .enumerate()
-            .map(|(i, w)| w.validate(&format!("watch[{i}]"), &mut p))
-            .collect();
-        if !p.0.is_empty() {
-            return Err(ConfigErrors(p.0));
-        }
-        Ok(Config {
-            chain_id: self.chain_id,
-            server,
-            access,
-            health,
-            upstreams,
-            admin,
-            log,
-            watch,
-        })
-    }
-}
-
-impl RawServer {
-    fn validate(self, p: &mut Problems) -> ServerConfig {
-        let tls = self.tls.and_then(|tls| match (tls.cert, tls.key) {
-            (Some(cert), Some(key)) => Some(TlsConfig {
-                cert,
-                key,
-                client_ca: tls.client_ca,
-            }),
-            (None, _) => {
-                p.add("server.tls.cert", "required when [server.tls] is present");
-                None
-            }
-            (_, None) => {
-                p.add("server.tls.key", "required when [server.tls] is present");
-                None
-            }
-        });
-        let request_timeout = p.duration(
-            "server.request_timeout",
-            self.request_timeout.as_deref(),
-            "30s",
-        );
-        if request_timeout.is_zero() {
-            p.add("server.request_timeout", "must be greater than zero");
-        }
-        let hedge_after = validate_hedge_after(self.hedge_after.as_deref(), request_timeout, p);
-        ServerConfig {
-            listen: validate_listen(self.listen, p),
-            max_connections: p.positive("server.max_connections", self.max_connections, 10_000),
-            max_request_bytes: p.positive(
-                "server.max_request_bytes",
-                self.max_request_bytes,
-                5 * 1024 * 1024,
-            ),
-            max_batch_len: p.positive("server.max_batch_len", self.max_batch_len, 1000),
-            ws_queue_len: p.positive("server.ws_queue_len", self.ws_queue_len, 4096),
-            ws_queue_bytes: p.positive(
-                "server.ws_queue_bytes",
-                self.ws_queue_bytes,
-                16 * 1024 * 1024,
-            ),
-            max_subscriptions_per_connection: p.positive(
-                "server.max_subscriptions_per_connection",
-                self.max_subscriptions_per_connection,
-                1000,
-            ),
-            max_subscriptions: p.positive(
-                "server.max_subscriptions",
-                self.max_subscriptions,
-                100_000,
-            ),
-            header_timeout: p.duration(
-                "server.header_timeout",
-                self.header_timeout.as_deref(),
-                "10s",
-            ),
-            request_timeout,
-            hedge_after,
-            shutdown_grace: p.duration(
-                "server.shutdown_grace",
-                self.shutdown_grace.as_deref(),
-                "15s",
-            ),
-            // Zero is allowed: no delay, shutdown starts at once.
-            drain_delay: p.duration("server.drain_delay", self.drain_delay.as_deref(), "5s"),
-            subscription_grace: p.duration(
-                "server.subscription_grace",
-                self.subscription_grace.as_deref(),
-                "30s",
-            ),
-            body_timeout: p.positive_duration(
-                "server.body_timeout",
-                self.body_timeout.as_deref(),
-                "30s",
-            ),
-            write_timeout: p.positive_duration(
-                "server.write_timeout",
-                self.write_timeout.as_deref(),
-                "30s",
-            ),
-            max_response_bytes: p.positive(
-                "server.max_response_bytes",
-                self.max_response_bytes,
-                128 * 1024 * 1024,
-            ),
-            tls,
-        }
-    }
-}
-
-/// `server.hedge_after`: absent means off. Zero is refused rather than read as "off" (it
-/// would otherwise mean "send every read twice"), and so is a delay that `request_timeout`
-/// would end first.
-fn validate_hedge_after(
-    value: Option<&str>,
-    request_timeout: Duration,
-    p: &mut Problems,
-) -> Option<Duration> {
-    let text = value?;
-    let key = "server.hedge_after";
-    let delay = parse_duration(text).map_err(|e| p.add(key, e)).ok()?;
-    if delay.is_zero() {
-        p.add(
-            key,
-            "must be greater than zero (leave it out to turn hedging off)",
-        );
-        return None;
-    }
-    if !request_timeout.is_zero() && delay >= request_timeout {
-        p.add(key, "must be shorter than server.request_timeout");
-        return None;
-    }
-    Some(delay)
-}
-
-impl RawAccess {
-    fn validate(self, p: &mut Problems) -> AccessConfig {
-        let allow = match self.allow {
-            Some(allow) => p.nets("access.allow", &allow),
-            None => vec![
-                "127.0.0.0/8".parse().expect("literal CIDR"),
-                "::1/128".parse().expect("literal CIDR"),
-            ],
-        };
-        let proxy_protocol = self.proxy_protocol.unwrap_or(false);
-        let trusted_proxies = p.nets(
-            "access.trusted_proxies",
-            &self.trusted_proxies.unwrap_or_default(),
-        );
-        if proxy_protocol && trusted_proxies.is_empty() {
-            p.add(
-                "access.proxy_protocol",
-                "needs access.trusted_proxies: the header is believed only from them",
-            );
-        }
-        let deny_methods = self
-            .deny_methods
-            .unwrap_or_else(|| DEFAULT_DENY_METHODS.map(String::from).to_vec());
-        for (i, pattern) in deny_methods.iter().enumerate() {
-            let stem = pattern.strip_suffix('*').unwrap_or(pattern);
-            if stem.is_empty() || stem.contains('*') {
-                p.add(
-                    &format!("access.deny_methods[{i}]"),
-                    format!("{pattern:?} must be a method name or a prefix ending in a single '*'"),
-                );
-            }
-        }
-        AccessConfig {
-            allow,
-            proxy_protocol,
-            trusted_proxies,
-            deny_methods,
-        }
-    }
-}
-
-impl RawHealth {
-    fn validate(self, p: &mut Problems) -> HealthConfig {
-        let interval = p.duration("health.interval", self.interval.as_deref(), "2s");
-        let timeout = p.duration("health.timeout", self.timeout.as_deref(), "1s");
-        if interval.is_zero() {
-            p.add("health.interval", "must be greater than zero");
-        }
-        if timeout.is_zero() {
-            p.add("health.timeout", "must be greater than zero");
-        } else if timeout >= interval && !interval.is_zero() {
-            p.add(
-                "health.timeout",
-                format!("must be shorter than health.interval ({interval:?})"),
-            );
-        }
-        let failure_threshold = self.failure_threshold.unwrap_or(3);
-        if failure_threshold == 0 {
-            p.add("health.failure_threshold", "must be at least 1");
-        }
-        let recovery_threshold = self.recovery_threshold.unwrap_or(2);
-        if recovery_threshold == 0 {
-            p.add("health.recovery_threshold", "must be at least 1");
-        }
-        let no_new_heads = p.duration("health.no_new_heads", self.no_new_heads.as_deref(), "60s");
-        if !no_new_heads.is_zero() && no_new_heads <= interval {
-            p.add(
-                "health.no_new_heads",
-                format!("must be longer than health.interval ({interval:?})"),
-            );
-        }
-        HealthConfig {
-            interval,
-            timeout,
-            max_lag_blocks: self.max_lag_blocks.unwrap_or(5),
-            no_new_heads,
-            failure_threshold,
-            recovery_threshold,
-        }
-    }
-}
-
-impl RawLog {
-    fn validate(self, p: &mut Problems) -> LogConfig {
-        let format = match self.format.as_deref().unwrap_or("text") {
-            "text" => LogFormat::Text,
-            "json" => LogFormat::Json,
-            other => {
-                p.add(
-                    "log.format",
-                    format!("{other:?} is not one of \"text\", \"json\""),
-                );
-                LogFormat::Text
-            }
-        };
-        let level = self.level.unwrap_or_else(|| "info".to_string());
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
-            p.add("log.level", format!("invalid level {level:?}: {e}"));
-        }
-        LogConfig { format, level }
-    }
-}
-
-impl RawWatch {
-    fn validate(self, key: &str, p: &mut Problems) -> WatchConfig {
-        let valid_address = self.address.len() == 42
-            && self.address.starts_with("0x")
-            && self.address[2..].bytes().all(|b| b.is_ascii_hexdigit());
-        if !valid_address {
-            p.add(
-                &format!("{key}.address"),
-                format!("{:?} is not 0x + 40 hex digits", self.address),
-            );
-        }
-        let min_balance_wei = match self.min_balance.as_deref().map(parse_ether) {
-            None => 0,
-            Some(Ok(wei)) => wei,
-            Some(Err(e)) => {
-                p.add(&format!("{key}.min_balance"), e);
-                0
-            }
-        };
-        WatchConfig {
-            address: self.address.to_ascii_lowercase(),
-            min_balance_wei,
-            interval: p.duration(&format!("{key}.interval"), self.interval.as_deref(), "1m"),
-        }
-    }
+pub(super) struct RawWatch {
+    pub(super) address: String,
+    pub(super) min_balance: Option<String>,
+    pub(super) interval: Option<String>,
 }

@@ -9,7 +9,7 @@ http = "http://127.0.0.1:8545"
 fn errors(toml: &str) -> Vec<String> {
     Config::from_toml_str(toml)
         .expect_err("config should be invalid")
-        .0
+        .messages()
 }
 
 fn with_upstream(extra: &str) -> String {
@@ -402,5 +402,41 @@ fn malformed_hedge_after_names_the_key() {
     assert!(
         problems[0].starts_with("server.hedge_after: "),
         "{problems:?}"
+    );
+}
+
+#[test]
+fn problems_carry_their_key_as_a_field() {
+    let errors = Config::from_toml_str(&with_upstream(
+        "[server]\nmax_batch_len = 0\nlisten = [\"127.0.0.1:1\", \"x\"]",
+    ))
+    .expect_err("invalid");
+    let keys: Vec<Option<&str>> = errors.0.iter().map(ConfigError::key).collect();
+    assert_eq!(
+        keys,
+        [Some("server.listen[1]"), Some("server.max_batch_len")],
+        "{errors}"
+    );
+    let syntax = Config::from_toml_str("[server\n").expect_err("not TOML");
+    assert!(
+        matches!(
+            syntax.0.as_slice(),
+            [ConfigError::Syntax { at: Some(_), .. }]
+        ),
+        "{syntax:?}"
+    );
+    assert_eq!(syntax.0[0].key(), None);
+    let missing =
+        Config::load(std::path::Path::new("/nonexistent/ethgate.toml")).expect_err("no such file");
+    assert!(
+        matches!(missing.0.as_slice(), [ConfigError::Read { path, .. }]
+            if path == std::path::Path::new("/nonexistent/ethgate.toml")),
+        "{missing:?}"
+    );
+    assert!(
+        missing
+            .to_string()
+            .starts_with("/nonexistent/ethgate.toml: "),
+        "{missing}"
     );
 }

@@ -234,10 +234,13 @@ impl Frontend {
             Some(id) if self.hub.unsubscribe(session.id(), &id) => Local::Result("true".into()),
             // geth's answer for an id this connection does not hold.
             Some(_) => Local::Error(
-                RpcError::new(-32000, "subscription not found"),
+                RpcError::new(jsonrpc::code::SERVER_ERROR, "subscription not found"),
                 CallResult::RpcError,
             ),
-            None => Local::Error(RpcError::new(-32602, "invalid params"), CallResult::Invalid),
+            None => Local::Error(
+                RpcError::new(jsonrpc::code::INVALID_PARAMS, "invalid params"),
+                CallResult::Invalid,
+            ),
         }
     }
 

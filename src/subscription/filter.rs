@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::jsonrpc::RpcError;
+use crate::jsonrpc::{code, RpcError};
 
 /// Topic positions a log can have (LOG0..LOG4), as geth's `maxTopics`.
 pub const MAX_TOPIC_POSITIONS: usize = 4;
@@ -37,9 +37,11 @@ impl FilterError {
     /// -32602 "invalid argument 1: …"; the address cap is checked later, as a plain -32000.
     pub fn to_rpc(&self) -> RpcError {
         match self {
-            FilterError::TooManyAddresses => RpcError::new(-32000, "exceed max addresses"),
+            FilterError::TooManyAddresses => {
+                RpcError::new(code::SERVER_ERROR, "exceed max addresses")
+            }
             other => RpcError {
-                code: -32602,
+                code: code::INVALID_PARAMS,
                 message: format!("invalid argument 1: {other}").into(),
                 data: None,
             },

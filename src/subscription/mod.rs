@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use dashmap::DashMap;
 use serde_json::value::RawValue;
 
-use crate::jsonrpc::RpcError;
+use crate::jsonrpc::{code, RpcError};
 use filter::LogFilter;
 use logs::FilterLogs;
 pub use session::{QueueLimits, SessionHandle};
@@ -131,7 +131,7 @@ impl PendingSubscription {
 
 /// -32005, EIP-1474's "limit exceeded", naming the cap that was hit.
 fn limit_exceeded(cap: &str, value: usize) -> RpcError {
-    RpcError::new(-32005, "limit exceeded").with_data(format!("{cap} is {value}"))
+    RpcError::new(code::LIMIT_EXCEEDED, "limit exceeded").with_data(format!("{cap} is {value}"))
 }
 
 /// Distinct log filters by key, with the number of subscriptions using each.
@@ -401,7 +401,7 @@ fn notification(id: &str, result: &str) -> String {
 /// The kind and, for logs, the filter of `eth_subscribe` params, refused as geth refuses them.
 fn parse_params(params: Option<&RawValue>) -> Result<(Kind, Option<LogFilter>), RpcError> {
     let invalid = |detail: &str| RpcError {
-        code: -32602,
+        code: code::INVALID_PARAMS,
         message: "invalid params".into(),
         data: Some(detail.into()),
     };
@@ -413,7 +413,7 @@ fn parse_params(params: Option<&RawValue>) -> Result<(Kind, Option<LogFilter>), 
         .and_then(|k| serde_json::from_str(k.get()).ok())
         .ok_or_else(|| invalid("missing subscription kind"))?;
     let kind = Kind::parse(&name).ok_or_else(|| RpcError {
-        code: -32601,
+        code: code::METHOD_NOT_FOUND,
         message: format!("no \"{name}\" subscription in eth namespace").into(),
         data: None,
     })?;

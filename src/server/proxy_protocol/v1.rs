@@ -55,9 +55,9 @@ fn parse_v1_fields(line: &[u8]) -> Result<ProxyHeader, ProxyError> {
     if line.split(|&b| b == b' ').any(<[u8]>::is_empty) {
         return Err(ProxyError::V1ExtraSpace);
     }
-    let v6 = match family {
-        b"TCP4" => false,
-        b"TCP6" => true,
+    let family = match family {
+        b"TCP4" => Family::Tcp4,
+        b"TCP6" => Family::Tcp6,
         _ => return Err(ProxyError::V1BadFamily),
     };
     let (Some(src), Some(dst), Some(sport), Some(dport), None) = (
@@ -70,14 +70,21 @@ fn parse_v1_fields(line: &[u8]) -> Result<ProxyHeader, ProxyError> {
         return Err(ProxyError::V1FieldCount);
     };
     Ok(ProxyHeader {
-        source: Some(SocketAddr::new(v1_ip(src, v6)?, v1_port(sport)?)),
-        destination: Some(SocketAddr::new(v1_ip(dst, v6)?, v1_port(dport)?)),
+        source: Some(SocketAddr::new(v1_ip(src, family)?, v1_port(sport)?)),
+        destination: Some(SocketAddr::new(v1_ip(dst, family)?, v1_port(dport)?)),
     })
 }
 
-fn v1_ip(field: &[u8], v6: bool) -> Result<IpAddr, ProxyError> {
+/// The v1 protocol field of a header that carries addresses.
+#[derive(Clone, Copy)]
+enum Family {
+    Tcp4,
+    Tcp6,
+}
+
+fn v1_ip(field: &[u8], family: Family) -> Result<IpAddr, ProxyError> {
     let text = std::str::from_utf8(field).map_err(|_| ProxyError::V1BadAddress)?;
-    if v6 {
+    if let Family::Tcp6 = family {
         return text
             .parse::<Ipv6Addr>()
             .map(IpAddr::V6)

@@ -196,7 +196,7 @@ pub struct Gateway {
     addrs: Vec<SocketAddr>,
     admin: SocketAddr,
     shutdown: CancellationToken,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
+    task: Option<JoinHandle<Result<(), ethgate::StartError>>>,
     client: HttpClient,
 }
 
@@ -375,7 +375,7 @@ impl Gateway {
         self.shutdown.cancel();
         let task = self.task.take().expect("gateway task present until stop");
         match tokio::time::timeout(WAIT, task).await {
-            Ok(joined) => joined.unwrap_or_else(|e| panic!("Server::run panicked: {e}")),
+            Ok(joined) => Ok(joined.unwrap_or_else(|e| panic!("Server::run panicked: {e}"))?),
             Err(_) => panic!("Server::run did not return within {WAIT:?} of shutdown"),
         }
     }

@@ -8,7 +8,8 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use rlimit::Resource;
-use support::mock::{Gateway, GatewayConfig, MockUpstream};
+use support::gateway::{Gateway, GatewayConfig};
+use support::mock::MockUpstream;
 
 /// Log output collected in memory.
 #[derive(Clone, Default)]

@@ -28,7 +28,8 @@ use support::chainlink::{
 };
 use support::devnet::{Devnet, DevnetConfig, NodeState, DEV_ADDRESS};
 use support::e2e::deps_present;
-use support::process::{poll_until, Ethgate, Http, Ports};
+use support::gateway::{Gateway, Ports};
+use support::http::{poll_until, Http};
 
 const CHAIN_ID: u64 = 31337;
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
@@ -84,23 +85,23 @@ level = "info"
     )
 }
 
-async fn start_ethgate(dev: &Devnet) -> Ethgate {
+async fn start_ethgate(dev: &Devnet) -> Gateway {
     let ports = Ports::free();
     let config = ethgate_config(&ports, dev);
-    Ethgate::start(ports, &config, &[], WAIT)
+    Gateway::spawn(ports, &config, &[], WAIT)
         .await
         .unwrap_or_else(|e| panic!("ethgate did not start: {e}\nconfig:\n{config}"))
 }
 
 /// Prints ethgate's output if the test panics while this is alive.
-struct DumpOnPanic<'a>(&'a Ethgate);
+struct DumpOnPanic<'a>(&'a Gateway);
 
 impl Drop for DumpOnPanic<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!(
                 "----- ethgate output (pid {}) -----\n{}\n-----",
-                self.0.guard.pid(),
+                self.0.child().pid(),
                 self.0.log()
             );
         }
@@ -132,10 +133,10 @@ fn head_of(status: &Value, i: usize) -> Option<u64> {
 }
 
 /// Polls `/status` until `check` returns `Some`; panics with the last `/status` at the deadline.
-async fn wait_status<T>(eg: &Ethgate, what: &str, check: impl Fn(&Value) -> Option<T>) -> T {
+async fn wait_status<T>(eg: &Gateway, what: &str, check: impl Fn(&Value) -> Option<T>) -> T {
     let last = Mutex::new(Value::Null);
     let r = poll_until(what, WAIT, Duration::from_millis(50), || async {
-        let st = eg.status().await.ok()?;
+        let st = eg.try_status().await.ok()?;
         let r = check(&st);
         *last.lock().unwrap_or_else(|e| e.into_inner()) = st;
         r
@@ -291,7 +292,7 @@ async fn issue_scenario(slots: u64) {
     let obs = Observer::default();
     // Batch reads stay at or below the lagging nodes' head h - 3 (finalized is h - 2 * slots).
     let batch = (2 * slots).checked_sub(LAG).map(|room| room.min(3));
-    let (stop, pollers) = start_pollers(&obs, &eg.http_url(), batch);
+    let (stop, pollers) = start_pollers(&obs, &eg.url(), batch);
     mine(&dev, 3).await;
     let sel = wait_status(&eg, "a selected upstream", selected).await;
     let others: Vec<usize> = (0..3).filter(|&i| i != sel).collect();
@@ -355,7 +356,7 @@ async fn issue_scenario(slots: u64) {
         "while every node left is behind, the served values stay where they were"
     );
     assert_clean(&obs, "after the kill, nodes 3 behind");
-    let st = eg.status().await.expect("/status");
+    let st = eg.try_status().await.expect("/status");
     assert_eq!(
         st["served"],
         json!({"latest": top[0], "safe": top[1], "finalized": top[2]}),
@@ -541,7 +542,7 @@ async fn a_chainlink_client_sees_one_consistent_chain_through_failovers_and_a_re
     let mut tx = Sender {
         dev: &dev,
         http: http.clone(),
-        url: eg.http_url(),
+        url: eg.url(),
         contract: String::new(),
         nonce: 0,
         sent: Vec::new(),
@@ -553,7 +554,7 @@ async fn a_chainlink_client_sees_one_consistent_chain_through_failovers_and_a_re
     tx.blocks(1, &all, true).await;
     let receipt = http
         .rpc(
-            &eg.http_url(),
+            &eg.url(),
             "eth_getTransactionReceipt",
             json!([deploy]),
             RPC_TIMEOUT,
@@ -569,11 +570,11 @@ async fn a_chainlink_client_sees_one_consistent_chain_through_failovers_and_a_re
     // The client.
     let obs = Observer::default();
     // finalized + 3 = head - 5: a block every node within max_lag_blocks has.
-    let (stop, pollers) = start_pollers(&obs, &eg.http_url(), Some(3));
+    let (stop, pollers) = start_pollers(&obs, &eg.url(), Some(3));
     let follower = spawn_head_follower(
         obs.clone(),
         &eg.ws_url(),
-        &eg.http_url(),
+        &eg.url(),
         &tx.contract,
         CHAIN_ID,
         stop.subscribe(),

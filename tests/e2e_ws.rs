@@ -23,7 +23,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use support::devnet::Devnet;
 use support::e2e::{deps_present, js_dir};
-use support::process::{http_get, poll_until, Ethgate, Http, Ports};
+use support::gateway::{Gateway, Ports};
+use support::http::{http_get, poll_until, Http};
 
 const CHAIN_ID: u64 = 31337;
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
@@ -441,7 +442,7 @@ fn check_events(
 
 /// Prints ethgate's output if the test panics while this is alive.
 struct DumpOnPanic<'a> {
-    ethgate: &'a Ethgate,
+    ethgate: &'a Gateway,
 }
 
 impl Drop for DumpOnPanic<'_> {
@@ -449,7 +450,7 @@ impl Drop for DumpOnPanic<'_> {
         if std::thread::panicking() {
             eprintln!(
                 "----- ethgate output (pid {}) -----\n{}\n-----",
-                self.ethgate.guard.pid(),
+                self.ethgate.child().pid(),
                 self.ethgate.log()
             );
         }
@@ -561,10 +562,10 @@ fn index_of(name: &str) -> usize {
 }
 
 /// Polls `/status` until `check` returns `Some`; panics with the last `/status` at the deadline.
-async fn wait_status<T>(eg: &Ethgate, what: &str, check: impl Fn(&Value) -> Option<T>) -> T {
+async fn wait_status<T>(eg: &Gateway, what: &str, check: impl Fn(&Value) -> Option<T>) -> T {
     let last = Mutex::new(Value::Null);
     let r = poll_until(what, WAIT, Duration::from_millis(50), || async {
-        let st = eg.status().await.ok()?;
+        let st = eg.try_status().await.ok()?;
         let r = check(&st);
         *last.lock().unwrap_or_else(|e| e.into_inner()) = st;
         r
@@ -607,7 +608,7 @@ async fn ethers_ws_subscriptions_survive_kill_lag_and_reorg() {
     let miner = dev.spawn_miner(BLOCK_TIME);
     let ports = Ports::free();
     let config = ethgate_config(&ports, &dev);
-    let eg = Ethgate::start(
+    let eg = Gateway::spawn(
         ports,
         &config,
         &["--log-level", "ethgate=debug"],
@@ -645,7 +646,7 @@ async fn ethers_ws_subscriptions_survive_kill_lag_and_reorg() {
     client.wait_progress("blocks with events", 3, 2).await;
 
     // 1. Kill the selected node.
-    let st = eg.status().await.expect("/status");
+    let st = eg.try_status().await.expect("/status");
     let victim = preferred_name(&st).expect("a healthy upstream");
     if selected_name(&st).is_none() {
         eprintln!("note: /status shows no selected upstream; using the preferred one by priority");
@@ -855,7 +856,7 @@ async fn ethers_ws_subscriptions_survive_kill_lag_and_reorg() {
     assert_eq!(summary.contract.as_deref(), Some(contract.as_str()));
     let on_chain = http
         .rpc(
-            &eg.http_url(),
+            &eg.url(),
             "eth_getLogs",
             json!([{"fromBlock": "0x0", "toBlock": format!("0x{height:x}"),
                     "address": contract, "topics": [summary.topic]}]),

@@ -8,8 +8,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::mock::{error_of, result_of, Gateway, GatewayConfig, MockUpstream, WAIT};
+use support::gateway::{error_of, result_of, Gateway, GatewayConfig};
+use support::mock::MockUpstream;
 use support::ws_client::WsClient;
+use support::WAIT;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 

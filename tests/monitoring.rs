@@ -13,9 +13,11 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::mock::{error_of, result_of, Gateway, GatewayConfig, MockUpstream, WAIT};
+use support::gateway::{error_of, result_of, Gateway, GatewayConfig};
+use support::mock::MockUpstream;
 use support::process::TempDir;
 use support::ws_client::WsClient;
+use support::WAIT;
 
 const RULES: &str = "deploy/monitoring/ethgate.rules.yml";
 const RULE_TESTS: &str = "deploy/monitoring/ethgate.rules.test.yml";

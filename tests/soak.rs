@@ -202,7 +202,7 @@ async fn soak(settings: Settings) {
     };
     // Wait (bounded) for the logs of the last blocks with events to be in; the checks below
     // report whatever is still missing.
-    let _ = support::process::poll_until(
+    let _ = support::http::poll_until(
         "the last logs",
         Duration::from_secs(20),
         Duration::from_millis(100),
@@ -469,7 +469,7 @@ async fn devnet_revives_a_killed_node_onto_the_canonical_chain() {
     assert_eq!(dev.state(1).await, support::devnet::NodeState::Live);
     let m = dev.mine().await.expect("mine after the revive");
     assert_eq!(m.nodes.len(), 2, "both nodes in lockstep again: {m:?}");
-    let http = support::process::Http::default();
+    let http = support::http::Http::default();
     let top = http
         .rpc(
             &dev.http_url(1),

@@ -8,7 +8,8 @@ mod support;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use support::mock::{upstream_entry, Gateway, MockUpstream};
+use support::gateway::{upstream_entry, Gateway};
+use support::mock::MockUpstream;
 use support::process::TempDir;
 use support::tls_relay::{write_file, Ca, TlsRelay};
 

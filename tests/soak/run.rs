@@ -13,7 +13,8 @@ use super::clients::{now_ms, Client, Seen};
 use super::poison;
 use super::schedule::{Step, Target};
 use crate::support::devnet::{Devnet, Miner, NodeState};
-use crate::support::process::{poll_until, Ethgate, Http, Ports};
+use crate::support::gateway::{Gateway, Ports};
+use crate::support::http::{poll_until, Http};
 use crate::support::relay::Relay;
 
 /// Nodes of the devnet.
@@ -53,7 +54,7 @@ pub struct Soak {
     pub settings: Settings,
     pub dev: Arc<Devnet>,
     pub relays: Vec<Relay>,
-    pub eg: Ethgate,
+    pub eg: Gateway,
     pub http: Http,
     pub accounts: Vec<String>,
     pub contracts: [String; 2],
@@ -109,7 +110,7 @@ impl Soak {
         let cfg = config(&ports, &dev, &relays);
         // SOAK_ETHGATE_LOG=ethgate=debug (say) to see the feed's every step.
         let level = std::env::var("SOAK_ETHGATE_LOG").unwrap_or_else(|_| "info".into());
-        let eg = Ethgate::start(
+        let eg = Gateway::spawn(
             ports,
             &cfg,
             &["--log-level", &level],

@@ -2,23 +2,17 @@
 //! one `127.0.0.1:0` port, with the faults ethgate must survive.
 //!
 //! Layout: `answers` (decoding, default geth-like answers, deterministic headers), `server` (accept loop, hyper
-//! service, WS session, fault injection), `gateway` (ethgate in-process + a tiny HTTP client for tests).
+//! service, WS session, fault injection). ethgate itself is started by `support::gateway`.
 //!
 //! Faults never touch the health prober's calls unless the test asks for it: the `*_for(method, …)` variants
 //! hit only one method, the plain ones hit every request (probes included).
 
 mod answers;
-mod gateway;
 mod server;
 
 // Each test crate uses a different part of the support code.
 #[allow(unused_imports)]
-pub use answers::{block_hash, header, hex, Call, RpcError, TX_HASH};
-#[allow(unused_imports)]
-pub use gateway::{
-    error_of, result_of, tagged_balance, tagged_pair, upstream_entry, Gateway, GatewayConfig,
-    HttpClient, TAGGED_ADDRESS,
-};
+pub use answers::{block_hash, header, hex, Call, TX_HASH};
 
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -28,8 +22,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
-/// Upper bound of every wait in the test support: generous, since only a bug makes it expire.
-pub const WAIT: Duration = Duration::from_secs(10);
+use super::http::{RpcError, WAIT};
 
 /// A custom answer for one method: params in, result or JSON-RPC error out.
 pub type Handler = Arc<dyn Fn(&Value) -> Result<Value, RpcError> + Send + Sync>;

@@ -4,6 +4,8 @@
 pub mod chainlink;
 pub mod devnet;
 pub mod e2e;
+pub mod gateway;
+pub mod http;
 pub mod mock;
 pub mod process;
 pub mod raw_http;
@@ -11,3 +13,6 @@ pub mod relay;
 pub mod tls_relay;
 pub mod tools;
 pub mod ws_client;
+
+#[allow(unused_imports)]
+pub use http::WAIT;

@@ -163,16 +163,18 @@ async fn reload_under_load_moves_upstreams_and_rules_without_a_failed_request() 
         0,
         "127.0.0.2 closed after tightening"
     );
-    // The load (from 127.0.0.1) must go on being served under the tightened rules.
+    // The load (from 127.0.0.1) must go on being served under the tightened rules, and run
+    // long enough in all for the count below to mean something.
     let ok_before = ok.load(Ordering::Relaxed);
+    let served_on = || {
+        let served = ok.load(Ordering::Relaxed);
+        async move { (served >= ok_before + 10 && served > 50).then_some(()) }
+    };
     poll_until(
         "load served after tightening",
         WAIT,
         Duration::from_millis(10),
-        || {
-            let ok = ok.clone();
-            async move { (ok.load(Ordering::Relaxed) >= ok_before + 10).then_some(()) }
-        },
+        served_on,
     )
     .await
     .unwrap();

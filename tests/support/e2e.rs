@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use super::devnet::find_anvil;
+use super::gateway::Gateway;
 
 /// Whether `CI` is set to something true.
 pub fn under_ci() -> bool {
@@ -61,6 +62,32 @@ pub fn deps_present(test: &str, need_js: bool) -> bool {
                  (with CI set, this is a failure instead of a skip)."
             );
             false
+        }
+    }
+}
+
+/// Prints an ethgate child process's output if the test panics while this is alive.
+pub struct DumpOnPanic<'a>(pub &'a Gateway);
+
+impl Drop for DumpOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "----- ethgate output (pid {}) -----\n{}\n-----",
+                self.0.child().pid(),
+                self.0.log()
+            );
+        }
+    }
+}
+
+/// Prints its text if the test panics while this is alive.
+pub struct PrintOnPanic(pub String);
+
+impl Drop for PrintOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.0);
         }
     }
 }

@@ -15,7 +15,9 @@ pub mod relay;
 pub mod rules_yaml;
 pub mod tls_relay;
 pub mod tools;
+pub mod ws_checks;
 pub mod ws_client;
+pub mod ws_watch;
 
 #[allow(unused_imports)]
 pub use http::WAIT;

@@ -310,3 +310,15 @@ pub async fn scrape_until(gw: &Gateway, what: &str, pred: impl Fn(&Scrape) -> bo
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The value of one series, written exactly as exported (`name` or `name{label="v"}`), in a
+/// text exposition, without judging the rest of it.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}

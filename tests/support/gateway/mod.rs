@@ -328,6 +328,28 @@ impl Gateway {
         }
     }
 
+    /// Polls `/status` (every 50 ms, at most `timeout`, tolerating a gateway that does not answer)
+    /// until `check` returns `Some`; panics with the last `/status` and the log at the deadline.
+    pub async fn poll_status<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&Value) -> Option<T>,
+    ) -> T {
+        let last = std::sync::Mutex::new(Value::Null);
+        let found = super::http::poll_until(what, timeout, Duration::from_millis(50), || async {
+            let status = self.try_status().await.ok()?;
+            let found = check(&status);
+            *last.lock().unwrap_or_else(|e| e.into_inner()) = status;
+            found
+        })
+        .await;
+        found.unwrap_or_else(|e| {
+            let last = last.lock().unwrap_or_else(|e| e.into_inner());
+            panic!("{e}; last /status: {last}")
+        })
+    }
+
     /// Polls `/metrics` (at most `WAIT`) until `pred` holds; returns that text. Panics with the last one.
     pub async fn wait_metrics(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
         let deadline = tokio::time::Instant::now() + WAIT;
@@ -436,6 +458,26 @@ pub fn selected_name(status: &Value) -> Option<String> {
         .iter()
         .find(|u| u["selected"] == true)
         .and_then(|u| u["name"].as_str().map(str::to_string))
+}
+
+/// The upstream that serves requests and (absent failures) subscriptions: the one `/status`
+/// shows as selected, else the healthy one of the highest priority (lowest number), which is
+/// what the router and the subscription feed fall back to when no sticky choice exists.
+pub fn preferred_name(status: &Value) -> Option<String> {
+    if let Some(s) = selected_name(status) {
+        return Some(s);
+    }
+    status["upstreams"]
+        .as_array()?
+        .iter()
+        .filter(|u| u["state"] == "healthy")
+        .min_by_key(|u| u["priority"].as_u64().unwrap_or(u64::MAX))
+        .and_then(|u| u["name"].as_str().map(str::to_string))
+}
+
+/// The state `/status` shows for upstream `name`.
+pub fn upstream_state(status: &Value, name: &str) -> Option<String> {
+    upstream_entry(status, name).and_then(|u| u["state"].as_str().map(str::to_string))
 }
 
 /// The `result` of a response object; panics (showing the response) when it is an error.

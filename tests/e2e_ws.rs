@@ -568,18 +568,28 @@ fn assert_reorg_reached_the_client(
     );
 }
 
+/// What the checks found.
+struct Checked {
+    heads: HeadsReport,
+    events: EventsReport,
+    canonical_logs: Vec<SeenLog>,
+}
+
 /// Prints what the run looked like (and, with `WS_E2E_DEBUG`, ethgate's output and the calls).
 fn report(
     s: &Scenario,
     f: &Finished,
     faults: &Faults,
-    heads: &HeadsReport,
-    events: &EventsReport,
-    canonical_logs: &[SeenLog],
+    checked: &Checked,
     subscription_metrics: (f64, f64),
     started: std::time::Instant,
 ) {
     let summary = &f.summary;
+    let Checked {
+        heads,
+        events,
+        canonical_logs,
+    } = checked;
     let (failovers, gap_filled) = subscription_metrics;
     let first_call = canonical_logs.iter().map(|l| l.n).min().unwrap_or(f.height);
     let with_event: HashSet<u64> = canonical_logs.iter().map(|l| l.n).collect();
@@ -681,16 +691,12 @@ async fn ethers_ws_subscriptions_survive_kill_lag_and_reorg() {
         .expect("ethgate_failovers_total{kind=\"subscription\"} in /metrics");
     let gap_filled = sample(&metrics, "ethgate_gap_filled_blocks_total").unwrap_or(-1.0);
     let counters = (failovers, gap_filled);
-    report(
-        &s,
-        &f,
-        &faults,
-        &heads,
-        &events,
-        &canonical_logs,
-        counters,
-        started,
-    );
+    let checked = Checked {
+        heads,
+        events,
+        canonical_logs,
+    };
+    report(&s, &f, &faults, &checked, counters, started);
     assert!(
         failovers >= 1.0,
         "ethgate_failovers_total{{kind=\"subscription\"}} = {failovers}"

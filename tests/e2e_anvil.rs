@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use support::devnet::{Devnet, NodeState, DEV_ADDRESS};
-use support::e2e::{deps_present, js_dir};
+use support::e2e::{deps_present, devnet_upstreams, js_dir};
 use support::gateway::{Gateway, Ports};
 use support::http::{poll_until, Http};
 
@@ -69,18 +69,6 @@ impl Drop for DumpOnPanic<'_> {
     }
 }
 
-fn upstream_config(dev: &Devnet) -> String {
-    let mut s = String::new();
-    for i in 0..dev.len() {
-        s.push_str(&format!(
-            "\n[[upstream]]\nname = \"anvil{i}\"\nhttp = \"{}\"\nws = \"{}\"\npriority = {i}\n",
-            dev.http_url(i),
-            dev.ws_url(i)
-        ));
-    }
-    s
-}
-
 fn ethgate_config(ports: &Ports, dev: &Devnet) -> String {
     format!(
         r#"chain_id = {CHAIN_ID}
@@ -101,7 +89,7 @@ level = "info"
 {upstreams}"#,
         listen = ports.listen,
         admin = ports.admin,
-        upstreams = upstream_config(dev),
+        upstreams = devnet_upstreams(dev),
     )
 }
 

@@ -16,7 +16,6 @@
 mod support;
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -27,7 +26,7 @@ use support::chainlink::{
     PollerConfig, TAGS, TICK_TOPIC,
 };
 use support::devnet::{Devnet, DevnetConfig, NodeState, DEV_ADDRESS};
-use support::e2e::deps_present;
+use support::e2e::{deps_present, devnet_upstreams, DumpOnPanic};
 use support::gateway::{Gateway, Ports};
 use support::http::{poll_until, Http};
 
@@ -53,14 +52,7 @@ async fn start_devnet(nodes: usize, slots: u64) -> Devnet {
 }
 
 fn ethgate_config(ports: &Ports, dev: &Devnet) -> String {
-    let mut upstreams = String::new();
-    for i in 0..dev.len() {
-        upstreams.push_str(&format!(
-            "\n[[upstream]]\nname = \"anvil{i}\"\nhttp = \"{}\"\nws = \"{}\"\npriority = {i}\n",
-            dev.http_url(i),
-            dev.ws_url(i)
-        ));
-    }
+    let upstreams = devnet_upstreams(dev);
     format!(
         r#"chain_id = {CHAIN_ID}
 
@@ -93,21 +85,6 @@ async fn start_ethgate(dev: &Devnet) -> Gateway {
         .unwrap_or_else(|e| panic!("ethgate did not start: {e}\nconfig:\n{config}"))
 }
 
-/// Prints ethgate's output if the test panics while this is alive.
-struct DumpOnPanic<'a>(&'a Gateway);
-
-impl Drop for DumpOnPanic<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "----- ethgate output (pid {}) -----\n{}\n-----",
-                self.0.child().pid(),
-                self.0.log()
-            );
-        }
-    }
-}
-
 fn upstream(status: &Value, i: usize) -> Option<&Value> {
     let name = format!("anvil{i}");
     status["upstreams"]
@@ -132,22 +109,9 @@ fn head_of(status: &Value, i: usize) -> Option<u64> {
     upstream(status, i)?["head"].as_u64()
 }
 
-/// Polls `/status` until `check` returns `Some`; panics with the last `/status` at the deadline.
+/// Polls ethgate's `/status` until `check` returns `Some` (at most `WAIT`).
 async fn wait_status<T>(eg: &Gateway, what: &str, check: impl Fn(&Value) -> Option<T>) -> T {
-    let last = Mutex::new(Value::Null);
-    let r = poll_until(what, WAIT, Duration::from_millis(50), || async {
-        let st = eg.try_status().await.ok()?;
-        let r = check(&st);
-        *last.lock().unwrap_or_else(|e| e.into_inner()) = st;
-        r
-    })
-    .await;
-    r.unwrap_or_else(|e| {
-        panic!(
-            "{e}; last /status: {}",
-            last.lock().unwrap_or_else(|e| e.into_inner())
-        )
-    })
+    eg.poll_status(what, WAIT, check).await
 }
 
 /// Waits until the client's ledger satisfies `check`.

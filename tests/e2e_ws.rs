@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 
 use support::chainlink::hex_u64;
 use support::devnet::{Devnet, Miner, MinerLog};
-use support::e2e::{deps_present, DumpOnPanic, PrintOnPanic};
+use support::e2e::{deps_present, devnet_upstreams, feed_source_hint, DumpOnPanic, PrintOnPanic};
 use support::gateway::{preferred_name, selected_name, upstream_state, Gateway, Ports};
 use support::http::{http_get, Http};
 use support::prometheus::sample;
@@ -39,14 +39,7 @@ const WAIT: Duration = CLIENT_WAIT;
 // ---------------------------------------------------------------------------------------------
 
 fn ethgate_config(ports: &Ports, dev: &Devnet) -> String {
-    let mut upstreams = String::new();
-    for i in 0..dev.len() {
-        upstreams.push_str(&format!(
-            "\n[[upstream]]\nname = \"anvil{i}\"\nhttp = \"{}\"\nws = \"{}\"\npriority = {i}\n",
-            dev.http_url(i),
-            dev.ws_url(i)
-        ));
-    }
+    let upstreams = devnet_upstreams(dev);
     format!(
         r#"chain_id = {CHAIN_ID}
 
@@ -70,29 +63,6 @@ level = "info"
         admin = ports.admin,
     )
 }
-/// The upstream the subscription feed follows now according to ethgate's text log, if a line
-/// says so: the last line about subscriptions that names a new source (`to="NAME"`, or
-/// `upstream="NAME"` on a line that is not about losing it). Only a hint: log wording changes.
-fn feed_source_hint(log: &str) -> Option<String> {
-    let field = |line: &str, key: &str| {
-        line.split(key)
-            .nth(1)?
-            .split('"')
-            .next()
-            .map(str::to_string)
-    };
-    log.lines().rev().find_map(|l| {
-        if !l.contains("subscription") {
-            return None;
-        }
-        field(l, " to=\"").or_else(|| {
-            (!l.contains("lost"))
-                .then(|| field(l, " upstream=\""))
-                .flatten()
-        })
-    })
-}
-
 fn index_of(name: &str) -> usize {
     name.trim_start_matches("anvil")
         .parse()

@@ -365,10 +365,19 @@ fn percentile_is_nearest_rank() {
 fn source_hint_reads_failover_and_source_lines() {
     let log = "WARN ethgate::subscription::feed: subscription source lost upstream=\"anvil1\" error=x\n\
                WARN ethgate::subscription::feed: subscription failover from=\"anvil1\" to=\"anvil2\" duration_ms=1";
-    assert_eq!(run::source_hint(log).as_deref(), Some("anvil2"));
+    assert_eq!(
+        support::e2e::feed_source_hint(log).as_deref(),
+        Some("anvil2")
+    );
     let back = "INFO ethgate::subscription::feed: subscription source back upstream=\"anvil0\" duration_ms=3";
-    assert_eq!(run::source_hint(back).as_deref(), Some("anvil0"));
-    assert_eq!(run::source_hint("INFO ethgate: serving"), None);
+    assert_eq!(
+        support::e2e::feed_source_hint(back).as_deref(),
+        Some("anvil0")
+    );
+    assert_eq!(
+        support::e2e::feed_source_hint("INFO ethgate: serving"),
+        None
+    );
 }
 
 #[test]

@@ -3,29 +3,15 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use support::gateway::Gateway;
+use support::log_capture::Captured;
 use support::mock::MockUpstream;
 use tokio::net::TcpStream;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
-
-/// Log output collected in memory.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("log buffer").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 struct Ca {
     params: CertificateParams,
@@ -148,7 +134,7 @@ async fn refused_client_certificate_is_warned_about_with_the_reason() {
         m.contains("ethgate_tls_handshake_failures_total 3")
     })
     .await;
-    let text = String::from_utf8_lossy(&logs.0.lock().expect("log buffer")).into_owned();
+    let text = logs.text();
     let warnings: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("WARN") && l.contains("client TLS handshake failed"))

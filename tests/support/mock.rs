@@ -330,14 +330,8 @@ impl MockUpstream {
 
     /// Delays answers to requests containing `method` (`None`: no delay).
     pub fn set_delay_for(&self, method: &str, d: Option<Duration>) {
-        self.shared.update(|s| match d {
-            Some(d) => {
-                s.method_delays.insert(method.to_string(), d);
-            }
-            None => {
-                s.method_delays.remove(method);
-            }
-        });
+        self.shared
+            .update(|s| set_or_clear(&mut s.method_delays, method, d));
     }
 
     /// Answers every HTTP request (and WS upgrade) with this status instead (e.g. 503, 429); `None` heals.
@@ -347,14 +341,8 @@ impl MockUpstream {
 
     /// Answers HTTP requests containing `method` with this status; `None` heals.
     pub fn set_http_status_for(&self, method: &str, status: Option<u16>) {
-        self.shared.update(|s| match status {
-            Some(code) => {
-                s.method_status.insert(method.to_string(), code);
-            }
-            None => {
-                s.method_status.remove(method);
-            }
-        });
+        self.shared
+            .update(|s| set_or_clear(&mut s.method_status, method, status));
     }
 
     /// Reads the next `n` requests, then resets their connection (RST) without answering.
@@ -487,6 +475,18 @@ impl MockUpstream {
     pub async fn wait_for_calls(&self, method: &str, n: usize) {
         self.wait_until(&format!("{n} calls of {method}"), |m| m.calls(method) >= n)
             .await;
+    }
+}
+
+/// Sets `method`'s entry to `value`, or removes it for `None`.
+fn set_or_clear<T>(map: &mut HashMap<String, T>, method: &str, value: Option<T>) {
+    match value {
+        Some(v) => {
+            map.insert(method.to_string(), v);
+        }
+        None => {
+            map.remove(method);
+        }
     }
 }
 

@@ -6,6 +6,7 @@ pub mod devnet;
 pub mod e2e;
 pub mod gateway;
 pub mod http;
+pub mod log_capture;
 pub mod mock;
 pub mod process;
 pub mod prometheus;

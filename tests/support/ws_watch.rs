@@ -3,7 +3,6 @@
 //! summary), with waits on its progress.
 
 use std::collections::HashSet;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,7 +10,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use super::e2e::js_dir;
+use super::e2e::spawn_js;
 use super::http::poll_until;
 
 /// Upper bound of one wait on the client's progress (blocks come every 500 ms or so).
@@ -45,17 +44,8 @@ pub struct Client {
 impl Client {
     /// Starts the client against `url`; it stops by itself after `max_run`.
     pub fn spawn(url: &str, max_run: Duration) -> Client {
-        let mut child = tokio::process::Command::new("node")
-            .arg(js_dir().join("ws_watch.mjs"))
-            .arg(url)
-            .args(["--max-ms", &max_run.as_millis().to_string()])
-            .current_dir(js_dir())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn node ws_watch.mjs");
+        let max_ms = max_run.as_millis().to_string();
+        let mut child = spawn_js("ws_watch.mjs", &[url, "--max-ms", &max_ms]);
         let state = Arc::new(Mutex::new(ClientState::default()));
         let stdout = child.stdout.take().expect("stdout");
         let stderr = child.stderr.take().expect("stderr");

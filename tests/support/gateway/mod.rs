@@ -315,21 +315,18 @@ impl Gateway {
 
     /// Polls `/status` (at most `WAIT`) until `pred` holds; returns that status. Panics with the last one.
     pub async fn wait_status(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let status = self.status().await;
-            if pred(&status) {
-                return status;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                panic!("timed out waiting for {what}; last /status: {status}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let status = poll_until_wait(what, || self.status(), |s| pred(s)).await;
+        status.unwrap_or_else(|(e, last)| panic!("{e}; last /status: {last}"))
+    }
+
+    /// Polls `/metrics` (at most `WAIT`) until `pred` holds; returns that text. Panics with the last one.
+    pub async fn wait_metrics(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let text = poll_until_wait(what, || self.metrics(), |m| pred(m)).await;
+        text.unwrap_or_else(|(e, last)| panic!("{e}; last /metrics:\n{last}"))
     }
 
     /// Polls `/status` (every 50 ms, at most `timeout`, tolerating a gateway that does not answer)
-    /// until `check` returns `Some`; panics with the last `/status` and the log at the deadline.
+    /// until `check` returns `Some`; panics with the last `/status` at the deadline.
     pub async fn poll_status<T>(
         &self,
         what: &str,
@@ -348,21 +345,6 @@ impl Gateway {
             let last = last.lock().unwrap_or_else(|e| e.into_inner());
             panic!("{e}; last /status: {last}")
         })
-    }
-
-    /// Polls `/metrics` (at most `WAIT`) until `pred` holds; returns that text. Panics with the last one.
-    pub async fn wait_metrics(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let text = self.metrics().await;
-            if pred(&text) {
-                return text;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                panic!("timed out waiting for {what}; last /metrics:\n{text}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
     }
 
     /// Waits until upstream `name` is in `state`.
@@ -439,6 +421,29 @@ impl Drop for Gateway {
         if let Run::InProcess { shutdown, .. } = &self.run {
             shutdown.cancel();
         }
+    }
+}
+
+/// Fetches every 20 ms (at most `WAIT`) until `done` holds of what `fetch` returned; at the
+/// deadline, why together with the last value fetched.
+async fn poll_until_wait<T, Fut>(
+    what: &str,
+    fetch: impl Fn() -> Fut,
+    done: impl Fn(&T) -> bool,
+) -> Result<T, (String, T)>
+where
+    Fut: std::future::Future<Output = T>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let value = fetch().await;
+        if done(&value) {
+            return Ok(value);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err((format!("timed out waiting for {what}"), value));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use support::devnet::{Devnet, NodeState, DEV_ADDRESS};
-use support::e2e::{deps_present, devnet_upstreams, js_dir};
+use support::e2e::{block_at, deps_present, devnet_upstreams, js_dir};
 use support::gateway::{Gateway, Ports};
 use support::http::{poll_until, Http};
 
@@ -223,15 +223,7 @@ async fn devnet_nodes_stay_on_one_chain() {
     for i in 0..3 {
         assert_eq!(dev.head(i).await.unwrap(), h);
         for n in 0..=h {
-            let b = http
-                .rpc(
-                    &dev.http_url(i),
-                    "eth_getBlockByNumber",
-                    json!([format!("0x{n:x}"), false]),
-                    RPC_TIMEOUT,
-                )
-                .await
-                .expect("block");
+            let b = block_at(&http, &dev.http_url(i), n, RPC_TIMEOUT).await;
             assert_eq!(
                 b["hash"].as_str(),
                 Some(dev.block(n).await.unwrap().hash.as_str()),
@@ -637,21 +629,24 @@ async fn a_transaction_sent_through_ethgate_lands_in_every_nodes_pool() {
         .await
         .expect("eth_sendTransaction through ethgate");
     let hash = hash.as_str().expect("tx hash").to_string();
+    // The client has the first node's acceptance; the others take the broadcast in parallel:
+    // wait until each node's pool shows the tx (still pending).
     for i in 0..dev.len() {
-        let seen = http
-            .rpc(
-                &dev.http_url(i),
-                "eth_getTransactionByHash",
-                json!([hash]),
-                RPC_TIMEOUT,
-            )
-            .await
-            .unwrap_or_else(|e| panic!("anvil{i}: {e:?}"));
-        assert_eq!(
-            seen["hash"],
-            json!(hash),
-            "anvil{i} pool lacks the tx: {seen}"
-        );
+        let url = dev.http_url(i);
+        let lookup = || async {
+            let params = json!([hash]);
+            let seen = http.rpc(&url, "eth_getTransactionByHash", params, RPC_TIMEOUT);
+            let seen = seen.await.unwrap_or_else(|e| panic!("anvil{i}: {e:?}"));
+            (seen["hash"] == json!(hash)).then_some(seen)
+        };
+        let seen = poll_until(
+            &format!("the tx in anvil{i}'s pool"),
+            RPC_TIMEOUT,
+            Duration::from_millis(20),
+            lookup,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
         assert!(
             seen["blockNumber"].is_null(),
             "anvil{i}: still pending: {seen}"

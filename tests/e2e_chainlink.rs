@@ -26,7 +26,7 @@ use support::chainlink::{
     PollerConfig, TAGS, TICK_TOPIC,
 };
 use support::devnet::{Devnet, DevnetConfig, NodeState, DEV_ADDRESS};
-use support::e2e::{deps_present, devnet_upstreams, DumpOnPanic};
+use support::e2e::{block_at, deps_present, devnet_upstreams, DumpOnPanic};
 use support::gateway::{Gateway, Ports};
 use support::http::{poll_until, Http};
 
@@ -829,15 +829,7 @@ async fn check_chainlink_run(
         }
         assert_eq!(dev.head(i).await.expect("head"), height, "anvil{i} head");
         for (n, block) in &canonical {
-            let b = http
-                .rpc(
-                    &dev.http_url(i),
-                    "eth_getBlockByNumber",
-                    json!([format!("0x{n:x}"), false]),
-                    RPC_TIMEOUT,
-                )
-                .await
-                .expect("block");
+            let b = block_at(&http, &dev.http_url(i), *n, RPC_TIMEOUT).await;
             assert_eq!(
                 b["hash"].as_str(),
                 Some(block.hash.as_str()),

@@ -5,7 +5,6 @@
 
 mod support;
 
-
 use support::gateway::{upstream_entry, Gateway};
 use support::log_capture::Captured;
 use support::mock::MockUpstream;

@@ -6,6 +6,7 @@ use std::process::Stdio;
 
 use super::devnet::{find_anvil, Devnet};
 use super::gateway::Gateway;
+use super::http::Http;
 
 /// Whether `CI` is set to something true.
 pub fn under_ci() -> bool {
@@ -141,4 +142,17 @@ pub fn spawn_js(script: &str, args: &[&str]) -> tokio::process::Child {
         .kill_on_drop(true)
         .spawn()
         .unwrap_or_else(|e| panic!("spawn node {script}: {e}"))
+}
+
+/// Block `n` (without transactions) from the node at `url`; panics when there is none.
+pub async fn block_at(
+    http: &Http,
+    url: &str,
+    n: u64,
+    timeout: std::time::Duration,
+) -> serde_json::Value {
+    let params = serde_json::json!([format!("0x{n:x}"), false]);
+    http.rpc(url, "eth_getBlockByNumber", params, timeout)
+        .await
+        .unwrap_or_else(|e| panic!("block {n} from {url}: {e}"))
 }

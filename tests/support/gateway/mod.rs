@@ -47,6 +47,11 @@ impl Ports {
     }
 }
 
+/// Why a child-process handle was asked of an in-process gateway.
+const IN_PROCESS: &str = "this gateway runs in-process: no child process, no config file";
+/// Why an in-process handle was asked of a child-process gateway.
+const CHILD_PROCESS: &str = "this gateway is a child process: it reloads on SIGHUP";
+
 /// How this ethgate runs.
 enum Run {
     InProcess {
@@ -208,34 +213,34 @@ impl Gateway {
 
     /// The reloader of an in-process gateway (panics for a child process: send it SIGHUP).
     pub fn reloader(&self) -> &ethgate::reload::Reloader {
-        match &self.run {
-            Run::InProcess { reloader, .. } => reloader,
-            Run::Process { .. } => panic!("a child-process gateway reloads on SIGHUP"),
-        }
+        let Run::InProcess { reloader, .. } = &self.run else {
+            panic!("{CHILD_PROCESS}")
+        };
+        reloader
     }
 
     /// The child process (panics for an in-process gateway).
     pub fn child(&self) -> &ChildGuard {
-        match &self.run {
-            Run::Process { child, .. } => child,
-            Run::InProcess { .. } => panic!("this gateway runs in-process"),
-        }
+        let Run::Process { child, .. } = &self.run else {
+            panic!("{IN_PROCESS}")
+        };
+        child
     }
 
     /// The child process, mutably (panics for an in-process gateway).
     pub fn child_mut(&mut self) -> &mut ChildGuard {
-        match &mut self.run {
-            Run::Process { child, .. } => child,
-            Run::InProcess { .. } => panic!("this gateway runs in-process"),
-        }
+        let Run::Process { child, .. } = &mut self.run else {
+            panic!("{IN_PROCESS}")
+        };
+        child
     }
 
     /// The config file of a child process (panics for an in-process gateway).
     pub fn config_path(&self) -> &Path {
-        match &self.run {
-            Run::Process { config_path, .. } => config_path,
-            Run::InProcess { .. } => panic!("an in-process gateway has no config file"),
-        }
+        let Run::Process { config_path, .. } = &self.run else {
+            panic!("{IN_PROCESS}")
+        };
+        config_path
     }
 
     /// The kept stdout/stderr of a child process, for failure messages.

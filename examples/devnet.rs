@@ -12,6 +12,9 @@
 #[path = "../tests/support/devnet.rs"]
 #[allow(dead_code)]
 mod devnet;
+#[path = "../tests/support/http.rs"]
+#[allow(dead_code)]
+mod http;
 #[path = "../tests/support/process.rs"]
 #[allow(dead_code)]
 mod process;

@@ -5,7 +5,10 @@ mod support;
 
 use std::net::{IpAddr, SocketAddr};
 
-use support::mock::{Gateway, GatewayConfig, HttpClient, MockUpstream, WAIT};
+use support::gateway::{Gateway, GatewayConfig};
+use support::http::Http;
+use support::mock::MockUpstream;
+use support::WAIT;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 
@@ -42,7 +45,7 @@ async fn gateway(mock: &MockUpstream, listen: &str, allow: &str) -> Gateway {
 }
 
 async fn denied_count(gw: &Gateway) -> String {
-    let (_, body) = HttpClient::new()
+    let (_, body) = Http::per_request()
         .get(&format!("http://{}/metrics", gw.admin_addr()))
         .await
         .unwrap();

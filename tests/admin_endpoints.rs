@@ -3,7 +3,8 @@
 mod support;
 
 use serde_json::json;
-use support::mock::{upstream_entry, Gateway, GatewayConfig, MockUpstream};
+use support::gateway::{upstream_entry, Gateway, GatewayConfig};
+use support::mock::MockUpstream;
 
 #[tokio::test]
 async fn healthz_answers_ok_while_running() {

@@ -6,7 +6,7 @@ mod support;
 use serde_json::Value;
 use support::devnet::{Devnet, DEV_ADDRESS};
 use support::e2e::deps_present;
-use support::mock::Gateway;
+use support::gateway::Gateway;
 
 #[tokio::test]
 async fn watched_balances_are_reported_above_and_below_their_minimum() {

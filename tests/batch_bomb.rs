@@ -4,7 +4,8 @@
 
 mod support;
 
-use support::mock::{error_of, Gateway, GatewayConfig, MockUpstream};
+use support::gateway::{error_of, Gateway, GatewayConfig};
+use support::mock::MockUpstream;
 
 /// Peak resident set size of this process, in KiB.
 fn peak_rss_kib() -> u64 {

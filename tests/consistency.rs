@@ -5,7 +5,8 @@
 mod support;
 
 use serde_json::{json, Value};
-use support::mock::{block_hash, result_of, Gateway, GatewayConfig, MockUpstream, TX_HASH};
+use support::gateway::{result_of, Gateway, GatewayConfig};
+use support::mock::{block_hash, MockUpstream, TX_HASH};
 use support::ws_client::WsClient;
 
 const RAW_TX: &str = "0x02f86b0180843b9aca00";

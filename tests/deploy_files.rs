@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use ethgate::config::{parse_duration, Config};
 use serde_json::Value;
-use support::mock::{Gateway, GatewayConfig, MockUpstream};
+use support::gateway::{Gateway, GatewayConfig};
+use support::mock::MockUpstream;
 use support::process::TempDir;
 use support::tools::{require_tool, venv_bin};
 

@@ -4,25 +4,10 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use rlimit::Resource;
-use support::mock::{Gateway, GatewayConfig, MockUpstream};
-
-/// Log output collected in memory.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("log buffer").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use support::gateway::{Gateway, GatewayConfig};
+use support::log_capture::Captured;
+use support::mock::MockUpstream;
 
 #[tokio::test]
 async fn soft_limit_is_raised_to_the_hard_one_and_a_shortfall_is_warned_about() {
@@ -44,7 +29,7 @@ async fn soft_limit_is_raised_to_the_hard_one_and_a_shortfall_is_warned_about() 
     gw.wait_all_healthy().await;
 
     assert_eq!(Resource::NOFILE.get().expect("getrlimit"), (hard, hard));
-    let text = String::from_utf8_lossy(&logs.0.lock().expect("log buffer")).into_owned();
+    let text = logs.text();
     let warning = text
         .lines()
         .find(|l| l.contains("WARN") && l.contains("open-file limit"))

@@ -9,9 +9,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::mock::{Gateway, GatewayConfig, MockUpstream, WAIT};
+use support::gateway::{Gateway, GatewayConfig};
+use support::mock::MockUpstream;
 use support::raw_http::{connect_from, Answer, RawHttp};
 use support::ws_client::WsClient;
+use support::WAIT;
 use tokio::net::TcpStream;
 
 const CALL: &str = r#"{"jsonrpc":"2.0","id":7,"method":"eth_blockNumber","params":[]}"#;

@@ -13,8 +13,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use support::devnet::{Devnet, NodeState, DEV_ADDRESS};
-use support::e2e::{deps_present, js_dir};
-use support::process::{poll_until, Ethgate, Http, Ports};
+use support::e2e::{block_at, deps_present, devnet_upstreams, js_dir};
+use support::gateway::{Gateway, Ports};
+use support::http::{poll_until, Http};
 
 const CHAIN_ID: u64 = 31337;
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,7 +52,7 @@ async fn run_js(script: &str, args: &[String], timeout: Duration) -> (i32, Strin
 
 /// Prints ethgate's output and the devnet's state if the test panics while this is alive.
 struct DumpOnPanic<'a> {
-    ethgate: Option<&'a Ethgate>,
+    ethgate: Option<&'a Gateway>,
 }
 
 impl Drop for DumpOnPanic<'_> {
@@ -60,24 +61,12 @@ impl Drop for DumpOnPanic<'_> {
             if let Some(eg) = self.ethgate {
                 eprintln!(
                     "----- ethgate output (pid {}) -----\n{}\n-----",
-                    eg.guard.pid(),
+                    eg.child().pid(),
                     eg.log()
                 );
             }
         }
     }
-}
-
-fn upstream_config(dev: &Devnet) -> String {
-    let mut s = String::new();
-    for i in 0..dev.len() {
-        s.push_str(&format!(
-            "\n[[upstream]]\nname = \"anvil{i}\"\nhttp = \"{}\"\nws = \"{}\"\npriority = {i}\n",
-            dev.http_url(i),
-            dev.ws_url(i)
-        ));
-    }
-    s
 }
 
 fn ethgate_config(ports: &Ports, dev: &Devnet) -> String {
@@ -100,7 +89,7 @@ level = "info"
 {upstreams}"#,
         listen = ports.listen,
         admin = ports.admin,
-        upstreams = upstream_config(dev),
+        upstreams = devnet_upstreams(dev),
     )
 }
 
@@ -234,15 +223,7 @@ async fn devnet_nodes_stay_on_one_chain() {
     for i in 0..3 {
         assert_eq!(dev.head(i).await.unwrap(), h);
         for n in 0..=h {
-            let b = http
-                .rpc(
-                    &dev.http_url(i),
-                    "eth_getBlockByNumber",
-                    json!([format!("0x{n:x}"), false]),
-                    RPC_TIMEOUT,
-                )
-                .await
-                .expect("block");
+            let b = block_at(&http, &dev.http_url(i), n, RPC_TIMEOUT).await;
             assert_eq!(
                 b["hash"].as_str(),
                 Some(dev.block(n).await.unwrap().hash.as_str()),
@@ -421,11 +402,11 @@ async fn ethgate_fails_over_between_real_nodes_under_ethers_load() {
     let miner = dev.spawn_miner(Duration::from_millis(500));
     let ports = Ports::free();
     let config = ethgate_config(&ports, &dev);
-    let eg = Ethgate::start(ports, &config, &[], Duration::from_secs(20))
+    let eg = Gateway::spawn(ports, &config, &[], Duration::from_secs(20))
         .await
         .unwrap_or_else(|e| panic!("ethgate did not start: {e}\nconfig:\n{config}"));
     let _dump = DumpOnPanic { ethgate: Some(&eg) };
-    let url = eg.http_url();
+    let url = eg.url();
     let http = Http::default();
 
     // Ready, with every upstream healthy and one selected.
@@ -434,7 +415,7 @@ async fn ethgate_fails_over_between_real_nodes_under_ethers_load() {
         Duration::from_secs(15),
         Duration::from_millis(100),
         || async {
-            let st = eg.status().await.ok()?;
+            let st = eg.try_status().await.ok()?;
             let ups = st["upstreams"].as_array()?;
             let all_healthy = ups.len() == 3 && ups.iter().all(|u| u["state"] == json!("healthy"));
             (all_healthy && selected_name(&st).is_some()).then_some(st)
@@ -443,7 +424,7 @@ async fn ethgate_fails_over_between_real_nodes_under_ethers_load() {
     .await
     .unwrap_or_else(|e| panic!("{e}; last /status: {:?}", futures_status(&eg)));
     eprintln!("initial /status: {status}");
-    let (code, _) = support::process::http_get(&eg.admin_url("/readyz"), RPC_TIMEOUT)
+    let (code, _) = support::http::http_get(&eg.admin_url("/readyz"), RPC_TIMEOUT)
         .await
         .expect("/readyz");
     assert_eq!(code, 200, "/readyz");
@@ -520,7 +501,7 @@ async fn ethgate_fails_over_between_real_nodes_under_ethers_load() {
         "/status: an upstream selected before the kill",
         Duration::from_secs(5),
         Duration::from_millis(50),
-        || async { selected_name(&eg.status().await.ok()?) },
+        || async { selected_name(&eg.try_status().await.ok()?) },
     )
     .await
     .unwrap_or_else(|e| panic!("{e}; last /status: {:?}", futures_status(&eg)));
@@ -536,7 +517,7 @@ async fn ethgate_fails_over_between_real_nodes_under_ethers_load() {
         Duration::from_secs(10),
         Duration::from_millis(50),
         || async {
-            let st = eg.status().await.ok()?;
+            let st = eg.try_status().await.ok()?;
             let dead = upstream_entry(&st, &victim)?;
             let sel = selected_name(&st)?;
             (dead["state"] == json!("unreachable") && sel != victim).then_some(st)
@@ -575,14 +556,14 @@ async fn ethgate_fails_over_between_real_nodes_under_ethers_load() {
 }
 
 /// Best effort /status for failure messages.
-fn futures_status(eg: &Ethgate) -> String {
+fn futures_status(eg: &Gateway) -> String {
     let url = eg.admin_url("/status");
     std::thread::spawn(move || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map(|rt| {
-                rt.block_on(support::process::http_get(&url, Duration::from_secs(2)))
+                rt.block_on(support::http::http_get(&url, Duration::from_secs(2)))
                     .map(|(_, b)| b)
                     .unwrap_or_else(|e| e)
             })
@@ -606,18 +587,18 @@ async fn a_transaction_sent_through_ethgate_lands_in_every_nodes_pool() {
     dev.mine().await.expect("first block");
     let ports = Ports::free();
     let config = ethgate_config(&ports, &dev);
-    let eg = Ethgate::start(ports, &config, &[], Duration::from_secs(20))
+    let eg = Gateway::spawn(ports, &config, &[], Duration::from_secs(20))
         .await
         .unwrap_or_else(|e| panic!("ethgate did not start: {e}\nconfig:\n{config}"));
     let _dump = DumpOnPanic { ethgate: Some(&eg) };
-    let url = eg.http_url();
+    let url = eg.url();
     let http = Http::default();
     poll_until(
         "/status: all upstreams healthy",
         Duration::from_secs(15),
         Duration::from_millis(100),
         || async {
-            let st = eg.status().await.ok()?;
+            let st = eg.try_status().await.ok()?;
             let ups = st["upstreams"].as_array()?;
             (ups.len() == 3 && ups.iter().all(|u| u["state"] == json!("healthy"))).then_some(())
         },
@@ -648,21 +629,24 @@ async fn a_transaction_sent_through_ethgate_lands_in_every_nodes_pool() {
         .await
         .expect("eth_sendTransaction through ethgate");
     let hash = hash.as_str().expect("tx hash").to_string();
+    // The client has the first node's acceptance; the others take the broadcast in parallel:
+    // wait until each node's pool shows the tx (still pending).
     for i in 0..dev.len() {
-        let seen = http
-            .rpc(
-                &dev.http_url(i),
-                "eth_getTransactionByHash",
-                json!([hash]),
-                RPC_TIMEOUT,
-            )
-            .await
-            .unwrap_or_else(|e| panic!("anvil{i}: {e:?}"));
-        assert_eq!(
-            seen["hash"],
-            json!(hash),
-            "anvil{i} pool lacks the tx: {seen}"
-        );
+        let url = dev.http_url(i);
+        let lookup = || async {
+            let params = json!([hash]);
+            let seen = http.rpc(&url, "eth_getTransactionByHash", params, RPC_TIMEOUT);
+            let seen = seen.await.unwrap_or_else(|e| panic!("anvil{i}: {e:?}"));
+            (seen["hash"] == json!(hash)).then_some(seen)
+        };
+        let seen = poll_until(
+            &format!("the tx in anvil{i}'s pool"),
+            RPC_TIMEOUT,
+            Duration::from_millis(20),
+            lookup,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
         assert!(
             seen["blockNumber"].is_null(),
             "anvil{i}: still pending: {seen}"

@@ -16,7 +16,6 @@
 mod support;
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -27,8 +26,9 @@ use support::chainlink::{
     PollerConfig, TAGS, TICK_TOPIC,
 };
 use support::devnet::{Devnet, DevnetConfig, NodeState, DEV_ADDRESS};
-use support::e2e::deps_present;
-use support::process::{poll_until, Ethgate, Http, Ports};
+use support::e2e::{block_at, deps_present, devnet_upstreams, DumpOnPanic};
+use support::gateway::{Gateway, Ports};
+use support::http::{poll_until, Http};
 
 const CHAIN_ID: u64 = 31337;
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,14 +52,7 @@ async fn start_devnet(nodes: usize, slots: u64) -> Devnet {
 }
 
 fn ethgate_config(ports: &Ports, dev: &Devnet) -> String {
-    let mut upstreams = String::new();
-    for i in 0..dev.len() {
-        upstreams.push_str(&format!(
-            "\n[[upstream]]\nname = \"anvil{i}\"\nhttp = \"{}\"\nws = \"{}\"\npriority = {i}\n",
-            dev.http_url(i),
-            dev.ws_url(i)
-        ));
-    }
+    let upstreams = devnet_upstreams(dev);
     format!(
         r#"chain_id = {CHAIN_ID}
 
@@ -84,27 +77,12 @@ level = "info"
     )
 }
 
-async fn start_ethgate(dev: &Devnet) -> Ethgate {
+async fn start_ethgate(dev: &Devnet) -> Gateway {
     let ports = Ports::free();
     let config = ethgate_config(&ports, dev);
-    Ethgate::start(ports, &config, &[], WAIT)
+    Gateway::spawn(ports, &config, &[], WAIT)
         .await
         .unwrap_or_else(|e| panic!("ethgate did not start: {e}\nconfig:\n{config}"))
-}
-
-/// Prints ethgate's output if the test panics while this is alive.
-struct DumpOnPanic<'a>(&'a Ethgate);
-
-impl Drop for DumpOnPanic<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "----- ethgate output (pid {}) -----\n{}\n-----",
-                self.0.guard.pid(),
-                self.0.log()
-            );
-        }
-    }
 }
 
 fn upstream(status: &Value, i: usize) -> Option<&Value> {
@@ -131,22 +109,9 @@ fn head_of(status: &Value, i: usize) -> Option<u64> {
     upstream(status, i)?["head"].as_u64()
 }
 
-/// Polls `/status` until `check` returns `Some`; panics with the last `/status` at the deadline.
-async fn wait_status<T>(eg: &Ethgate, what: &str, check: impl Fn(&Value) -> Option<T>) -> T {
-    let last = Mutex::new(Value::Null);
-    let r = poll_until(what, WAIT, Duration::from_millis(50), || async {
-        let st = eg.status().await.ok()?;
-        let r = check(&st);
-        *last.lock().unwrap_or_else(|e| e.into_inner()) = st;
-        r
-    })
-    .await;
-    r.unwrap_or_else(|e| {
-        panic!(
-            "{e}; last /status: {}",
-            last.lock().unwrap_or_else(|e| e.into_inner())
-        )
-    })
+/// Polls ethgate's `/status` until `check` returns `Some` (at most `WAIT`).
+async fn wait_status<T>(eg: &Gateway, what: &str, check: impl Fn(&Value) -> Option<T>) -> T {
+    eg.poll_status(what, WAIT, check).await
 }
 
 /// Waits until the client's ledger satisfies `check`.
@@ -291,7 +256,7 @@ async fn issue_scenario(slots: u64) {
     let obs = Observer::default();
     // Batch reads stay at or below the lagging nodes' head h - 3 (finalized is h - 2 * slots).
     let batch = (2 * slots).checked_sub(LAG).map(|room| room.min(3));
-    let (stop, pollers) = start_pollers(&obs, &eg.http_url(), batch);
+    let (stop, pollers) = start_pollers(&obs, &eg.url(), batch);
     mine(&dev, 3).await;
     let sel = wait_status(&eg, "a selected upstream", selected).await;
     let others: Vec<usize> = (0..3).filter(|&i| i != sel).collect();
@@ -355,7 +320,7 @@ async fn issue_scenario(slots: u64) {
         "while every node left is behind, the served values stay where they were"
     );
     assert_clean(&obs, "after the kill, nodes 3 behind");
-    let st = eg.status().await.expect("/status");
+    let st = eg.try_status().await.expect("/status");
     assert_eq!(
         st["served"],
         json!({"latest": top[0], "safe": top[1], "finalized": top[2]}),
@@ -541,7 +506,7 @@ async fn a_chainlink_client_sees_one_consistent_chain_through_failovers_and_a_re
     let mut tx = Sender {
         dev: &dev,
         http: http.clone(),
-        url: eg.http_url(),
+        url: eg.url(),
         contract: String::new(),
         nonce: 0,
         sent: Vec::new(),
@@ -553,7 +518,7 @@ async fn a_chainlink_client_sees_one_consistent_chain_through_failovers_and_a_re
     tx.blocks(1, &all, true).await;
     let receipt = http
         .rpc(
-            &eg.http_url(),
+            &eg.url(),
             "eth_getTransactionReceipt",
             json!([deploy]),
             RPC_TIMEOUT,
@@ -569,11 +534,11 @@ async fn a_chainlink_client_sees_one_consistent_chain_through_failovers_and_a_re
     // The client.
     let obs = Observer::default();
     // finalized + 3 = head - 5: a block every node within max_lag_blocks has.
-    let (stop, pollers) = start_pollers(&obs, &eg.http_url(), Some(3));
+    let (stop, pollers) = start_pollers(&obs, &eg.url(), Some(3));
     let follower = spawn_head_follower(
         obs.clone(),
         &eg.ws_url(),
-        &eg.http_url(),
+        &eg.url(),
         &tx.contract,
         CHAIN_ID,
         stop.subscribe(),
@@ -864,15 +829,7 @@ async fn check_chainlink_run(
         }
         assert_eq!(dev.head(i).await.expect("head"), height, "anvil{i} head");
         for (n, block) in &canonical {
-            let b = http
-                .rpc(
-                    &dev.http_url(i),
-                    "eth_getBlockByNumber",
-                    json!([format!("0x{n:x}"), false]),
-                    RPC_TIMEOUT,
-                )
-                .await
-                .expect("block");
+            let b = block_at(&http, &dev.http_url(i), *n, RPC_TIMEOUT).await;
             assert_eq!(
                 b["hash"].as_str(),
                 Some(block.hash.as_str()),

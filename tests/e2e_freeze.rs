@@ -16,8 +16,8 @@ use serde_json::{json, Value};
 
 use support::devnet::{Devnet, DEV_ADDRESS};
 use support::e2e::deps_present;
-use support::mock::Gateway;
-use support::process::Http;
+use support::gateway::Gateway;
+use support::http::Http;
 use support::ws_client::{Frame, WsClient};
 
 /// Longest any call may take: the freeze's detection time plus a generous margin, far below

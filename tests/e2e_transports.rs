@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::json;
 use support::devnet::Devnet;
 use support::e2e::deps_present;
-use support::mock::{result_of, Gateway};
+use support::gateway::{result_of, Gateway};
 use support::ws_client::WsClient;
 
 /// Block time of the devnet.

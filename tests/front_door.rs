@@ -9,8 +9,11 @@ use std::time::Duration;
 
 use futures_util::SinkExt;
 use serde_json::{json, Value};
-use support::mock::{error_of, result_of, Gateway, GatewayConfig, HttpClient, MockUpstream, WAIT};
+use support::gateway::{error_of, result_of, Gateway, GatewayConfig};
+use support::http::Http;
+use support::mock::MockUpstream;
 use support::ws_client::WsClient;
+use support::WAIT;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
@@ -283,7 +286,7 @@ async fn admin_port_caps_connections_and_closes_idle_ones() {
         idle.push(TcpStream::connect(gw.admin_addr()).await.expect("connect"));
     }
     let url = format!("http://{}/healthz", gw.admin_addr());
-    let quick = HttpClient::with_timeout(Duration::from_secs(1));
+    let quick = Http::per_request_with_timeout(Duration::from_secs(1));
     assert!(
         quick.get(&url).await.is_err(),
         "a connection over the admin cap waits for a free slot"
@@ -292,6 +295,6 @@ async fn admin_port_caps_connections_and_closes_idle_ones() {
     for stream in &mut idle {
         read_until_closed(stream).await;
     }
-    let (status, body) = HttpClient::new().get(&url).await.expect("served");
+    let (status, body) = Http::per_request().get(&url).await.expect("served");
     assert_eq!((status, &body[..]), (200, &b"ok"[..]));
 }

@@ -4,10 +4,11 @@
 mod support;
 
 use std::time::Duration;
-use support::mock::{
+use support::gateway::{
     error_of, result_of, tagged_balance, tagged_pair, upstream_entry, Gateway, GatewayConfig,
-    MockUpstream, TAGGED_ADDRESS,
+    TAGGED_ADDRESS,
 };
+use support::mock::MockUpstream;
 
 /// `a` is out of rotation: /status says so and calls go to `b` only.
 async fn assert_out_of_rotation(gw: &Gateway, a: &MockUpstream, state: &str) {

@@ -5,7 +5,7 @@ mod support;
 
 use serde_json::{json, Value};
 use std::time::Duration;
-use support::mock::{
+use support::gateway::{
     error_of, result_of, tagged_balance, tagged_pair, Gateway, GatewayConfig, TAGGED_ADDRESS,
 };
 
@@ -152,7 +152,7 @@ async fn lacking_data_is_not_retried_on_an_upstream_behind() {
     let gw = Gateway::start_pair(GatewayConfig::new(), &a, &b).await;
     b.set_head(97);
     gw.wait_status("b healthy at 97", |s| {
-        support::mock::upstream_entry(s, "b")
+        support::gateway::upstream_entry(s, "b")
             .is_some_and(|u| u["head"] == 97 && u["state"] == "healthy")
     })
     .await;
@@ -237,7 +237,7 @@ async fn selection_is_sticky_and_does_not_flap_back() {
     }
     assert_eq!(a.calls("eth_getBalance"), a_before);
     let status = gw.wait_selected("b").await;
-    let a_entry = support::mock::upstream_entry(&status, "a").expect("a in /status");
+    let a_entry = support::gateway::upstream_entry(&status, "a").expect("a in /status");
     assert_eq!(a_entry["selected"], false);
 }
 

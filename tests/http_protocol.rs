@@ -7,9 +7,10 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::Duration;
-use support::mock::{
-    error_of, result_of, Gateway, GatewayConfig, HttpClient, MockUpstream, Transport,
-};
+use support::gateway::{error_of, result_of, Gateway, GatewayConfig};
+use support::http::Http;
+use support::mock::{MockUpstream, Transport};
+use support::WAIT;
 
 const ADDR: &str = "0x00000000000000000000000000000000000000aa";
 
@@ -314,17 +315,17 @@ async fn body_over_max_request_bytes_is_413() {
 #[tokio::test]
 async fn methods_other_than_post_get_options_are_405() {
     let (gw, _a) = single_upstream(GatewayConfig::new()).await;
-    let client = HttpClient::new();
+    let client = Http::per_request();
     for method in ["PUT", "DELETE", "PATCH"] {
         let body = Bytes::from(request("1", "eth_blockNumber", json!([])));
         let (status, _) = client
-            .send(method, &gw.url(), body)
+            .request(method, &gw.url(), Some(body), WAIT)
             .await
             .expect("answered");
         assert_eq!(status, 405, "{method}");
     }
     let (status, _) = client
-        .send("OPTIONS", &gw.url(), Bytes::new())
+        .request("OPTIONS", &gw.url(), Some(Bytes::new()), WAIT)
         .await
         .expect("answered");
     assert_ne!(status, 405, "OPTIONS is allowed");
@@ -355,11 +356,11 @@ async fn slow_request_head_is_cut_off_after_header_timeout() {
         .expect("write");
     // Never finish the head: ethgate must close the connection (with or without a 408) on its own.
     let mut buf = Vec::new();
-    let read = tokio::time::timeout(support::mock::WAIT, tcp.read_to_end(&mut buf)).await;
+    let read = tokio::time::timeout(support::WAIT, tcp.read_to_end(&mut buf)).await;
     assert!(
         read.is_ok(),
         "connection still open {:?} after an unfinished head",
-        support::mock::WAIT
+        support::WAIT
     );
     let text = String::from_utf8_lossy(&buf);
     assert!(

@@ -11,10 +11,10 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::mock::{
-    error_of, result_of, tagged_balance, tagged_pair, Gateway, GatewayConfig, MockUpstream,
-    TAGGED_ADDRESS,
+use support::gateway::{
+    error_of, result_of, tagged_balance, tagged_pair, Gateway, GatewayConfig, TAGGED_ADDRESS,
 };
+use support::mock::MockUpstream;
 use support::ws_client::WsClient;
 
 /// Longest a call may take when its upstream freezes: detection time plus a generous margin.

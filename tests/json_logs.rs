@@ -8,8 +8,11 @@ mod support;
 use std::net::SocketAddr;
 
 use serde_json::{json, Value};
-use support::mock::{MockUpstream, WAIT};
-use support::process::{Ethgate, Http, Output, Ports};
+use support::gateway::{Gateway, Ports};
+use support::http::Http;
+use support::mock::MockUpstream;
+use support::process::Output;
+use support::WAIT;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpSocket;
 
@@ -121,7 +124,7 @@ async fn denied_connection(target: SocketAddr) {
 async fn json_log_lines_carry_the_operational_facts() {
     let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
     let ports = Ports::free();
-    let mut eg = Ethgate::start(
+    let mut eg = Gateway::spawn(
         ports,
         &config(ports, &a, &b, 5),
         &["--log-format", "json"],
@@ -129,7 +132,7 @@ async fn json_log_lines_carry_the_operational_facts() {
     )
     .await
     .unwrap_or_else(|e| panic!("{e}"));
-    let output = eg.guard.output().clone();
+    let output = eg.child().output().clone();
 
     // A watched wallet below min_balance: one warning with the figures.
     let low = wait_json(&output, "low balance", |v| {
@@ -143,7 +146,7 @@ async fn json_log_lines_carry_the_operational_facts() {
     let before = all_lines(&output).len();
     let http = Http::default();
     for _ in 0..50 {
-        http.rpc(&eg.http_url(), "eth_blockNumber", json!([]), WAIT)
+        http.rpc(&eg.url(), "eth_blockNumber", json!([]), WAIT)
             .await
             .unwrap_or_else(|e| panic!("eth_blockNumber: {e}\nlog:\n{}", eg.log()));
     }
@@ -160,15 +163,15 @@ async fn json_log_lines_carry_the_operational_facts() {
     );
 
     // SIGHUP with a changed file, then with a broken one: one line each.
-    std::fs::write(&eg.config_path, config(ports, &a, &b, 6)).expect("rewrite config");
-    eg.guard.signal(1).expect("kill -HUP");
+    std::fs::write(eg.config_path(), config(ports, &a, &b, 6)).expect("rewrite config");
+    eg.child().signal(1).expect("kill -HUP");
     let reloaded = wait_json(&output, "config reloaded", |v| {
         v["level"] == "INFO" && message(v).contains("reloaded")
     })
     .await;
     assert!(reloaded.get("changes").is_some(), "{reloaded}");
-    std::fs::write(&eg.config_path, "[server\nthis is not TOML").expect("break config");
-    eg.guard.signal(1).expect("kill -HUP");
+    std::fs::write(eg.config_path(), "[server\nthis is not TOML").expect("break config");
+    eg.child().signal(1).expect("kill -HUP");
     let refused = wait_json(&output, "reload refused", |v| {
         v["level"] == "ERROR" && message(v).contains("refused")
     })
@@ -200,8 +203,8 @@ async fn json_log_lines_carry_the_operational_facts() {
     );
 
     // SIGTERM: exit status 0, then every stream closes.
-    eg.guard.signal(15).expect("kill -TERM");
-    let status = tokio::task::block_in_place(|| eg.guard.wait_timeout(WAIT));
+    eg.child().signal(15).expect("kill -TERM");
+    let status = tokio::task::block_in_place(|| eg.child_mut().wait_timeout(WAIT));
     let status = status.unwrap_or_else(|| panic!("no exit within {WAIT:?}:\n{}", eg.log()));
     assert_eq!(status.code(), Some(0), "exit status; log:\n{}", eg.log());
     let out = output.clone();

@@ -7,11 +7,13 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::Duration;
-use support::mock::{block_hash, HttpClient, MockUpstream, TX_HASH, WAIT};
+use support::http::Http;
+use support::mock::{block_hash, MockUpstream, TX_HASH};
+use support::WAIT;
 use tokio_tungstenite::tungstenite::Message;
 
 async fn post(mock: &MockUpstream, body: &str) -> (u16, Value) {
-    let (status, bytes) = HttpClient::new()
+    let (status, bytes) = Http::per_request()
         .post(&mock.http_url(), body.to_string())
         .await
         .expect("mock answers");
@@ -117,7 +119,7 @@ async fn ids_are_echoed_byte_for_byte() {
         .map(|id| format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"eth_blockNumber"}}"#))
         .collect::<Vec<_>>()
         .join(",");
-    let (status, bytes) = HttpClient::new()
+    let (status, bytes) = Http::per_request()
         .post(&mock.http_url(), format!("[{body}]"))
         .await
         .expect("mock answers");
@@ -131,7 +133,7 @@ async fn batches_can_be_answered_in_reverse() {
     let mock = MockUpstream::start().await;
     mock.set_reverse_batches(true);
     let body = r#"[{"jsonrpc":"2.0","id":1,"method":"eth_chainId"},{"jsonrpc":"2.0","id":2,"method":"eth_blockNumber"},{"jsonrpc":"2.0","method":"eth_blockNumber"}]"#;
-    let (_, bytes) = HttpClient::new()
+    let (_, bytes) = Http::per_request()
         .post(&mock.http_url(), body)
         .await
         .expect("answer");
@@ -170,7 +172,7 @@ async fn reset_reads_the_request_then_resets() {
     let mock = MockUpstream::start().await;
     mock.reset_next_for("eth_call", 1);
     assert_eq!(result(&mock, "eth_blockNumber", json!([])).await, "0x64");
-    let err = HttpClient::new()
+    let err = Http::per_request()
         .post(
             &mock.http_url(),
             r#"{"jsonrpc":"2.0","id":1,"method":"eth_call"}"#,
@@ -183,7 +185,7 @@ async fn reset_reads_the_request_then_resets() {
     assert_eq!(result(&mock, "eth_call", json!([])).await, "0x");
 
     mock.reset_next(1);
-    HttpClient::new()
+    Http::per_request()
         .post(
             &mock.http_url(),
             r#"{"jsonrpc":"2.0","id":1,"method":"eth_chainId"}"#,
@@ -238,7 +240,7 @@ async fn reset_mid_response_sends_the_head_and_half_the_body() {
 async fn silent_mock_keeps_the_socket_open_without_answering() {
     let mock = MockUpstream::start().await;
     mock.go_silent(true);
-    let client = HttpClient::with_timeout(Duration::from_millis(300));
+    let client = Http::per_request_with_timeout(Duration::from_millis(300));
     let err = client
         .post(
             &mock.http_url(),
@@ -282,7 +284,7 @@ async fn held_calls_wait_for_release() {
 async fn delayed_method_is_answered_late() {
     let mock = MockUpstream::start().await;
     mock.set_delay_for("eth_call", Some(Duration::from_secs(30)));
-    let client = HttpClient::with_timeout(Duration::from_millis(200));
+    let client = Http::per_request_with_timeout(Duration::from_millis(200));
     let slow = client
         .post(
             &mock.http_url(),

@@ -7,14 +7,17 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::mock::{error_of, result_of, Gateway, GatewayConfig, MockUpstream, WAIT};
+use support::gateway::{error_of, result_of, Gateway, GatewayConfig};
+use support::mock::MockUpstream;
 use support::process::TempDir;
+use support::prometheus::Scrape;
+use support::promql::{grouping_clauses, is_ident, literal_values, selectors};
+use support::rules_yaml::{parse_rules, rule_test_series, value_at};
 use support::ws_client::WsClient;
 
 const RULES: &str = "deploy/monitoring/ethgate.rules.yml";
@@ -68,267 +71,6 @@ fn read(relative: &str) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The rules file, line by line
-// ---------------------------------------------------------------------------------------------
-
-/// One `- alert:` entry of the rules file.
-#[derive(Debug, Default)]
-struct Rule {
-    alert: String,
-    line: usize,
-    fields: HashMap<String, String>,
-}
-
-impl Rule {
-    fn get(&self, key: &str) -> &str {
-        self.fields.get(key).map_or("", String::as_str)
-    }
-}
-
-fn indent_of(line: &str) -> usize {
-    line.len() - line.trim_start().len()
-}
-
-/// A plain or quoted one-line YAML scalar.
-fn scalar(raw: &str) -> String {
-    let raw = raw.trim();
-    if raw.len() >= 2 && raw.starts_with('"') && raw.ends_with('"') {
-        return raw[1..raw.len() - 1].replace("\\\"", "\"");
-    }
-    if raw.len() >= 2 && raw.starts_with('\'') && raw.ends_with('\'') {
-        return raw[1..raw.len() - 1].replace("''", "'");
-    }
-    raw.to_string()
-}
-
-/// `key: value` of a line, if it is one (`- key: value` list items included).
-fn key_value(line: &str) -> Option<(&str, &str)> {
-    let body = line.trim_start().trim_start_matches("- ").trim_start();
-    if body.starts_with('#') {
-        return None;
-    }
-    let (key, value) = body.split_once(':')?;
-    let key_ok = !key.is_empty()
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    key_ok.then_some((key, value.trim()))
-}
-
-/// Reads the value of the key on `lines[i]`: a one-line scalar, or a `|`/`>` block scalar made
-/// of the following lines indented deeper than the key. Returns the value and the next line.
-fn value_at(lines: &[&str], i: usize, raw: &str) -> (String, usize) {
-    let block = matches!(raw, "|" | "|-" | "|+" | ">" | ">-" | ">+");
-    if !block {
-        return (scalar(raw), i + 1);
-    }
-    let key_indent = indent_of(lines[i]);
-    let mut parts = Vec::new();
-    let mut j = i + 1;
-    while j < lines.len() && (lines[j].trim().is_empty() || indent_of(lines[j]) > key_indent) {
-        parts.push(lines[j].trim());
-        j += 1;
-    }
-    (parts.join("\n").trim().to_string(), j)
-}
-
-/// Every alert rule with the keys it sets (`expr`, `for`, `severity`, `summary`, …).
-fn parse_rules(text: &str) -> Vec<Rule> {
-    assert!(
-        !text.contains('\t'),
-        "{RULES}: tabs are not valid YAML indentation"
-    );
-    let lines: Vec<&str> = text.lines().collect();
-    let mut rules: Vec<Rule> = Vec::new();
-    // Whether the lines being read belong to the last rule (a new group ends it).
-    let mut in_rule = false;
-    let mut i = 0;
-    while i < lines.len() {
-        let line = lines[i];
-        let Some((key, raw)) = key_value(line) else {
-            i += 1;
-            continue;
-        };
-        let list_item = line.trim_start().starts_with("- ");
-        if key == "alert" && list_item {
-            rules.push(Rule {
-                alert: scalar(raw),
-                line: i + 1,
-                ..Rule::default()
-            });
-            in_rule = true;
-            i += 1;
-            continue;
-        }
-        if key == "record" {
-            panic!("{RULES}:{}: recording rules are not expected here", i + 1);
-        }
-        if key == "name" && list_item {
-            in_rule = false;
-        }
-        let (value, next) = value_at(&lines, i, raw);
-        if let Some(rule) = rules.last_mut().filter(|_| in_rule) {
-            if !value.is_empty() {
-                let previous = rule.fields.insert(key.to_string(), value);
-                assert!(
-                    previous.is_none(),
-                    "{RULES}:{}: {key} set twice in {}",
-                    i + 1,
-                    rule.alert
-                );
-            }
-        } else {
-            assert_ne!(key, "expr", "{RULES}:{}: expr outside a rule", i + 1);
-        }
-        i = next;
-    }
-    rules
-}
-
-/// `- series: '…'` selectors of the promtool unit tests.
-fn rule_test_series(text: &str) -> Vec<String> {
-    text.lines()
-        .filter_map(key_value)
-        .filter(|(key, _)| *key == "series")
-        .map(|(_, raw)| scalar(raw))
-        .collect()
-}
-
-// ---------------------------------------------------------------------------------------------
-// PromQL: metric names, label matchers, `by (…)` clauses
-// ---------------------------------------------------------------------------------------------
-
-/// A metric selector found in an expression.
-#[derive(Debug)]
-struct Selector {
-    metric: String,
-    /// (label, operator, value)
-    matchers: Vec<(String, String, String)>,
-}
-
-fn is_ident(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_' || b == b':'
-}
-
-/// Parses `{label op "value", …}` starting at `bytes[start] == b'{'`.
-fn matchers_at(expr: &str, start: usize) -> Vec<(String, String, String)> {
-    let close = expr[start..]
-        .find('}')
-        .map(|n| start + n)
-        .unwrap_or_else(|| panic!("unclosed selector in {expr}"));
-    let mut out = Vec::new();
-    let mut rest = &expr[start + 1..close];
-    while !rest.trim().is_empty() {
-        let trimmed = rest.trim_start().trim_start_matches(',').trim_start();
-        let name_len = trimmed.bytes().take_while(|b| is_ident(*b)).count();
-        let (name, after) = trimmed.split_at(name_len);
-        let after = after.trim_start();
-        let op = ["=~", "!~", "!=", "="]
-            .into_iter()
-            .find(|op| after.starts_with(op))
-            .unwrap_or_else(|| panic!("bad matcher {trimmed:?} in {expr}"));
-        let after = after[op.len()..].trim_start();
-        assert!(after.starts_with('"'), "unquoted label value in {expr}");
-        let end = after[1..]
-            .find('"')
-            .unwrap_or_else(|| panic!("unclosed label value in {expr}"));
-        out.push((
-            name.to_string(),
-            op.to_string(),
-            after[1..1 + end].to_string(),
-        ));
-        rest = &after[end + 2..];
-        if rest.trim().is_empty() {
-            break;
-        }
-    }
-    out
-}
-
-/// Every `ethgate_*` selector (and `up`) in a PromQL expression, skipping quoted strings.
-fn selectors(expr: &str) -> Vec<Selector> {
-    let bytes = expr.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    let mut in_string = false;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if b == b'"' {
-            in_string = !in_string;
-            i += 1;
-            continue;
-        }
-        if in_string || !is_ident(b) || (i > 0 && is_ident(bytes[i - 1])) {
-            i += 1;
-            continue;
-        }
-        let len = bytes[i..].iter().take_while(|b| is_ident(**b)).count();
-        let word = &expr[i..i + len];
-        let end = i + len;
-        i = end;
-        let followed_by_paren = expr[end..].trim_start().starts_with('(');
-        let is_metric = word.starts_with("ethgate_") || (word == "up" && !followed_by_paren);
-        if !is_metric {
-            continue;
-        }
-        let matchers = if bytes.get(end) == Some(&b'{') {
-            i = end + expr[end..].find('}').unwrap_or(0) + 1;
-            matchers_at(expr, end)
-        } else {
-            Vec::new()
-        };
-        out.push(Selector {
-            metric: word.to_string(),
-            matchers,
-        });
-    }
-    out
-}
-
-/// Label lists of every `by (…)` / `without (…)` clause.
-fn grouping_clauses(expr: &str) -> Vec<Vec<String>> {
-    let mut out = Vec::new();
-    for keyword in ["by", "without"] {
-        let mut from = 0;
-        while let Some(n) = expr[from..].find(keyword) {
-            let at = from + n;
-            from = at + keyword.len();
-            let before_ok = at == 0 || !is_ident(expr.as_bytes()[at - 1]);
-            let after = expr[from..].trim_start();
-            if !before_ok || !after.starts_with('(') {
-                continue;
-            }
-            let close = after.find(')').expect("closed by clause");
-            out.push(
-                after[1..close]
-                    .split(',')
-                    .map(|l| l.trim().to_string())
-                    .filter(|l| !l.is_empty())
-                    .collect(),
-            );
-        }
-    }
-    out
-}
-
-/// Literal label values a matcher can match, when it is a plain value or alternation of them.
-fn literal_values(op: &str, value: &str) -> Option<Vec<String>> {
-    if value.contains('$') || value.is_empty() {
-        return None;
-    }
-    match op {
-        "=" | "!=" => Some(vec![value.to_string()]),
-        "=~" | "!~" => {
-            let plain = value
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'|');
-            plain.then(|| value.split('|').map(str::to_string).collect())
-        }
-        _ => None,
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // What ethgate exports
 // ---------------------------------------------------------------------------------------------
 
@@ -341,23 +83,13 @@ struct Exported {
 }
 
 impl Exported {
-    fn add_scrape(&mut self, text: &str) {
-        for line in text.lines() {
-            if let Some(rest) = line.strip_prefix("# TYPE ") {
-                let name = rest.split(' ').next().unwrap_or_default();
-                self.families.insert(name.to_string());
-                continue;
-            }
-            if line.starts_with('#') || line.trim().is_empty() {
-                continue;
-            }
-            let name_len = line.bytes().take_while(|b| is_ident(*b)).count();
-            let name = &line[..name_len];
-            let labels = self.metrics.entry(name.to_string()).or_default();
-            if line.as_bytes().get(name_len) == Some(&b'{') {
-                for (label, _, value) in matchers_at(line, name_len) {
-                    labels.entry(label).or_default().insert(value);
-                }
+    /// Adds the names, labels and label values of a parsed scrape.
+    fn add_scrape(&mut self, scrape: &Scrape) {
+        self.families.extend(scrape.types.keys().cloned());
+        for (name, labels) in scrape.samples.keys() {
+            let seen = self.metrics.entry(name.clone()).or_default();
+            for (label, value) in labels {
+                seen.entry(label.clone()).or_default().insert(value.clone());
             }
         }
     }
@@ -448,39 +180,27 @@ async fn exported_by_a_running_ethgate() -> (Exported, String) {
     mock.set_head(mock.head() + 1);
     mock.emit_new_head(mock.head());
 
-    let mut first = String::new();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while tokio::time::Instant::now() < deadline {
-        first = scrape(&gw).await;
-        let ready = first.contains("ethgate_account_balance_ether{")
-            && first.contains("ethgate_ws_connections 1")
-            && first.contains("ethgate_subscriptions{kind=\"newHeads\"} 1")
-            && first.contains("ethgate_subscription_head_age_seconds ");
-        if ready {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(
-        first.contains("ethgate_account_balance_ether{"),
-        "no balance gauge after {WAIT:?}:\n{first}"
-    );
+    let first = gw
+        .wait_metrics(
+            "balance, session, subscription and head age exported",
+            |m| {
+                m.contains("ethgate_account_balance_ether{")
+                    && m.contains("ethgate_ws_connections 1")
+                    && m.contains("ethgate_subscriptions{kind=\"newHeads\"} 1")
+                    && m.contains("ethgate_subscription_head_age_seconds ")
+            },
+        )
+        .await;
     let mut exported = Exported::default();
-    exported.add_scrape(&first);
+    exported.add_scrape(&Scrape::parse(&first));
 
     mock.refuse().await;
     gw.wait_readyz(503).await;
     error_of(&gw.call("eth_blockNumber", json!([])).await);
-    let second = scrape(&gw).await;
-    exported.add_scrape(&second);
+    let second = gw.metrics().await;
+    exported.add_scrape(&Scrape::parse(&second));
     client.close().await;
     (exported, first)
-}
-
-async fn scrape(gw: &Gateway) -> String {
-    let (code, body) = gw.admin_get("/metrics").await;
-    assert_eq!(code, 200, "/metrics answered {code}");
-    String::from_utf8(body.to_vec()).expect("/metrics is UTF-8")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -489,7 +209,7 @@ async fn scrape(gw: &Gateway) -> String {
 
 #[test]
 fn every_alert_rule_is_complete() {
-    let rules = parse_rules(&read(RULES));
+    let rules = parse_rules(RULES, &read(RULES));
     let alert_lines = read(RULES)
         .lines()
         .filter(|l| l.trim_start().starts_with("- alert:"))
@@ -542,7 +262,7 @@ fn every_alert_rule_is_complete() {
 
 #[test]
 fn annotations_use_only_labels_the_alert_keeps() {
-    for rule in parse_rules(&read(RULES)) {
+    for rule in parse_rules(RULES, &read(RULES)) {
         let expr = rule.get("expr");
         let clauses = grouping_clauses(expr);
         let text = format!("{} {}", rule.get("summary"), rule.get("description"));
@@ -704,7 +424,7 @@ async fn rules_and_dashboard_name_only_exported_metrics_and_labels() {
     let (exported, scrape_text) = exported_by_a_running_ethgate().await;
     let mut problems = Vec::new();
     let mut checked = 0;
-    for rule in parse_rules(&read(RULES)) {
+    for rule in parse_rules(RULES, &read(RULES)) {
         problems.extend(check_expr(
             &format!("alert {}", rule.alert),
             rule.get("expr"),
@@ -757,6 +477,7 @@ fn expression_scanner_finds_metrics_matchers_and_groupings() {
     let lines: Vec<&str> = block.lines().collect();
     assert_eq!(value_at(&lines, 1, "|"), ("a\nb".to_string(), 4));
     let rules = parse_rules(
+        "inline",
         "groups:\n  - name: g\n    rules:\n      - alert: A\n        expr: >-\n          ethgate_upstream_up\n          == 0\n        for: 1m\n      - alert: B\n        expr: \"up == 0\"\n",
     );
     assert_eq!(rules.len(), 2);

@@ -5,7 +5,10 @@ mod support;
 
 use std::net::SocketAddr;
 
-use support::mock::{Gateway, GatewayConfig, HttpClient, MockUpstream, WAIT};
+use support::gateway::{Gateway, GatewayConfig};
+use support::http::Http;
+use support::mock::MockUpstream;
+use support::WAIT;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 
@@ -142,7 +145,7 @@ async fn truncated_or_garbage_headers_close_the_connection() {
             String::from_utf8_lossy(bad)
         );
     }
-    let (_, metrics) = HttpClient::new()
+    let (_, metrics) = Http::per_request()
         .get(&format!("http://{}/metrics", gw.admin_addr()))
         .await
         .unwrap();

@@ -10,12 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::mock::{upstream_entry, HttpClient, MockUpstream, WAIT};
-use support::process::{Ethgate, Ports};
+use support::gateway::{upstream_entry, Gateway, Ports};
+use support::http::{poll_until, Http};
+use support::mock::MockUpstream;
 use support::ws_client::WsClient;
+use support::WAIT;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
-use tokio_util::sync::CancellationToken;
 
 fn toml(upstreams: &[(&str, &MockUpstream, u32)], allow: &str) -> String {
     let mut out = format!(
@@ -33,53 +34,10 @@ fn toml(upstreams: &[(&str, &MockUpstream, u32)], allow: &str) -> String {
     out
 }
 
-struct Running {
-    addr: SocketAddr,
-    admin: SocketAddr,
-    reloader: ethgate::reload::Reloader,
-    shutdown: CancellationToken,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
-async fn start(text: &str) -> Running {
+/// Applies `text` through the in-process reloader, as SIGHUP does with the file.
+async fn reload(gw: &Gateway, text: &str) -> Vec<String> {
     let config = ethgate::config::Config::from_toml_str(text).unwrap();
-    let server = ethgate::Server::bind(config).await.unwrap();
-    let running = Running {
-        addr: server.local_addr(),
-        admin: server.admin_addr(),
-        reloader: server.reloader(),
-        shutdown: CancellationToken::new(),
-    };
-    tokio::spawn(server.run(running.shutdown.clone().cancelled_owned()));
-    running
-}
-
-async fn status(admin: SocketAddr) -> Value {
-    let (_, body) = HttpClient::new()
-        .get(&format!("http://{admin}/status"))
-        .await
-        .unwrap();
-    serde_json::from_slice(&body).unwrap()
-}
-
-async fn wait_status(admin: SocketAddr, what: &str, pred: impl Fn(&Value) -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let s = status(admin).await;
-        if pred(&s) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}: {s}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    gw.reloader().reload(config).await.unwrap()
 }
 
 /// Sends eth_blockNumber in a loop until `stop`, counting answers with a result and failures.
@@ -90,7 +48,7 @@ fn spawn_load(
     failed: Arc<AtomicU64>,
 ) -> tokio::task::JoinHandle<Vec<String>> {
     tokio::spawn(async move {
-        let client = HttpClient::new();
+        let client = Http::per_request();
         let mut errors = Vec::new();
         while !stop.load(Ordering::Relaxed) {
             let body = r#"{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber"}"#;
@@ -135,14 +93,11 @@ async fn reload_under_load_moves_upstreams_and_rules_without_a_failed_request() 
     for m in [&a, &b, &c] {
         m.set_head(100);
     }
-    let gw = start(&toml(&[("a", &a, 0), ("b", &b, 1)], r#"["127.0.0.0/8"]"#)).await;
-    wait_status(gw.admin, "a selected", |s| {
-        upstream_entry(s, "a").is_some_and(|u| u["selected"] == true)
-    })
-    .await;
+    let gw = Gateway::start_toml(&toml(&[("a", &a, 0), ("b", &b, 1)], r#"["127.0.0.0/8"]"#)).await;
+    gw.wait_selected("a").await;
     a.wait_for_calls("eth_subscribe", 1).await;
 
-    let mut subscriber = WsClient::connect(&format!("ws://{}/", gw.addr)).await;
+    let mut subscriber = WsClient::connect(&gw.ws_url()).await;
     let sub = subscriber.subscribe(json!(["newHeads"])).await;
     let emitting = Arc::new(AtomicBool::new(true));
     let emitter = {
@@ -164,68 +119,65 @@ async fn reload_under_load_moves_upstreams_and_rules_without_a_failed_request() 
         Arc::new(AtomicU64::new(0)),
         Arc::new(AtomicU64::new(0)),
     );
-    let load = spawn_load(gw.addr, stop.clone(), ok.clone(), failed.clone());
+    let load = spawn_load(gw.addr(), stop.clone(), ok.clone(), failed.clone());
 
-    let notes = gw
-        .reloader
-        .reload(
-            ethgate::config::Config::from_toml_str(&toml(
-                &[("a", &a, 0), ("b", &b, 1), ("c", &c, 2)],
-                r#"["127.0.0.0/8"]"#,
-            ))
-            .unwrap(),
-        )
-        .await
-        .unwrap();
+    let three = toml(
+        &[("a", &a, 0), ("b", &b, 1), ("c", &c, 2)],
+        r#"["127.0.0.0/8"]"#,
+    );
+    let notes = reload(&gw, &three).await;
     assert!(notes.iter().any(|n| n.contains("3 upstreams")), "{notes:?}");
-    wait_status(gw.admin, "c healthy, a still selected", |s| {
+    gw.wait_status("c healthy, a still selected", |s| {
         upstream_entry(s, "c").is_some_and(|u| u["state"] == "healthy")
             && upstream_entry(s, "a").is_some_and(|u| u["selected"] == true)
     })
     .await;
 
-    gw.reloader
-        .reload(
-            ethgate::config::Config::from_toml_str(&toml(
-                &[("b", &b, 1), ("c", &c, 2)],
-                r#"["127.0.0.0/8"]"#,
-            ))
-            .unwrap(),
-        )
-        .await
-        .unwrap();
-    wait_status(gw.admin, "b selected, a gone", |s| {
+    reload(
+        &gw,
+        &toml(&[("b", &b, 1), ("c", &c, 2)], r#"["127.0.0.0/8"]"#),
+    )
+    .await;
+    gw.wait_status("b selected, a gone", |s| {
         upstream_entry(s, "a").is_none()
             && upstream_entry(s, "b").is_some_and(|u| u["selected"] == true)
     })
     .await;
     let served_before = b.calls("eth_blockNumber");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(
-        b.calls("eth_blockNumber") > served_before,
-        "traffic moved to b"
-    );
+    b.wait_until("traffic moved to b", |b| {
+        b.calls("eth_blockNumber") > served_before
+    })
+    .await;
 
     assert!(
-        bytes_from("127.0.0.2", gw.addr).await > 0,
+        bytes_from("127.0.0.2", gw.addr()).await > 0,
         "127.0.0.2 allowed before tightening"
     );
-    gw.reloader
-        .reload(
-            ethgate::config::Config::from_toml_str(&toml(
-                &[("b", &b, 1), ("c", &c, 2)],
-                r#"["127.0.0.1/32"]"#,
-            ))
-            .unwrap(),
-        )
-        .await
-        .unwrap();
+    reload(
+        &gw,
+        &toml(&[("b", &b, 1), ("c", &c, 2)], r#"["127.0.0.1/32"]"#),
+    )
+    .await;
     assert_eq!(
-        bytes_from("127.0.0.2", gw.addr).await,
+        bytes_from("127.0.0.2", gw.addr()).await,
         0,
         "127.0.0.2 closed after tightening"
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The load (from 127.0.0.1) must go on being served under the tightened rules, and run
+    // long enough in all for the count below to mean something.
+    let ok_before = ok.load(Ordering::Relaxed);
+    let served_on = || {
+        let served = ok.load(Ordering::Relaxed);
+        async move { (served >= ok_before + 10 && served > 50).then_some(()) }
+    };
+    poll_until(
+        "load served after tightening",
+        WAIT,
+        Duration::from_millis(10),
+        served_on,
+    )
+    .await
+    .unwrap();
 
     stop.store(true, Ordering::Relaxed);
     let errors = load.await.unwrap();
@@ -264,7 +216,7 @@ async fn sighup_applies_a_valid_file_and_refuses_a_broken_one() {
         )
     };
     let listen = ports.listen;
-    let eg = Ethgate::start(
+    let eg = Gateway::spawn(
         ports,
         &config("\"admin_*\""),
         &["--log-format", "json"],
@@ -274,7 +226,7 @@ async fn sighup_applies_a_valid_file_and_refuses_a_broken_one() {
     .unwrap();
     let call = |method: &'static str| async move {
         let body = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"{method}"}}"#);
-        let (_, answer) = HttpClient::new()
+        let (_, answer) = Http::per_request()
             .post(&format!("http://{listen}/"), body)
             .await
             .unwrap();
@@ -282,16 +234,16 @@ async fn sighup_applies_a_valid_file_and_refuses_a_broken_one() {
     };
     assert_eq!(call("eth_blockNumber").await["result"], "0x7");
 
-    std::fs::write(&eg.config_path, "[server\nthis is not toml").unwrap();
-    eg.guard.signal(1).unwrap();
+    std::fs::write(eg.config_path(), "[server\nthis is not toml").unwrap();
+    eg.child().signal(1).unwrap();
     let refused = eg
-        .guard
+        .child()
         .output()
         .wait_for_line(|l| l.contains("config reload refused"), WAIT);
     assert!(
         refused.is_some(),
         "no refusal logged:\n{}",
-        eg.guard.output().last_lines(20)
+        eg.child().output().last_lines(20)
     );
     assert_eq!(
         call("eth_blockNumber").await["result"],
@@ -299,16 +251,16 @@ async fn sighup_applies_a_valid_file_and_refuses_a_broken_one() {
         "still serving the old config"
     );
 
-    std::fs::write(&eg.config_path, config("\"eth_blockNumber\"")).unwrap();
-    eg.guard.signal(1).unwrap();
+    std::fs::write(eg.config_path(), config("\"eth_blockNumber\"")).unwrap();
+    eg.child().signal(1).unwrap();
     let applied = eg
-        .guard
+        .child()
         .output()
         .wait_for_line(|l| l.contains("config reloaded"), WAIT);
     assert!(
         applied.is_some(),
         "no reload logged:\n{}",
-        eg.guard.output().last_lines(20)
+        eg.child().output().last_lines(20)
     );
     assert_eq!(
         call("eth_blockNumber").await["error"]["message"],

@@ -27,7 +27,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 use support::devnet::Devnet;
 use support::e2e::deps_present;
-use support::process::{free_addr, http_get, poll_until, ChildGuard, Ethgate, Ports};
+use support::gateway::{Gateway, Ports};
+use support::http::{http_get, poll_until};
+use support::process::{free_addr, ChildGuard};
 use support::raw_http::{connect_from, RawHttp};
 use support::tools::require_tool;
 
@@ -226,7 +228,7 @@ async fn subscriber(lb: SocketAddr, target: Arc<AtomicU64>, report: Arc<Mutex<Su
 }
 
 /// What to show when the test fails.
-fn dump(proxy: &ChildGuard, a: &Ethgate) -> String {
+fn dump(proxy: &ChildGuard, a: &Gateway) -> String {
     format!(
         "haproxy:\n{}\nreplica a:\n{}",
         proxy.output().text(),
@@ -234,8 +236,8 @@ fn dump(proxy: &ChildGuard, a: &Ethgate) -> String {
     )
 }
 
-async fn start_replica(ports: Ports, config: &str) -> Ethgate {
-    Ethgate::start(ports, config, &[], WAIT)
+async fn start_replica(ports: Ports, config: &str) -> Gateway {
+    Gateway::spawn(ports, config, &[], WAIT)
         .await
         .unwrap_or_else(|e| panic!("ethgate replica did not start: {e}"))
 }
@@ -362,8 +364,8 @@ async fn replicas_behind_haproxy_drain_without_failed_calls() {
         .map(|_| tokio::spawn(load_worker(lb, stop.clone(), load.clone())))
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    a.guard.signal(15).expect("kill -TERM replica a");
-    let status = tokio::task::block_in_place(|| a.guard.wait_timeout(WAIT));
+    a.child().signal(15).expect("kill -TERM replica a");
+    let status = tokio::task::block_in_place(|| a.child_mut().wait_timeout(WAIT));
     let Some(status) = status else {
         panic!("replica a did not exit\n{}", dump(&proxy, &a));
     };

@@ -4,7 +4,10 @@ mod support;
 
 use serde_json::json;
 use std::time::Duration;
-use support::mock::{Gateway, GatewayConfig, HttpClient, MockUpstream, WAIT};
+use support::gateway::{Gateway, GatewayConfig};
+use support::http::Http;
+use support::mock::MockUpstream;
+use support::WAIT;
 
 const CALL: &str = r#"{"jsonrpc":"2.0","id":1,"method":"eth_call","params":[{"to":"0x00000000000000000000000000000000000000aa"},"latest"]}"#;
 
@@ -29,7 +32,7 @@ async fn in_flight_request_completes_after_shutdown_is_triggered() {
 
     a.hold("eth_call");
     let url = gw.url();
-    let client = tokio::spawn(async move { HttpClient::new().post(&url, CALL).await });
+    let client = tokio::spawn(async move { Http::per_request().post(&url, CALL).await });
     a.wait_for_calls("eth_call", 1).await;
 
     gw.trigger_shutdown();
@@ -72,7 +75,7 @@ async fn shutdown_does_not_wait_past_grace() {
     gw.wait_all_healthy().await;
     a.hold("eth_call");
     let url = gw.url();
-    let client = tokio::spawn(async move { HttpClient::new().post(&url, CALL).await });
+    let client = tokio::spawn(async move { Http::per_request().post(&url, CALL).await });
     a.wait_for_calls("eth_call", 1).await;
     // The held call never ends; `stop` panics unless run returns within WAIT.
     gw.stop()

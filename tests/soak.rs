@@ -202,7 +202,7 @@ async fn soak(settings: Settings) {
     };
     // Wait (bounded) for the logs of the last blocks with events to be in; the checks below
     // report whatever is still missing.
-    let _ = support::process::poll_until(
+    let _ = support::http::poll_until(
         "the last logs",
         Duration::from_secs(20),
         Duration::from_millis(100),
@@ -365,10 +365,19 @@ fn percentile_is_nearest_rank() {
 fn source_hint_reads_failover_and_source_lines() {
     let log = "WARN ethgate::subscription::feed: subscription source lost upstream=\"anvil1\" error=x\n\
                WARN ethgate::subscription::feed: subscription failover from=\"anvil1\" to=\"anvil2\" duration_ms=1";
-    assert_eq!(run::source_hint(log).as_deref(), Some("anvil2"));
+    assert_eq!(
+        support::e2e::feed_source_hint(log).as_deref(),
+        Some("anvil2")
+    );
     let back = "INFO ethgate::subscription::feed: subscription source back upstream=\"anvil0\" duration_ms=3";
-    assert_eq!(run::source_hint(back).as_deref(), Some("anvil0"));
-    assert_eq!(run::source_hint("INFO ethgate: serving"), None);
+    assert_eq!(
+        support::e2e::feed_source_hint(back).as_deref(),
+        Some("anvil0")
+    );
+    assert_eq!(
+        support::e2e::feed_source_hint("INFO ethgate: serving"),
+        None
+    );
 }
 
 #[test]
@@ -469,7 +478,7 @@ async fn devnet_revives_a_killed_node_onto_the_canonical_chain() {
     assert_eq!(dev.state(1).await, support::devnet::NodeState::Live);
     let m = dev.mine().await.expect("mine after the revive");
     assert_eq!(m.nodes.len(), 2, "both nodes in lockstep again: {m:?}");
-    let http = support::process::Http::default();
+    let http = support::http::Http::default();
     let top = http
         .rpc(
             &dev.http_url(1),

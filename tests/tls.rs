@@ -12,12 +12,13 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use serde_json::Value;
-use support::mock::{HttpClient, MockUpstream};
+use support::gateway::Gateway;
+use support::http::Http;
+use support::mock::MockUpstream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
-use tokio_util::sync::CancellationToken;
 
 /// A CA and the PEM files of a certificate it signed.
 struct Pki {
@@ -83,12 +84,10 @@ fn write_server_files(dir: &Path, pki: &Pki) {
     std::fs::write(dir.join("server.key"), key).unwrap();
 }
 
+/// An in-process ethgate with TLS, the config it started from, and its upstream.
 struct Running {
-    addr: std::net::SocketAddr,
-    admin: std::net::SocketAddr,
-    reloader: ethgate::reload::Reloader,
+    gateway: Gateway,
     toml: String,
-    shutdown: CancellationToken,
     _upstream: MockUpstream,
 }
 
@@ -96,13 +95,7 @@ impl Running {
     /// Re-applies the same config, as SIGHUP does: the certificate files are read again.
     async fn reload(&self) -> Result<Vec<String>, ethgate::reload::ReloadError> {
         let config = ethgate::config::Config::from_toml_str(&self.toml).unwrap();
-        self.reloader.reload(config).await
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
+        self.gateway.reloader().reload(config).await
     }
 }
 
@@ -119,17 +112,9 @@ async fn start(dir: &Path, client_ca: Option<&Path>) -> Running {
         dir.join("server.key").display().to_string(),
         upstream.http_url()
     );
-    let config = ethgate::config::Config::from_toml_str(&toml).unwrap();
-    let server = ethgate::Server::bind(config).await.unwrap();
-    let (addr, admin, reloader) = (server.local_addr(), server.admin_addr(), server.reloader());
-    let shutdown = CancellationToken::new();
-    tokio::spawn(server.run(shutdown.clone().cancelled_owned()));
     Running {
-        addr,
-        admin,
-        reloader,
+        gateway: Gateway::start_toml(&toml).await,
         toml,
-        shutdown,
         _upstream: upstream,
     }
 }
@@ -190,7 +175,7 @@ async fn https_round_trip_is_served() {
     let dir = temp_dir("roundtrip");
     write_server_files(&dir, &pki);
     let gw = start(&dir, None).await;
-    let answer = https_block_number(gw.addr, client_config(pki.roots(), None))
+    let answer = https_block_number(gw.gateway.addr(), client_config(pki.roots(), None))
         .await
         .unwrap();
     assert_eq!(answer["result"], "0x2a");
@@ -203,9 +188,9 @@ async fn plaintext_http_to_the_tls_port_gets_no_http_answer() {
     let dir = temp_dir("plaintext");
     write_server_files(&dir, &pki);
     let gw = start(&dir, None).await;
-    let result = HttpClient::new()
+    let result = Http::per_request()
         .post(
-            &format!("http://{}/", gw.addr),
+            &format!("http://{}/", gw.gateway.addr()),
             r#"{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber"}"#,
         )
         .await;
@@ -213,8 +198,8 @@ async fn plaintext_http_to_the_tls_port_gets_no_http_answer() {
         result.is_err(),
         "plaintext request must not be answered: {result:?}"
     );
-    let metrics = HttpClient::new()
-        .get(&format!("http://{}/metrics", gw.admin))
+    let metrics = Http::per_request()
+        .get(&format!("http://{}/metrics", gw.gateway.admin_addr()))
         .await
         .unwrap();
     let text = String::from_utf8_lossy(&metrics.1).to_string();
@@ -238,11 +223,11 @@ async fn tls_1_1_client_hello_is_refused() {
     handshake.extend_from_slice(&hello);
     let mut record = vec![0x16, 0x03, 0x01, 0x00, handshake.len() as u8];
     record.extend_from_slice(&handshake);
-    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let mut tcp = TcpStream::connect(gw.gateway.addr()).await.unwrap();
     tcp.write_all(&record).await.unwrap();
     let mut answer = Vec::new();
     // The server must end the exchange: an alert then close, or a close. Silence is a failure.
-    let closed = tokio::time::timeout(support::mock::WAIT, tcp.read_to_end(&mut answer)).await;
+    let closed = tokio::time::timeout(support::WAIT, tcp.read_to_end(&mut answer)).await;
     assert!(
         closed.is_ok(),
         "server neither refused nor closed: {answer:?}"
@@ -269,13 +254,14 @@ async fn mutual_tls_requires_a_certificate_from_the_client_ca() {
 
     let (_, _, cert, key) = client_pki.issue(&["chainlink-1"]);
     let answer = https_block_number(
-        gw.addr,
+        gw.gateway.addr(),
         client_config(server_pki.roots(), Some((cert, key))),
     )
     .await;
     assert_eq!(answer.unwrap()["result"], "0x2a");
 
-    let anonymous = https_block_number(gw.addr, client_config(server_pki.roots(), None)).await;
+    let anonymous =
+        https_block_number(gw.gateway.addr(), client_config(server_pki.roots(), None)).await;
     assert!(
         anonymous.is_err(),
         "a client without a certificate must be refused"
@@ -283,7 +269,7 @@ async fn mutual_tls_requires_a_certificate_from_the_client_ca() {
 
     let (_, _, cert, key) = stranger_pki.issue(&["intruder"]);
     let stranger = https_block_number(
-        gw.addr,
+        gw.gateway.addr(),
         client_config(server_pki.roots(), Some((cert, key))),
     )
     .await;
@@ -300,7 +286,7 @@ async fn certificate_reload_keeps_open_connections_and_refuses_bad_files() {
     let dir = temp_dir("reload");
     write_server_files(&dir, &old_pki);
     let gw = start(&dir, None).await;
-    let mut open = connect(gw.addr, client_config(old_pki.roots(), None))
+    let mut open = connect(gw.gateway.addr(), client_config(old_pki.roots(), None))
         .await
         .unwrap();
     assert_eq!(block_number(&mut open).await.unwrap()["result"], "0x2a");
@@ -312,19 +298,19 @@ async fn certificate_reload_keeps_open_connections_and_refuses_bad_files() {
         "0x2a",
         "open connection survives"
     );
-    let fresh = https_block_number(gw.addr, client_config(new_pki.roots(), None)).await;
+    let fresh = https_block_number(gw.gateway.addr(), client_config(new_pki.roots(), None)).await;
     assert_eq!(
         fresh.unwrap()["result"],
         "0x2a",
         "new connections get the new certificate"
     );
-    let stale = https_block_number(gw.addr, client_config(old_pki.roots(), None)).await;
+    let stale = https_block_number(gw.gateway.addr(), client_config(old_pki.roots(), None)).await;
     assert!(stale.is_err(), "the old certificate is no longer served");
 
     std::fs::write(dir.join("server.crt"), "not a certificate").unwrap();
     let error = gw.reload().await.expect_err("garbage must be refused");
     assert!(error.to_string().contains("server.crt"), "{error}");
-    let still = https_block_number(gw.addr, client_config(new_pki.roots(), None)).await;
+    let still = https_block_number(gw.gateway.addr(), client_config(new_pki.roots(), None)).await;
     assert_eq!(
         still.unwrap()["result"],
         "0x2a",

@@ -3,30 +3,15 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-use support::mock::{HttpClient, MockUpstream, WAIT};
+use support::gateway::Gateway;
+use support::log_capture::Captured;
+use support::mock::MockUpstream;
 use tokio::net::TcpStream;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
-use tokio_util::sync::CancellationToken;
-
-/// Log output collected in memory.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("log buffer").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 struct Ca {
     params: CertificateParams,
@@ -130,13 +115,9 @@ async fn refused_client_certificate_is_warned_about_with_the_reason() {
         dir.join("clients.pem").display().to_string(),
         upstream.http_url()
     );
-    let server =
-        ethgate::Server::bind(ethgate::config::Config::from_toml_str(&toml).expect("config"))
-            .await
-            .expect("bind");
-    let (addr, admin) = (server.local_addr(), server.admin_addr());
-    let shutdown = CancellationToken::new();
-    tokio::spawn(server.run(shutdown.clone().cancelled_owned()));
+    // Its tracing subscriber stays ours: the gateway only installs one where none is.
+    let gw = Gateway::start_toml(&toml).await;
+    let addr = gw.addr();
 
     assert!(
         handshake(addr, &server_ca, &client_ca).await,
@@ -149,27 +130,15 @@ async fn refused_client_certificate_is_warned_about_with_the_reason() {
         );
     }
     // The server logs after the client has seen its refusal: wait until it counted all three.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (_, body) = HttpClient::new()
-            .get(&format!("http://{admin}/metrics"))
-            .await
-            .expect("metrics");
-        if String::from_utf8_lossy(&body).contains("ethgate_tls_handshake_failures_total 3") {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "failures never counted"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let text = String::from_utf8_lossy(&logs.0.lock().expect("log buffer")).into_owned();
+    gw.wait_metrics("three handshake failures counted", |m| {
+        m.contains("ethgate_tls_handshake_failures_total 3")
+    })
+    .await;
+    let text = logs.text();
     let warnings: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("WARN") && l.contains("client TLS handshake failed"))
         .collect();
     assert_eq!(warnings.len(), 1, "one line per period:\n{text}");
     assert!(warnings[0].contains("unknown CA"), "{}", warnings[0]);
-    shutdown.cancel();
 }

@@ -5,7 +5,8 @@
 mod support;
 
 use serde_json::json;
-use support::mock::{header, result_of, Gateway, MockUpstream};
+use support::gateway::{result_of, Gateway};
+use support::mock::{header, MockUpstream};
 use support::process::TempDir;
 use support::tls_relay::{write_file, Ca, TlsRelay};
 use support::ws_client::WsClient;
@@ -130,11 +131,11 @@ async fn mtls_to_the_upstream_presents_the_client_certificate() {
     // The node refuses a client without a certificate: unreachable, and /status says why.
     let status = gw
         .wait_status("without-cert has a reason", |s| {
-            support::mock::upstream_entry(s, "without-cert")
+            support::gateway::upstream_entry(s, "without-cert")
                 .is_some_and(|u| u["state"] == "unreachable" && u["reason"].is_string())
         })
         .await;
-    let entry = support::mock::upstream_entry(&status, "without-cert").expect("entry");
+    let entry = support::gateway::upstream_entry(&status, "without-cert").expect("entry");
     let reason = entry["reason"]
         .as_str()
         .unwrap_or_default()
@@ -168,10 +169,10 @@ async fn an_expired_certificate_is_unreachable_with_the_reason_and_no_traffic() 
     let gw = Gateway::start_toml(&toml).await;
     let status = gw
         .wait_status("old has a reason", |s| {
-            support::mock::upstream_entry(s, "old").is_some_and(|u| u["reason"].is_string())
+            support::gateway::upstream_entry(s, "old").is_some_and(|u| u["reason"].is_string())
         })
         .await;
-    let entry = support::mock::upstream_entry(&status, "old").expect("entry");
+    let entry = support::gateway::upstream_entry(&status, "old").expect("entry");
     assert_eq!(entry["state"], "unreachable");
     let reason = entry["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("certificate expired"), "reason: {reason}");
@@ -249,41 +250,18 @@ async fn a_reload_re_reads_the_client_certificate_files() {
         cert_file.display().to_string(),
         key_file.display().to_string()
     );
-    let config = ethgate::config::Config::from_toml_str(&toml).expect("config");
-    let server = ethgate::Server::bind(config).await.expect("bind");
-    let (admin, reloader) = (server.admin_addr(), server.reloader());
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(server.run(shutdown.clone().cancelled_owned()));
-    let state = |wanted: &'static str| async move {
-        let deadline = tokio::time::Instant::now() + support::mock::WAIT;
-        loop {
-            let (_, body) = support::mock::HttpClient::new()
-                .get(&format!("http://{admin}/status"))
-                .await
-                .expect("status");
-            let status: serde_json::Value = serde_json::from_slice(&body).expect("json");
-            if status["upstreams"][0]["state"] == wanted {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "never {wanted}: {status}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    };
-    state("healthy").await;
+    let gw = Gateway::start_toml(&toml).await;
+    gw.wait_state("node", "healthy").await;
     // The same paths now hold a certificate the node does not accept; a reload of the same
     // file re-reads them, and the node refuses ethgate from then on.
     let refused = other_ca.issue("ethgate");
     write_file(dir.path(), "client.crt", &refused.cert_pem);
     write_file(dir.path(), "client.key", &refused.key_pem);
     let config = ethgate::config::Config::from_toml_str(&toml).expect("config");
-    let notes = reloader.reload(config).await.expect("reload applied");
+    let notes = gw.reloader().reload(config).await.expect("reload applied");
     assert!(
         notes.iter().any(|n| n.contains("TLS files re-read")),
         "{notes:?}"
     );
-    state("unreachable").await;
-    shutdown.cancel();
+    gw.wait_state("node", "unreachable").await;
 }

@@ -5,26 +5,11 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
-use support::mock::{upstream_entry, Gateway, MockUpstream};
+use support::gateway::{upstream_entry, Gateway};
+use support::log_capture::Captured;
+use support::mock::MockUpstream;
 use support::process::TempDir;
 use support::tls_relay::{write_file, Ca, TlsRelay};
-
-/// Log output collected in memory.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("log buffer").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 const SECRETS: [&str; 3] = [
     "s3cr3t-pw",
@@ -110,8 +95,7 @@ async fn a_certificate_from_another_ca_is_unreachable_with_the_reason_everywhere
     assert!(check.contains("own: ok"), "{check}");
 
     let (_, metrics) = gw.admin_get("/metrics").await;
-    let text = logs.0.lock().expect("log buffer").clone();
-    let text = String::from_utf8_lossy(&text).into_owned();
+    let text = logs.text();
     let transitions: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("upstream unreachable since start") && l.contains("hosted"))

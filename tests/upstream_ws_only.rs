@@ -5,7 +5,8 @@
 mod support;
 
 use serde_json::json;
-use support::mock::{result_of, Gateway, MockUpstream, Transport};
+use support::gateway::{result_of, Gateway};
+use support::mock::{MockUpstream, Transport};
 use support::process::TempDir;
 use support::tls_relay::{write_file, Ca, TlsRelay};
 use support::ws_client::WsClient;

@@ -8,7 +8,8 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::mock::{Gateway, GatewayConfig, MockUpstream};
+use support::gateway::{Gateway, GatewayConfig};
+use support::mock::MockUpstream;
 use support::ws_client::{Frame, WsClient};
 
 const ADDRESS: &str = "0x00000000000000000000000000000000000000aa";

@@ -4,7 +4,8 @@
 mod support;
 
 use serde_json::json;
-use support::mock::{Gateway, GatewayConfig, MockUpstream};
+use support::gateway::{Gateway, GatewayConfig};
+use support::mock::MockUpstream;
 use support::ws_client::WsClient;
 
 fn config() -> GatewayConfig {

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use support::mock::{header, Gateway, GatewayConfig, MockUpstream, RpcError};
+use support::gateway::{Gateway, GatewayConfig};
+use support::http::RpcError;
+use support::mock::{header, MockUpstream};
 use support::ws_client::WsClient;
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
@@ -35,7 +37,7 @@ async fn plain_calls_keep_ids_of_every_type() {
     ] {
         let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"eth_blockNumber"}}"#);
         socket.send(Message::text(body)).await.unwrap();
-        let text = match tokio::time::timeout(support::mock::WAIT, socket.next()).await {
+        let text = match tokio::time::timeout(support::WAIT, socket.next()).await {
             Ok(Some(Ok(Message::Text(text)))) => text.as_str().to_string(),
             other => panic!("{other:?}"),
         };
@@ -294,7 +296,7 @@ async fn client_pings_are_answered_and_the_server_never_pings_first() {
         .send(Message::Ping(b"hello".to_vec().into()))
         .await
         .unwrap();
-    let answer = tokio::time::timeout(support::mock::WAIT, socket.next())
+    let answer = tokio::time::timeout(support::WAIT, socket.next())
         .await
         .unwrap();
     match answer {
@@ -348,7 +350,7 @@ async fn websocket_sessions_hold_their_place_in_max_connections() {
     );
     // ...and is once one of them ends.
     first.close().await;
-    let mut third = tokio::time::timeout(support::mock::WAIT, third)
+    let mut third = tokio::time::timeout(support::WAIT, third)
         .await
         .unwrap()
         .unwrap();

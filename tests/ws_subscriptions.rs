@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::mock::{block_hash, header, Gateway, GatewayConfig, MockUpstream, RpcError};
+use support::gateway::{Gateway, GatewayConfig};
+use support::http::RpcError;
+use support::mock::{block_hash, header, MockUpstream};
 use support::ws_client::WsClient;
 
 const ADDRESS: &str = "0x00000000000000000000000000000000000000aa";

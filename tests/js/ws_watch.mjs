@@ -274,6 +274,8 @@ try {
       data: log.data,
       removed: log.removed === true,
     });
+    // Announced as it arrives, so the test can wait for a log instead of sleeping.
+    out({ event: "log", tx: log.transactionHash, blockHash: log.blockHash, removed: log.removed === true });
   });
   // Both eth_subscribe calls answered: no call is sent before the logs subscription exists.
   await waitFor("both eth_subscribe answers", 10000, () => subscribeAnswers >= 2);

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::schedule::Rng;
 use crate::support::devnet::{Devnet, NodeState};
-use crate::support::process::Http;
+use crate::support::http::Http;
 
 const RPC_TIMEOUT: Duration = Duration::from_secs(5);
 

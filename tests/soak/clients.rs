@@ -3,7 +3,6 @@
 //! with its arrival time, into the same [`Record`].
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -12,7 +11,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::e2e::js_dir;
+use crate::support::e2e::spawn_js;
 
 /// Milliseconds since the epoch (the JS clients stamp arrivals the same way).
 pub fn now_ms() -> u64 {
@@ -100,17 +99,8 @@ impl Client {
             .iter()
             .map(|(n, f)| json!({"name": n, "filter": f}))
             .collect();
-        let mut child = tokio::process::Command::new("node")
-            .arg(js_dir().join("soak_client.mjs"))
-            .arg(url)
-            .args(["--filters", &Value::Array(list).to_string()])
-            .current_dir(js_dir())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn node soak_client.mjs");
+        let list = Value::Array(list).to_string();
+        let mut child = spawn_js("soak_client.mjs", &[url, "--filters", &list]);
         let record = Arc::new(Mutex::new(Record::default()));
         let stdout = child.stdout.take().expect("stdout");
         let stderr = child.stderr.take().expect("stderr");

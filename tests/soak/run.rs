@@ -13,7 +13,9 @@ use super::clients::{now_ms, Client, Seen};
 use super::poison;
 use super::schedule::{Step, Target};
 use crate::support::devnet::{Devnet, Miner, NodeState};
-use crate::support::process::{poll_until, Ethgate, Http, Ports};
+use crate::support::e2e::feed_source_hint;
+use crate::support::gateway::{Gateway, Ports};
+use crate::support::http::{poll_until, Http};
 use crate::support::relay::Relay;
 
 /// Nodes of the devnet.
@@ -53,7 +55,7 @@ pub struct Soak {
     pub settings: Settings,
     pub dev: Arc<Devnet>,
     pub relays: Vec<Relay>,
-    pub eg: Ethgate,
+    pub eg: Gateway,
     pub http: Http,
     pub accounts: Vec<String>,
     pub contracts: [String; 2],
@@ -109,7 +111,7 @@ impl Soak {
         let cfg = config(&ports, &dev, &relays);
         // SOAK_ETHGATE_LOG=ethgate=debug (say) to see the feed's every step.
         let level = std::env::var("SOAK_ETHGATE_LOG").unwrap_or_else(|_| "info".into());
-        let eg = Ethgate::start(
+        let eg = Gateway::spawn(
             ports,
             &cfg,
             &["--log-level", &level],
@@ -241,7 +243,7 @@ impl Soak {
     /// The node feeding the subscriptions, as ethgate's log names it (the last subscription
     /// failover or source line), else the upstream `/status` shows as selected.
     pub async fn feed_source(&self) -> Option<usize> {
-        let from_log = source_hint(&self.eg.log());
+        let from_log = feed_source_hint(&self.eg.log());
         let name = match from_log {
             Some(n) => Some(n),
             None => self.eg.selected_upstream().await.ok().flatten(),
@@ -516,27 +518,4 @@ impl Soak {
         }
         Ok((blocks, logs))
     }
-}
-
-/// The upstream the subscription feed follows according to ethgate's text log: the last
-/// subscription line naming a new source (`to="NAME"`, or `upstream="NAME"` on a line not
-/// about losing it). Only a hint: log wording may change, `/status` is the fallback.
-pub fn source_hint(log: &str) -> Option<String> {
-    let field = |line: &str, key: &str| {
-        line.split(key)
-            .nth(1)?
-            .split('"')
-            .next()
-            .map(str::to_string)
-    };
-    log.lines().rev().find_map(|l| {
-        if !l.contains("subscription") {
-            return None;
-        }
-        field(l, " to=\"").or_else(|| {
-            (!l.contains("lost"))
-                .then(|| field(l, " upstream=\""))
-                .flatten()
-        })
-    })
 }

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::process::Http;
+use super::http::Http;
 
 /// The tags whose values must never go back, in ethgate's order.
 pub const TAGS: [&str; 3] = ["latest", "safe", "finalized"];
@@ -265,7 +265,7 @@ async fn batch_blocks(
         })
         .collect();
     let what = format!("batch eth_getBlockByNumber {range:?}");
-    let body = Value::Array(calls).to_string().into_bytes();
+    let body = Value::Array(calls).to_string().into();
     let answers = match http.request("POST", url, Some(body), CALL_TIMEOUT).await {
         Ok((200, bytes)) => serde_json::from_slice::<Vec<Value>>(&bytes).map_err(|e| {
             format!(
@@ -277,7 +277,7 @@ async fn batch_blocks(
             "HTTP {status}: {}",
             String::from_utf8_lossy(&bytes)
         )),
-        Err(e) => Err(e),
+        Err(e) => Err(e.0),
     };
     let answers = match answers {
         Ok(a) => a,

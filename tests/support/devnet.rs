@@ -57,7 +57,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use super::process::{ChildGuard, Http, RpcError};
+use super::http::{CallError, Http};
+use super::process::ChildGuard;
 
 /// `DEVNET_DEBUG=1` traces every driver step on stderr.
 fn trace_on() -> bool {
@@ -726,7 +727,7 @@ impl Devnet {
             .await;
         trace!("anvil{i} send -> {r:?}");
         match r {
-            Ok(_) | Err(RpcError::Rpc(_)) => Ok(()),
+            Ok(_) | Err(CallError::Rpc(_)) => Ok(()),
             Err(e) => Err(format!("anvil{i} eth_sendRawTransaction: {e}")),
         }
     }
@@ -739,7 +740,7 @@ impl Devnet {
             .rpc(&self.http_urls[i], method, params, RPC_TIMEOUT)
             .await
         {
-            Ok(_) | Err(RpcError::Rpc(_)) => Ok(()),
+            Ok(_) | Err(CallError::Rpc(_)) => Ok(()),
             Err(e) => Err(format!("anvil{i} {method}: {e}")),
         }
     }

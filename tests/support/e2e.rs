@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use super::devnet::find_anvil;
+use super::devnet::{find_anvil, Devnet};
+use super::gateway::Gateway;
+use super::http::Http;
 
 /// Whether `CI` is set to something true.
 pub fn under_ci() -> bool {
@@ -63,4 +65,94 @@ pub fn deps_present(test: &str, need_js: bool) -> bool {
             false
         }
     }
+}
+
+/// Prints an ethgate child process's output if the test panics while this is alive.
+pub struct DumpOnPanic<'a>(pub &'a Gateway);
+
+impl Drop for DumpOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "----- ethgate output (pid {}) -----\n{}\n-----",
+                self.0.child().pid(),
+                self.0.log()
+            );
+        }
+    }
+}
+
+/// Prints its text if the test panics while this is alive.
+pub struct PrintOnPanic(pub String);
+
+impl Drop for PrintOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.0);
+        }
+    }
+}
+
+/// One `[[upstream]]` per devnet node, named `anvilN` with priority N, HTTP and WS URLs.
+pub fn devnet_upstreams(dev: &Devnet) -> String {
+    let mut s = String::new();
+    for i in 0..dev.len() {
+        s.push_str(&format!(
+            "\n[[upstream]]\nname = \"anvil{i}\"\nhttp = \"{}\"\nws = \"{}\"\npriority = {i}\n",
+            dev.http_url(i),
+            dev.ws_url(i)
+        ));
+    }
+    s
+}
+
+/// The upstream the subscription feed follows now according to ethgate's text log, if a line
+/// says so: the last line about subscriptions that names a new source (`to="NAME"`, or
+/// `upstream="NAME"` on a line that is not about losing it). Only a hint: log wording changes,
+/// `/status` is the fallback.
+pub fn feed_source_hint(log: &str) -> Option<String> {
+    let field = |line: &str, key: &str| {
+        line.split(key)
+            .nth(1)?
+            .split('"')
+            .next()
+            .map(str::to_string)
+    };
+    log.lines().rev().find_map(|l| {
+        if !l.contains("subscription") {
+            return None;
+        }
+        field(l, " to=\"").or_else(|| {
+            (!l.contains("lost"))
+                .then(|| field(l, " upstream=\""))
+                .flatten()
+        })
+    })
+}
+
+/// `node tests/js/SCRIPT ARGS…` with every stdio piped, killed on drop.
+pub fn spawn_js(script: &str, args: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new("node")
+        .arg(js_dir().join(script))
+        .args(args)
+        .current_dir(js_dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn node {script}: {e}"))
+}
+
+/// Block `n` (without transactions) from the node at `url`; panics when there is none.
+pub async fn block_at(
+    http: &Http,
+    url: &str,
+    n: u64,
+    timeout: std::time::Duration,
+) -> serde_json::Value {
+    let params = serde_json::json!([format!("0x{n:x}"), false]);
+    http.rpc(url, "eth_getBlockByNumber", params, timeout)
+        .await
+        .unwrap_or_else(|e| panic!("block {n} from {url}: {e}"))
 }

@@ -2,23 +2,17 @@
 //! one `127.0.0.1:0` port, with the faults ethgate must survive.
 //!
 //! Layout: `answers` (decoding, default geth-like answers, deterministic headers), `server` (accept loop, hyper
-//! service, WS session, fault injection), `gateway` (ethgate in-process + a tiny HTTP client for tests).
+//! service, WS session, fault injection). ethgate itself is started by `support::gateway`.
 //!
 //! Faults never touch the health prober's calls unless the test asks for it: the `*_for(method, …)` variants
 //! hit only one method, the plain ones hit every request (probes included).
 
 mod answers;
-mod gateway;
 mod server;
 
 // Each test crate uses a different part of the support code.
 #[allow(unused_imports)]
-pub use answers::{block_hash, header, hex, Call, RpcError, TX_HASH};
-#[allow(unused_imports)]
-pub use gateway::{
-    error_of, result_of, tagged_balance, tagged_pair, upstream_entry, Gateway, GatewayConfig,
-    HttpClient, TAGGED_ADDRESS,
-};
+pub use answers::{block_hash, header, hex, Call, TX_HASH};
 
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -28,8 +22,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
-/// Upper bound of every wait in the test support: generous, since only a bug makes it expire.
-pub const WAIT: Duration = Duration::from_secs(10);
+use super::http::{RpcError, WAIT};
 
 /// A custom answer for one method: params in, result or JSON-RPC error out.
 pub type Handler = Arc<dyn Fn(&Value) -> Result<Value, RpcError> + Send + Sync>;
@@ -337,14 +330,8 @@ impl MockUpstream {
 
     /// Delays answers to requests containing `method` (`None`: no delay).
     pub fn set_delay_for(&self, method: &str, d: Option<Duration>) {
-        self.shared.update(|s| match d {
-            Some(d) => {
-                s.method_delays.insert(method.to_string(), d);
-            }
-            None => {
-                s.method_delays.remove(method);
-            }
-        });
+        self.shared
+            .update(|s| set_or_clear(&mut s.method_delays, method, d));
     }
 
     /// Answers every HTTP request (and WS upgrade) with this status instead (e.g. 503, 429); `None` heals.
@@ -354,14 +341,8 @@ impl MockUpstream {
 
     /// Answers HTTP requests containing `method` with this status; `None` heals.
     pub fn set_http_status_for(&self, method: &str, status: Option<u16>) {
-        self.shared.update(|s| match status {
-            Some(code) => {
-                s.method_status.insert(method.to_string(), code);
-            }
-            None => {
-                s.method_status.remove(method);
-            }
-        });
+        self.shared
+            .update(|s| set_or_clear(&mut s.method_status, method, status));
     }
 
     /// Reads the next `n` requests, then resets their connection (RST) without answering.
@@ -494,6 +475,18 @@ impl MockUpstream {
     pub async fn wait_for_calls(&self, method: &str, n: usize) {
         self.wait_until(&format!("{n} calls of {method}"), |m| m.calls(method) >= n)
             .await;
+    }
+}
+
+/// Sets `method`'s entry to `value`, or removes it for `None`.
+fn set_or_clear<T>(map: &mut HashMap<String, T>, method: &str, value: Option<T>) {
+    match value {
+        Some(v) => {
+            map.insert(method.to_string(), v);
+        }
+        None => {
+            map.remove(method);
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use super::mock::WAIT;
+use super::http::WAIT;
 
 /// One keep-alive connection.
 pub struct RawHttp {

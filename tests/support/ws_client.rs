@@ -8,7 +8,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use super::mock::WAIT;
+use super::http::WAIT;
 
 /// One client connection.
 pub struct WsClient {

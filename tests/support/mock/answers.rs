@@ -4,6 +4,8 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
+pub use super::super::http::RpcError;
+
 /// The hash `eth_sendRawTransaction` answers with unless a test overrides it.
 pub const TX_HASH: &str = "0x5fe7f977e71dba2ea1a68e21057beebb9be2ac30c6410aa38d4f3fbe41dcffd2";
 
@@ -57,35 +59,6 @@ pub fn block(n: u64) -> Value {
 /// `0x`-prefixed lowercase hex quantity.
 pub fn hex(n: u64) -> String {
     format!("0x{n:x}")
-}
-
-/// A JSON-RPC error object as an upstream sends it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct RpcError {
-    /// JSON-RPC error code.
-    pub code: i64,
-    /// Error message.
-    pub message: String,
-    /// Optional `data` member (geth puts revert data here).
-    pub data: Option<Value>,
-}
-
-impl RpcError {
-    /// An error without data.
-    pub fn new(code: i64, message: impl Into<String>) -> RpcError {
-        RpcError {
-            code,
-            message: message.into(),
-            data: None,
-        }
-    }
-
-    fn to_json(&self) -> Value {
-        match &self.data {
-            Some(d) => json!({"code": self.code, "message": self.message, "data": d}),
-            None => json!({"code": self.code, "message": self.message}),
-        }
-    }
 }
 
 /// One decoded call of a request body.

@@ -13,6 +13,9 @@ use http_body_util::Full;
 use hyper::{Response, StatusCode};
 use tokio::runtime::Runtime;
 
+pub mod stats;
+pub use stats::{closed_loop, rss_kib, Point, Record, Stats};
+
 pub struct Pinned {
     pub rt: Runtime,
     pub tids: Arc<Mutex<Vec<u32>>>,

@@ -14,6 +14,7 @@ use hyper::{Response, StatusCode};
 use tokio::runtime::Runtime;
 
 pub mod stats;
+#[allow(unused_imports)] // each bench binary uses its own part.
 pub use stats::{closed_loop, rss_kib, Point, Record, Stats};
 
 pub struct Pinned {

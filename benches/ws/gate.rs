@@ -49,6 +49,15 @@ pub struct Gate {
 
 impl Drop for Gate {
     fn drop(&mut self) {
+        // SIGTERM first: ethgate shuts down cleanly, and a profiler wrapping it (see
+        // ETHGATE_WS_BENCH_WRAP) writes its output; SIGKILL after 10 s.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -76,6 +85,8 @@ impl Gate {
 listen = "{listen}"
 max_connections = 15000
 ws_queue_len = 4096
+drain_delay = "0s"
+shutdown_grace = "1s"
 
 [health]
 interval = "200ms"

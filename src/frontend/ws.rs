@@ -1,8 +1,12 @@
 //! WebSocket sessions: the upgrade on any path, then per client one reader that dispatches
 //! calls concurrently and one ordered, bounded outgoing queue shared with the hub.
 
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use futures_util::task::{waker_ref, ArcWake, AtomicWaker};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -101,20 +105,26 @@ where
     let mut calls = JoinSet::new();
     let limit = Arc::new(Semaphore::new(CALLS_IN_FLIGHT));
     let drain = &frontend.drain;
+    let reader = ReadGate::default();
+    // Created once: re-created on every pass they would re-register with the shared shutdown
+    // token and the session's own each time a message goes out.
+    let shutdown = drain.shutdown.cancelled();
+    let closed = handle.closed();
+    tokio::pin!(shutdown, closed);
     let close = loop {
         tokio::select! {
             biased;
-            _ = drain.shutdown.cancelled() => break Some(SHUTTING_DOWN),
-            _ = handle.closed() => break handle.close_reason(),
+            _ = &mut shutdown => break Some(SHUTTING_DOWN),
+            _ = &mut closed => break handle.close_reason(),
             message = outgoing.recv() => match message {
                 // A client that reads nothing blocks this send until the socket's write
                 // timeout fails it; shutdown does not wait for that.
                 Some(message) => {
                     let receipt = message.receipt();
                     let sent = tokio::select! {
-                        sent = sink.send(Message::text(message.text)) => sent.map_err(|_| None),
-                        _ = handle.closed() => Err(None),
-                        _ = drain.shutdown.cancelled() => Err(Some(SHUTTING_DOWN)),
+                        sent = sink.send(Message::text(message.into_text())) => sent.map_err(|_| None),
+                        _ = &mut closed => Err(None),
+                        _ = &mut shutdown => Err(Some(SHUTTING_DOWN)),
                     };
                     handle.sent(receipt);
                     match sent {
@@ -126,7 +136,7 @@ where
                 None => break None,
             },
             // Reading pauses while CALLS_IN_FLIGHT calls run; the queue keeps draining.
-            frame = stream.next(), if limit.available_permits() > 0 => match frame {
+            frame = poll_fn(|cx| reader.poll_next(&mut stream, cx)), if limit.available_permits() > 0 => match frame {
                 Some(Ok(Message::Text(text))) => dispatch(&frontend, &handle, &limit, &mut calls, text.into()),
                 Some(Ok(Message::Binary(data))) => dispatch(&frontend, &handle, &limit, &mut calls, data),
                 Some(Ok(Message::Close(_))) | None => break None,
@@ -195,4 +205,54 @@ fn dispatch(
         }
         drop(permit);
     });
+}
+
+/// Polls the client's stream only when the stream itself asked to be polled again (its
+/// waker fired) or last returned a frame. The session task also wakes for every outgoing
+/// message; re-polling the stream then would make tungstenite zero its whole read buffer and
+/// try a read each time, which profiling showed to be most of a fan-out's cost.
+struct ReadGate {
+    woken: Arc<Woken>,
+}
+
+/// The stream's own waker: notes that it fired, then wakes the session task.
+struct Woken {
+    fired: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl ArcWake for Woken {
+    fn wake_by_ref(arc_self: &Arc<Self>) {
+        arc_self.fired.store(true, Ordering::Release);
+        arc_self.task.wake();
+    }
+}
+
+impl Default for ReadGate {
+    fn default() -> Self {
+        // Fired at first: the stream has never been polled.
+        let woken = Woken {
+            fired: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        };
+        ReadGate {
+            woken: Arc::new(woken),
+        }
+    }
+}
+
+impl ReadGate {
+    fn poll_next<S: Stream + Unpin>(&self, stream: &mut S, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        self.woken.task.register(cx.waker());
+        if !self.woken.fired.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        let waker = waker_ref(&self.woken);
+        let polled = stream.poll_next_unpin(&mut Context::from_waker(&waker));
+        if polled.is_ready() {
+            // More frames may already be buffered: the next call polls again.
+            self.woken.fired.store(true, Ordering::Release);
+        }
+        polled
+    }
 }

@@ -8,7 +8,7 @@
 //! large answers never count against its notifications.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
@@ -28,11 +28,70 @@ pub struct QueueLimits {
     pub bytes: usize,
 }
 
+/// What a queued message holds: an answer's text, or a notification kept as its two shared
+/// parts (the subscription id and the result every subscriber of it gets), so a head fanned out
+/// to thousands of clients is stored once and each client's frame is built only when written.
+#[derive(Debug)]
+pub enum Body {
+    /// A whole JSON text.
+    Text(String),
+    /// `eth_subscription` for `id` carrying `result`.
+    Notification {
+        /// The subscription id.
+        id: Arc<str>,
+        /// The `result` JSON, shared by every subscriber.
+        result: Arc<str>,
+    },
+}
+
+const NOTIFICATION_HEAD: &str = r#"{"jsonrpc":"2.0","method":"eth_subscription","params":{"subscription":""#;
+const NOTIFICATION_MIDDLE: &str = r#"","result":"#;
+const NOTIFICATION_TAIL: &str = "}}";
+
+impl Body {
+    /// The length of the JSON text, without building it.
+    pub fn len(&self) -> usize {
+        match self {
+            Body::Text(text) => text.len(),
+            Body::Notification { id, result } => notification_len(id, result),
+        }
+    }
+
+    /// Whether the text is empty (never, for a notification).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The JSON text, built in one allocation of the exact size (so handing it to the
+    /// WebSocket as bytes allocates nothing more).
+    pub fn into_text(self) -> String {
+        match self {
+            Body::Text(text) => text,
+            Body::Notification { id, result } => {
+                let mut text = String::with_capacity(notification_len(&id, &result));
+                text.push_str(NOTIFICATION_HEAD);
+                text.push_str(&id);
+                text.push_str(NOTIFICATION_MIDDLE);
+                text.push_str(&result);
+                text.push_str(NOTIFICATION_TAIL);
+                text
+            }
+        }
+    }
+}
+
+fn notification_len(id: &str, result: &str) -> usize {
+    NOTIFICATION_HEAD.len()
+        + id.len()
+        + NOTIFICATION_MIDDLE.len()
+        + result.len()
+        + NOTIFICATION_TAIL.len()
+}
+
 /// One queued message.
 #[derive(Debug)]
 pub struct Outgoing {
-    /// The JSON text frame.
-    pub text: String,
+    body: Body,
     /// A notification (true) or the answer to a call.
     notification: bool,
 }
@@ -41,9 +100,14 @@ impl Outgoing {
     /// What the writer hands back to [`SessionHandle::sent`] once the text is written.
     pub fn receipt(&self) -> Receipt {
         Receipt {
-            len: self.text.len(),
+            len: self.body.len(),
             notification: self.notification,
         }
+    }
+
+    /// The JSON text to write.
+    pub fn into_text(self) -> String {
+        self.body.into_text()
     }
 }
 
@@ -66,7 +130,7 @@ pub struct SessionHandle {
     closing: CancellationToken,
     close_reason: Mutex<Option<(u16, &'static str)>>,
     /// Ids of this session's subscriptions, so ending the session touches only those.
-    subscriptions: Mutex<Vec<String>>,
+    subscriptions: Mutex<Vec<Arc<str>>>,
     /// Subscriptions held or being set up, against `max_subscriptions_per_connection`.
     pub(super) slots: AtomicUsize,
 }
@@ -97,8 +161,8 @@ impl SessionHandle {
 
     /// Queues a notification; one that does not fit closes the session with 1008 rather
     /// than being dropped.
-    pub fn push(&self, text: String) -> bool {
-        let len = text.len();
+    pub fn push(&self, body: Body) -> bool {
+        let len = body.len();
         let queued = self.notification_bytes.fetch_add(len, Ordering::AcqRel);
         if queued + len > self.limits.bytes {
             self.notification_bytes.fetch_sub(len, Ordering::AcqRel);
@@ -106,7 +170,7 @@ impl SessionHandle {
             return false;
         }
         let outgoing = Outgoing {
-            text,
+            body,
             notification: true,
         };
         match self.queue.try_send(outgoing) {
@@ -140,7 +204,7 @@ impl SessionHandle {
         }
         self.answer_bytes.fetch_add(len, Ordering::AcqRel);
         let outgoing = Outgoing {
-            text,
+            body: Body::Text(text),
             notification: false,
         };
         let sent = tokio::select! {
@@ -173,15 +237,15 @@ impl SessionHandle {
         by_messages.max(by_bytes)
     }
 
-    pub(super) fn remember(&self, id: &str) {
-        lock(&self.subscriptions).push(id.to_string());
+    pub(super) fn remember(&self, id: &Arc<str>) {
+        lock(&self.subscriptions).push(id.clone());
     }
 
     pub(super) fn forget(&self, id: &str) {
-        lock(&self.subscriptions).retain(|known| known != id);
+        lock(&self.subscriptions).retain(|known| &**known != id);
     }
 
-    pub(super) fn take_subscriptions(&self) -> Vec<String> {
+    pub(super) fn take_subscriptions(&self) -> Vec<Arc<str>> {
         std::mem::take(&mut *lock(&self.subscriptions))
     }
 
@@ -222,6 +286,41 @@ mod tests {
         SessionHandle::new(QueueLimits { messages, bytes })
     }
 
+    impl From<&str> for Body {
+        fn from(text: &str) -> Body {
+            Body::Text(text.to_string())
+        }
+    }
+
+    #[test]
+    fn a_notification_is_built_from_its_shared_parts_with_its_exact_length() {
+        let body = Body::Notification {
+            id: "0xab".into(),
+            result: r#"{"n":1}"#.into(),
+        };
+        let len = body.len();
+        let text = body.into_text();
+        assert_eq!(
+            text,
+            r#"{"jsonrpc":"2.0","method":"eth_subscription","params":{"subscription":"0xab","result":{"n":1}}}"#
+        );
+        assert_eq!(text.len(), len);
+        assert_eq!(text.capacity(), len, "one allocation of the exact size");
+    }
+
+    #[test]
+    fn notification_bytes_count_the_built_frame_length() {
+        let body = || Body::Notification {
+            id: "0x1".into(),
+            result: "1".into(),
+        };
+        let one = body().len();
+        let (s, _queue) = session(100, 2 * one);
+        assert!(s.push(body()) && s.push(body()));
+        assert!(!s.push(body()), "a third frame exceeds the byte bound");
+        assert_eq!(s.close_reason().map(|r| r.0), Some(CLOSE_POLICY));
+    }
+
     #[test]
     fn a_notification_over_the_message_bound_closes_with_1008() {
         let (s, _queue) = session(2, 1 << 20);
@@ -257,8 +356,8 @@ mod tests {
         let first = queue.recv().await.unwrap();
         s.sent(first.receipt());
         assert!(waiting.await.unwrap());
-        assert_eq!(queue.recv().await.unwrap().text, "note");
-        assert_eq!(queue.recv().await.unwrap().text, "answer");
+        assert_eq!(queue.recv().await.unwrap().into_text(), "note");
+        assert_eq!(queue.recv().await.unwrap().into_text(), "answer");
         assert!(
             s.close_reason().is_none(),
             "never closed for its own answers"
@@ -269,7 +368,7 @@ mod tests {
     async fn an_answer_larger_than_the_byte_bound_passes_an_empty_queue() {
         let (s, mut queue) = session(4, 4);
         assert!(s.push_answer("a long answer".into()).await);
-        assert_eq!(queue.recv().await.unwrap().text, "a long answer");
+        assert_eq!(queue.recv().await.unwrap().into_text(), "a long answer");
     }
 
     #[tokio::test]

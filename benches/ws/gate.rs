@@ -106,7 +106,10 @@ ws = "ws://{ws}/"
             ),
         )?;
         let log = dir.join("ethgate.log");
-        let exe = env!("CARGO_BIN_EXE_ethgate");
+        // ETHGATE_WS_BENCH_EXE: another ethgate binary (say, a build of an older commit).
+        let exe = std::env::var("ETHGATE_WS_BENCH_EXE")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_ethgate").to_string());
+        let exe = exe.as_str();
         let mut command = pinned_command(exe, pin);
         command
             .args(["run", "--config"])

@@ -518,64 +518,21 @@ fn print_header(plan: &Plan, pinned: bool, pin_wanted: bool) {
 
 fn print_single(stats: &[Stats], targets: &[Target<'_>]) {
     println!();
-    println!("single calls");
-    println!(
-        "{:<8} {:>3} {:>9} {:>15} {:>8} {:>8} {:>8} {:>8} {:>9} {:>11} {:>4}",
-        "target",
-        "c",
-        "req/s",
-        "rounds",
-        "p50",
-        "p99",
-        "p99.9",
-        "max",
-        "proxy cpu",
-        "backend cpu",
-        "err"
-    );
+    println!("single calls (rate = requests per second)");
+    println!("{:<8} {:>3} {CELLS_HEADER}", "target", "c");
     for (ci, &clients) in CONCURRENCY.iter().enumerate() {
         for (ti, target) in targets.iter().enumerate() {
             let s = &stats[ci * 2 + ti];
-            let rounds: Vec<String> = s.round_rates.iter().map(|&r| kilo(r)).collect();
-            let proxy = if target.proxy.is_some() {
-                format!("{:.1}", s.proxy_us)
-            } else {
-                "-".into()
-            };
-            println!(
-                "{:<8} {:>3} {:>9} {:>15} {:>8.1} {:>8.1} {:>8.1} {:>8.0} {:>9} {:>11.1} {:>4}",
-                target.name,
-                clients,
-                kilo(s.rate),
-                rounds.join("/"),
-                s.p50,
-                s.p99,
-                s.p999,
-                s.max,
-                proxy,
-                s.backend_us,
-                s.errors
-            );
+            let cells = s.cells(target.proxy.is_some());
+            println!("{:<8} {:>3} {cells}", target.name, clients);
         }
     }
     println!();
     println!("ethgate vs direct");
-    println!(
-        "{:>3} {:>11} {:>10} {:>10} {:>12} {:>12} {:>12}",
-        "c", "req/s ratio", "p50 ratio", "p99 ratio", "p50 added", "p99 added", "p99.9 added"
-    );
+    println!("{:>3} {VERSUS_HEADER}", "c");
     for (ci, &clients) in CONCURRENCY.iter().enumerate() {
         let (d, e) = (&stats[ci * 2], &stats[ci * 2 + 1]);
-        println!(
-            "{:>3} {:>11.2} {:>10.2} {:>10.2} {:>12.1} {:>12.1} {:>12.1}",
-            clients,
-            e.rate / d.rate,
-            e.p50 / d.p50,
-            e.p99 / d.p99,
-            e.p50 - d.p50,
-            e.p99 - d.p99,
-            e.p999 - d.p999
-        );
+        println!("{:>3} {}", clients, e.versus(d));
     }
 }
 

@@ -15,7 +15,7 @@ use tokio::runtime::Runtime;
 
 pub mod stats;
 #[allow(unused_imports)] // each bench binary uses its own part.
-pub use stats::{closed_loop, rss_kib, Point, Record, Stats};
+pub use stats::{closed_loop, rss_kib, Point, Record, Stats, CELLS_HEADER, VERSUS_HEADER};
 
 pub struct Pinned {
     pub rt: Runtime,

@@ -175,3 +175,49 @@ where
     }
     Ok((records, used))
 }
+
+/// Header of the cells [`Stats::cells`] prints.
+pub const CELLS_HEADER: &str =
+    "    rate          rounds      p50      p99    p99.9      max        proxy cpu  backend cpu  err";
+
+impl Stats {
+    /// One table row's measured cells: rate, each round's rate, latencies (µs), the proxy's
+    /// CPU per operation (`-` without a proxy), the backend's, and the errors.
+    pub fn cells(&self, with_proxy: bool) -> String {
+        let rounds: Vec<String> = self.round_rates.iter().map(|&r| super::kilo(r)).collect();
+        let proxy = match with_proxy {
+            true => format!("{:.1}", self.proxy_us),
+            false => "-".into(),
+        };
+        format!(
+            "{:>8} {:>15} {:>8.1} {:>8.1} {:>8.1} {:>8.0} {:>16} {:>12.1} {:>4}",
+            super::kilo(self.rate),
+            rounds.join("/"),
+            self.p50,
+            self.p99,
+            self.p999,
+            self.max,
+            proxy,
+            self.backend_us,
+            self.errors
+        )
+    }
+
+    /// This configuration against `direct`: rate ratio, p50 and p99 ratios, and the µs added
+    /// at p50, p99 and p99.9.
+    pub fn versus(&self, direct: &Stats) -> String {
+        format!(
+            "{:>11.2} {:>10.2} {:>10.2} {:>12.1} {:>12.1} {:>12.1}",
+            self.rate / direct.rate,
+            self.p50 / direct.p50,
+            self.p99 / direct.p99,
+            self.p50 - direct.p50,
+            self.p99 - direct.p99,
+            self.p999 - direct.p999
+        )
+    }
+}
+
+/// Header of the cells [`Stats::versus`] prints.
+pub const VERSUS_HEADER: &str =
+    "rate ratio  p50 ratio  p99 ratio    p50 added    p99 added  p99.9 added";

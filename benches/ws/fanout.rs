@@ -1,6 +1,6 @@
-//! 2. newHeads fan-out through ethgate to a growing set of subscribed clients (3. memory is
-//! read along the way), then every client closed at once; and the shared heads round the
-//! baseline also runs.
+//! Part 2, newHeads fan-out through ethgate to a growing set of subscribed clients (part 3,
+//! memory, is read along the way), then every client closed at once; and the shared heads
+//! round the baseline also runs.
 
 use std::future::Future;
 use std::sync::atomic::Ordering;

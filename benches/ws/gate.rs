@@ -71,7 +71,12 @@ pub fn free_port() -> anyhow::Result<SocketAddr> {
 
 impl Gate {
     /// Starts ethgate in front of the upstream's `http` and `ws` addresses.
-    pub fn start(http: SocketAddr, ws: SocketAddr, workers: usize, pin: bool) -> anyhow::Result<Gate> {
+    pub fn start(
+        http: SocketAddr,
+        ws: SocketAddr,
+        workers: usize,
+        pin: bool,
+    ) -> anyhow::Result<Gate> {
         let dir = std::env::temp_dir().join(format!("ethgate-ws-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let listen = free_port()?;
@@ -218,7 +223,11 @@ ws = "ws://{ws}/"
     }
 
     /// Waits until ethgate counts `want` WebSocket sessions and newHeads subscriptions.
-    pub async fn wait_counts(&self, want: u64, limit: Duration) -> (bool, Duration, Option<Counts>) {
+    pub async fn wait_counts(
+        &self,
+        want: u64,
+        limit: Duration,
+    ) -> (bool, Duration, Option<Counts>) {
         let started = Instant::now();
         let mut last = None;
         while started.elapsed() < limit {
@@ -296,7 +305,8 @@ impl Haproxy {
         if !std::path::Path::new(HAPROXY).exists() {
             return Ok(None);
         }
-        let dir = std::env::temp_dir().join(format!("ethgate-ws-bench-haproxy-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("ethgate-ws-bench-haproxy-{}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let listen = free_port()?;
         let config = dir.join("haproxy.cfg");

@@ -7,7 +7,17 @@
 //! ETHGATE_BENCH_QUICK=1 cargo bench --bench ws    # smoke run (shorter points, 4 heads)
 //! ETHGATE_WS_BENCH_CLIENTS="100 1000" cargo bench --bench ws   # other fan-out sizes
 //! ETHGATE_WS_BENCH_HEADS=20 ETHGATE_WS_BENCH_HEAD_MS=100 cargo bench --bench ws  # other head pace
+//! ETHGATE_WS_BENCH_PARTS=fanout cargo bench --bench ws   # only `rr` or `fanout`
+//! ETHGATE_WS_BENCH_EXE=/tmp/ethgate-old cargo bench --bench ws   # another ethgate binary
+//! ETHGATE_WS_BENCH_WRAP="valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%p" \
+//!     ETHGATE_WS_BENCH_PARTS=fanout ETHGATE_WS_BENCH_CLIENTS=1000 cargo bench --bench ws  # profile
 //! ```
+//!
+//! Request/response runs against the upstream directly, through HAProxy (`/usr/sbin/haproxy`,
+//! a 1-thread WebSocket tunnel pinned like ethgate; its line is skipped, with the reason, when
+//! it is missing) and through ethgate. Fan-out at the largest size is repeated against a
+//! measured floor ([`baseline`]): a minimal tokio program writing the same pre-framed
+//! notification to as many sockets. A summary block prints issue 12's ratios.
 //!
 //! Layout (after docs benchmarks.md): ethgate runs as a child process (`ethgate run --workers 1
 //! --log-level warn`, started under `taskset -c 0`), so its RSS and CPU time can be read from
@@ -36,31 +46,29 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::net::TcpListener;
 
-#[path = "../common/mod.rs"]
-mod common;
 mod baseline;
 mod client;
+#[path = "../common/mod.rs"]
+mod common;
 mod fanout;
 mod gate;
-mod reqresp;
+mod plan;
 mod report;
+mod reqresp;
 mod subscribers;
 mod tables;
 mod upstream;
 
 use common::{Pinned, Point, Stats};
 use gate::{Gate, Haproxy};
-use reqresp::{rr_measure, RrTarget, RR_CONNECTIONS};
+pub use plan::Plan;
 use report::Goals;
+use reqresp::{rr_measure, RrTarget, RR_CONNECTIONS};
 use subscribers::{grow, FanoutRow};
 use upstream::Upstream;
 
-/// Default fan-out sizes.
-const FANOUT_CLIENTS: [usize; 3] = [100, 1_000, 10_000];
 /// First block number the upstream reports.
 pub const FIRST_HEAD: u64 = 0x10_0000;
-/// File descriptors kept free besides the client sockets.
-const FD_MARGIN: usize = 256;
 
 fn main() {
     if std::env::args().any(|a| a == baseline::CHILD_ARG) {
@@ -78,98 +86,6 @@ fn main() {
         eprintln!("ws bench failed: {error:#}");
         std::process::exit(1);
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Plan.
-
-/// What to run, from the environment.
-pub struct Plan {
-    pub quick: bool,
-    pub warmup: Duration,
-    pub measure: Duration,
-    pub rounds: usize,
-    pub fanout: Vec<usize>,
-    pub heads: u64,
-    pub head_every: Duration,
-    /// Clients the fd limit allows in this process (and in ethgate).
-    pub fd_soft_limit: Option<usize>,
-    pub clients_capped: bool,
-    /// `ETHGATE_WS_BENCH_PARTS` (`rr`, `fanout`; both when unset).
-    pub parts_rr: bool,
-    pub parts_fanout: bool,
-}
-
-impl Plan {
-    fn from_env() -> Plan {
-        let quick = std::env::var("ETHGATE_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
-        let mut fanout = std::env::var("ETHGATE_WS_BENCH_CLIENTS")
-            .ok()
-            .map(|v| {
-                v.split([' ', ','])
-                    .filter_map(|n| n.replace('_', "").parse().ok())
-                    .filter(|&n: &usize| n > 0)
-                    .collect::<Vec<usize>>()
-            })
-            .filter(|v| !v.is_empty())
-            .unwrap_or_else(|| FANOUT_CLIENTS.to_vec());
-        fanout.sort_unstable();
-        fanout.dedup();
-        let parts = std::env::var("ETHGATE_WS_BENCH_PARTS").unwrap_or_default();
-        let fd_soft_limit = open_files_soft_limit();
-        let mut clients_capped = false;
-        if let Some(limit) = fd_soft_limit {
-            let max = limit.saturating_sub(FD_MARGIN).max(1);
-            for n in &mut fanout {
-                if *n > max {
-                    *n = max;
-                    clients_capped = true;
-                }
-            }
-            fanout.dedup();
-        }
-        let (warmup, measure, rounds, heads) = if quick {
-            (Duration::from_millis(100), Duration::from_millis(500), 1, 4)
-        } else {
-            (
-                Duration::from_millis(500),
-                Duration::from_millis(2500),
-                2,
-                10,
-            )
-        };
-        Plan {
-            quick,
-            warmup,
-            measure,
-            rounds,
-            fanout,
-            heads: env_number("ETHGATE_WS_BENCH_HEADS").unwrap_or(heads).max(1),
-            head_every: Duration::from_millis(
-                env_number("ETHGATE_WS_BENCH_HEAD_MS").unwrap_or(300),
-            ),
-            fd_soft_limit,
-            clients_capped,
-            parts_rr: parts.is_empty() || parts.contains("rr"),
-            parts_fanout: parts.is_empty() || parts.contains("fanout"),
-        }
-    }
-}
-
-/// A positive number from the environment.
-fn env_number(name: &str) -> Option<u64> {
-    std::env::var(name)
-        .ok()?
-        .parse()
-        .ok()
-        .filter(|&n: &u64| n > 0)
-}
-
-/// Soft "Max open files" of this process (the child inherits it).
-fn open_files_soft_limit() -> Option<usize> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line.split_whitespace().nth(3)?.parse().ok()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -208,7 +124,6 @@ fn steal_time() -> Option<Duration> {
         .ok()?;
     Some(Duration::from_millis(ticks * 10))
 }
-
 
 fn run() -> anyhow::Result<()> {
     let plan = Plan::from_env();

@@ -1,7 +1,7 @@
 //! The run's header, the request/response table, the goals summary and ethgate's log.
 
 use crate::client::BENCH_WS_READ_BUFFER;
-use crate::common::{kilo, Stats};
+use crate::common::{kilo, Stats, CELLS_HEADER, VERSUS_HEADER};
 use crate::gate::Gate;
 use crate::reqresp::{RrTarget, RR_CONNECTIONS};
 use crate::subscribers::CONNECT_CONCURRENCY;
@@ -81,49 +81,28 @@ pub fn print_header(plan: &Plan, gate: &Gate, pinned: bool, pin_wanted: bool, wo
 pub fn print_rr(stats: &[Vec<Stats>], targets: &[RrTarget], haproxy_missing: Option<&str>) {
     println!();
     println!("1. WS request/response: closed loop, one WebSocket per client, eth_blockNumber");
-    println!("   direct = the upstream's WebSocket; haproxy = HAProxy 1-thread WebSocket tunnel to it;");
+    println!(
+        "   direct = the upstream's WebSocket; haproxy = HAProxy 1-thread WebSocket tunnel to it;"
+    );
     println!("   ethgate = ethgate's WebSocket (it calls the upstream over HTTP)");
     println!("   latencies in µs; cpu = on-CPU µs per message of the proxy (whole process) / of the upstream runtime");
     if let Some(why) = haproxy_missing {
         println!("   haproxy line skipped: {why}");
     }
-    println!(
-        "{:<8} {:>3} {:>9} {:>15} {:>8} {:>8} {:>8} {:>8} {:>10} {:>12} {:>4}",
-        "target", "c", "msg/s", "rounds", "p50", "p99", "p99.9", "max", "proxy cpu", "upstream cpu", "err"
-    );
+    println!("{:<8} {:>3} {CELLS_HEADER}", "target", "c");
     for (ci, &conns) in RR_CONNECTIONS.iter().enumerate() {
         for (target, s) in targets.iter().zip(&stats[ci]) {
-            let rounds: Vec<String> = s.round_rates.iter().map(|&r| kilo(r)).collect();
-            let proxy = match target.proxy_pid {
-                Some(_) => format!("{:.1}", s.proxy_us),
-                None => "-".into(),
-            };
-            println!(
-                "{:<8} {:>3} {:>9} {:>15} {:>8.1} {:>8.1} {:>8.1} {:>8.0} {:>10} {:>12.1} {:>4}",
-                target.name, conns, kilo(s.rate), rounds.join("/"), s.p50, s.p99, s.p999, s.max,
-                proxy, s.backend_us, s.errors
-            );
+            let cells = s.cells(target.proxy_pid.is_some());
+            println!("{:<8} {:>3} {cells}", target.name, conns);
         }
     }
     println!();
     println!("proxies vs direct");
-    println!(
-        "{:<8} {:>3} {:>11} {:>10} {:>10} {:>12} {:>12}",
-        "proxy", "c", "msg/s ratio", "p50 ratio", "p99 ratio", "p50 added", "p99 added"
-    );
+    println!("{:<8} {:>3} {VERSUS_HEADER}", "proxy", "c");
     for (ci, &conns) in RR_CONNECTIONS.iter().enumerate() {
-        let d = &stats[ci][0];
-        for (target, e) in targets.iter().zip(&stats[ci]).skip(1) {
-            println!(
-                "{:<8} {:>3} {:>11.2} {:>10.2} {:>10.2} {:>12.1} {:>12.1}",
-                target.name,
-                conns,
-                e.rate / d.rate,
-                e.p50 / d.p50,
-                e.p99 / d.p99,
-                e.p50 - d.p50,
-                e.p99 - d.p99
-            );
+        let direct = &stats[ci][0];
+        for (target, s) in targets.iter().zip(&stats[ci]).skip(1) {
+            println!("{:<8} {:>3} {}", target.name, conns, s.versus(direct));
         }
     }
 }
@@ -152,16 +131,23 @@ pub fn print_summary(goals: &Goals) {
             "  WS request/response c=16: ethgate {} msg/s / HAProxy {} msg/s = {:.2}x (goal >= 1.5x: {})",
             kilo(e), kilo(h), e / h, verdict(e / h >= 1.5)
         ),
-        None => println!("  WS request/response c=16: no HAProxy in this run, no ratio"),
+        None => println!("  WS request/response c=16: not measured against HAProxy in this run (see above)"),
     }
-    let ratio_line = |what: &str, pair: Option<(f64, f64)>, unit: &str, scale: f64| match pair {
+    let ratio_line = |what: &str, pair: Option<(f64, f64)>, unit: &str, scale: f64| {
+        match pair {
         Some((e, b)) => println!(
             "  fan-out {what}: ethgate {:.2} {unit} / baseline {:.2} {unit} = {:.2}x (goal <= 2x: {})",
             e / scale, b / scale, e / b, verdict(e / b <= 2.0)
         ),
         None => println!("  fan-out {what}: no baseline in this run, no ratio"),
+    }
     };
-    ratio_line("CPU per notification", goals.cpu_per_notification, "µs", 1.0);
+    ratio_line(
+        "CPU per notification",
+        goals.cpu_per_notification,
+        "µs",
+        1.0,
+    );
     ratio_line("p99 delay", goals.p99_delay, "ms", 1e6);
     match goals.rss_per_client_kib {
         Some(kib) => println!(
@@ -170,7 +156,11 @@ pub fn print_summary(goals: &Goals) {
         ),
         None => println!("  RSS per idle subscribed client: not measured"),
     }
-    println!("  errors: {} (goal 0: {})", goals.errors, verdict(goals.errors == 0));
+    println!(
+        "  errors: {} (goal 0: {})",
+        goals.errors,
+        verdict(goals.errors == 0)
+    );
 }
 
 /// ethgate's warnings, placed on the bench's timeline.

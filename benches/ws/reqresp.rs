@@ -1,5 +1,5 @@
-//! 1. WebSocket request/response: closed-loop clients, one WebSocket each, `eth_blockNumber`,
-//! against the upstream directly, through an HAProxy tunnel and through ethgate.
+//! Part 1, WebSocket request/response: closed-loop clients, one WebSocket each,
+//! `eth_blockNumber`, against the upstream directly, through an HAProxy tunnel and through ethgate.
 
 use std::time::{Duration, Instant};
 

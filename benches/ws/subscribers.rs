@@ -141,7 +141,6 @@ pub async fn grow(
     (took, failures, first)
 }
 
-
 /// What one fan-out size measured.
 pub struct FanoutRow {
     pub clients: usize,
@@ -167,7 +166,6 @@ pub struct FanoutRow {
     pub gate_cpu_per_head: Duration,
     pub client_cpu_per_head: Duration,
 }
-
 
 /// Checks every client's log against the heads `numbers` emitted on `clock`.
 pub fn evaluate(
@@ -258,4 +256,3 @@ pub fn evaluate(
     row.last_client.sort_unstable();
     row
 }
-

@@ -213,7 +213,10 @@ pub fn print_baseline(ethgate: &FanoutRow, baseline: &FanoutRow, failed_writes: 
         "{:<9} {:>12} {:>8} {:>8} {:>8} {:>12} {:>12}",
         "server", "µs/notif", "p50 ms", "p99 ms", "max ms", "delivered", "write fail"
     );
-    for (name, r, failed) in [("ethgate", ethgate, 0), ("baseline", baseline, failed_writes)] {
+    for (name, r, failed) in [
+        ("ethgate", ethgate, 0),
+        ("baseline", baseline, failed_writes),
+    ] {
         println!(
             "{:<9} {:>12.2} {:>8} {:>8} {:>8} {:>12} {:>12}",
             name,

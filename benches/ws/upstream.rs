@@ -41,7 +41,6 @@ impl EmitClock {
     }
 }
 
-
 /// The bench's upstream node and what it counted.
 pub struct Upstream {
     pub head: AtomicU64,

@@ -44,7 +44,8 @@ pub enum Body {
     },
 }
 
-const NOTIFICATION_HEAD: &str = r#"{"jsonrpc":"2.0","method":"eth_subscription","params":{"subscription":""#;
+const NOTIFICATION_HEAD: &str =
+    r#"{"jsonrpc":"2.0","method":"eth_subscription","params":{"subscription":""#;
 const NOTIFICATION_MIDDLE: &str = r#"","result":"#;
 const NOTIFICATION_TAIL: &str = "}}";
 

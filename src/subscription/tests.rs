@@ -141,8 +141,16 @@ fn logs_go_only_to_subscribers_of_that_filter() {
     hub.deliver_block(None, &[("other".into(), vec!["1".into()])]);
     assert!(queue.try_recv().is_err());
     hub.deliver_block(None, &[(key, vec!["2".into(), "3".into()])]);
-    assert!(queue.try_recv().unwrap().into_text().ends_with(r#""result":2}}"#));
-    assert!(queue.try_recv().unwrap().into_text().ends_with(r#""result":3}}"#));
+    assert!(queue
+        .try_recv()
+        .unwrap()
+        .into_text()
+        .ends_with(r#""result":2}}"#));
+    assert!(queue
+        .try_recv()
+        .unwrap()
+        .into_text()
+        .ends_with(r#""result":3}}"#));
 }
 
 #[test]

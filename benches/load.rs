@@ -49,14 +49,7 @@ const BATCH_SIZES: [usize; 3] = [1, 10, 100];
 const BATCH_CONCURRENCY: usize = 16;
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("load bench: skipped (run it with `cargo bench --bench load`)");
-        return;
-    }
-    if let Err(error) = run() {
-        eprintln!("load bench failed: {error:#}");
-        std::process::exit(1);
-    }
+    run_bench("load", run);
 }
 
 /// Durations of one run of the bench.
@@ -487,13 +480,8 @@ fn measure(
 fn print_header(plan: &Plan, pinned: bool, pin_wanted: bool) {
     println!();
     println!("ethgate load bench: closed loop, HTTP/1.1 keep-alive, one connection per client");
-    println!(
-        "mode: {} ({} round(s) x {:.1} s per point after {:.1} s warm-up, rounds interleaved and pooled)",
-        if plan.quick { "quick" } else { "full" },
-        plan.rounds,
-        plan.measure.as_secs_f64(),
-        plan.warmup.as_secs_f64()
-    );
+    let mode = mode_line(plan.quick, plan.rounds, plan.measure, plan.warmup);
+    println!("mode: {mode}, rounds interleaved and pooled)");
     println!(
         "layout: 3 runtimes x 1 worker; {}",
         if pinned {
@@ -505,14 +493,7 @@ fn print_header(plan: &Plan, pinned: bool, pin_wanted: bool) {
         }
     );
     println!("request: {SINGLE_REQUEST}");
-    if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
-        let load: Vec<&str> = load.split_whitespace().take(3).collect();
-        println!(
-            "machine: {} CPUs, load average {} (other work on the machine skews absolute figures)",
-            std::thread::available_parallelism().map_or(0, |n| n.get()),
-            load.join(" ")
-        );
-    }
+    print_machine();
     println!("latencies in µs; cpu = on-CPU µs per request of that side's threads");
 }
 

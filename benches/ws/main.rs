@@ -78,14 +78,7 @@ fn main() {
         }
         return;
     }
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("ws bench: skipped (run it with `cargo bench --bench ws`)");
-        return;
-    }
-    if let Err(error) = run() {
-        eprintln!("ws bench failed: {error:#}");
-        std::process::exit(1);
-    }
+    common::run_bench("ws", run);
 }
 
 // ---------------------------------------------------------------------------------------------

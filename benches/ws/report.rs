@@ -1,7 +1,7 @@
 //! The run's header, the request/response table, the goals summary and ethgate's log.
 
 use crate::client::BENCH_WS_READ_BUFFER;
-use crate::common::{kilo, Stats, CELLS_HEADER, VERSUS_HEADER};
+use crate::common::{kilo, mode_line, print_machine, Stats, CELLS_HEADER, VERSUS_HEADER};
 use crate::gate::Gate;
 use crate::reqresp::{RrTarget, RR_CONNECTIONS};
 use crate::subscribers::CONNECT_CONCURRENCY;
@@ -34,11 +34,8 @@ pub fn print_header(plan: &Plan, gate: &Gate, pinned: bool, pin_wanted: bool, wo
     println!();
     println!("ethgate WebSocket bench: request/response, newHeads fan-out, memory");
     println!(
-        "mode: {} (request/response: {} round(s) x {:.1} s per point after {:.1} s warm-up; fan-out: {} heads, one every {} ms)",
-        if plan.quick { "quick" } else { "full" },
-        plan.rounds,
-        plan.measure.as_secs_f64(),
-        plan.warmup.as_secs_f64(),
+        "mode: {}; fan-out: {} heads, one every {} ms)",
+        mode_line(plan.quick, plan.rounds, plan.measure, plan.warmup),
         plan.heads,
         plan.head_every.as_millis()
     );
@@ -67,14 +64,7 @@ pub fn print_header(plan: &Plan, gate: &Gate, pinned: bool, pin_wanted: bool, wo
             ""
         }
     );
-    if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
-        let load: Vec<&str> = load.split_whitespace().take(3).collect();
-        println!(
-            "machine: {} CPUs, load average {} (other work on the machine skews absolute figures)",
-            std::thread::available_parallelism().map_or(0, |n| n.get()),
-            load.join(" ")
-        );
-    }
+    print_machine();
 }
 
 /// The request/response table: `stats[c][target]`, then each proxy against direct.

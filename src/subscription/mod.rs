@@ -34,7 +34,6 @@ use serde_json::value::RawValue;
 use crate::jsonrpc::RpcError;
 use filter::LogFilter;
 use logs::FilterLogs;
-use session::Body;
 pub use session::{QueueLimits, SessionHandle};
 
 /// Subscription kinds, as named in `eth_subscribe`.
@@ -317,10 +316,10 @@ impl Hub {
     /// The result is copied once and shared: each queue holds only two references, and each
     /// client's frame is built when its writer sends it.
     pub fn deliver(&self, kind: Kind, result: &str) {
-        let result: Arc<str> = result.into();
+        let result = Arc::new(result.to_string());
         for entry in self.subscriptions.iter() {
             if entry.kind == kind {
-                entry.session.push(notification(entry.key(), &result));
+                entry.session.push(entry.key(), &result);
             }
         }
     }
@@ -332,10 +331,14 @@ impl Hub {
         if let Some(header) = header {
             self.deliver(Kind::NewHeads, header);
         }
-        let by_key: HashMap<&str, &[Arc<str>]> = logs
+        // Each log is copied once here and then shared by every subscriber of its filter.
+        let by_key: HashMap<&str, Vec<Arc<String>>> = logs
             .iter()
             .filter(|(_, logs)| !logs.is_empty())
-            .map(|(key, logs)| (key.as_ref(), logs.as_slice()))
+            .map(|(key, logs)| {
+                let shared = logs.iter().map(|l| Arc::new(l.to_string())).collect();
+                (key.as_ref(), shared)
+            })
             .collect();
         if by_key.is_empty() {
             return;
@@ -344,8 +347,8 @@ impl Hub {
             let Some(logs) = entry.filter_key.as_deref().and_then(|k| by_key.get(k)) else {
                 continue;
             };
-            for log in logs.iter() {
-                if !entry.session.push(notification(entry.key(), log)) {
+            for log in logs {
+                if !entry.session.push(entry.key(), log) {
                     break;
                 }
             }
@@ -389,14 +392,6 @@ impl Hub {
             }
         }
         closed
-    }
-}
-
-/// A notification for subscription `id` (both parts shared, nothing copied).
-fn notification(id: &Arc<str>, result: &Arc<str>) -> Body {
-    Body::Notification {
-        id: id.clone(),
-        result: result.clone(),
     }
 }
 

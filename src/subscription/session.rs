@@ -39,8 +39,9 @@ pub enum Body {
     Notification {
         /// The subscription id.
         id: Arc<str>,
-        /// The `result` JSON, shared by every subscriber.
-        result: Arc<str>,
+        /// The `result` JSON, shared by every subscriber (a thin pointer keeps a queued
+        /// message at 32 bytes, the size of the queue's slots before parts were shared).
+        result: Arc<String>,
     },
 }
 
@@ -89,12 +90,10 @@ fn notification_len(id: &str, result: &str) -> usize {
         + NOTIFICATION_TAIL.len()
 }
 
-/// One queued message.
+/// One queued message: a notification, or (as text) the answer to a call.
 #[derive(Debug)]
 pub struct Outgoing {
     body: Body,
-    /// A notification (true) or the answer to a call.
-    notification: bool,
 }
 
 impl Outgoing {
@@ -102,7 +101,7 @@ impl Outgoing {
     pub fn receipt(&self) -> Receipt {
         Receipt {
             len: self.body.len(),
-            notification: self.notification,
+            notification: matches!(self.body, Body::Notification { .. }),
         }
     }
 
@@ -160,9 +159,13 @@ impl SessionHandle {
         self.id
     }
 
-    /// Queues a notification; one that does not fit closes the session with 1008 rather
-    /// than being dropped.
-    pub fn push(&self, body: Body) -> bool {
+    /// Queues a notification of `result` for subscription `id`; one that does not fit closes
+    /// the session with 1008 rather than being dropped.
+    pub fn push(&self, id: &Arc<str>, result: &Arc<String>) -> bool {
+        let body = Body::Notification {
+            id: id.clone(),
+            result: result.clone(),
+        };
         let len = body.len();
         let queued = self.notification_bytes.fetch_add(len, Ordering::AcqRel);
         if queued + len > self.limits.bytes {
@@ -170,10 +173,7 @@ impl SessionHandle {
             self.close(CLOSE_POLICY, "client too slow: outgoing queue full");
             return false;
         }
-        let outgoing = Outgoing {
-            body,
-            notification: true,
-        };
+        let outgoing = Outgoing { body };
         match self.queue.try_send(outgoing) {
             Ok(()) => true,
             Err(error) => {
@@ -206,7 +206,6 @@ impl SessionHandle {
         self.answer_bytes.fetch_add(len, Ordering::AcqRel);
         let outgoing = Outgoing {
             body: Body::Text(text),
-            notification: false,
         };
         let sent = tokio::select! {
             sent = self.queue.send(outgoing) => sent.is_ok(),
@@ -287,17 +286,28 @@ mod tests {
         SessionHandle::new(QueueLimits { messages, bytes })
     }
 
-    impl From<&str> for Body {
-        fn from(text: &str) -> Body {
-            Body::Text(text.to_string())
-        }
+    /// Queues a notification whose result is `result`.
+    fn push(s: &SessionHandle, result: &str) -> bool {
+        s.push(&"0x1".into(), &Arc::new(result.to_string()))
+    }
+
+    /// The queued length of a notification whose result is `result`.
+    fn len_of(result: &str) -> usize {
+        notification_len("0x1", result)
+    }
+
+    #[test]
+    fn a_queued_message_stays_as_small_as_a_string() {
+        // Each session's queue allocates a block of slots up front: a larger message type
+        // would cost every idle client memory.
+        assert!(std::mem::size_of::<Outgoing>() <= 32);
     }
 
     #[test]
     fn a_notification_is_built_from_its_shared_parts_with_its_exact_length() {
         let body = Body::Notification {
             id: "0xab".into(),
-            result: r#"{"n":1}"#.into(),
+            result: Arc::new(r#"{"n":1}"#.to_string()),
         };
         let len = body.len();
         let text = body.into_text();
@@ -311,30 +321,28 @@ mod tests {
 
     #[test]
     fn notification_bytes_count_the_built_frame_length() {
-        let body = || Body::Notification {
-            id: "0x1".into(),
-            result: "1".into(),
-        };
-        let one = body().len();
-        let (s, _queue) = session(100, 2 * one);
-        assert!(s.push(body()) && s.push(body()));
-        assert!(!s.push(body()), "a third frame exceeds the byte bound");
+        let (s, mut queue) = session(100, 2 * len_of("1"));
+        assert!(push(&s, "1") && push(&s, "1"));
+        assert!(!push(&s, "1"), "a third frame exceeds the byte bound");
         assert_eq!(s.close_reason().map(|r| r.0), Some(CLOSE_POLICY));
+        let first = queue.try_recv().unwrap();
+        assert_eq!(first.receipt().len, len_of("1"));
+        assert_eq!(first.into_text().len(), len_of("1"));
     }
 
     #[test]
     fn a_notification_over_the_message_bound_closes_with_1008() {
         let (s, _queue) = session(2, 1 << 20);
-        assert!(s.push("a".into()) && s.push("b".into()));
-        assert!(!s.push("c".into()));
+        assert!(push(&s, "a") && push(&s, "b"));
+        assert!(!push(&s, "c"));
         assert_eq!(s.close_reason().map(|r| r.0), Some(CLOSE_POLICY));
     }
 
     #[test]
     fn a_notification_over_the_byte_bound_closes_with_1008() {
-        let (s, _queue) = session(100, 10);
-        assert!(s.push("12345678".into()));
-        assert!(!s.push("123".into()));
+        let (s, _queue) = session(100, len_of("12345678") + 2);
+        assert!(push(&s, "12345678"));
+        assert!(!push(&s, "123"));
         assert_eq!(s.close_reason().map(|r| r.0), Some(CLOSE_POLICY));
         assert!(s.fill() >= 0.8);
     }
@@ -350,14 +358,16 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiting.is_finished(), "no room yet: the answer waits");
-        assert!(
-            s.push("note".into()),
-            "answers never crowd out notifications"
-        );
+        assert!(push(&s, "note"), "answers never crowd out notifications");
         let first = queue.recv().await.unwrap();
         s.sent(first.receipt());
         assert!(waiting.await.unwrap());
-        assert_eq!(queue.recv().await.unwrap().into_text(), "note");
+        assert!(queue
+            .recv()
+            .await
+            .unwrap()
+            .into_text()
+            .contains(r#""result":note}"#));
         assert_eq!(queue.recv().await.unwrap().into_text(), "answer");
         assert!(
             s.close_reason().is_none(),
@@ -375,7 +385,7 @@ mod tests {
     #[tokio::test]
     async fn a_waiting_answer_gives_up_when_the_session_closes() {
         let (s, _queue) = session(1, 1 << 20);
-        assert!(s.push("x".into()));
+        assert!(push(&s, "x"));
         let s = std::sync::Arc::new(s);
         let waiting = tokio::spawn({
             let s = s.clone();

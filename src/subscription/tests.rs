@@ -228,9 +228,9 @@ fn the_process_wide_cap_holds_across_connections() {
 fn a_full_queue_closes_the_session_with_1008() {
     let (s, _queue) = session();
     for _ in 0..8 {
-        assert!(s.push("x".into()));
+        assert!(s.push(&"0x1".into(), &Arc::new("x".to_string())));
     }
-    assert!(!s.push("x".into()));
+    assert!(!s.push(&"0x1".into(), &Arc::new("x".to_string())));
     assert_eq!(s.close_reason().map(|r| r.0), Some(1008));
 }
 

@@ -349,9 +349,11 @@ mod tests {
 
     #[tokio::test]
     async fn answers_wait_for_room_instead_of_closing() {
-        let (s, mut queue) = session(100, 10);
+        // Room for exactly one notification, and for the first answer but not the second.
+        let bound = len_of("note");
+        let (s, mut queue) = session(100, bound);
         let s = std::sync::Arc::new(s);
-        assert!(s.push_answer("12345678".into()).await);
+        assert!(s.push_answer("a".repeat(bound - 2)).await);
         let waiting = tokio::spawn({
             let s = s.clone();
             async move { s.push_answer("answer".into()).await }

@@ -49,14 +49,7 @@ const BATCH_SIZES: [usize; 3] = [1, 10, 100];
 const BATCH_CONCURRENCY: usize = 16;
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("load bench: skipped (run it with `cargo bench --bench load`)");
-        return;
-    }
-    if let Err(error) = run() {
-        eprintln!("load bench failed: {error:#}");
-        std::process::exit(1);
-    }
+    run_bench("load", run);
 }
 
 /// Durations of one run of the bench.
@@ -375,30 +368,20 @@ impl Workload {
     }
 }
 
-/// What one client recorded.
-struct ClientRecord {
-    latencies_ns: Vec<u64>,
-    errors: u64,
-    first_error: Option<String>,
-}
-
 async fn client_loop(
     addr: SocketAddr,
     workload: Arc<Workload>,
-    measure_from: Instant,
-    end: Instant,
-) -> anyhow::Result<ClientRecord> {
+    measure_from: std::time::Instant,
+    end: std::time::Instant,
+) -> anyhow::Result<Record> {
+    let (measure_from, end) = (Instant::from_std(measure_from), Instant::from_std(end));
     let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream)).await?;
     tokio::spawn(connection);
     let host = HeaderValue::from_str(&addr.to_string())?;
-    let mut record = ClientRecord {
-        latencies_ns: Vec::with_capacity(16 * 1024),
-        errors: 0,
-        first_error: None,
-    };
+    let mut record = Record::new();
     let mut validated = false;
     loop {
         let started = Instant::now();
@@ -431,8 +414,7 @@ async fn client_loop(
         if started >= measure_from {
             record.latencies_ns.push(elapsed.as_nanos() as u64);
             if let Err(error) = verdict {
-                record.errors += 1;
-                record.first_error.get_or_insert(error);
+                record.error(error);
             }
         }
     }
@@ -445,7 +427,8 @@ async fn wait_until_serving(addr: SocketAddr) -> anyhow::Result<()> {
     let mut last = String::new();
     while Instant::now() < deadline {
         let now = Instant::now();
-        match client_loop(addr, workload.clone(), now, now + Duration::from_millis(1)).await {
+        let (from, to) = (now.into_std(), (now + Duration::from_millis(1)).into_std());
+        match client_loop(addr, workload.clone(), from, to).await {
             Ok(record) if !record.latencies_ns.is_empty() && record.errors == 0 => return Ok(()),
             Ok(record) => last = record.first_error.unwrap_or_default(),
             Err(error) => last = error.to_string(),
@@ -462,17 +445,6 @@ struct Target<'a> {
     proxy: Option<&'a Pinned>,
 }
 
-/// One measured point.
-#[derive(Clone)]
-struct Point {
-    latencies_ns: Vec<u64>,
-    window: Duration,
-    errors: u64,
-    first_error: Option<String>,
-    proxy_cpu: Duration,
-    backend_cpu: Duration,
-}
-
 fn measure(
     client_rt: &Pinned,
     backend_rt: &Pinned,
@@ -486,124 +458,30 @@ fn measure(
         batch: workload.batch,
     });
     let addr = target.addr;
-    let warmup = plan.warmup;
     let window = plan.measure;
-    // CPU is sampled at the window's edges by a task on the client runtime.
-    let (records, proxy_cpu, backend_cpu) = client_rt.rt.block_on(async {
-        let start = Instant::now() + Duration::from_millis(20);
-        let measure_from = start + warmup;
-        let end = measure_from + window;
-        let tasks: Vec<_> = (0..clients)
-            .map(|_| {
-                let workload = workload.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep_until(start).await;
-                    client_loop(addr, workload, measure_from, end).await
-                })
-            })
-            .collect();
-        tokio::time::sleep_until(measure_from).await;
-        let proxy_before = target.proxy.map(Pinned::cpu_time).unwrap_or_default();
-        let backend_before = backend_rt.cpu_time();
-        tokio::time::sleep_until(end).await;
-        let proxy_cpu = target
-            .proxy
-            .map(|p| p.cpu_time().saturating_sub(proxy_before))
-            .unwrap_or_default();
-        let backend_cpu = backend_rt.cpu_time().saturating_sub(backend_before);
-        let mut records = Vec::with_capacity(clients);
-        for task in tasks {
-            records.push(task.await??);
-        }
-        anyhow::Ok((records, proxy_cpu, backend_cpu))
-    })?;
-    let mut point = Point {
-        latencies_ns: Vec::new(),
-        window,
-        errors: 0,
-        first_error: None,
-        proxy_cpu,
-        backend_cpu,
+    let cpu = || {
+        let proxy = target.proxy.map(Pinned::cpu_time).unwrap_or_default();
+        [proxy, backend_rt.cpu_time()]
     };
-    for record in records {
-        point.latencies_ns.extend(record.latencies_ns);
-        point.errors += record.errors;
-        if point.first_error.is_none() {
-            point.first_error = record.first_error;
-        }
-    }
-    if let Some(error) = &point.first_error {
-        eprintln!(
-            "{} c={clients}: {} bad answers, first: {error}",
-            target.name, point.errors
-        );
-    }
-    Ok(point)
+    let (records, used) = client_rt.rt.block_on(closed_loop(
+        clients,
+        plan.warmup,
+        window,
+        cpu,
+        |measure_from, end| client_loop(addr, workload.clone(), measure_from, end),
+    ))?;
+    let label = format!("{} c={clients}", target.name);
+    Ok(Point::merge(&label, records, window, used))
 }
 
 // ---------------------------------------------------------------------------------------------
 // Statistics and tables.
 
-/// Points of one configuration pooled together.
-struct Stats {
-    rps: f64,
-    /// Requests per second of each round.
-    round_rps: Vec<f64>,
-    p50: f64,
-    p99: f64,
-    p999: f64,
-    max: f64,
-    errors: u64,
-    /// CPU µs per request of the proxy's threads.
-    proxy_us: f64,
-    /// CPU µs per request of the backend's threads.
-    backend_us: f64,
-}
-
-impl Stats {
-    fn pool(points: &[Point]) -> Stats {
-        let mut all: Vec<u64> = points
-            .iter()
-            .flat_map(|p| p.latencies_ns.iter().copied())
-            .collect();
-        all.sort_unstable();
-        let count = all.len() as u64;
-        let seconds: f64 = points.iter().map(|p| p.window.as_secs_f64()).sum();
-        let per_request = |cpu: Duration| {
-            if count == 0 {
-                0.0
-            } else {
-                cpu.as_secs_f64() * 1e6 / count as f64
-            }
-        };
-        Stats {
-            rps: count as f64 / seconds,
-            round_rps: points
-                .iter()
-                .map(|p| p.latencies_ns.len() as f64 / p.window.as_secs_f64())
-                .collect(),
-            p50: percentile(&all, 0.50) / 1e3,
-            p99: percentile(&all, 0.99) / 1e3,
-            p999: percentile(&all, 0.999) / 1e3,
-            max: all.last().map_or(0.0, |&ns| ns as f64 / 1e3),
-            errors: points.iter().map(|p| p.errors).sum(),
-            proxy_us: per_request(points.iter().map(|p| p.proxy_cpu).sum()),
-            backend_us: per_request(points.iter().map(|p| p.backend_cpu).sum()),
-        }
-    }
-}
-
-/// Nearest-rank percentile of sorted nanoseconds, in microseconds.
 fn print_header(plan: &Plan, pinned: bool, pin_wanted: bool) {
     println!();
     println!("ethgate load bench: closed loop, HTTP/1.1 keep-alive, one connection per client");
-    println!(
-        "mode: {} ({} round(s) x {:.1} s per point after {:.1} s warm-up, rounds interleaved and pooled)",
-        if plan.quick { "quick" } else { "full" },
-        plan.rounds,
-        plan.measure.as_secs_f64(),
-        plan.warmup.as_secs_f64()
-    );
+    let mode = mode_line(plan.quick, plan.rounds, plan.measure, plan.warmup);
+    println!("mode: {mode}, rounds interleaved and pooled)");
     println!(
         "layout: 3 runtimes x 1 worker; {}",
         if pinned {
@@ -615,77 +493,27 @@ fn print_header(plan: &Plan, pinned: bool, pin_wanted: bool) {
         }
     );
     println!("request: {SINGLE_REQUEST}");
-    if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
-        let load: Vec<&str> = load.split_whitespace().take(3).collect();
-        println!(
-            "machine: {} CPUs, load average {} (other work on the machine skews absolute figures)",
-            std::thread::available_parallelism().map_or(0, |n| n.get()),
-            load.join(" ")
-        );
-    }
+    print_machine();
     println!("latencies in µs; cpu = on-CPU µs per request of that side's threads");
 }
 
 fn print_single(stats: &[Stats], targets: &[Target<'_>]) {
     println!();
-    println!("single calls");
-    println!(
-        "{:<8} {:>3} {:>9} {:>15} {:>8} {:>8} {:>8} {:>8} {:>9} {:>11} {:>4}",
-        "target",
-        "c",
-        "req/s",
-        "rounds",
-        "p50",
-        "p99",
-        "p99.9",
-        "max",
-        "proxy cpu",
-        "backend cpu",
-        "err"
-    );
+    println!("single calls (rate = requests per second)");
+    println!("{:<8} {:>3} {CELLS_HEADER}", "target", "c");
     for (ci, &clients) in CONCURRENCY.iter().enumerate() {
         for (ti, target) in targets.iter().enumerate() {
             let s = &stats[ci * 2 + ti];
-            let rounds: Vec<String> = s.round_rps.iter().map(|&r| kilo(r)).collect();
-            let proxy = if target.proxy.is_some() {
-                format!("{:.1}", s.proxy_us)
-            } else {
-                "-".into()
-            };
-            println!(
-                "{:<8} {:>3} {:>9} {:>15} {:>8.1} {:>8.1} {:>8.1} {:>8.0} {:>9} {:>11.1} {:>4}",
-                target.name,
-                clients,
-                kilo(s.rps),
-                rounds.join("/"),
-                s.p50,
-                s.p99,
-                s.p999,
-                s.max,
-                proxy,
-                s.backend_us,
-                s.errors
-            );
+            let cells = s.cells(target.proxy.is_some());
+            println!("{:<8} {:>3} {cells}", target.name, clients);
         }
     }
     println!();
     println!("ethgate vs direct");
-    println!(
-        "{:>3} {:>11} {:>10} {:>10} {:>12} {:>12} {:>12}",
-        "c", "req/s ratio", "p50 ratio", "p99 ratio", "p50 added", "p99 added", "p99.9 added"
-    );
+    println!("{:>3} {VERSUS_HEADER}", "c");
     for (ci, &clients) in CONCURRENCY.iter().enumerate() {
         let (d, e) = (&stats[ci * 2], &stats[ci * 2 + 1]);
-        println!(
-            "{:>3} {:>11.2} {:>10.2} {:>10.2} {:>12.1} {:>12.1} {:>12.1}",
-            clients,
-            e.rps / d.rps,
-            e.p50 / d.p50,
-            e.p99 / d.p99,
-            e.p50 - d.p50,
-            e.p99 - d.p99,
-            e.p999 - d.p999
-        );
+        println!("{:>3} {}", clients, e.versus(d));
     }
 }
 
@@ -709,7 +537,7 @@ fn print_batch(stats: &[(usize, &'static str, Stats)]) {
     for (i, (size, name, s)) in stats.iter().enumerate() {
         let is_proxy = *name != "direct";
         let versus = if is_proxy && i > 0 && stats[i - 1].0 == *size {
-            format!("{:.2}x rps", s.rps / stats[i - 1].2.rps)
+            format!("{:.2}x rps", s.rate / stats[i - 1].2.rate)
         } else {
             String::new()
         };
@@ -717,8 +545,8 @@ fn print_batch(stats: &[(usize, &'static str, Stats)]) {
             "{:>5} {:<8} {:>9} {:>9} {:>8.1} {:>8.1} {:>8.1} {:>9} {:>11.1} {:>4} {:>11}",
             size,
             name,
-            kilo(s.rps),
-            kilo(s.rps * *size as f64),
+            kilo(s.rate),
+            kilo(s.rate * *size as f64),
             s.p50,
             s.p99,
             s.p999,

@@ -13,6 +13,10 @@ use http_body_util::Full;
 use hyper::{Response, StatusCode};
 use tokio::runtime::Runtime;
 
+pub mod stats;
+#[allow(unused_imports)] // each bench binary uses its own part.
+pub use stats::{closed_loop, rss_kib, Point, Record, Stats, CELLS_HEADER, VERSUS_HEADER};
+
 pub struct Pinned {
     pub rt: Runtime,
     pub tids: Arc<Mutex<Vec<u32>>>,
@@ -135,4 +139,40 @@ pub fn status_only(status: StatusCode) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = status;
     response
+}
+
+/// Runs bench `name` when cargo asked for it (`--bench`); `cargo test --all-targets` runs the
+/// binary without it, and then only a line is printed. Exits 1 when the run fails.
+pub fn run_bench(name: &str, run: impl FnOnce() -> anyhow::Result<()>) {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("{name} bench: skipped (run it with `cargo bench --bench {name}`)");
+        return;
+    }
+    if let Err(error) = run() {
+        eprintln!("{name} bench failed: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+/// `quick` or `full`, then rounds, window and warm-up, as the tables' header says them.
+pub fn mode_line(quick: bool, rounds: usize, measure: Duration, warmup: Duration) -> String {
+    format!(
+        "{} ({} round(s) x {:.1} s per point after {:.1} s warm-up",
+        if quick { "quick" } else { "full" },
+        rounds,
+        measure.as_secs_f64(),
+        warmup.as_secs_f64()
+    )
+}
+
+/// Prints the CPU count and load average (other work skews absolute figures).
+pub fn print_machine() {
+    if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
+        let load: Vec<&str> = load.split_whitespace().take(3).collect();
+        println!(
+            "machine: {} CPUs, load average {} (other work on the machine skews absolute figures)",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            load.join(" ")
+        );
+    }
 }

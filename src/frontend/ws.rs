@@ -1,8 +1,12 @@
 //! WebSocket sessions: the upgrade on any path, then per client one reader that dispatches
 //! calls concurrently and one ordered, bounded outgoing queue shared with the hub.
 
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use futures_util::task::{waker_ref, ArcWake, AtomicWaker};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -101,20 +105,26 @@ where
     let mut calls = JoinSet::new();
     let limit = Arc::new(Semaphore::new(CALLS_IN_FLIGHT));
     let drain = &frontend.drain;
+    let reader = ReadGate::default();
+    // Created once: re-created on every pass they would re-register with the shared shutdown
+    // token and the session's own each time a message goes out.
+    let shutdown = drain.shutdown.cancelled();
+    let closed = handle.closed();
+    tokio::pin!(shutdown, closed);
     let close = loop {
         tokio::select! {
             biased;
-            _ = drain.shutdown.cancelled() => break Some(SHUTTING_DOWN),
-            _ = handle.closed() => break handle.close_reason(),
+            _ = &mut shutdown => break Some(SHUTTING_DOWN),
+            _ = &mut closed => break handle.close_reason(),
             message = outgoing.recv() => match message {
                 // A client that reads nothing blocks this send until the socket's write
                 // timeout fails it; shutdown does not wait for that.
                 Some(message) => {
                     let receipt = message.receipt();
                     let sent = tokio::select! {
-                        sent = sink.send(Message::text(message.text)) => sent.map_err(|_| None),
-                        _ = handle.closed() => Err(None),
-                        _ = drain.shutdown.cancelled() => Err(Some(SHUTTING_DOWN)),
+                        sent = sink.send(Message::text(message.into_text())) => sent.map_err(|_| None),
+                        _ = &mut closed => Err(None),
+                        _ = &mut shutdown => Err(Some(SHUTTING_DOWN)),
                     };
                     handle.sent(receipt);
                     match sent {
@@ -126,7 +136,7 @@ where
                 None => break None,
             },
             // Reading pauses while CALLS_IN_FLIGHT calls run; the queue keeps draining.
-            frame = stream.next(), if limit.available_permits() > 0 => match frame {
+            frame = poll_fn(|cx| reader.poll_next(&mut stream, cx)), if limit.available_permits() > 0 => match frame {
                 Some(Ok(Message::Text(text))) => dispatch(&frontend, &handle, &limit, &mut calls, text.into()),
                 Some(Ok(Message::Binary(data))) => dispatch(&frontend, &handle, &limit, &mut calls, data),
                 Some(Ok(Message::Close(_))) | None => break None,
@@ -195,4 +205,113 @@ fn dispatch(
         }
         drop(permit);
     });
+}
+
+/// Polls the client's stream only when the stream itself asked to be polled again (its
+/// waker fired) or last returned a frame. The session task also wakes for every outgoing
+/// message; re-polling the stream then would make tungstenite zero its whole read buffer and
+/// try a read each time, which profiling showed to be most of a fan-out's cost.
+struct ReadGate {
+    woken: Arc<Woken>,
+}
+
+/// The stream's own waker: notes that it fired, then wakes the session task.
+struct Woken {
+    fired: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl ArcWake for Woken {
+    fn wake_by_ref(arc_self: &Arc<Self>) {
+        arc_self.fired.store(true, Ordering::Release);
+        arc_self.task.wake();
+    }
+}
+
+impl Default for ReadGate {
+    fn default() -> Self {
+        // Fired at first: the stream has never been polled.
+        let woken = Woken {
+            fired: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        };
+        ReadGate {
+            woken: Arc::new(woken),
+        }
+    }
+}
+
+impl ReadGate {
+    fn poll_next<S: Stream + Unpin>(
+        &self,
+        stream: &mut S,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<S::Item>> {
+        self.woken.task.register(cx.waker());
+        if !self.woken.fired.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        let waker = waker_ref(&self.woken);
+        let polled = stream.poll_next_unpin(&mut Context::from_waker(&waker));
+        if polled.is_ready() {
+            // More frames may already be buffered: the next call polls again.
+            self.woken.fired.store(true, Ordering::Release);
+        }
+        polled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A stream that counts its polls and is pending until `ready` frames are let through.
+    struct Counted {
+        polls: Arc<AtomicUsize>,
+        ready: usize,
+        waker: Option<std::task::Waker>,
+    }
+
+    impl Stream for Counted {
+        type Item = u32;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<u32>> {
+            self.polls.fetch_add(1, Ordering::Relaxed);
+            if self.ready > 0 {
+                self.ready -= 1;
+                return Poll::Ready(Some(7));
+            }
+            self.waker = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+
+    #[test]
+    fn the_stream_is_polled_again_only_after_a_frame_or_its_own_wake() {
+        let polls = Arc::new(AtomicUsize::new(0));
+        let mut stream = Counted {
+            polls: polls.clone(),
+            ready: 1,
+            waker: None,
+        };
+        let gate = ReadGate::default();
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        assert_eq!(gate.poll_next(&mut stream, &mut cx), Poll::Ready(Some(7)));
+        // After a frame the next call polls again (more may be buffered): now pending.
+        assert!(gate.poll_next(&mut stream, &mut cx).is_pending());
+        assert_eq!(polls.load(Ordering::Relaxed), 2);
+        // Woken for other reasons (an outgoing message): the stream is left alone.
+        for _ in 0..5 {
+            assert!(gate.poll_next(&mut stream, &mut cx).is_pending());
+        }
+        assert_eq!(polls.load(Ordering::Relaxed), 2, "no poll without a wake");
+        // The stream's own waker fires: the next call polls it and gets the frame.
+        stream.ready = 1;
+        stream.waker.take().expect("registered").wake();
+        assert_eq!(gate.poll_next(&mut stream, &mut cx), Poll::Ready(Some(7)));
+        assert_eq!(polls.load(Ordering::Relaxed), 3);
+    }
 }

@@ -116,7 +116,7 @@ struct Subscription {
 /// queued, so no notification can overtake that response. Dropped unactivated, it gives its
 /// place under the caps back.
 pub struct PendingSubscription {
-    id: String,
+    id: Arc<str>,
     kind: Kind,
     filter: Option<LogFilter>,
     slot: Slot,
@@ -139,7 +139,8 @@ type FilterTable = HashMap<Arc<str>, (Arc<LogFilter>, usize)>;
 
 /// Every client subscription and the filters they need.
 pub struct Hub {
-    subscriptions: DashMap<String, Subscription>,
+    /// By id; the key is shared with the session's list and with every queued notification.
+    subscriptions: DashMap<Arc<str>, Subscription>,
     filters: Mutex<FilterTable>,
     limits: Limits,
     total: Arc<AtomicUsize>,
@@ -171,12 +172,12 @@ impl Hub {
 
     /// A fresh subscription id: `0x` + 32 hex digits, unpredictable and never reused (a
     /// counter through a bijection of the 128-bit space).
-    fn next_id(&self) -> String {
+    fn next_id(&self) -> Arc<str> {
         let n = self.id_counter.fetch_add(1, Ordering::Relaxed) as u128;
         let mixed = self
             .id_base
             .wrapping_add(n.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835));
-        format!("0x{mixed:032x}")
+        format!("0x{mixed:032x}").into()
     }
 
     /// Validates `eth_subscribe` params as geth does and takes a place under the caps; the
@@ -262,7 +263,7 @@ impl Hub {
         for id in session.take_subscriptions() {
             if let Some((_, subscription)) = self
                 .subscriptions
-                .remove_if(&id, |_, s| s.session.id() == session.id())
+                .remove_if(&*id, |_, s| s.session.id() == session.id())
             {
                 self.release(&subscription);
             }
@@ -312,10 +313,13 @@ impl Hub {
     }
 
     /// Sends `result` to every subscription of `kind` (logs: see [`Hub::deliver_block`]).
+    /// The result is copied once and shared: each queue holds only two references, and each
+    /// client's frame is built when its writer sends it.
     pub fn deliver(&self, kind: Kind, result: &str) {
+        let result = Arc::new(result.to_string());
         for entry in self.subscriptions.iter() {
             if entry.kind == kind {
-                entry.session.push(notification(entry.key(), result));
+                entry.session.push(entry.key(), &result);
             }
         }
     }
@@ -327,10 +331,14 @@ impl Hub {
         if let Some(header) = header {
             self.deliver(Kind::NewHeads, header);
         }
-        let by_key: HashMap<&str, &[Arc<str>]> = logs
+        // Each log is copied once here and then shared by every subscriber of its filter.
+        let by_key: HashMap<&str, Vec<Arc<String>>> = logs
             .iter()
             .filter(|(_, logs)| !logs.is_empty())
-            .map(|(key, logs)| (key.as_ref(), logs.as_slice()))
+            .map(|(key, logs)| {
+                let shared = logs.iter().map(|l| Arc::new(l.to_string())).collect();
+                (key.as_ref(), shared)
+            })
             .collect();
         if by_key.is_empty() {
             return;
@@ -339,8 +347,8 @@ impl Hub {
             let Some(logs) = entry.filter_key.as_deref().and_then(|k| by_key.get(k)) else {
                 continue;
             };
-            for log in logs.iter() {
-                if !entry.session.push(notification(entry.key(), log)) {
+            for log in logs {
+                if !entry.session.push(entry.key(), log) {
                     break;
                 }
             }
@@ -385,17 +393,6 @@ impl Hub {
         }
         closed
     }
-}
-
-/// A notification frame for subscription `id`.
-fn notification(id: &str, result: &str) -> String {
-    let mut text = String::with_capacity(result.len() + 110);
-    text.push_str(r#"{"jsonrpc":"2.0","method":"eth_subscription","params":{"subscription":""#);
-    text.push_str(id);
-    text.push_str(r#"","result":"#);
-    text.push_str(result);
-    text.push_str("}}");
-    text
 }
 
 /// The kind and, for logs, the filter of `eth_subscribe` params, refused as geth refuses them.

@@ -8,7 +8,7 @@
 //! large answers never count against its notifications.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
@@ -28,22 +28,86 @@ pub struct QueueLimits {
     pub bytes: usize,
 }
 
-/// One queued message.
+/// What a queued message holds: an answer's text, or a notification kept as its two shared
+/// parts (the subscription id and the result every subscriber of it gets), so a head fanned out
+/// to thousands of clients is stored once and each client's frame is built only when written.
+#[derive(Debug)]
+pub enum Body {
+    /// A whole JSON text.
+    Text(String),
+    /// `eth_subscription` for `id` carrying `result`.
+    Notification {
+        /// The subscription id.
+        id: Arc<str>,
+        /// The `result` JSON, shared by every subscriber (a thin pointer keeps a queued
+        /// message at 32 bytes, the size of the queue's slots before parts were shared).
+        result: Arc<String>,
+    },
+}
+
+const NOTIFICATION_HEAD: &str =
+    r#"{"jsonrpc":"2.0","method":"eth_subscription","params":{"subscription":""#;
+const NOTIFICATION_MIDDLE: &str = r#"","result":"#;
+const NOTIFICATION_TAIL: &str = "}}";
+
+impl Body {
+    /// The length of the JSON text, without building it.
+    pub fn len(&self) -> usize {
+        match self {
+            Body::Text(text) => text.len(),
+            Body::Notification { id, result } => notification_len(id, result),
+        }
+    }
+
+    /// Whether the text is empty (never, for a notification).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The JSON text, built in one allocation of the exact size (so handing it to the
+    /// WebSocket as bytes allocates nothing more).
+    pub fn into_text(self) -> String {
+        match self {
+            Body::Text(text) => text,
+            Body::Notification { id, result } => {
+                let mut text = String::with_capacity(notification_len(&id, &result));
+                text.push_str(NOTIFICATION_HEAD);
+                text.push_str(&id);
+                text.push_str(NOTIFICATION_MIDDLE);
+                text.push_str(&result);
+                text.push_str(NOTIFICATION_TAIL);
+                text
+            }
+        }
+    }
+}
+
+fn notification_len(id: &str, result: &str) -> usize {
+    NOTIFICATION_HEAD.len()
+        + id.len()
+        + NOTIFICATION_MIDDLE.len()
+        + result.len()
+        + NOTIFICATION_TAIL.len()
+}
+
+/// One queued message: a notification, or (as text) the answer to a call.
 #[derive(Debug)]
 pub struct Outgoing {
-    /// The JSON text frame.
-    pub text: String,
-    /// A notification (true) or the answer to a call.
-    notification: bool,
+    body: Body,
 }
 
 impl Outgoing {
     /// What the writer hands back to [`SessionHandle::sent`] once the text is written.
     pub fn receipt(&self) -> Receipt {
         Receipt {
-            len: self.text.len(),
-            notification: self.notification,
+            len: self.body.len(),
+            notification: matches!(self.body, Body::Notification { .. }),
         }
+    }
+
+    /// The JSON text to write.
+    pub fn into_text(self) -> String {
+        self.body.into_text()
     }
 }
 
@@ -66,7 +130,7 @@ pub struct SessionHandle {
     closing: CancellationToken,
     close_reason: Mutex<Option<(u16, &'static str)>>,
     /// Ids of this session's subscriptions, so ending the session touches only those.
-    subscriptions: Mutex<Vec<String>>,
+    subscriptions: Mutex<Vec<Arc<str>>>,
     /// Subscriptions held or being set up, against `max_subscriptions_per_connection`.
     pub(super) slots: AtomicUsize,
 }
@@ -95,20 +159,21 @@ impl SessionHandle {
         self.id
     }
 
-    /// Queues a notification; one that does not fit closes the session with 1008 rather
-    /// than being dropped.
-    pub fn push(&self, text: String) -> bool {
-        let len = text.len();
+    /// Queues a notification of `result` for subscription `id`; one that does not fit closes
+    /// the session with 1008 rather than being dropped.
+    pub fn push(&self, id: &Arc<str>, result: &Arc<String>) -> bool {
+        let body = Body::Notification {
+            id: id.clone(),
+            result: result.clone(),
+        };
+        let len = body.len();
         let queued = self.notification_bytes.fetch_add(len, Ordering::AcqRel);
         if queued + len > self.limits.bytes {
             self.notification_bytes.fetch_sub(len, Ordering::AcqRel);
             self.close(CLOSE_POLICY, "client too slow: outgoing queue full");
             return false;
         }
-        let outgoing = Outgoing {
-            text,
-            notification: true,
-        };
+        let outgoing = Outgoing { body };
         match self.queue.try_send(outgoing) {
             Ok(()) => true,
             Err(error) => {
@@ -140,8 +205,7 @@ impl SessionHandle {
         }
         self.answer_bytes.fetch_add(len, Ordering::AcqRel);
         let outgoing = Outgoing {
-            text,
-            notification: false,
+            body: Body::Text(text),
         };
         let sent = tokio::select! {
             sent = self.queue.send(outgoing) => sent.is_ok(),
@@ -173,15 +237,15 @@ impl SessionHandle {
         by_messages.max(by_bytes)
     }
 
-    pub(super) fn remember(&self, id: &str) {
-        lock(&self.subscriptions).push(id.to_string());
+    pub(super) fn remember(&self, id: &Arc<str>) {
+        lock(&self.subscriptions).push(id.clone());
     }
 
     pub(super) fn forget(&self, id: &str) {
-        lock(&self.subscriptions).retain(|known| known != id);
+        lock(&self.subscriptions).retain(|known| &**known != id);
     }
 
-    pub(super) fn take_subscriptions(&self) -> Vec<String> {
+    pub(super) fn take_subscriptions(&self) -> Vec<Arc<str>> {
         std::mem::take(&mut *lock(&self.subscriptions))
     }
 
@@ -222,43 +286,91 @@ mod tests {
         SessionHandle::new(QueueLimits { messages, bytes })
     }
 
+    /// Queues a notification whose result is `result`.
+    fn push(s: &SessionHandle, result: &str) -> bool {
+        s.push(&"0x1".into(), &Arc::new(result.to_string()))
+    }
+
+    /// The queued length of a notification whose result is `result`.
+    fn len_of(result: &str) -> usize {
+        notification_len("0x1", result)
+    }
+
+    #[test]
+    fn a_queued_message_stays_as_small_as_a_string() {
+        // Each session's queue allocates a block of slots up front: a larger message type
+        // would cost every idle client memory.
+        assert!(std::mem::size_of::<Outgoing>() <= 32);
+    }
+
+    #[test]
+    fn a_notification_is_built_from_its_shared_parts_with_its_exact_length() {
+        let body = Body::Notification {
+            id: "0xab".into(),
+            result: Arc::new(r#"{"n":1}"#.to_string()),
+        };
+        let len = body.len();
+        let text = body.into_text();
+        assert_eq!(
+            text,
+            r#"{"jsonrpc":"2.0","method":"eth_subscription","params":{"subscription":"0xab","result":{"n":1}}}"#
+        );
+        assert_eq!(text.len(), len);
+        assert_eq!(text.capacity(), len, "one allocation of the exact size");
+    }
+
+    #[test]
+    fn notification_bytes_count_the_built_frame_length() {
+        let (s, mut queue) = session(100, 2 * len_of("1"));
+        assert!(push(&s, "1") && push(&s, "1"));
+        assert!(!push(&s, "1"), "a third frame exceeds the byte bound");
+        assert_eq!(s.close_reason().map(|r| r.0), Some(CLOSE_POLICY));
+        let first = queue.try_recv().unwrap();
+        assert_eq!(first.receipt().len, len_of("1"));
+        assert_eq!(first.into_text().len(), len_of("1"));
+    }
+
     #[test]
     fn a_notification_over_the_message_bound_closes_with_1008() {
         let (s, _queue) = session(2, 1 << 20);
-        assert!(s.push("a".into()) && s.push("b".into()));
-        assert!(!s.push("c".into()));
+        assert!(push(&s, "a") && push(&s, "b"));
+        assert!(!push(&s, "c"));
         assert_eq!(s.close_reason().map(|r| r.0), Some(CLOSE_POLICY));
     }
 
     #[test]
     fn a_notification_over_the_byte_bound_closes_with_1008() {
-        let (s, _queue) = session(100, 10);
-        assert!(s.push("12345678".into()));
-        assert!(!s.push("123".into()));
+        let (s, _queue) = session(100, len_of("12345678") + 2);
+        assert!(push(&s, "12345678"));
+        assert!(!push(&s, "123"));
         assert_eq!(s.close_reason().map(|r| r.0), Some(CLOSE_POLICY));
         assert!(s.fill() >= 0.8);
     }
 
     #[tokio::test]
     async fn answers_wait_for_room_instead_of_closing() {
-        let (s, mut queue) = session(100, 10);
+        // Room for exactly one notification, and for the first answer but not the second.
+        let bound = len_of("note");
+        let (s, mut queue) = session(100, bound);
         let s = std::sync::Arc::new(s);
-        assert!(s.push_answer("12345678".into()).await);
+        assert!(s.push_answer("a".repeat(bound - 2)).await);
         let waiting = tokio::spawn({
             let s = s.clone();
             async move { s.push_answer("answer".into()).await }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiting.is_finished(), "no room yet: the answer waits");
-        assert!(
-            s.push("note".into()),
-            "answers never crowd out notifications"
-        );
+        assert!(push(&s, "note"), "answers never crowd out notifications");
         let first = queue.recv().await.unwrap();
         s.sent(first.receipt());
         assert!(waiting.await.unwrap());
-        assert_eq!(queue.recv().await.unwrap().text, "note");
-        assert_eq!(queue.recv().await.unwrap().text, "answer");
+        assert!(queue
+            .recv()
+            .await
+            .unwrap()
+            .into_text()
+            .contains(r#""result":note}"#));
+        assert_eq!(queue.recv().await.unwrap().into_text(), "answer");
         assert!(
             s.close_reason().is_none(),
             "never closed for its own answers"
@@ -269,13 +381,13 @@ mod tests {
     async fn an_answer_larger_than_the_byte_bound_passes_an_empty_queue() {
         let (s, mut queue) = session(4, 4);
         assert!(s.push_answer("a long answer".into()).await);
-        assert_eq!(queue.recv().await.unwrap().text, "a long answer");
+        assert_eq!(queue.recv().await.unwrap().into_text(), "a long answer");
     }
 
     #[tokio::test]
     async fn a_waiting_answer_gives_up_when_the_session_closes() {
         let (s, _queue) = session(1, 1 << 20);
-        assert!(s.push("x".into()));
+        assert!(push(&s, "x"));
         let s = std::sync::Arc::new(s);
         let waiting = tokio::spawn({
             let s = s.clone();

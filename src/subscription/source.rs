@@ -77,6 +77,9 @@ pub struct Source {
     dead_after: Duration,
 }
 
+/// Initial read buffer of the feed's upstream WebSocket.
+const FEED_READ_BUFFER: usize = 16 * 1024;
+
 impl Source {
     /// Connects within `connect_timeout`; the socket is pinged after `ping_after` of silence
     /// and given up after `dead_after` of silence.
@@ -86,7 +89,11 @@ impl Source {
         ping_after: Duration,
         dead_after: Duration,
     ) -> Result<Source, SourceError> {
-        let socket = crate::upstream::dial::dial_ws(upstream, connect_timeout)
+        // tungstenite zeroes its whole read buffer on every read attempt: its 128 KiB default
+        // cost more than the rest of a head's handling; larger frames still grow it.
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .read_buffer_size(FEED_READ_BUFFER);
+        let socket = crate::upstream::dial::dial_ws_with(upstream, connect_timeout, Some(config))
             .await
             .map_err(SourceError::Connect)?;
         Ok(Source {

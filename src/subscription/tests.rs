@@ -91,7 +91,7 @@ fn nothing_is_delivered_before_activation_and_after_unsubscribe() {
     assert!(queue.try_recv().is_err(), "not yet active");
     hub.activate(pending);
     hub.deliver_block(Some(r#"{"n":1}"#), &[]);
-    let text = queue.try_recv().unwrap().text;
+    let text = queue.try_recv().unwrap().into_text();
     assert!(
         text.contains(&id) && text.contains(r#""result":{"n":1}"#),
         "{text}"
@@ -141,8 +141,16 @@ fn logs_go_only_to_subscribers_of_that_filter() {
     hub.deliver_block(None, &[("other".into(), vec!["1".into()])]);
     assert!(queue.try_recv().is_err());
     hub.deliver_block(None, &[(key, vec!["2".into(), "3".into()])]);
-    assert!(queue.try_recv().unwrap().text.ends_with(r#""result":2}}"#));
-    assert!(queue.try_recv().unwrap().text.ends_with(r#""result":3}}"#));
+    assert!(queue
+        .try_recv()
+        .unwrap()
+        .into_text()
+        .ends_with(r#""result":2}}"#));
+    assert!(queue
+        .try_recv()
+        .unwrap()
+        .into_text()
+        .ends_with(r#""result":3}}"#));
 }
 
 #[test]
@@ -170,7 +178,7 @@ fn the_per_connection_cap_answers_limit_exceeded_and_keeps_the_rest() {
     );
     hub.deliver_block(Some("{}"), &[]);
     assert!(
-        queue.try_recv().unwrap().text.contains(&first),
+        queue.try_recv().unwrap().into_text().contains(&first),
         "existing ones still deliver"
     );
     assert!(hub.unsubscribe(s.id(), &first));
@@ -220,9 +228,9 @@ fn the_process_wide_cap_holds_across_connections() {
 fn a_full_queue_closes_the_session_with_1008() {
     let (s, _queue) = session();
     for _ in 0..8 {
-        assert!(s.push("x".into()));
+        assert!(s.push(&"0x1".into(), &Arc::new("x".to_string())));
     }
-    assert!(!s.push("x".into()));
+    assert!(!s.push(&"0x1".into(), &Arc::new("x".to_string())));
     assert_eq!(s.close_reason().map(|r| r.0), Some(1008));
 }
 

@@ -293,7 +293,7 @@ impl Client {
     fn results(&mut self) -> Vec<serde_json::Value> {
         let mut out = Vec::new();
         while let Ok(message) = self.queue.try_recv() {
-            let frame: serde_json::Value = serde_json::from_str(&message.text).unwrap();
+            let frame: serde_json::Value = serde_json::from_str(&message.into_text()).unwrap();
             out.push(frame["params"]["result"].clone());
         }
         out

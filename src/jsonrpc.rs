@@ -3,6 +3,7 @@
 //! client's original id bytes.
 
 use std::borrow::Cow;
+use std::io::Write;
 
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
@@ -110,11 +111,11 @@ pub enum Incoming<'a> {
 
 #[derive(Deserialize)]
 struct WireRequest<'a> {
-    #[serde(borrow)]
+    #[serde(default, borrow, deserialize_with = "text")]
     jsonrpc: Option<Cow<'a, str>>,
     #[serde(default, borrow, deserialize_with = "present")]
     id: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(default, borrow, deserialize_with = "text")]
     method: Option<Cow<'a, str>>,
     #[serde(default, borrow, deserialize_with = "present")]
     params: Option<&'a RawValue>,
@@ -125,6 +126,14 @@ struct WireRequest<'a> {
 struct WireId<'a> {
     #[serde(default, borrow, deserialize_with = "present")]
     id: Option<&'a RawValue>,
+}
+
+/// A string borrowed from the body unless it holds escapes. serde borrows a `Cow<str>` field
+/// only when it is not wrapped: `Option<Cow<str>>` alone would copy every method name.
+fn text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+    Option::<Text>::deserialize(d).map(|text| text.map(|Text(text)| text))
 }
 
 /// Keeps a present `null` as `Some(raw "null")`; only an absent key is `None`.
@@ -220,7 +229,8 @@ fn validate(wire: WireRequest<'_>) -> Decoded<'_> {
 /// Appends `{"jsonrpc":"2.0","id":ID,"method":M,"params":P}` with ethgate's numeric id.
 pub fn encode_request(out: &mut Vec<u8>, id: u64, method: &str, params: Option<&RawValue>) {
     out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
-    out.extend_from_slice(id.to_string().as_bytes());
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "{id}");
     out.extend_from_slice(b",\"method\":");
     // Writing a &str into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, method);

@@ -201,3 +201,19 @@ fn invalid_utf8_anywhere_is_a_parse_error_and_valid_multibyte_text_is_kept() {
 fn single_ok(body: &str) -> Call<'_> {
     single(body).expect("valid call")
 }
+
+#[test]
+fn method_names_borrow_from_the_body_unless_escaped() {
+    let plain = single_ok(r#"{"jsonrpc":"2.0","id":1,"method":"eth_call"}"#);
+    assert!(matches!(plain.method, Cow::Borrowed("eth_call")));
+    let escaped = single_ok(r#"{"jsonrpc":"2.0","id":1,"method":"eth_\u0063all"}"#);
+    assert!(matches!(&escaped.method, Cow::Owned(m) if m == "eth_call"));
+    // An escaped version string is still "2.0"; a non-string method is invalid.
+    assert!(single(r#"{"jsonrpc":"2\u002e0","id":1,"method":"m"}"#).is_ok());
+    assert_eq!(
+        single(r#"{"jsonrpc":"2.0","id":1,"method":7}"#)
+            .unwrap_err()
+            .code,
+        INVALID_REQUEST.code
+    );
+}

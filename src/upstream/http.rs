@@ -1,7 +1,7 @@
 //! Pooled keep-alive HTTP transport to upstream nodes, with errors classified by whether the
 //! request could have reached the node.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -83,6 +83,8 @@ pub struct HttpPool {
     headers: Arc<[(HeaderName, HeaderValue)]>,
     /// Set when this upstream's TLS files could not be loaded: every request fails with it.
     broken: Option<Arc<str>>,
+    /// The URL this pool serves, parsed once.
+    target: Arc<OnceLock<Arc<Target>>>,
 }
 
 /// A connection between two requests, with its read buffer (which may hold capacity only).
@@ -129,6 +131,7 @@ impl HttpPool {
             tls: Arc::new(tls),
             headers: sensitive_headers(headers).into(),
             broken: None,
+            target: Arc::default(),
         }
     }
 
@@ -166,17 +169,14 @@ impl HttpPool {
         if let Some(reason) = &self.broken {
             return Err(SendError::NotSent(reason.to_string()));
         }
-        let (Some(endpoint), Some(authority)) = (Endpoint::of(uri, &self.tls), uri.authority())
-        else {
-            return Err(SendError::NotSent(format!("not an http(s) URL: {uri}")));
-        };
-        let path = uri.path_and_query().map_or("/", |p| p.as_str());
-        let request = exchange::request(path, authority.as_str(), &self.headers, &body);
-        let origin = format!("{}://{authority}", uri.scheme_str().unwrap_or("http"));
+        let target = self.target(uri)?;
+        let request = exchange::request(&target.path, &target.host, &self.headers, &body);
         loop {
-            let (mut conn, reused) = match self.checkout(&origin) {
+            let (mut conn, reused) = match self.checkout(&target.origin) {
                 Some(conn) => (conn, true),
-                None => (self.connect(&endpoint, &origin).await?, false),
+                // Boxed: a connect with its TLS handshake is a large future that every call
+                // would otherwise carry (and move) although most reuse a connection.
+                None => (Box::pin(self.connect(&target)).await?, false),
             };
             let limit = self.max_response_bytes;
             let answer =
@@ -185,7 +185,7 @@ impl HttpPool {
                     // A kept-alive connection the node closed meanwhile: the request never left,
                     // so it goes out on another connection.
                     Err(Failure::NotWritten(_)) if reused => continue,
-                    Err(Failure::NotWritten(e)) => return Err(SendError::NoAnswer(e.to_string())),
+                    Err(Failure::NotWritten(e)) => return Err(SendError::NotSent(e.to_string())),
                     Err(Failure::NoAnswer(detail)) => return Err(SendError::NoAnswer(detail)),
                     Err(Failure::TooLarge) => return Err(SendError::TooLarge(limit)),
                 };
@@ -197,6 +197,16 @@ impl HttpPool {
             }
             return Ok(answer.body);
         }
+    }
+
+    /// What a request to `uri` needs, worked out on the first call: a pool serves one
+    /// upstream URL, so later calls find it ready.
+    fn target(&self, uri: &http::Uri) -> Result<Arc<Target>, SendError> {
+        if let Some(target) = self.target.get().filter(|t| t.uri == *uri) {
+            return Ok(target.clone());
+        }
+        let target = Arc::new(Target::of(uri, &self.tls)?);
+        Ok(self.target.get_or_init(|| target.clone()).clone())
     }
 
     /// The most recently used idle connection to `origin` that is still open.
@@ -219,8 +229,8 @@ impl HttpPool {
         }
     }
 
-    async fn connect(&self, endpoint: &Endpoint, origin: &str) -> Result<Idle, SendError> {
-        let stream = Stream::connect(endpoint, self.connect_timeout)
+    async fn connect(&self, target: &Target) -> Result<Idle, SendError> {
+        let stream = Stream::connect(&target.endpoint, self.connect_timeout)
             .await
             .map_err(|e| {
                 let detail = format!("connect: {}", error_chain(&e));
@@ -231,10 +241,36 @@ impl HttpPool {
                 }
             })?;
         Ok(Idle {
-            origin: origin.into(),
+            origin: target.origin.clone(),
             stream,
             buf: BytesMut::new(),
             since: Instant::now(),
+        })
+    }
+}
+
+/// One upstream URL, parsed for requests.
+struct Target {
+    uri: http::Uri,
+    endpoint: Endpoint,
+    /// `scheme://authority`: the key of idle connections.
+    origin: Arc<str>,
+    /// Request target (origin form) and Host header.
+    path: String,
+    host: String,
+}
+
+impl Target {
+    fn of(uri: &http::Uri, tls: &Arc<ClientConfig>) -> Result<Target, SendError> {
+        let (Some(endpoint), Some(authority)) = (Endpoint::of(uri, tls), uri.authority()) else {
+            return Err(SendError::NotSent(format!("not an http(s) URL: {uri}")));
+        };
+        Ok(Target {
+            uri: uri.clone(),
+            endpoint,
+            origin: format!("{}://{authority}", uri.scheme_str().unwrap_or("http")).into(),
+            path: uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
+            host: authority.to_string(),
         })
     }
 }

@@ -543,6 +543,11 @@ function cell(key, fmt) { return (key in n) ? rng(lo[key], hi[key], fmt) : "-" }
 function kcell(key) { return (key in n) ? krng(lo[key], hi[key]) : "-" }
 function ratio(a, b) { return (b > 0 && a > 0) ? sprintf("%.2f", a / b) : "-" }
 function has(t) { return index(" " targets " ", " " t " ") > 0 }
+function goal(label, e, h, limit,    r) { # one row of the goals table: ratio e/h against limit
+    r = (h > 0) ? e / h : -1
+    printf "| %s | %.1f | %.1f | %s | ≤ %.1f× | %s |\n", label, e, h, (r < 0 ? "-" : sprintf("%.2f", r)), limit,
+        (r < 0 ? "-" : (r <= limit ? "yes" : "no"))
+}
 function cmp(c, a, b, label,    ka, kb) { # ratio row a/b at concurrency c, Δ CPU = a − b
     ka = a SUBSEP c SUBSEP 0; kb = b SUBSEP c SUBSEP 0
     if (!((ka SUBSEP "rps") in n) || !((kb SUBSEP "rps") in n)) return
@@ -695,6 +700,25 @@ END {
                     (t == "direct" ? "—" : cell(k SUBSEP "pcpu", "%.1f")), cell(k SUBSEP "bcpu", "%.1f"), r
             }
         }
+    }
+    if (index(" " targets " ", " haproxy ") && index(" " targets " ", " ethgate ")) {
+        print ""
+        print "goals (issue 12): ratio ethgate/HAProxy from means of runs; met when at or below the goal"
+        print "| goal | ethgate | HAProxy | ratio | goal | met |"
+        print "|---|---|---|---|---|---|"
+        e = "ethgate" SUBSEP cc SUBSEP 0; h = "haproxy" SUBSEP cc SUBSEP 0
+        goal("proxy CPU µs/req, c=" cc, mean(e SUBSEP "pcpu"), mean(h SUBSEP "pcpu"), 1.0)
+        goal("p99 µs, c=" cc, mean(e SUBSEP "p99"), mean(h SUBSEP "p99"), 1.0)
+        d = "direct" SUBSEP 1 SUBSEP 0
+        if ((d SUBSEP "p50") in n)
+            goal("added p50 µs over direct, c=1", mean("ethgate" SUBSEP 1 SUBSEP 0 SUBSEP "p50") - mean(d SUBSEP "p50"),
+                mean("haproxy" SUBSEP 1 SUBSEP 0 SUBSEP "p50") - mean(d SUBSEP "p50"), 1.0)
+        for (j = 1; j <= nb; j++) if (B[j] == 100)
+            goal("proxy CPU µs per batch of 100, c=" bconns, mean("ethgate" SUBSEP bconns SUBSEP 100 SUBSEP "pcpu"),
+                mean("haproxy" SUBSEP bconns SUBSEP 100 SUBSEP "pcpu"), 2.0)
+        if (has("ethgate_tls") && has("haproxy_tls"))
+            goal("CPU µs/req TLS adds, c=" cc, mean("ethgate_tls" SUBSEP cc SUBSEP 0 SUBSEP "pcpu") - mean(e SUBSEP "pcpu"),
+                mean("haproxy_tls" SUBSEP cc SUBSEP 0 SUBSEP "pcpu") - mean(h SUBSEP "pcpu"), 1.0)
     }
     errs = 0
     for (key in n) { split(key, parts, SUBSEP); if (parts[4] == "err") errs += sum[key] }

@@ -28,7 +28,9 @@
 //! - [`watch`]: balance watch of the Chainlink node's addresses.
 //! - [`router`]: candidate order, attempts, failure classes and the retry decision; reads in
 //!   flight move when their upstream leaves rotation, and may be hedged; monotonic tags.
-//! - [`upstream`]: upstream nodes, the HTTP pool, health probes and states, their metrics.
+//! - [`upstream`]: upstream nodes and their set (candidate order), the HTTP/1.1 client and its
+//!   keep-alive connections, health probes and states (failovers and transitions reported to a
+//!   `HealthObserve`), their metrics.
 //! - [`reload`]: applying a new config to a running server (SIGHUP); uses `state` (the
 //!   [`Server`]'s shared parts, `state::Shared`), `server`, `upstream`, `policy`, `watch`.
 //! - [`descriptors`]: the open-file limit raised and checked at start.
@@ -36,7 +38,7 @@
 //! - leaves: [`config`] (raw TOML validated into [`config::Config`], problems as
 //!   [`config::ConfigError`] naming their key), [`jsonrpc`] (framing: raw ids, rewritten
 //!   upstream ids, spliced answers; every error code ethgate mints, in [`jsonrpc::code`]),
-//!   [`metrics`] (atomic counters and the text format), [`shutdown`] (signals and the drain
+//!   [`metrics`] (atomic counters, label enums with `ALL` tables, histogram, text format), [`shutdown`] (signals and the drain
 //!   tokens), [`connection`] (a client connection's place in `max_connections`).
 //!
 //! Errors are typed per layer (`thiserror`): [`StartError`] from [`Server::bind`],

@@ -222,8 +222,12 @@ impl HttpPool {
     }
 
     fn check_in(&self, mut conn: Idle) {
-        conn.since = Instant::now();
+        let now = Instant::now();
+        conn.since = now;
         let mut idle = lock(&self.idle);
+        // Connections a steady load never reaches (the list is used last-in first-out) are
+        // closed here once past the idle timeout, instead of holding their descriptors.
+        idle.retain(|c| now.duration_since(c.since) < IDLE_TIMEOUT);
         if idle.len() < MAX_IDLE {
             idle.push(conn);
         }

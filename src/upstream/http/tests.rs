@@ -265,3 +265,29 @@ async fn a_refused_connect_is_not_sent() {
         "{outcome:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn connections_idle_past_the_timeout_are_closed_when_another_returns() {
+    let server = serve(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", false).await;
+    let pool = pool();
+    // Three calls at once leave three idle connections.
+    let (a, b, c) = tokio::join!(
+        post(&pool, &server.uri),
+        post(&pool, &server.uri),
+        post(&pool, &server.uri)
+    );
+    assert!(a.is_ok() && b.is_ok() && c.is_ok());
+    assert_eq!(lock(&pool.idle).len(), 3);
+    // A steady load reuses only the most recent one; the other two age past the timeout.
+    let half = IDLE_TIMEOUT / 2 + Duration::from_secs(1);
+    tokio::time::advance(half).await;
+    assert!(post(&pool, &server.uri).await.is_ok());
+    tokio::time::advance(half).await;
+    assert!(post(&pool, &server.uri).await.is_ok());
+    assert_eq!(
+        lock(&pool.idle).len(),
+        1,
+        "the two stale ones closed on return"
+    );
+    assert_eq!(server.connections.load(Ordering::SeqCst), 3);
+}

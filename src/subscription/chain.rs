@@ -130,6 +130,26 @@ pub struct Plan {
     pub restarted: bool,
 }
 
+/// Whether a change extends the window or starts it afresh (its head could not be linked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// The change follows the headers kept.
+    Extend,
+    /// The headers kept are dropped first.
+    Restart,
+}
+
+impl Plan {
+    /// How this plan's changes are applied to the window.
+    pub fn window(&self) -> Window {
+        if self.restarted {
+            Window::Restart
+        } else {
+            Window::Extend
+        }
+    }
+}
+
 /// Recent canonical headers by number.
 #[derive(Debug, Default)]
 pub struct ChainView {
@@ -214,13 +234,13 @@ impl ChainView {
     }
 
     /// Applies one change; the window keeps the newest [`WINDOW`] headers.
-    pub fn apply(&mut self, change: &Change, restarted: bool) {
+    pub fn apply(&mut self, change: &Change, window: Window) {
         match change {
             Change::Removed(header) => {
                 self.window.remove(&header.number);
             }
             Change::Added(header) => {
-                if restarted {
+                if window == Window::Restart {
                     self.window.clear();
                 }
                 self.window.split_off(&header.number);

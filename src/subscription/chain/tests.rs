@@ -63,7 +63,7 @@ fn numbers(plan: &Plan) -> Vec<String> {
 
 fn deliver(view: &mut ChainView, plan: &Plan) {
     for change in &plan.changes {
-        view.apply(change, plan.restarted);
+        view.apply(change, plan.window());
     }
 }
 
@@ -199,7 +199,7 @@ async fn missing_ancestor_is_an_error() {
 fn window_keeps_the_newest_headers() {
     let mut view = ChainView::default();
     for n in 0..(WINDOW as u64 + 10) {
-        view.apply(&Change::Added(Arc::new(header(n, 0, 0))), false);
+        view.apply(&Change::Added(Arc::new(header(n, 0, 0))), Window::Extend);
     }
     assert_eq!(view.window.len(), WINDOW);
     assert_eq!(view.last().unwrap().number, WINDOW as u64 + 9);

@@ -98,7 +98,7 @@ impl<P: SourcePool> Feed<P> {
                     status.head_at = Some(std::time::Instant::now());
                 }
             }
-            self.view.apply(change, plan.restarted);
+            self.view.apply(change, plan.window());
             if plan.changes.len() > 1 {
                 self.make_room().await;
             }

@@ -291,3 +291,18 @@ async fn connections_idle_past_the_timeout_are_closed_when_another_returns() {
     );
     assert_eq!(server.connections.load(Ordering::SeqCst), 3);
 }
+
+#[test]
+fn endpoints_resolve_bracketed_ipv6_hosts_and_default_ports() {
+    let tls = crate::config::upstream_tls::plain_only();
+    let endpoint = |url: &str| Endpoint::of(&url.parse().unwrap(), &tls);
+    let v6 = endpoint("http://[::1]:8545/rpc").unwrap();
+    assert_eq!((&*v6.host, v6.port, v6.tls.is_some()), ("::1", 8545, false));
+    let hosted = endpoint("https://eth.example/v3/key").unwrap();
+    assert_eq!(
+        (&*hosted.host, hosted.port, hosted.tls.is_some()),
+        ("eth.example", 443, true)
+    );
+    assert_eq!(endpoint("http://node").unwrap().port, 80);
+    assert!(endpoint("ws://node:8546").is_none(), "not an HTTP endpoint");
+}

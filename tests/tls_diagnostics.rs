@@ -5,75 +5,24 @@ mod support;
 
 use std::sync::Arc;
 
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use support::gateway::Gateway;
 use support::log_capture::Captured;
 use support::mock::MockUpstream;
+use support::tls_relay::Ca;
 use tokio::net::TcpStream;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
-
-struct Ca {
-    params: CertificateParams,
-    key: KeyPair,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let key = KeyPair::generate().expect("key");
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        Ca { params, key }
-    }
-
-    fn pem(&self) -> String {
-        self.params
-            .self_signed(&self.key)
-            .expect("self-signed")
-            .pem()
-    }
-
-    fn der(&self) -> CertificateDer<'static> {
-        self.params
-            .self_signed(&self.key)
-            .expect("self-signed")
-            .der()
-            .clone()
-    }
-
-    /// (cert PEM, key PEM, cert DER, key DER) of a leaf for `name`.
-    fn issue(
-        &self,
-        name: &str,
-    ) -> (
-        String,
-        String,
-        CertificateDer<'static>,
-        PrivateKeyDer<'static>,
-    ) {
-        let key = KeyPair::generate().expect("key");
-        let params = CertificateParams::new(vec![name.to_string()]).expect("params");
-        let cert = params
-            .signed_by(&key, &Issuer::from_params(&self.params, &self.key))
-            .expect("signed");
-        let key_der = PrivateKeyDer::try_from(key.serialize_der()).expect("key DER");
-        (cert.pem(), key.serialize_pem(), cert.der().clone(), key_der)
-    }
-}
 
 async fn handshake(addr: std::net::SocketAddr, server_ca: &Ca, client: &Ca) -> bool {
     let mut roots = RootCertStore::empty();
     roots.add(server_ca.der()).expect("root");
-    let (_, _, cert, key) = client.issue("chainlink");
+    let leaf = client.issue("chainlink");
     let config =
         ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .expect("versions")
             .with_root_certificates(roots)
-            .with_client_auth_cert(vec![cert], key)
+            .with_client_auth_cert(vec![leaf.cert], leaf.key)
             .expect("client auth");
     let tcp = TcpStream::connect(addr).await.expect("connect");
     let Ok(mut tls) = tokio_rustls::TlsConnector::from(Arc::new(config))
@@ -102,9 +51,9 @@ async fn refused_client_certificate_is_warned_about_with_the_reason() {
         (Ca::new("server"), Ca::new("clients"), Ca::new("stranger"));
     let dir = std::env::temp_dir().join(format!("ethgate-tls-diag-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let (cert, key, _, _) = server_ca.issue("localhost");
-    std::fs::write(dir.join("server.crt"), cert).expect("write");
-    std::fs::write(dir.join("server.key"), key).expect("write");
+    let leaf = server_ca.issue("localhost");
+    std::fs::write(dir.join("server.crt"), leaf.cert_pem).expect("write");
+    std::fs::write(dir.join("server.key"), leaf.key_pem).expect("write");
     std::fs::write(dir.join("clients.pem"), client_ca.pem()).expect("write");
     let upstream = MockUpstream::start().await;
     let toml = format!(

@@ -122,15 +122,19 @@ mod set {
         set
     }
 
-    fn ok(set: &Upstreams, i: usize) {
-        let report = Report {
+    /// A healthy probe answer at head 10 on chain 1.
+    fn healthy() -> Report {
+        Report {
             chain_id: 1,
             syncing: false,
             head: 10,
             safe: None,
             finalized: None,
-        };
-        set.record_probe(&set.all()[i], Ok(report), Duration::from_millis(1));
+        }
+    }
+
+    fn ok(set: &Upstreams, i: usize) {
+        set.record_probe(&set.all()[i], Ok(healthy()), Duration::from_millis(1));
     }
 
     fn fail(set: &Upstreams, i: usize) {
@@ -215,14 +219,7 @@ mod set {
         let mine = set(Arc::new(Metrics::new()));
         let other = set(Arc::new(Metrics::new()));
         let stranger = &other.all()[0];
-        let report = Report {
-            chain_id: 1,
-            syncing: false,
-            head: 10,
-            safe: None,
-            finalized: None,
-        };
-        mine.record_probe(stranger, Ok(report), Duration::from_millis(1));
+        mine.record_probe(stranger, Ok(healthy()), Duration::from_millis(1));
         assert!(
             !mine.any_in_rotation(),
             "its slot's upstream was not probed"

@@ -223,11 +223,12 @@ async fn a_kept_alive_connection_the_node_closed_is_replaced_without_failing_the
     let server = serve(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", true).await;
     let pool = pool();
     assert_eq!(&post(&pool, &server.uri).await.unwrap()[..], b"{}");
-    // Let the close arrive, as it would between two calls.
-    for _ in 0..50 {
-        tokio::task::yield_now().await;
+    // Wait until the node's close has reached the idle connection, as it would between calls.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lock(&pool.idle).iter().all(|c| c.stream.is_reusable()) {
+        assert!(Instant::now() < deadline, "the close never arrived");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(&post(&pool, &server.uri).await.unwrap()[..], b"{}");
     assert_eq!(server.connections.load(Ordering::SeqCst), 2);
 }
@@ -305,4 +306,31 @@ fn endpoints_resolve_bracketed_ipv6_hosts_and_default_ports() {
     );
     assert_eq!(endpoint("http://node").unwrap().port, 80);
     assert!(endpoint("ws://node:8546").is_none(), "not an HTTP endpoint");
+}
+
+#[tokio::test]
+async fn heads_and_chunk_lines_that_never_end_are_cut_at_their_limits() {
+    // The server keeps the connection open: only ethgate's own limits can end these reads.
+    let endless_head =
+        Box::leak(format!("HTTP/1.1 200 OK\r\nx-filler: {}", "f".repeat(70_000)).into_boxed_str());
+    let many_headers =
+        Box::leak(format!("HTTP/1.1 200 OK\r\n{}", "x-h: v\r\n".repeat(65)).into_boxed_str());
+    let endless_chunk_line = Box::leak(
+        format!(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1;{}",
+            "e".repeat(2000)
+        )
+        .into_boxed_str(),
+    );
+    for (answer, expected) in [
+        (&*endless_head, "answer head too large"),
+        (&*many_headers, "invalid HTTP answer: too many headers"),
+        (&*endless_chunk_line, "invalid chunk: line too long"),
+    ] {
+        let server = serve(answer.as_bytes(), false).await;
+        let outcome = tokio::time::timeout(Duration::from_secs(5), post(&pool(), &server.uri))
+            .await
+            .expect("a limit ends the read, not the server");
+        assert_eq!(outcome, Err(SendError::NoAnswer(expected.into())));
+    }
 }

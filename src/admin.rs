@@ -20,7 +20,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::connection::ConnectionCount;
-use crate::frontend::http::{plain, HttpResponse};
 use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::server::write_timeout::WriteTimeout;
@@ -238,6 +237,22 @@ fn typed(body: String, content_type: &'static str) -> HttpResponse {
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// Response type of every admin handler.
+pub type HttpResponse = Response<Full<Bytes>>;
+
+/// A plain-text response with `status`.
+pub fn plain(status: StatusCode, text: &'static str) -> HttpResponse {
+    let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    *response.status_mut() = status;
+    if !text.is_empty() {
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+    }
     response
 }
 

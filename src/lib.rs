@@ -51,6 +51,7 @@ pub mod config;
 pub mod connection;
 pub mod descriptors;
 pub mod frontend;
+pub mod http1;
 pub mod jsonrpc;
 pub mod metrics;
 pub mod policy;

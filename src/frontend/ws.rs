@@ -8,21 +8,18 @@ use std::task::{Context, Poll};
 
 use futures_util::task::{waker_ref, ArcWake, AtomicWaker};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use http::{header, HeaderValue, Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use bytes::BytesMut;
+use http::StatusCode;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use super::http::{plain, HttpResponse};
 use super::{Frontend, Transport};
-use crate::connection::ConnectionGuard;
+use crate::http1::{RequestHead, Response};
 use crate::subscription::SessionHandle;
 
 /// Calls of one session answered concurrently; more wait, which pauses reading.
@@ -38,59 +35,33 @@ const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Close code and reason sent to every client when the server shuts down.
 const SHUTTING_DOWN: (u16, &str) = (1001, "server shutting down");
 
-/// Answers a WebSocket upgrade request and starts the session once hyper hands over the socket.
-pub fn upgrade(
-    frontend: Arc<Frontend>,
-    request: Request<Incoming>,
-    connection: Arc<ConnectionGuard>,
-) -> HttpResponse {
-    let key = request
-        .headers()
-        .get(header::SEC_WEBSOCKET_KEY)
-        .map(|k| derive_accept_key(k.as_bytes()));
-    let version_ok = request
-        .headers()
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .is_some_and(|v| v == "13");
-    let Some(accept) = key.filter(|_| version_ok) else {
-        return plain(
+/// The `Sec-WebSocket-Accept` value of a valid upgrade request, or the 400 refusing it.
+pub fn accept(head: &RequestHead) -> Result<&str, Response> {
+    match &head.websocket {
+        Some(Some(accept)) => Ok(accept),
+        _ => Err(Response::plain(
             StatusCode::BAD_REQUEST,
             "invalid WebSocket upgrade request\n",
-        );
-    };
-    // The upgraded socket outlives hyper's connection task: the session holds the connection's
-    // place in `max_connections` and in the open-connection count until it ends.
-    let tracker = frontend.drain.tracker.clone();
-    tracker.spawn(async move {
-        let _connection = connection;
-        match hyper::upgrade::on(request).await {
-            Ok(upgraded) => {
-                // tungstenite's default 128 KiB read buffer, zeroed on every read, would cost
-                // each idle client ~130 KiB; requests are small, larger ones grow the buffer.
-                let config = WebSocketConfig::default()
-                    .read_buffer_size(READ_BUFFER_BYTES)
-                    .max_message_size(Some(frontend.max_request_bytes))
-                    .max_frame_size(Some(frontend.max_request_bytes));
-                let socket = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(config),
-                )
-                .await;
-                run_session(frontend, socket).await;
-            }
-            Err(error) => tracing::debug!(%error, "WebSocket upgrade failed"),
-        }
-    });
-    let mut response = Response::new(Full::default());
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let headers = response.headers_mut();
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    if let Ok(accept) = HeaderValue::from_str(&accept) {
-        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+        )),
     }
-    response
+}
+
+/// Runs a session on a connection whose `101` has been sent; `read_ahead` holds what the
+/// client sent after its upgrade request, already read from the socket.
+pub async fn serve_upgraded<IO>(frontend: Arc<Frontend>, io: IO, read_ahead: BytesMut)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    // tungstenite's default 128 KiB read buffer, zeroed on every read, would cost each idle
+    // client ~130 KiB; requests are small, larger ones grow the buffer.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .max_message_size(Some(frontend.max_request_bytes))
+        .max_frame_size(Some(frontend.max_request_bytes));
+    let socket =
+        WebSocketStream::from_partially_read(io, read_ahead.to_vec(), Role::Server, Some(config))
+            .await;
+    run_session(frontend, socket).await;
 }
 
 /// Runs one client session over any WebSocket `socket` until either side closes.

@@ -1,32 +1,26 @@
 //! The client port: one accept loop per listen address, sharing a connection limit; the
-//! access check right after accept, optional PROXY header and TLS handshake, then one hyper
-//! HTTP/1 connection per socket, drained gracefully on shutdown.
+//! access check right after accept, optional PROXY header and TLS handshake, then one HTTP/1.1
+//! connection (`http1`) per socket, drained gracefully on shutdown.
 
 pub mod access;
 pub mod handshake;
+mod http1;
 pub mod proxy_protocol;
 pub mod tls;
 pub mod write_timeout;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use http::{header, HeaderValue, StatusCode};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerConfig;
 use crate::connection::{ConnectionCount, ConnectionGuard};
-use crate::frontend::http::HttpResponse;
-use crate::frontend::{self, Frontend};
+use crate::frontend::Frontend;
 use crate::metrics::DenyReason;
 use crate::shutdown::Drain;
 use access::Access;
@@ -75,8 +69,7 @@ struct Settings {
     access: Arc<ArcSwap<Access>>,
     tls: Option<Arc<Tls>>,
     connections: Arc<ConnectionCount>,
-    http: http1::Builder,
-    /// Bound for the PROXY header and the TLS handshake, like the request head.
+    /// Bound for the PROXY header, the TLS handshake and each request head.
     handshake_timeout: Duration,
     /// How long a client may accept no bytes before it is disconnected.
     write_timeout: Duration,
@@ -90,17 +83,11 @@ impl ClientPort {
     /// open connections to finish their in-flight requests.
     pub async fn run(self, config: &ServerConfig, drain: Drain) {
         let limit = Arc::new(Semaphore::new(config.max_connections));
-        let mut http = http1::Builder::new();
-        // Without a timer hyper silently ignores header_read_timeout.
-        http.timer(TokioTimer::new())
-            .header_read_timeout(config.header_timeout)
-            .keep_alive(true);
         let settings = Arc::new(Settings {
             frontend: self.frontend,
             access: self.access,
             tls: self.tls,
             connections: self.connections.clone(),
-            http,
             handshake_timeout: config.header_timeout,
             write_timeout: config.write_timeout,
             handshake_log: handshake::RateLimit::new(HANDSHAKE_WARN_EVERY),
@@ -222,60 +209,12 @@ impl Settings {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let frontend = self.frontend.clone();
-        let access = self.access.clone();
-        let draining = self.drain.draining.clone();
-        let Peer {
-            addr,
-            client,
-            guard,
-        } = peer;
-        let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
-            // The access log is debug only: the client address is worked out only then.
-            if tracing::enabled!(tracing::Level::DEBUG) {
-                let client = access
-                    .load()
-                    .client_address(addr, client, request.headers());
-                let path = request.uri().path();
-                tracing::debug!(%client, method = %request.method(), path, "request");
-            }
-            // A WebSocket upgrade takes the guard along, since the socket outlives this task.
-            let answer = frontend::http::handle(frontend.clone(), request, guard.clone());
-            let draining = draining.clone();
-            async move { Ok::<_, Infallible>(close_if_draining(answer.await?, &draining)) }
-        });
-        let connection = self
-            .http
-            .serve_connection(
-                TokioIo::new(write_timeout::WriteTimeout::new(io, self.write_timeout)),
-                service,
-            )
-            .with_upgrades();
-        tokio::pin!(connection);
-        let result = tokio::select! {
-            result = connection.as_mut() => result,
-            _ = self.drain.shutdown.cancelled() => {
-                // Finish the request in flight, then close instead of keeping alive.
-                connection.as_mut().graceful_shutdown();
-                connection.await
-            }
-        };
-        if let Err(error) = result {
-            tracing::debug!(%client, %error, "client connection ended with an error");
-        }
+        // The guard lives as long as this task: a WebSocket session runs on it too.
+        let Peer { addr, client, guard } = peer;
+        let io = write_timeout::WriteTimeout::new(io, self.write_timeout);
+        http1::Connection::new(self, io, (addr, client)).serve().await;
+        drop(guard);
     }
-}
-
-/// While draining, keep-alive clients are told to reconnect (through the load balancer, to
-/// another replica) rather than being cut off when the port closes. Not on a 101, whose
-/// `Connection: upgrade` the WebSocket handshake needs.
-fn close_if_draining(mut response: HttpResponse, draining: &CancellationToken) -> HttpResponse {
-    if draining.is_cancelled() && response.status() != StatusCode::SWITCHING_PROTOCOLS {
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    response
 }
 
 /// Turns on TCP keepalive; a failure only costs the early detection of dead peers.

@@ -13,13 +13,12 @@ use http::header::{HeaderName, HeaderValue};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::conn::Stream;
+use crate::http1::chunked::{self, ChunkedError};
 
 /// Largest response head accepted (status line and headers).
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Headers parsed in one response head.
 const MAX_HEADERS: usize = 64;
-/// Largest chunk-size line (size, extensions) accepted in a chunked body.
-const MAX_CHUNK_LINE: usize = 1024;
 
 /// How an exchange failed.
 #[derive(Debug)]
@@ -272,65 +271,12 @@ async fn read_chunked(
     buf: &mut BytesMut,
     limit: usize,
 ) -> Result<Bytes, Failure> {
-    let mut body = BytesMut::new();
-    loop {
-        let size = read_chunk_size(stream, buf).await?;
-        if size == 0 {
-            skip_trailers(stream, buf).await?;
-            return Ok(body.freeze());
+    chunked::read(stream, buf, limit).await.map_err(|error| match error {
+        ChunkedError::TooLarge => Failure::TooLarge,
+        ChunkedError::Invalid(what) => Failure::NoAnswer(what.into()),
+        ChunkedError::Closed => {
+            Failure::NoAnswer("connection closed before the answer body was complete".into())
         }
-        if body.len() as u64 + size > limit as u64 {
-            return Err(Failure::TooLarge);
-        }
-        let size = size as usize;
-        while buf.len() < size + 2 {
-            fill(stream, buf, "answer body").await?;
-        }
-        body.extend_from_slice(&buf[..size]);
-        if &buf[size..size + 2] != b"\r\n" {
-            return Err(Failure::NoAnswer(
-                "invalid chunk: no CRLF after data".into(),
-            ));
-        }
-        buf.advance(size + 2);
-    }
-}
-
-/// Reads one CRLF-terminated line (without the CRLF), at most `MAX_CHUNK_LINE` long.
-async fn read_line(stream: &mut Stream, buf: &mut BytesMut) -> Result<Bytes, Failure> {
-    loop {
-        if let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
-            let line = buf.split_to(end).freeze();
-            buf.advance(2);
-            return Ok(line);
-        }
-        if buf.len() > MAX_CHUNK_LINE {
-            return Err(Failure::NoAnswer("invalid chunk: line too long".into()));
-        }
-        fill(stream, buf, "answer body").await?;
-    }
-}
-
-async fn read_chunk_size(stream: &mut Stream, buf: &mut BytesMut) -> Result<u64, Failure> {
-    let line = read_line(stream, buf).await?;
-    let size = line.split(|&b| b == b';').next().unwrap_or_default();
-    let size = std::str::from_utf8(size).unwrap_or("").trim();
-    if size.is_empty() || size.len() > 15 {
-        return Err(Failure::NoAnswer("invalid chunk size".into()));
-    }
-    u64::from_str_radix(size, 16).map_err(|_| Failure::NoAnswer("invalid chunk size".into()))
-}
-
-async fn skip_trailers(stream: &mut Stream, buf: &mut BytesMut) -> Result<(), Failure> {
-    let mut trailer_bytes = 0;
-    loop {
-        let line = read_line(stream, buf).await?;
-        if line.is_empty() {
-            return Ok(());
-        }
-        trailer_bytes += line.len();
-        if trailer_bytes > MAX_HEAD_BYTES {
-            return Err(Failure::NoAnswer("answer trailers too large".into()));
-        }
-    }
+        ChunkedError::Io(e) => Failure::NoAnswer(format!("reading the answer body: {e}")),
+    })
 }

@@ -1,0 +1,223 @@
+//! A client's request head, parsed by `httparse` into the few facts the client port acts on:
+//! the method, how the body is framed, whether the connection stays open, `Expect:
+//! 100-continue` and a WebSocket upgrade. Framing is judged strictly (RFC 9112 §6), since a
+//! head two parties read differently is how requests get smuggled past a proxy.
+
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+/// Largest request head accepted (request line and headers): 431 beyond.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Most headers in one request head: 431 beyond.
+pub const MAX_HEADERS: usize = 100;
+
+/// The request methods the client port tells apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// JSON-RPC.
+    Post,
+    /// Health check or WebSocket upgrade.
+    Get,
+    /// CORS preflight and discovery.
+    Options,
+    /// As GET, answered without a body.
+    Head,
+    /// Anything else: 405.
+    Other,
+}
+
+/// How the request body is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyLength {
+    /// No body.
+    Empty,
+    /// `Content-Length` bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// What a request head says, owned so the read buffer can move on.
+#[derive(Debug)]
+pub struct RequestHead {
+    /// The method.
+    pub method: Method,
+    /// HTTP/1.1 rather than 1.0 (which must be told when a connection stays open).
+    pub http11: bool,
+    /// Whether the client lets the connection carry another request afterwards.
+    pub keep_alive: bool,
+    /// How the body is delimited.
+    pub body: BodyLength,
+    /// `Expect: 100-continue`: the client waits for an interim answer before the body.
+    pub expect_continue: bool,
+    /// `Upgrade: websocket`, with the `Sec-WebSocket-Accept` value when the key is present
+    /// and the version is 13.
+    pub websocket: Option<Option<String>>,
+}
+
+/// Why a head is refused; each maps to a status and the connection is closed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HeadError {
+    /// Not a valid HTTP/1.x head, or ambiguous framing: 400.
+    Invalid(&'static str),
+    /// Over `MAX_HEAD_BYTES` or `MAX_HEADERS`: 431.
+    TooLarge,
+}
+
+/// The parsed head and its length in `buf`; `None` while it is incomplete.
+pub fn parse(buf: &[u8]) -> Result<Option<(usize, RequestHead)>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let len = match request.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
+            return Err(HeadError::TooLarge)
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        Err(_) => return Err(HeadError::Invalid("invalid request head")),
+    };
+    if len > MAX_HEAD_BYTES {
+        return Err(HeadError::TooLarge);
+    }
+    let method = match request.method.unwrap_or("") {
+        "POST" => Method::Post,
+        "GET" => Method::Get,
+        "OPTIONS" => Method::Options,
+        "HEAD" => Method::Head,
+        _ => Method::Other,
+    };
+    let http11 = request.version == Some(1);
+    let mut facts = Facts::new(http11);
+    for header in request.headers.iter() {
+        facts.note(header)?;
+    }
+    Ok(Some((len, facts.into_head(method, http11)?)))
+}
+
+/// The path and the `X-Forwarded-For` values of a complete head, for the access log.
+pub fn describe(buf: &[u8]) -> (String, Vec<String>) {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let _ = request.parse(buf);
+    let forwarded = request
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
+        .filter_map(|h| std::str::from_utf8(h.value).ok())
+        .map(str::to_string)
+        .collect();
+    (request.path.unwrap_or("").to_string(), forwarded)
+}
+
+/// The headers that matter, gathered in one pass.
+struct Facts {
+    length: Option<u64>,
+    /// `Some(chunked last)` when `Transfer-Encoding` is present.
+    coding: Option<bool>,
+    close: bool,
+    keep_alive_token: bool,
+    expect_continue: bool,
+    upgrade_websocket: bool,
+    websocket_key: Option<String>,
+    websocket_version_13: bool,
+}
+
+impl Facts {
+    fn new(http11: bool) -> Self {
+        Facts {
+            length: None,
+            coding: None,
+            close: !http11,
+            keep_alive_token: false,
+            expect_continue: false,
+            upgrade_websocket: false,
+            websocket_key: None,
+            websocket_version_13: false,
+        }
+    }
+
+    fn note(&mut self, header: &httparse::Header<'_>) -> Result<(), HeadError> {
+        let name = header.name;
+        let value = trim(header.value);
+        if name.eq_ignore_ascii_case("content-length") {
+            let parsed = content_length(value)?;
+            if self.length.is_some_and(|l| l != parsed) {
+                return Err(HeadError::Invalid("conflicting Content-Length"));
+            }
+            self.length = Some(parsed);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            // Several headers form one list: the last coding of the last one counts.
+            let last = value.rsplit(|&b| b == b',').next().map(trim);
+            self.coding = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in value.split(|&b| b == b',').map(trim) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    self.close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    self.keep_alive_token = true;
+                }
+            }
+        } else if name.eq_ignore_ascii_case("expect") {
+            self.expect_continue = value.eq_ignore_ascii_case(b"100-continue");
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            self.upgrade_websocket = value.eq_ignore_ascii_case(b"websocket");
+        } else if name.eq_ignore_ascii_case("sec-websocket-key") {
+            self.websocket_key = Some(derive_accept_key(value));
+        } else if name.eq_ignore_ascii_case("sec-websocket-version") {
+            self.websocket_version_13 = value == b"13";
+        }
+        Ok(())
+    }
+
+    fn into_head(self, method: Method, http11: bool) -> Result<RequestHead, HeadError> {
+        let body = match (self.coding, self.length) {
+            // Both at once is the classic smuggling vector: refused rather than guessed at.
+            (Some(_), Some(_)) => {
+                return Err(HeadError::Invalid("both Transfer-Encoding and Content-Length"))
+            }
+            (Some(true), None) if http11 => BodyLength::Chunked,
+            (Some(_), None) => return Err(HeadError::Invalid("unsupported Transfer-Encoding")),
+            (None, Some(0) | None) => BodyLength::Empty,
+            (None, Some(len)) => BodyLength::Length(len),
+        };
+        let keep_alive = if http11 {
+            !self.close
+        } else {
+            self.keep_alive_token && !self.close
+        };
+        let websocket = self.upgrade_websocket.then(|| {
+            self.websocket_key
+                .filter(|_| self.websocket_version_13)
+        });
+        Ok(RequestHead {
+            method,
+            http11,
+            keep_alive,
+            body,
+            expect_continue: self.expect_continue,
+            websocket,
+        })
+    }
+}
+
+/// `Content-Length`: decimal digits only (no sign, no list), as RFC 9110 §8.6 says.
+fn content_length(value: &[u8]) -> Result<u64, HeadError> {
+    const INVALID: HeadError = HeadError::Invalid("invalid Content-Length");
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return Err(INVALID);
+    }
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or(INVALID)
+}
+
+/// `value` without surrounding spaces and tabs.
+fn trim(value: &[u8]) -> &[u8] {
+    let start = value.iter().position(|b| !matches!(b, b' ' | b'\t'));
+    let end = value.iter().rposition(|b| !matches!(b, b' ' | b'\t'));
+    match (start, end) {
+        (Some(start), Some(end)) => &value[start..=end],
+        _ => &[],
+    }
+}

@@ -10,10 +10,10 @@
 //! The path of a call, and the module that owns each step:
 //!
 //! ```text
-//! accept ─► allowlist ─► [PROXY] ─► [TLS] ─► hyper ─┬─► POST ─► decode ─► deny/local ─► router ─► upstream
-//! server    server::access  ::proxy_protocol ::tls  frontend::http   jsonrpc  policy, frontend  router   upstream
-//!                                                   └─► WS upgrade ─► session ─┬─► calls: same path as POST
-//!                                                       frontend::ws           └─► eth_subscribe ─► subscription (hub)
+//! accept ─► allowlist ─► [PROXY] ─► [TLS] ─► HTTP/1.1 ─┬─► POST ─► decode ─► deny/local ─► router ─► upstream
+//! server    server::access  ::proxy_protocol ::tls server::http1  frontend::http jsonrpc  policy, frontend  router   upstream
+//!                                                      └─► WS upgrade ─► session ─┬─► calls: same path as POST
+//!                                                          frontend::ws           └─► eth_subscribe ─► subscription (hub)
 //! upstream heads ─► subscription::feed ─► chain view, logs ─► hub ─► each session's bounded queue
 //! health probes (upstream::probe) ─► upstream state ─► rotation, which routing and the feed follow
 //! ```
@@ -22,7 +22,8 @@
 //! `tests/architecture.rs`, keeps the graph free of cycles):
 //!
 //! - [`admin`]: `/healthz`, `/readyz`, `/status`, `/metrics` (composes every module's series).
-//! - [`server`]: the client port (connection limit, allowlist, PROXY header, TLS, drain).
+//! - [`server`]: the client port (connection limit, allowlist, PROXY header, TLS, each
+//!   connection's HTTP/1.1 loop, drain).
 //! - [`frontend`]: HTTP and WebSocket handling, JSON-RPC dispatch, local answers, batches.
 //! - [`subscription`]: hub, feed, canonical chain view, log filters, the feed's sources.
 //! - [`watch`]: balance watch of the Chainlink node's addresses.
@@ -35,7 +36,8 @@
 //!   [`Server`]'s shared parts, `state::Shared`), `server`, `upstream`, `policy`, `watch`.
 //! - [`descriptors`]: the open-file limit raised and checked at start.
 //! - [`policy`]: deny list, write methods, "lacks the data" errors.
-//! - leaves: [`config`] (raw TOML validated into [`config::Config`], problems as
+//! - leaves: [`http1`] (request heads, answers, chunked bodies: the wire both the client port
+//!   and the upstream client speak), [`config`] (raw TOML validated into [`config::Config`], problems as
 //!   [`config::ConfigError`] naming their key), [`jsonrpc`] (framing: raw ids, rewritten
 //!   upstream ids, spliced answers; every error code ethgate mints, in [`jsonrpc::code`]),
 //!   [`metrics`] (atomic counters, label enums with `ALL` tables, histogram, text format), [`shutdown`] (signals and the drain

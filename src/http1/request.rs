@@ -87,15 +87,25 @@ pub fn parse(buf: &[u8]) -> Result<Option<(usize, RequestHead)>, HeadError> {
         _ => Method::Other,
     };
     let http11 = request.version == Some(1);
-    let mut facts = Facts::new(http11);
+    let mut facts = Facts::default();
     for header in request.headers.iter() {
         facts.note(header)?;
     }
     Ok(Some((len, facts.into_head(method, http11)?)))
 }
 
-/// The path and the `X-Forwarded-For` values of a complete head, for the access log.
-pub fn describe(buf: &[u8]) -> (String, Vec<String>) {
+/// What the access log shows of a complete head.
+pub struct Description {
+    /// The method as sent.
+    pub method: String,
+    /// The request target.
+    pub path: String,
+    /// The values of the `X-Forwarded-For` headers, in order.
+    pub forwarded: Vec<String>,
+}
+
+/// The method, path and `X-Forwarded-For` values of a complete head, for the access log.
+pub fn describe(buf: &[u8]) -> Description {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     let _ = request.parse(buf);
@@ -106,15 +116,22 @@ pub fn describe(buf: &[u8]) -> (String, Vec<String>) {
         .filter_map(|h| std::str::from_utf8(h.value).ok())
         .map(str::to_string)
         .collect();
-    (request.path.unwrap_or("").to_string(), forwarded)
+    Description {
+        method: request.method.unwrap_or("").to_string(),
+        path: request.path.unwrap_or("").to_string(),
+        forwarded,
+    }
 }
 
 /// The headers that matter, gathered in one pass.
+#[derive(Default)]
 struct Facts {
     length: Option<u64>,
     /// `Some(chunked last)` when `Transfer-Encoding` is present.
     coding: Option<bool>,
+    /// `Connection: close`.
     close: bool,
+    /// `Connection: keep-alive`, which HTTP/1.0 needs to keep the connection.
     keep_alive_token: bool,
     expect_continue: bool,
     upgrade_websocket: bool,
@@ -123,19 +140,6 @@ struct Facts {
 }
 
 impl Facts {
-    fn new(http11: bool) -> Self {
-        Facts {
-            length: None,
-            coding: None,
-            close: !http11,
-            keep_alive_token: false,
-            expect_continue: false,
-            upgrade_websocket: false,
-            websocket_key: None,
-            websocket_version_13: false,
-        }
-    }
-
     fn note(&mut self, header: &httparse::Header<'_>) -> Result<(), HeadError> {
         let name = header.name;
         let value = trim(header.value);

@@ -153,7 +153,7 @@ where
             if !self.buf.is_empty() {
                 match request::parse(&self.buf) {
                     Ok(Some((len, head))) => {
-                        self.log(len, &head);
+                        self.log(len);
                         self.buf.advance(len);
                         return Ok(head);
                     }
@@ -249,18 +249,19 @@ where
     }
 
     /// The access log is debug only: the client address is worked out only then.
-    fn log(&self, len: usize, head: &RequestHead) {
+    fn log(&self, len: usize) {
         if !tracing::enabled!(tracing::Level::DEBUG) {
             return;
         }
-        let (path, forwarded) = request::describe(&self.buf[..len]);
+        let request = request::describe(&self.buf[..len]);
         let (addr, client) = self.peer;
         let client = self.settings.access.load().client_address(
             addr,
             client,
-            forwarded.iter().map(String::as_str),
+            request.forwarded.iter().map(String::as_str),
         );
-        tracing::debug!(%client, method = ?head.method, path, "request");
+        let (method, path) = (request.method, request.path);
+        tracing::debug!(%client, method, path, "request");
     }
 }
 

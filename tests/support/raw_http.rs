@@ -11,6 +11,8 @@ use super::http::WAIT;
 /// One keep-alive connection.
 pub struct RawHttp {
     stream: TcpStream,
+    /// Bytes read past the last answer (pipelined answers arrive together).
+    buf: Vec<u8>,
 }
 
 /// One answer: status, lower-cased head, body.
@@ -35,6 +37,7 @@ impl RawHttp {
         assert!(addr.ip().is_loopback(), "test traffic stays on loopback");
         Ok(RawHttp {
             stream: TcpStream::connect(addr).await?,
+            buf: Vec::new(),
         })
     }
 
@@ -42,6 +45,7 @@ impl RawHttp {
     pub async fn connect_from(source: [u8; 4], addr: SocketAddr) -> std::io::Result<RawHttp> {
         Ok(RawHttp {
             stream: connect_from(source, addr).await?,
+            buf: Vec::new(),
         })
     }
 
@@ -53,13 +57,30 @@ impl RawHttp {
             body.len()
         );
         self.stream.write_all(request.as_bytes()).await.ok()?;
-        tokio::time::timeout(WAIT, self.read_answer())
+        self.answer().await
+    }
+
+    /// Writes `bytes` as they are: a hand-made request, or several.
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    /// The next answer; `None` when the server closed the connection instead.
+    pub async fn answer(&mut self) -> Option<Answer> {
+        tokio::time::timeout(WAIT, self.read_answer(true))
             .await
             .unwrap_or_else(|_| panic!("no answer and no close within {WAIT:?}"))
     }
 
-    async fn read_answer(&mut self) -> Option<Answer> {
-        let mut buf = Vec::new();
+    /// The next answer to a HEAD request: its head only, whatever its `content-length`.
+    pub async fn answer_to_head(&mut self) -> Option<Answer> {
+        tokio::time::timeout(WAIT, self.read_answer(false))
+            .await
+            .unwrap_or_else(|_| panic!("no answer and no close within {WAIT:?}"))
+    }
+
+    async fn read_answer(&mut self, with_body: bool) -> Option<Answer> {
+        let mut buf = std::mem::take(&mut self.buf);
         let head_end = loop {
             if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 break end + 4;
@@ -72,15 +93,14 @@ impl RawHttp {
             .lines()
             .find_map(|l| l.strip_prefix("content-length:"))
             .and_then(|v| v.trim().parse().ok())
+            .filter(|_| with_body)
             .unwrap_or(0);
         while buf.len() < head_end + length {
             self.read_more(&mut buf).await?;
         }
-        Some(Answer {
-            status,
-            head,
-            body: String::from_utf8_lossy(&buf[head_end..head_end + length]).into_owned(),
-        })
+        let body = String::from_utf8_lossy(&buf[head_end..head_end + length]).into_owned();
+        self.buf = buf.split_off(head_end + length);
+        Some(Answer { status, head, body })
     }
 
     async fn read_more(&mut self, buf: &mut Vec<u8>) -> Option<()> {
@@ -94,8 +114,12 @@ impl RawHttp {
         }
     }
 
-    /// Whether the server closes this connection (EOF or reset within `WAIT`).
+    /// Whether the server closes this connection (EOF or reset within `WAIT`) with nothing
+    /// more said.
     pub async fn closed_by_server(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
         let mut byte = [0u8; 1];
         matches!(
             tokio::time::timeout(WAIT, self.stream.read(&mut byte)).await,

@@ -2,6 +2,7 @@
 //! client (`upstream::http`): both read bodies the same way.
 
 pub mod chunked;
+pub mod headers;
 pub mod request;
 pub mod response;
 

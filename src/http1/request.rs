@@ -5,6 +5,8 @@
 
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
+use super::headers::{connection_tokens, content_length, ends_chunked, trim};
+
 /// Largest request head accepted (request line and headers): 431 beyond.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Most headers in one request head: 431 beyond.
@@ -144,23 +146,19 @@ impl Facts {
         let name = header.name;
         let value = trim(header.value);
         if name.eq_ignore_ascii_case("content-length") {
-            let parsed = content_length(value)?;
+            let parsed =
+                content_length(value).ok_or(HeadError::Invalid("invalid Content-Length"))?;
             if self.length.is_some_and(|l| l != parsed) {
                 return Err(HeadError::Invalid("conflicting Content-Length"));
             }
             self.length = Some(parsed);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             // Several headers form one list: the last coding of the last one counts.
-            let last = value.rsplit(|&b| b == b',').next().map(trim);
-            self.coding = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
+            self.coding = Some(ends_chunked(value));
         } else if name.eq_ignore_ascii_case("connection") {
-            for token in value.split(|&b| b == b',').map(trim) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    self.close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                    self.keep_alive_token = true;
-                }
-            }
+            let (close, keep_alive) = connection_tokens(value);
+            self.close |= close;
+            self.keep_alive_token |= keep_alive;
         } else if name.eq_ignore_ascii_case("expect") {
             self.expect_continue = value.eq_ignore_ascii_case(b"100-continue");
         } else if name.eq_ignore_ascii_case("upgrade") {
@@ -201,27 +199,5 @@ impl Facts {
             expect_continue: self.expect_continue,
             websocket,
         })
-    }
-}
-
-/// `Content-Length`: decimal digits only (no sign, no list), as RFC 9110 §8.6 says.
-fn content_length(value: &[u8]) -> Result<u64, HeadError> {
-    const INVALID: HeadError = HeadError::Invalid("invalid Content-Length");
-    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
-        return Err(INVALID);
-    }
-    std::str::from_utf8(value)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .ok_or(INVALID)
-}
-
-/// `value` without surrounding spaces and tabs.
-fn trim(value: &[u8]) -> &[u8] {
-    let start = value.iter().position(|b| !matches!(b, b' ' | b'\t'));
-    let end = value.iter().rposition(|b| !matches!(b, b' ' | b'\t'));
-    match (start, end) {
-        (Some(start), Some(end)) => &value[start..=end],
-        _ => &[],
     }
 }

@@ -2,7 +2,6 @@
 //! body), so most answers leave in one write.
 
 use std::cell::RefCell;
-use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -89,8 +88,9 @@ impl Response {
         } else if self.keep_alive {
             out.extend_from_slice(b"\r\nconnection: keep-alive");
         }
-        // Writing into a Vec cannot fail.
-        let _ = write!(out, "\r\ncontent-length: {}\r\n\r\n", self.body.len());
+        out.extend_from_slice(b"\r\ncontent-length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(self.body.len()).as_bytes());
+        out.extend_from_slice(b"\r\n\r\n");
         if !head_only {
             out.extend_from_slice(&self.body);
         }

@@ -213,7 +213,9 @@ impl HttpPool {
     fn checkout(&self, origin: &str) -> Option<Idle> {
         let mut idle = lock(&self.idle);
         while let Some(position) = idle.iter().rposition(|c| &*c.origin == origin) {
-            let conn = idle.swap_remove(position);
+            // `remove`, not `swap_remove`: the list stays ordered by `since` (almost always
+            // the last one is taken, which moves nothing).
+            let conn = idle.remove(position);
             if conn.since.elapsed() < IDLE_TIMEOUT && conn.stream.is_reusable() {
                 return Some(conn);
             }
@@ -226,8 +228,13 @@ impl HttpPool {
         conn.since = now;
         let mut idle = lock(&self.idle);
         // Connections a steady load never reaches (the list is used last-in first-out) are
-        // closed here once past the idle timeout, instead of holding their descriptors.
-        idle.retain(|c| now.duration_since(c.since) < IDLE_TIMEOUT);
+        // closed here once past the idle timeout, instead of holding their descriptors. The
+        // list is ordered by `since`, so they are at its front.
+        let expired = idle
+            .iter()
+            .take_while(|c| now.duration_since(c.since) >= IDLE_TIMEOUT)
+            .count();
+        idle.drain(..expired);
         if idle.len() < MAX_IDLE {
             idle.push(conn);
         }

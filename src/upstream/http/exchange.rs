@@ -6,7 +6,7 @@
 //! `max_response_bytes`. Driving the exchange inline saves the task hop, channel and pool
 //! machinery of a general-purpose client on every call.
 
-use std::io::{self, Write};
+use std::io;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::conn::Stream;
 use crate::http1::chunked::{self, ChunkedError};
+use crate::http1::headers;
 
 /// Largest response head accepted (status line and headers).
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -52,8 +53,7 @@ pub(super) fn request(
     out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     out.extend_from_slice(host.as_bytes());
     out.extend_from_slice(b"\r\ncontent-type: application/json\r\ncontent-length: ");
-    // Writing into a Vec cannot fail.
-    let _ = write!(out, "{}", body.len());
+    out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
     out.extend_from_slice(b"\r\n");
     for (name, value) in headers {
         out.extend_from_slice(name.as_str().as_bytes());
@@ -193,29 +193,19 @@ fn parse_head(buf: &[u8]) -> Result<Option<(usize, Head)>, Failure> {
     let mut encoded = false;
     let mut close = !http11;
     for header in response.headers.iter() {
-        let value = std::str::from_utf8(header.value).unwrap_or("").trim();
         if header.name.eq_ignore_ascii_case("content-length") {
-            let parsed: u64 = value
-                .parse()
-                .map_err(|_| Failure::NoAnswer("invalid Content-Length".into()))?;
+            let parsed = headers::content_length(header.value)
+                .ok_or_else(|| Failure::NoAnswer("invalid Content-Length".into()))?;
             if length.is_some_and(|l| l != parsed) {
                 return Err(Failure::NoAnswer("conflicting Content-Length".into()));
             }
             length = Some(parsed);
         } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
             encoded = true;
-            chunked = value
-                .rsplit(',')
-                .next()
-                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+            chunked = headers::ends_chunked(header.value);
         } else if header.name.eq_ignore_ascii_case("connection") {
-            for token in value.split(',').map(str::trim) {
-                if token.eq_ignore_ascii_case("close") {
-                    close = true;
-                } else if token.eq_ignore_ascii_case("keep-alive") && !http11 {
-                    close = false;
-                }
-            }
+            let (close_token, keep_alive_token) = headers::connection_tokens(header.value);
+            close = close_token || (close && !(keep_alive_token && !http11));
         }
     }
     // RFC 9112 §6.3: no body for 1xx, 204 and 304; Transfer-Encoding overrides

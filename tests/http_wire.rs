@@ -48,7 +48,10 @@ fn json_of(answer: &Answer) -> Value {
 fn assert_answers(answer: Option<Answer>, id: u32) {
     let answer = answer.expect("an answer");
     assert_eq!(answer.status, 200, "{}", answer.head);
-    assert_eq!(json_of(&answer), json!({"jsonrpc":"2.0","id":id,"result":"0x2a"}));
+    assert_eq!(
+        json_of(&answer),
+        json!({"jsonrpc":"2.0","id":id,"result":"0x2a"})
+    );
 }
 
 #[tokio::test]
@@ -69,7 +72,11 @@ async fn answers_carry_date_type_and_length() {
     let (gw, _a) = gateway(GatewayConfig::new()).await;
     let mut http = connect(&gw).await;
     let answer = http.post(&call(1)).await.expect("answer");
-    assert!(answer.head.starts_with("http/1.1 200 ok\r\n"), "{}", answer.head);
+    assert!(
+        answer.head.starts_with("http/1.1 200 ok\r\n"),
+        "{}",
+        answer.head
+    );
     assert!(answer.head.contains("content-type: application/json\r\n"));
     let date = answer
         .head
@@ -155,7 +162,10 @@ async fn expect_continue_with_a_body_too_large_gets_413_without_100() {
 async fn http_1_0_keeps_the_connection_only_when_asked() {
     let (gw, _a) = gateway(GatewayConfig::new()).await;
     let body = call(1);
-    let plain = format!("POST / HTTP/1.0\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+    let plain = format!(
+        "POST / HTTP/1.0\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
     let mut http = connect(&gw).await;
     http.send(plain.as_bytes()).await;
     let answer = http.answer().await.expect("an answer");
@@ -169,9 +179,16 @@ async fn http_1_0_keeps_the_connection_only_when_asked() {
     let mut http = connect(&gw).await;
     http.send(kept.as_bytes()).await;
     let answer = http.answer().await.expect("an answer");
-    assert!(answer.head.contains("connection: keep-alive\r\n"), "{}", answer.head);
+    assert!(
+        answer.head.contains("connection: keep-alive\r\n"),
+        "{}",
+        answer.head
+    );
     http.send(kept.as_bytes()).await;
-    assert_eq!(json_of(&http.answer().await.expect("second")), json_of(&answer));
+    assert_eq!(
+        json_of(&http.answer().await.expect("second")),
+        json_of(&answer)
+    );
 }
 
 #[tokio::test]
@@ -194,7 +211,11 @@ async fn head_is_405_without_a_body_and_the_connection_carries_on() {
     assert!(answer.head.contains("allow: get, post, options\r\n"));
     // The length of the body a GET-like answer would have, but no body bytes: were there
     // any, the next answer would not parse.
-    assert!(answer.head.contains("content-length: 19\r\n"), "{}", answer.head);
+    assert!(
+        answer.head.contains("content-length: 19\r\n"),
+        "{}",
+        answer.head
+    );
     assert_answers(http.post(&call(2)).await, 2);
 }
 
@@ -204,7 +225,10 @@ async fn a_get_with_a_body_is_answered_and_the_connection_closed() {
     let mut http = connect(&gw).await;
     // Were the body not skipped by closing, "POST / ..." inside it would be taken as a request.
     let smuggled = post("", &call(9));
-    let head = format!("GET / HTTP/1.1\r\ncontent-length: {}\r\n\r\n", smuggled.len());
+    let head = format!(
+        "GET / HTTP/1.1\r\ncontent-length: {}\r\n\r\n",
+        smuggled.len()
+    );
     http.send(head.as_bytes()).await;
     http.send(&smuggled).await;
     let answer = http.answer().await.expect("an answer");
@@ -260,10 +284,13 @@ async fn an_idle_keep_alive_connection_closes_silently_after_header_timeout() {
 #[tokio::test]
 async fn a_frame_sent_with_the_upgrade_request_reaches_the_session() {
     let (gw, _a) = gateway(GatewayConfig::new()).await;
-    let mut tcp = tokio::net::TcpStream::connect(gw.addr()).await.expect("connect");
-    let mut packet = b"GET / HTTP/1.1\r\nhost: ethgate\r\nconnection: upgrade\r\nupgrade: websocket\r\n\
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr())
+        .await
+        .expect("connect");
+    let mut packet =
+        b"GET / HTTP/1.1\r\nhost: ethgate\r\nconnection: upgrade\r\nupgrade: websocket\r\n\
         sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-        .to_vec();
+            .to_vec();
     packet.extend(masked_text_frame(call(4).as_bytes()));
     tcp.write_all(&packet).await.expect("write");
     let mut head = Vec::new();
@@ -273,10 +300,18 @@ async fn a_frame_sent_with_the_upgrade_request_reaches_the_session() {
         head.push(byte[0]);
     }
     let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
-    assert!(head.starts_with("http/1.1 101 switching protocols\r\n"), "{head}");
-    assert!(head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=\r\n"), "{head}");
+    assert!(
+        head.starts_with("http/1.1 101 switching protocols\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=\r\n"),
+        "{head}"
+    );
     let mut ws = WebSocketStream::from_raw_socket(tcp, Role::Client, None).await;
-    let reply = tokio::time::timeout(WAIT, ws.next()).await.expect("a reply");
+    let reply = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("a reply");
     let Some(Ok(Message::Text(text))) = reply else {
         panic!("not a text frame: {reply:?}")
     };
@@ -292,4 +327,24 @@ fn masked_text_frame(payload: &[u8]) -> Vec<u8> {
     frame.extend(mask);
     frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
     frame
+}
+
+#[tokio::test]
+async fn a_refused_body_still_on_its_way_does_not_hide_the_413() {
+    let cfg = GatewayConfig::new().server("max_request_bytes", "1024");
+    let (gw, _a) = gateway(cfg).await;
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr())
+        .await
+        .expect("connect");
+    // A simple client: it writes the whole request, then reads. Were the connection closed
+    // with its body unread, the reset would fail the write and discard the 413.
+    let body = vec![b' '; 4 << 20];
+    let head = format!("POST / HTTP/1.1\r\ncontent-length: {}\r\n\r\n", body.len());
+    tcp.write_all(head.as_bytes()).await.expect("head");
+    let written = tcp.write_all(&body).await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(WAIT, tcp.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(written.is_ok(), "{written:?}");
+    assert!(text.starts_with("HTTP/1.1 413 "), "{read:?}: {text}");
 }

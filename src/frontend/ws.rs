@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::BytesMut;
 use futures_util::task::{waker_ref, ArcWake, AtomicWaker};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use bytes::BytesMut;
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Semaphore;

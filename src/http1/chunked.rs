@@ -52,7 +52,10 @@ pub async fn read<R: AsyncRead + Unpin>(
 }
 
 /// Reads more bytes into `buf`; the end of the stream is `Closed`.
-async fn fill<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut BytesMut) -> Result<(), ChunkedError> {
+async fn fill<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+) -> Result<(), ChunkedError> {
     if buf.capacity() - buf.len() < 4096 {
         buf.reserve(8192);
     }

@@ -175,7 +175,9 @@ impl Facts {
         let body = match (self.coding, self.length) {
             // Both at once is the classic smuggling vector: refused rather than guessed at.
             (Some(_), Some(_)) => {
-                return Err(HeadError::Invalid("both Transfer-Encoding and Content-Length"))
+                return Err(HeadError::Invalid(
+                    "both Transfer-Encoding and Content-Length",
+                ))
             }
             (Some(true), None) if http11 => BodyLength::Chunked,
             (Some(_), None) => return Err(HeadError::Invalid("unsupported Transfer-Encoding")),
@@ -187,10 +189,9 @@ impl Facts {
         } else {
             self.keep_alive_token && !self.close
         };
-        let websocket = self.upgrade_websocket.then(|| {
-            self.websocket_key
-                .filter(|_| self.websocket_version_13)
-        });
+        let websocket = self
+            .upgrade_websocket
+            .then(|| self.websocket_key.filter(|_| self.websocket_version_13));
         Ok(RequestHead {
             method,
             http11,

@@ -8,9 +8,7 @@ use super::response::{switching_protocols, Response};
 use super::{BodyLength, HeadError, Method, RequestHead};
 
 fn head(text: &str) -> RequestHead {
-    let (len, head) = parse(text.as_bytes())
-        .expect("valid")
-        .expect("complete");
+    let (len, head) = parse(text.as_bytes()).expect("valid").expect("complete");
     assert_eq!(len, text.len());
     head
 }
@@ -55,7 +53,10 @@ fn keep_alive_follows_the_version_and_connection_tokens() {
 fn body_framing_is_judged_strictly() {
     let chunked = "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
     assert_eq!(head(chunked).body, BodyLength::Chunked);
-    assert_eq!(head("POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n").body, BodyLength::Empty);
+    assert_eq!(
+        head("POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n").body,
+        BodyLength::Empty
+    );
     assert_eq!(head("POST / HTTP/1.1\r\n\r\n").body, BodyLength::Empty);
     let same_twice = "POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n";
     assert_eq!(head(same_twice).body, BodyLength::Length(3));
@@ -94,11 +95,16 @@ fn a_websocket_upgrade_carries_its_accept_value() {
 
 #[test]
 fn partial_heads_wait_and_oversized_ones_are_refused() {
-    assert!(parse(b"POST / HTTP/1.1\r\nHost: x\r\n").expect("valid").is_none());
+    assert!(parse(b"POST / HTTP/1.1\r\nHost: x\r\n")
+        .expect("valid")
+        .is_none());
     let endless = format!("POST / HTTP/1.1\r\nX: {}", "a".repeat(MAX_HEAD_BYTES));
     assert_eq!(refused(&endless), HeadError::TooLarge);
     let many: String = (0..101).map(|i| format!("X-{i}: v\r\n")).collect();
-    assert_eq!(refused(&format!("GET / HTTP/1.1\r\n{many}\r\n")), HeadError::TooLarge);
+    assert_eq!(
+        refused(&format!("GET / HTTP/1.1\r\n{many}\r\n")),
+        HeadError::TooLarge
+    );
     assert!(matches!(refused("GARBAGE\r\n\r\n"), HeadError::Invalid(_)));
 }
 
@@ -186,7 +192,8 @@ async fn decode(wire: &[u8], limit: usize) -> (Result<bytes::Bytes, ChunkedError
 
 #[tokio::test]
 async fn chunked_bodies_decode_across_reads_and_keep_what_follows() {
-    let wire = b"4;name=value\r\nWiki\r\n5\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+    let wire =
+        b"4;name=value\r\nWiki\r\n5\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nX-T: 1\r\n\r\nNEXT";
     let (body, _) = decode(wire, 1024).await;
     assert_eq!(&body.expect("decoded")[..], b"Wikipedia in\r\n\r\nchunks.");
     // Read in one piece, what follows the body stays in the buffer for the next request.
@@ -204,7 +211,10 @@ async fn chunked_bodies_are_bounded_and_checked() {
     let (body, _) = decode(b"g\r\n", 64).await;
     assert!(matches!(body, Err(ChunkedError::Invalid(_))));
     let (body, _) = decode(&[b'1'; 2000], 64).await;
-    assert!(matches!(body, Err(ChunkedError::Invalid("invalid chunk: line too long"))));
+    assert!(matches!(
+        body,
+        Err(ChunkedError::Invalid("invalid chunk: line too long"))
+    ));
     let (body, _) = decode(b"4\r\nab", 64).await;
     assert!(matches!(body, Err(ChunkedError::Closed)));
 }

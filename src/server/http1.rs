@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::StatusCode;
@@ -29,6 +30,10 @@ const READ_CHUNK: usize = 4096;
 const COALESCE_BODY: usize = 16 * 1024;
 /// An output buffer grown past this by a large answer is not kept for the next one.
 const KEEP_OUT_BUFFER: usize = 64 * 1024;
+/// After a last answer, how long what the client still sends is read and dropped at most,
+/// and how long it may pause meanwhile (nginx's lingering close).
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_PAUSE: Duration = Duration::from_millis(500);
 
 /// One client connection.
 pub(super) struct Connection<'s, IO> {
@@ -117,7 +122,7 @@ where
         match self.write(&response, head.method == Method::Head).await {
             Ok(()) if !close => true,
             Ok(()) => {
-                let _ = self.io.shutdown().await;
+                self.close().await;
                 false
             }
             Err(error) => {
@@ -130,7 +135,27 @@ where
     /// Writes a last answer and closes.
     async fn finish(&mut self, response: &Response, head_only: bool) {
         if self.write(response, head_only).await.is_ok() {
-            let _ = self.io.shutdown().await;
+            self.close().await;
+        }
+    }
+
+    /// Sends our FIN, then reads and drops what the client still sends (the rest of a body
+    /// refused with 413, say) until it closes too, pauses or `LINGER_TIME` passes. Closing
+    /// with unread bytes would send a reset instead, which fails the client's write and can
+    /// discard the answer before it is read.
+    async fn close(&mut self) {
+        if self.io.shutdown().await.is_err() {
+            return;
+        }
+        let deadline = Instant::now() + LINGER_TIME;
+        while Instant::now() < deadline {
+            self.buf.clear();
+            self.buf.reserve(READ_CHUNK);
+            let pause = deadline.min(Instant::now() + LINGER_PAUSE);
+            match tokio::time::timeout_at(pause, self.io.read_buf(&mut self.buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
         }
     }
 

@@ -210,9 +210,15 @@ impl Settings {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         // The guard lives as long as this task: a WebSocket session runs on it too.
-        let Peer { addr, client, guard } = peer;
+        let Peer {
+            addr,
+            client,
+            guard,
+        } = peer;
         let io = write_timeout::WriteTimeout::new(io, self.write_timeout);
-        http1::Connection::new(self, io, (addr, client)).serve().await;
+        http1::Connection::new(self, io, (addr, client))
+            .serve()
+            .await;
         drop(guard);
     }
 }

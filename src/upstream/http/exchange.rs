@@ -261,12 +261,14 @@ async fn read_chunked(
     buf: &mut BytesMut,
     limit: usize,
 ) -> Result<Bytes, Failure> {
-    chunked::read(stream, buf, limit).await.map_err(|error| match error {
-        ChunkedError::TooLarge => Failure::TooLarge,
-        ChunkedError::Invalid(what) => Failure::NoAnswer(what.into()),
-        ChunkedError::Closed => {
-            Failure::NoAnswer("connection closed before the answer body was complete".into())
-        }
-        ChunkedError::Io(e) => Failure::NoAnswer(format!("reading the answer body: {e}")),
-    })
+    chunked::read(stream, buf, limit)
+        .await
+        .map_err(|error| match error {
+            ChunkedError::TooLarge => Failure::TooLarge,
+            ChunkedError::Invalid(what) => Failure::NoAnswer(what.into()),
+            ChunkedError::Closed => {
+                Failure::NoAnswer("connection closed before the answer body was complete".into())
+            }
+            ChunkedError::Io(e) => Failure::NoAnswer(format!("reading the answer body: {e}")),
+        })
 }

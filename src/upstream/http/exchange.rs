@@ -204,8 +204,12 @@ fn parse_head(buf: &[u8]) -> Result<Option<(usize, Head)>, Failure> {
             encoded = true;
             chunked = headers::ends_chunked(header.value);
         } else if header.name.eq_ignore_ascii_case("connection") {
-            let (close_token, keep_alive_token) = headers::connection_tokens(header.value);
-            close = close_token || (close && !(keep_alive_token && !http11));
+            // HTTP/1.0 stays open only when asked; `close` always wins.
+            match headers::connection_tokens(header.value) {
+                (true, _) => close = true,
+                (false, true) if !http11 => close = false,
+                _ => {}
+            }
         }
     }
     // RFC 9112 §6.3: no body for 1xx, 204 and 304; Transfer-Encoding overrides

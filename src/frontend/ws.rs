@@ -1,17 +1,20 @@
 //! WebSocket sessions: the upgrade on any path, then per client one reader that dispatches
 //! calls concurrently and one ordered, bounded outgoing queue shared with the hub.
 
-use std::future::poll_fn;
+mod batch;
+
+use std::future::{poll_fn, Future};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use futures_util::task::{waker_ref, ArcWake, AtomicWaker};
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use futures_util::{SinkExt, Stream, StreamExt};
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -20,6 +23,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
+use self::batch::Batch;
 use super::http::{plain, HttpResponse};
 use super::{Frontend, Transport};
 use crate::connection::ConnectionGuard;
@@ -93,50 +97,65 @@ pub fn upgrade(
     response
 }
 
-/// Runs one client session over any WebSocket `socket` until either side closes.
-pub async fn run_session<S>(frontend: Arc<Frontend>, socket: S)
+/// Runs one client session over `socket` until either side closes.
+///
+/// tungstenite reads the client's frames and answers its pings and close; the session writes
+/// its own frames straight to the socket underneath (see [`batch`]).
+pub async fn run_session<T>(frontend: Arc<Frontend>, mut socket: WebSocketStream<T>)
 where
-    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin + Send,
+    T: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let (handle, mut outgoing) = SessionHandle::new(frontend.ws_queue);
     let handle = Arc::new(handle);
     frontend.metrics.ws_connection_opened();
-    let (mut sink, mut stream) = socket.split();
     let mut calls = JoinSet::new();
     let limit = Arc::new(Semaphore::new(CALLS_IN_FLIGHT));
     let drain = &frontend.drain;
     let reader = ReadGate::default();
+    // Polled only when one of them woke the task: polling a pending cancellation takes its
+    // lock, and the task wakes for every outgoing message.
+    let stops = Gate::default();
+    let mut batch = Batch::default();
     // Created once: re-created on every pass they would re-register with the shared shutdown
     // token and the session's own each time a message goes out.
     let shutdown = drain.shutdown.cancelled();
     let closed = handle.closed();
     tokio::pin!(shutdown, closed);
+    let mut stop = |cx: &mut Context<'_>| {
+        stops.poll(cx, |cx| {
+            if shutdown.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Some(SHUTTING_DOWN));
+            }
+            ready!(closed.as_mut().poll(cx));
+            Poll::Ready(handle.close_reason())
+        })
+    };
     let close = loop {
         tokio::select! {
             biased;
-            _ = &mut shutdown => break Some(SHUTTING_DOWN),
-            _ = &mut closed => break handle.close_reason(),
+            close = poll_fn(&mut stop) => break close,
             message = outgoing.recv() => match message {
-                // A client that reads nothing blocks this send until the socket's write
+                // A client that reads nothing blocks this write until the socket's write
                 // timeout fails it; shutdown does not wait for that.
                 Some(message) => {
-                    let receipt = message.receipt();
-                    let sent = tokio::select! {
-                        sent = sink.send(Message::text(message.into_text())) => sent.map_err(|_| None),
-                        _ = &mut closed => Err(None),
-                        _ = &mut shutdown => Err(Some(SHUTTING_DOWN)),
+                    batch.take(message, &mut outgoing, &handle);
+                    let flush_first = reader.take_polled();
+                    let ended = tokio::select! {
+                        biased;
+                        written = write_batch(&mut socket, &mut batch, flush_first) => {
+                            written.err().map(|_| handle.close_reason())
+                        }
+                        close = poll_fn(&mut stop) => Some(close),
                     };
-                    handle.sent(receipt);
-                    match sent {
-                        Ok(()) => {}
-                        Err(Some(close)) => break Some(close),
-                        Err(None) => break handle.close_reason(),
+                    batch.release(&handle);
+                    if let Some(close) = ended {
+                        break close;
                     }
                 }
                 None => break None,
             },
             // Reading pauses while CALLS_IN_FLIGHT calls run; the queue keeps draining.
-            frame = poll_fn(|cx| reader.poll_next(&mut stream, cx)), if limit.available_permits() > 0 => match frame {
+            frame = poll_fn(|cx| reader.poll_next(&mut socket, cx)), if limit.available_permits() > 0 => match frame {
                 Some(Ok(Message::Text(text))) => dispatch(&frontend, &handle, &limit, &mut calls, text.into()),
                 Some(Ok(Message::Binary(data))) => dispatch(&frontend, &handle, &limit, &mut calls, data),
                 Some(Ok(Message::Close(_))) | None => break None,
@@ -157,22 +176,53 @@ where
         frontend.metrics.ws_queue_overflow();
     }
     frontend.metrics.ws_connection_closed();
-    // Either our close frame, or flushing the reply tungstenite queued to the client's.
-    let finish = async {
-        if let Some((code, reason)) = close {
-            let frame = CloseFrame {
-                code: CloseCode::from(code),
-                reason: reason.into(),
-            };
-            let _ = sink.send(Message::Close(Some(frame))).await;
-        }
-        let _ = sink.close().await;
-    };
     // Past shutdown_grace nothing waits for a client that does not read its close frame.
     tokio::select! {
-        _ = tokio::time::timeout(CLOSE_TIMEOUT, finish) => {}
+        _ = tokio::time::timeout(CLOSE_TIMEOUT, finish(socket, batch, close)) => {}
         _ = drain.force_close.cancelled() => {}
     }
+}
+
+/// Writes one batch, after whatever tungstenite still holds when the reader ran since the last
+/// batch (a pong or close reply it could not write at once must not land inside our frames).
+async fn write_batch<T>(
+    socket: &mut WebSocketStream<T>,
+    batch: &mut Batch,
+    flush_first: bool,
+) -> Result<(), ()>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    if flush_first {
+        socket.flush().await.map_err(|_| ())?;
+    }
+    poll_fn(|cx| batch.poll_write(socket.get_mut(), cx))
+        .await
+        .map_err(|_| ())
+}
+
+/// The end of a session: the rest of a batch cut short (a close frame inside it would corrupt
+/// the stream), then our close frame if any, or flushing the reply tungstenite queued to the
+/// client's.
+async fn finish<T>(
+    mut socket: WebSocketStream<T>,
+    mut batch: Batch,
+    close: Option<(u16, &'static str)>,
+) where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    if batch.unwritten() && write_batch(&mut socket, &mut batch, true).await.is_err() {
+        // The socket failed inside a frame: nothing more can be framed after it.
+        return;
+    }
+    if let Some((code, reason)) = close {
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.into(),
+        };
+        let _ = socket.send(Message::Close(Some(frame))).await;
+    }
+    let _ = SinkExt::close(&mut socket).await;
 }
 
 /// Answers one message on its own task, so a slow upstream call does not hold up others.
@@ -207,15 +257,14 @@ fn dispatch(
     });
 }
 
-/// Polls the client's stream only when the stream itself asked to be polled again (its
-/// waker fired) or last returned a frame. The session task also wakes for every outgoing
-/// message; re-polling the stream then would make tungstenite zero its whole read buffer and
-/// try a read each time, which profiling showed to be most of a fan-out's cost.
-struct ReadGate {
+/// Polls what it wraps only when that asked to be polled again (its own waker fired) or
+/// last returned something. The session task wakes for every outgoing message; re-polling
+/// everything it waits on each time costs more than the message itself.
+struct Gate {
     woken: Arc<Woken>,
 }
 
-/// The stream's own waker: notes that it fired, then wakes the session task.
+/// The wrapped future's or stream's own waker: notes that it fired, then wakes the session.
 struct Woken {
     fired: AtomicBool,
     task: AtomicWaker,
@@ -228,17 +277,48 @@ impl ArcWake for Woken {
     }
 }
 
-impl Default for ReadGate {
+impl Default for Gate {
     fn default() -> Self {
-        // Fired at first: the stream has never been polled.
+        // Fired at first: what it wraps has never been polled.
         let woken = Woken {
             fired: AtomicBool::new(true),
             task: AtomicWaker::new(),
         };
-        ReadGate {
+        Gate {
             woken: Arc::new(woken),
         }
     }
+}
+
+impl Gate {
+    /// `poll` with the gate's own waker when that fired or `poll` was last ready, else pending.
+    fn poll<T>(
+        &self,
+        cx: &mut Context<'_>,
+        poll: impl FnOnce(&mut Context<'_>) -> Poll<T>,
+    ) -> Poll<T> {
+        self.woken.task.register(cx.waker());
+        if !self.woken.fired.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        let waker = waker_ref(&self.woken);
+        let polled = poll(&mut Context::from_waker(&waker));
+        if polled.is_ready() {
+            // More may be ready already (buffered frames): the next call polls again.
+            self.woken.fired.store(true, Ordering::Release);
+        }
+        polled
+    }
+}
+
+/// The client's stream behind a [`Gate`]: re-polling it for every outgoing message would make
+/// tungstenite zero its whole read buffer and try a read each time, which profiling showed to
+/// be most of a fan-out's cost. Also notes when the stream ran, because tungstenite may then
+/// have written (or half written) a control frame of its own.
+#[derive(Default)]
+struct ReadGate {
+    gate: Gate,
+    polled: AtomicBool,
 }
 
 impl ReadGate {
@@ -247,17 +327,15 @@ impl ReadGate {
         stream: &mut S,
         cx: &mut Context<'_>,
     ) -> Poll<Option<S::Item>> {
-        self.woken.task.register(cx.waker());
-        if !self.woken.fired.swap(false, Ordering::AcqRel) {
-            return Poll::Pending;
-        }
-        let waker = waker_ref(&self.woken);
-        let polled = stream.poll_next_unpin(&mut Context::from_waker(&waker));
-        if polled.is_ready() {
-            // More frames may already be buffered: the next call polls again.
-            self.woken.fired.store(true, Ordering::Release);
-        }
-        polled
+        self.gate.poll(cx, |cx| {
+            self.polled.store(true, Ordering::Relaxed);
+            stream.poll_next_unpin(cx)
+        })
+    }
+
+    /// Whether the stream was polled since the last call.
+    fn take_polled(&self) -> bool {
+        self.polled.swap(false, Ordering::Relaxed)
     }
 }
 

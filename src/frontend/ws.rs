@@ -178,7 +178,7 @@ where
     frontend.metrics.ws_connection_closed();
     // Past shutdown_grace nothing waits for a client that does not read its close frame.
     tokio::select! {
-        _ = tokio::time::timeout(CLOSE_TIMEOUT, finish(socket, batch, close)) => {}
+        _ = tokio::time::timeout(CLOSE_TIMEOUT, finish(&mut socket, &mut batch, close)) => {}
         _ = drain.force_close.cancelled() => {}
     }
 }
@@ -204,14 +204,17 @@ where
 /// The end of a session: the rest of a batch cut short (a close frame inside it would corrupt
 /// the stream), then our close frame if any, or flushing the reply tungstenite queued to the
 /// client's.
+///
+/// Takes the socket by reference: a socket moved in would make every session's future (which
+/// an idle client keeps) larger by another copy of it.
 async fn finish<T>(
-    mut socket: WebSocketStream<T>,
-    mut batch: Batch,
+    socket: &mut WebSocketStream<T>,
+    batch: &mut Batch,
     close: Option<(u16, &'static str)>,
 ) where
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    if batch.unwritten() && write_batch(&mut socket, &mut batch, true).await.is_err() {
+    if batch.unwritten() && write_batch(socket, batch, true).await.is_err() {
         // The socket failed inside a frame: nothing more can be framed after it.
         return;
     }
@@ -222,7 +225,7 @@ async fn finish<T>(
         };
         let _ = socket.send(Message::Close(Some(frame))).await;
     }
-    let _ = SinkExt::close(&mut socket).await;
+    let _ = SinkExt::close(socket).await;
 }
 
 /// Answers one message on its own task, so a slow upstream call does not hold up others.

@@ -12,6 +12,7 @@
 //! reader only between batches, and flushes tungstenite's own buffer before a batch's first
 //! byte whenever the reader ran since the last batch (see `write_batch` in the parent).
 
+use std::cell::Cell;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -30,6 +31,17 @@ const FIN_TEXT: u8 = 0x81;
 
 /// Longest frame header: 2 bytes and a 64-bit length, no mask.
 const MAX_HEADER: usize = 10;
+
+/// Largest framing buffer a thread keeps for the next batch; one grown past this by a large
+/// answer is freed instead.
+const SPARE_MAX: usize = 2 * BATCH_BYTES;
+
+thread_local! {
+    /// Each thread's framing buffer for the next batch. A batch borrows it and hands it back
+    /// once written, which nearly every batch is at once: fanning a head out to thousands of
+    /// clients then allocates no buffer at all, and an idle client holds none.
+    static SPARE: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
 
 /// Appends the header of an unmasked, final text frame carrying `len` payload bytes.
 pub fn text_header(len: usize, out: &mut Vec<u8>) {
@@ -63,9 +75,10 @@ impl Batch {
         queue: &mut mpsc::Receiver<Outgoing>,
         handle: &SessionHandle,
     ) {
+        // A batch cut short keeps its own buffer; this one was handed back when written.
+        self.bytes = SPARE.with(Cell::take);
         self.bytes.clear();
         self.written = 0;
-        self.bytes.reserve_exact(first.len() + MAX_HEADER);
         self.frame(first);
         while self.bytes.len() < BATCH_BYTES {
             match queue.try_recv() {
@@ -102,9 +115,13 @@ impl Batch {
             }
             self.written += n;
         }
-        // An idle client keeps no buffer: the next batch allocates its own.
-        self.bytes = Vec::new();
+        // Written: the buffer goes back to the thread for the next batch of any session.
+        let mut spare = std::mem::take(&mut self.bytes);
         self.written = 0;
+        if spare.capacity() <= SPARE_MAX {
+            spare.clear();
+            SPARE.with(|cell| cell.set(spare));
+        }
         Pin::new(io).poll_flush(cx)
     }
 
@@ -256,6 +273,27 @@ mod tests {
             assert_eq!(handle.fill(), 0.0);
         }
         assert!(handle.close_reason().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_written_batch_hands_its_buffer_back_and_keeps_none() {
+        let (handle, mut queue) = session(4);
+        let mut batch = Batch::default();
+        assert!(push(&handle, "1"));
+        batch.take(queue.recv().await.unwrap(), &mut queue, &handle);
+        let first = batch.bytes.as_ptr();
+        written(&mut batch).await;
+        assert_eq!(batch.bytes.capacity(), 0, "an idle session holds no buffer");
+        assert!(push(&handle, "2"));
+        batch.take(queue.recv().await.unwrap(), &mut queue, &handle);
+        assert_eq!(batch.bytes.as_ptr(), first, "the thread's buffer is reused");
+        assert_eq!(frames(&written(&mut batch).await), [notification("2")]);
+        // A buffer grown past SPARE_MAX by one large message is not kept.
+        let huge = format!("\"{}\"", "z".repeat(SPARE_MAX));
+        assert!(push(&handle, &huge));
+        batch.take(queue.recv().await.unwrap(), &mut queue, &handle);
+        written(&mut batch).await;
+        assert_eq!(SPARE.with(Cell::take).capacity(), 0);
     }
 
     #[tokio::test]

@@ -384,15 +384,106 @@ mod tests {
         // After a frame the next call polls again (more may be buffered): now pending.
         assert!(gate.poll_next(&mut stream, &mut cx).is_pending());
         assert_eq!(polls.load(Ordering::Relaxed), 2);
+        assert!(
+            gate.take_polled(),
+            "the stream ran: tungstenite may have written"
+        );
         // Woken for other reasons (an outgoing message): the stream is left alone.
         for _ in 0..5 {
             assert!(gate.poll_next(&mut stream, &mut cx).is_pending());
         }
         assert_eq!(polls.load(Ordering::Relaxed), 2, "no poll without a wake");
+        assert!(!gate.take_polled(), "not polled since: no flush needed");
         // The stream's own waker fires: the next call polls it and gets the frame.
         stream.ready = 1;
         stream.waker.take().expect("registered").wake();
         assert_eq!(gate.poll_next(&mut stream, &mut cx), Poll::Ready(Some(7)));
         assert_eq!(polls.load(Ordering::Relaxed), 3);
+    }
+
+    /// A session whose queue holds one notification of `result`, taken as a batch.
+    async fn one_batch(result: &str) -> Batch {
+        let limits = crate::subscription::session::QueueLimits {
+            messages: 4,
+            bytes: 1 << 20,
+        };
+        let (handle, mut queue) = SessionHandle::new(limits);
+        assert!(handle.push(&"0x1".into(), &Arc::new(result.to_string())));
+        let mut batch = Batch::default();
+        batch.take(queue.recv().await.unwrap(), &mut queue, &handle);
+        batch
+    }
+
+    #[tokio::test]
+    async fn a_pong_tungstenite_left_half_written_is_finished_before_a_batch() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (server, mut client) = tokio::io::duplex(64);
+        let mut socket = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
+        // The client's direction fills up but for one byte.
+        socket.get_mut().write_all(&[0; 63]).await.unwrap();
+        // A masked ping "abc" from the client.
+        let mask = [1, 2, 3, 4];
+        let mut ping = vec![0x89, 0x83];
+        ping.extend_from_slice(&mask);
+        ping.extend(b"abc".iter().zip(mask).map(|(b, m)| b ^ m));
+        client.write_all(&ping).await.unwrap();
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        let read = socket.poll_next_unpin(&mut cx);
+        assert!(matches!(read, Poll::Ready(Some(Ok(Message::Ping(_))))));
+        // Reading on, tungstenite writes the first byte of its pong and keeps the rest.
+        assert!(socket.poll_next_unpin(&mut cx).is_pending());
+        let mut batch = one_batch("7").await;
+        let drain = tokio::spawn(async move {
+            let mut all = Vec::new();
+            client.read_to_end(&mut all).await.unwrap();
+            all
+        });
+        write_batch(&mut socket, &mut batch, true).await.unwrap();
+        drop(socket);
+        let all = drain.await.unwrap();
+        assert_eq!(
+            &all[63..68],
+            &[0x8a, 3, b'a', b'b', b'c'],
+            "the whole pong first"
+        );
+        let text = r#"{"jsonrpc":"2.0","method":"eth_subscription","params":{"subscription":"0x1","result":7}}"#;
+        assert_eq!(all[68], 0x81);
+        assert_eq!(all[69] as usize, text.len());
+        assert_eq!(&all[70..], text.as_bytes(), "then our frame, whole");
+    }
+
+    #[tokio::test]
+    async fn a_batch_cut_short_is_finished_before_the_close_frame() {
+        use tokio::io::AsyncReadExt;
+        let (server, mut client) = tokio::io::duplex(64);
+        let mut socket = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
+        let result = format!("\"{}\"", "x".repeat(300));
+        let mut batch = one_batch(&result).await;
+        // The client reads nothing yet: the batch stops after 64 bytes (a shutdown now).
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        {
+            let mut write = std::pin::pin!(write_batch(&mut socket, &mut batch, false));
+            assert!(write.as_mut().poll(&mut cx).is_pending());
+        }
+        assert!(batch.unwritten());
+        let drain = tokio::spawn(async move {
+            let mut all = Vec::new();
+            client.read_to_end(&mut all).await.unwrap();
+            all
+        });
+        finish(&mut socket, &mut batch, Some(SHUTTING_DOWN)).await;
+        drop(socket);
+        let all = drain.await.unwrap();
+        let text = format!(
+            r#"{{"jsonrpc":"2.0","method":"eth_subscription","params":{{"subscription":"0x1","result":{result}}}}}"#
+        );
+        let frame_len = 4 + text.len();
+        let [high, low] = (text.len() as u16).to_be_bytes();
+        assert_eq!(&all[..4], [0x81, 126, high, low].as_slice());
+        assert_eq!(&all[4..frame_len], text.as_bytes(), "the whole frame");
+        let close = &all[frame_len..];
+        assert_eq!(close[0], 0x88, "then the close frame");
+        assert_eq!(u16::from_be_bytes([close[2], close[3]]), 1001);
+        assert_eq!(&close[4..], SHUTTING_DOWN.1.as_bytes());
     }
 }

@@ -325,8 +325,8 @@ impl SessionHandle {
     /// How full the queue is for notifications: the larger of its message (batch held by the
     /// writer included) and notification byte fractions (0.0–1.0).
     pub fn fill(&self) -> f64 {
-        let messages = self.queue.max_capacity() - self.queue.capacity()
-            + self.held.load(Ordering::Acquire);
+        let messages =
+            self.queue.max_capacity() - self.queue.capacity() + self.held.load(Ordering::Acquire);
         let by_messages = messages as f64 / self.queue.max_capacity() as f64;
         let by_bytes =
             self.notification_bytes.load(Ordering::Acquire) as f64 / self.limits.bytes as f64;

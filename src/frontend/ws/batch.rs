@@ -187,7 +187,10 @@ mod tests {
             assert_eq!(bytes[0], 0x81);
             let (len, at) = match bytes[1] {
                 126 => (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4),
-                127 => (u64::from_be_bytes(bytes[2..10].try_into().unwrap()) as usize, 10),
+                127 => (
+                    u64::from_be_bytes(bytes[2..10].try_into().unwrap()) as usize,
+                    10,
+                ),
                 n => (n as usize, 2),
             };
             out.push(String::from_utf8(bytes[at..at + len].to_vec()).unwrap());
@@ -229,7 +232,12 @@ mod tests {
         let mut batch = Batch::default();
         batch.take(queue.recv().await.unwrap(), &mut queue, &handle);
         assert!(queue.try_recv().is_err(), "all four taken at once");
-        let expected = [notification("1"), notification("2"), answer, notification("3")];
+        let expected = [
+            notification("1"),
+            notification("2"),
+            answer,
+            notification("3"),
+        ];
         assert_eq!(frames(&written(&mut batch).await), expected);
     }
 

@@ -100,7 +100,7 @@ pub fn upgrade(
 /// Runs one client session over `socket` until either side closes.
 ///
 /// tungstenite reads the client's frames and answers its pings and close; the session writes
-/// its own frames straight to the socket underneath (see [`batch`]).
+/// its own frames straight to the socket underneath (see `ws/batch.rs`).
 pub async fn run_session<T>(frontend: Arc<Frontend>, mut socket: WebSocketStream<T>)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send,

@@ -11,6 +11,7 @@
 //! ETHGATE_WS_BENCH_EXE=/tmp/ethgate-old cargo bench --bench ws   # another ethgate binary
 //! ETHGATE_WS_BENCH_WRAP="valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%p" \
 //!     ETHGATE_WS_BENCH_PARTS=fanout ETHGATE_WS_BENCH_CLIENTS=1000 cargo bench --bench ws  # profile
+//! benches/ws/callgrind.sh [ETHGATE_BINARY]   # instructions per fan-out notification (callgrind)
 //! ```
 //!
 //! Request/response runs against the upstream directly, through HAProxy (`/usr/sbin/haproxy`,

@@ -71,15 +71,36 @@ impl Body {
             Body::Text(text) => text,
             Body::Notification { id, result } => {
                 let mut text = String::with_capacity(notification_len(&id, &result));
-                text.push_str(NOTIFICATION_HEAD);
-                text.push_str(&id);
-                text.push_str(NOTIFICATION_MIDDLE);
-                text.push_str(&result);
-                text.push_str(NOTIFICATION_TAIL);
+                for part in notification_parts(&id, &result) {
+                    text.push_str(part);
+                }
                 text
             }
         }
     }
+
+    /// Appends the JSON text to `out`, without building it on its own first.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        match self {
+            Body::Text(text) => out.extend_from_slice(text.as_bytes()),
+            Body::Notification { id, result } => {
+                for part in notification_parts(id, result) {
+                    out.extend_from_slice(part.as_bytes());
+                }
+            }
+        }
+    }
+}
+
+/// The pieces a notification's text is the concatenation of.
+fn notification_parts<'a>(id: &'a str, result: &'a str) -> [&'a str; 5] {
+    [
+        NOTIFICATION_HEAD,
+        id,
+        NOTIFICATION_MIDDLE,
+        result,
+        NOTIFICATION_TAIL,
+    ]
 }
 
 fn notification_len(id: &str, result: &str) -> usize {
@@ -109,6 +130,21 @@ impl Outgoing {
     pub fn into_text(self) -> String {
         self.body.into_text()
     }
+
+    /// The length of the JSON text.
+    pub fn len(&self) -> usize {
+        self.body.len()
+    }
+
+    /// Whether the JSON text is empty.
+    pub fn is_empty(&self) -> bool {
+        self.body.is_empty()
+    }
+
+    /// Appends the JSON text to `out` (see [`Body::write_to`]).
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        self.body.write_to(out)
+    }
 }
 
 /// The queue space one written message gives back.
@@ -118,6 +154,30 @@ pub struct Receipt {
     notification: bool,
 }
 
+/// The queue space a batch of messages taken together gives back once written.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Receipts {
+    messages: usize,
+    notification_bytes: usize,
+    answer_bytes: usize,
+}
+
+impl Receipts {
+    /// Adds one message of the batch.
+    pub fn add(&mut self, receipt: Receipt) {
+        self.messages += 1;
+        match receipt.notification {
+            true => self.notification_bytes += receipt.len,
+            false => self.answer_bytes += receipt.len,
+        }
+    }
+
+    /// Messages in the batch.
+    pub fn messages(&self) -> usize {
+        self.messages
+    }
+}
+
 /// Handle to one client session's outgoing side.
 pub struct SessionHandle {
     id: u64,
@@ -125,8 +185,12 @@ pub struct SessionHandle {
     limits: QueueLimits,
     notification_bytes: AtomicUsize,
     answer_bytes: AtomicUsize,
-    /// Signalled by the writer each time it has sent a message.
+    /// Signalled by the writer each time it has sent an answer.
     room: Notify,
+    /// Messages the writer has taken from the queue as one batch, past the first, and not
+    /// written yet: they still count against the message bound (the queue alone would let
+    /// that many more in while a slow client holds the batch).
+    held: AtomicUsize,
     closing: CancellationToken,
     close_reason: Mutex<Option<(u16, &'static str)>>,
     /// Ids of this session's subscriptions, so ending the session touches only those.
@@ -146,6 +210,7 @@ impl SessionHandle {
             notification_bytes: AtomicUsize::new(0),
             answer_bytes: AtomicUsize::new(0),
             room: Notify::new(),
+            held: AtomicUsize::new(0),
             closing: CancellationToken::new(),
             close_reason: Mutex::new(None),
             subscriptions: Mutex::new(Vec::new()),
@@ -169,6 +234,12 @@ impl SessionHandle {
         let len = body.len();
         let queued = self.notification_bytes.fetch_add(len, Ordering::AcqRel);
         if queued + len > self.limits.bytes {
+            self.notification_bytes.fetch_sub(len, Ordering::AcqRel);
+            self.close(CLOSE_POLICY, "client too slow: outgoing queue full");
+            return false;
+        }
+        let in_queue = self.queue.max_capacity() - self.queue.capacity();
+        if in_queue + self.held.load(Ordering::Acquire) >= self.limits.messages.max(1) {
             self.notification_bytes.fetch_sub(len, Ordering::AcqRel);
             self.close(CLOSE_POLICY, "client too slow: outgoing queue full");
             return false;
@@ -219,18 +290,43 @@ impl SessionHandle {
 
     /// Called by the writer once a message has left the queue and gone to the socket.
     pub fn sent(&self, receipt: Receipt) {
-        let counter = match receipt.notification {
-            true => &self.notification_bytes,
-            false => &self.answer_bytes,
-        };
-        counter.fetch_sub(receipt.len, Ordering::AcqRel);
-        self.room.notify_waiters();
+        let mut receipts = Receipts::default();
+        receipts.add(receipt);
+        self.sent_all(receipts);
     }
 
-    /// How full the queue is for notifications: the larger of its message and notification
-    /// byte fractions (0.0–1.0).
+    /// Called by the writer when it takes a batch of messages from the queue to write them
+    /// together: all but the first still count against the message bound until written.
+    pub fn taken(&self, receipts: &Receipts) {
+        let held = receipts.messages.saturating_sub(1);
+        if held > 0 {
+            self.held.store(held, Ordering::Release);
+        }
+    }
+
+    /// Called by the writer once a batch (see [`SessionHandle::taken`]) has gone to the socket.
+    pub fn sent_all(&self, receipts: Receipts) {
+        if receipts.messages > 1 {
+            self.held.store(0, Ordering::Release);
+        }
+        if receipts.notification_bytes > 0 {
+            self.notification_bytes
+                .fetch_sub(receipts.notification_bytes, Ordering::AcqRel);
+        }
+        // Only answers wait for room, and only for answer bytes: written notifications
+        // wake nobody (notify_waiters takes a lock).
+        if receipts.answer_bytes > 0 {
+            self.answer_bytes
+                .fetch_sub(receipts.answer_bytes, Ordering::AcqRel);
+            self.room.notify_waiters();
+        }
+    }
+
+    /// How full the queue is for notifications: the larger of its message (batch held by the
+    /// writer included) and notification byte fractions (0.0–1.0).
     pub fn fill(&self) -> f64 {
-        let messages = self.queue.max_capacity() - self.queue.capacity();
+        let messages =
+            self.queue.max_capacity() - self.queue.capacity() + self.held.load(Ordering::Acquire);
         let by_messages = messages as f64 / self.queue.max_capacity() as f64;
         let by_bytes =
             self.notification_bytes.load(Ordering::Acquire) as f64 / self.limits.bytes as f64;

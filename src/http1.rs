@@ -6,7 +6,7 @@ pub mod headers;
 pub mod request;
 pub mod response;
 
-pub use request::{BodyLength, HeadError, Method, RequestHead};
+pub use request::{BodyLength, HeadError, Method, RequestHead, WebSocketUpgrade};
 pub use response::Response;
 
 #[cfg(test)]

@@ -238,21 +238,31 @@ async fn a_get_with_a_body_is_answered_and_the_connection_closed() {
 }
 
 #[tokio::test]
-async fn ambiguous_or_broken_heads_get_400_and_close() {
+async fn ambiguous_broken_or_unsupported_heads_are_refused_and_close() {
     let (gw, _a) = gateway(GatewayConfig::new()).await;
-    let heads: [&[u8]; 5] = [
-        b"POST / HTTP/1.1\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n",
-        b"POST / HTTP/1.1\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\n",
-        b"POST / HTTP/1.1\r\ncontent-length: +2\r\n\r\n",
-        b"POST / HTTP/1.1\r\ntransfer-encoding: gzip\r\n\r\n",
-        b"NOT HTTP AT ALL\r\n\r\n",
+    let heads: [(&[u8], u16); 5] = [
+        (
+            b"POST / HTTP/1.1\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n",
+            400,
+        ),
+        (
+            b"POST / HTTP/1.1\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\n",
+            400,
+        ),
+        (b"POST / HTTP/1.1\r\ncontent-length: +2\r\n\r\n", 400),
+        (b"NOT HTTP AT ALL\r\n\r\n", 400),
+        (
+            b"POST / HTTP/1.1\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+            501,
+        ),
     ];
-    for head in heads {
+    for (head, status) in heads {
         let mut http = connect(&gw).await;
-        http.send(head).await;
+        // A complete request right behind must not be answered.
+        http.send(&[head, &post("", &call(1))[..]].concat()).await;
         let answer = http.answer().await.expect("an answer");
         let shown = String::from_utf8_lossy(head);
-        assert_eq!(answer.status, 400, "{shown}");
+        assert_eq!(answer.status, status, "{shown}");
         assert!(answer.asks_to_close(), "{shown}");
         assert!(http.closed_by_server().await, "{shown}");
     }
@@ -269,6 +279,78 @@ async fn a_head_over_the_limits_gets_431() {
         http.send(head.as_bytes()).await;
         assert_eq!(http.answer().await.expect("an answer").status, 431);
         assert!(http.closed_by_server().await);
+    }
+}
+
+#[tokio::test]
+async fn half_a_head_gets_408_after_header_timeout() {
+    let cfg = GatewayConfig::new().server("header_timeout", "\"300ms\"");
+    let (gw, _a) = gateway(cfg).await;
+    let mut http = connect(&gw).await;
+    http.send(b"POST / HTTP/1.1\r\nhost: x\r\n").await;
+    let answer = http.answer().await.expect("an answer");
+    assert_eq!(answer.status, 408);
+    assert!(answer.asks_to_close());
+    assert!(http.closed_by_server().await);
+}
+
+#[tokio::test]
+async fn a_head_sent_a_byte_at_a_time_is_read_whole() {
+    let (gw, _a) = gateway(GatewayConfig::new()).await;
+    let mut http = connect(&gw).await;
+    let request = post("x-padding: 1\r\n", &call(6));
+    let head_len = request.len() - call(6).len();
+    for byte in &request[..head_len] {
+        http.send(std::slice::from_ref(byte)).await;
+        tokio::task::yield_now().await;
+    }
+    http.send(&request[head_len..]).await;
+    assert_answers(http.answer().await, 6);
+}
+
+#[tokio::test]
+async fn options_is_204_with_allow_and_no_length() {
+    let (gw, _a) = gateway(GatewayConfig::new()).await;
+    let mut http = connect(&gw).await;
+    http.send(b"OPTIONS / HTTP/1.1\r\nhost: ethgate\r\n\r\n")
+        .await;
+    let answer = http.answer().await.expect("an answer");
+    assert_eq!(answer.status, 204);
+    assert!(
+        answer.head.contains("allow: get, post, options\r\n"),
+        "{}",
+        answer.head
+    );
+    assert!(!answer.head.contains("content-length"), "{}", answer.head);
+    assert_answers(http.post(&call(2)).await, 2);
+}
+
+/// An upgrade request's head, with `extra` header lines.
+fn upgrade_head(extra: &str) -> String {
+    format!(
+        "GET / HTTP/1.1\r\nhost: ethgate\r\nconnection: upgrade\r\nupgrade: websocket\r\n{extra}\r\n"
+    )
+}
+
+#[tokio::test]
+async fn upgrades_that_are_refused_or_carry_a_body_close_without_reading_it() {
+    let (gw, _a) = gateway(GatewayConfig::new()).await;
+    let valid = "sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    // The body is a whole request: answering it would let one client's bytes become a
+    // request on a connection a load balancer shares.
+    let smuggled = post("", &call(9));
+    let length = format!("content-length: {}\r\n", smuggled.len());
+    for extra in [length.clone(), format!("{valid}{length}")] {
+        let mut http = connect(&gw).await;
+        http.send(upgrade_head(&extra).as_bytes()).await;
+        http.send(&smuggled).await;
+        let answer = http.answer().await.expect("an answer");
+        assert_eq!(answer.status, 400, "{extra}");
+        assert!(answer.asks_to_close(), "{extra}");
+        assert!(
+            http.closed_by_server().await,
+            "{extra}: the body was answered"
+        );
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use support::gateway::{Gateway, GatewayConfig};
 use support::http::Http;
 use support::mock::MockUpstream;
+use support::raw_http::RawHttp;
 use support::WAIT;
 
 const CALL: &str = r#"{"jsonrpc":"2.0","id":1,"method":"eth_call","params":[{"to":"0x00000000000000000000000000000000000000aa"},"latest"]}"#;
@@ -82,4 +83,35 @@ async fn shutdown_does_not_wait_past_grace() {
         .await
         .expect("run returns Ok after the grace period");
     client.abort();
+}
+
+#[tokio::test]
+async fn keep_alive_connections_close_at_shutdown_and_the_last_answer_says_so() {
+    let a = MockUpstream::start().await;
+    a.set_result("eth_call", json!("0xfeed"));
+    // A grace longer than WAIT: `stop` returns in time only if no connection lingers open.
+    let cfg = GatewayConfig::new()
+        .server("shutdown_grace", "\"60s\"")
+        .upstream("a", &a, 0);
+    let gw = Gateway::start(&cfg).await;
+    gw.wait_all_healthy().await;
+    let mut idle = RawHttp::connect(gw.addr()).await.expect("connect");
+    assert_eq!(idle.post(CALL).await.expect("answer").status, 200);
+    let mut busy = RawHttp::connect(gw.addr()).await.expect("connect");
+    a.hold("eth_call");
+    let in_flight = tokio::spawn(async move { (busy.post(CALL).await, busy) });
+    a.wait_for_calls("eth_call", 2).await;
+
+    gw.trigger_shutdown();
+    assert!(
+        idle.closed_by_server().await,
+        "an idle keep-alive connection stays open"
+    );
+    a.release("eth_call");
+    let (answer, mut busy) = in_flight.await.expect("client task");
+    let answer = answer.expect("the in-flight call is answered");
+    assert_eq!(answer.status, 200);
+    assert!(answer.asks_to_close(), "{}", answer.head);
+    assert!(busy.closed_by_server().await);
+    gw.stop().await.expect("run returns Ok");
 }

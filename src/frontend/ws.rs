@@ -22,7 +22,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use self::batch::Batch;
 use super::{Frontend, Transport};
-use crate::http1::{RequestHead, Response};
+use crate::http1::{BodyLength, RequestHead, Response};
 use crate::subscription::SessionHandle;
 
 /// Calls of one session answered concurrently; more wait, which pauses reading.
@@ -40,13 +40,19 @@ const SHUTTING_DOWN: (u16, &str) = (1001, "server shutting down");
 
 /// The `Sec-WebSocket-Accept` value of a valid upgrade request, or the 400 refusing it.
 pub fn accept(head: &RequestHead) -> Result<&str, Response> {
-    match &head.websocket {
-        Some(Some(accept)) => Ok(accept),
-        _ => Err(Response::plain(
+    // An upgrade request carries no body: one would be read as WebSocket frames.
+    let accept = head
+        .websocket
+        .as_ref()
+        .and_then(|upgrade| upgrade.accept.as_deref())
+        .filter(|_| head.body == BodyLength::Empty);
+    accept.ok_or_else(|| {
+        Response::plain(
             StatusCode::BAD_REQUEST,
             "invalid WebSocket upgrade request\n",
-        )),
-    }
+        )
+        .closing()
+    })
 }
 
 /// Runs a session on a connection whose `101` has been sent; `read_ahead` holds what the

@@ -9,16 +9,20 @@ pub const MAX_CHUNK_LINE: usize = 1024;
 /// Largest total of trailer lines accepted.
 pub const MAX_TRAILER_BYTES: usize = 64 * 1024;
 
-/// Why a chunked body could not be read.
-#[derive(Debug)]
-pub enum ChunkedError {
+/// Why a body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
     /// The read failed.
+    #[error("reading the body: {0}")]
     Io(std::io::Error),
-    /// The peer closed the connection before the last chunk.
+    /// The peer closed the connection before the body was complete.
+    #[error("connection closed before the body was complete")]
     Closed,
     /// The framing is broken.
+    #[error("{0}")]
     Invalid(&'static str),
-    /// The decoded body is larger than the limit.
+    /// The body is larger than the limit.
+    #[error("body too large")]
     TooLarge,
 }
 
@@ -28,7 +32,7 @@ pub async fn read<R: AsyncRead + Unpin>(
     reader: &mut R,
     buf: &mut BytesMut,
     limit: usize,
-) -> Result<Bytes, ChunkedError> {
+) -> Result<Bytes, BodyError> {
     let mut body = BytesMut::new();
     loop {
         let size = read_size(reader, buf).await?;
@@ -37,7 +41,7 @@ pub async fn read<R: AsyncRead + Unpin>(
             return Ok(body.freeze());
         }
         if body.len() as u64 + size > limit as u64 {
-            return Err(ChunkedError::TooLarge);
+            return Err(BodyError::TooLarge);
         }
         let size = size as usize;
         while buf.len() < size + 2 {
@@ -45,40 +49,45 @@ pub async fn read<R: AsyncRead + Unpin>(
         }
         body.extend_from_slice(&buf[..size]);
         if &buf[size..size + 2] != b"\r\n" {
-            return Err(ChunkedError::Invalid("invalid chunk: no CRLF after data"));
+            return Err(BodyError::Invalid("invalid chunk: no CRLF after data"));
         }
         buf.advance(size + 2);
     }
 }
 
 /// Reads more bytes into `buf`; the end of the stream is `Closed`.
-async fn fill<R: AsyncRead + Unpin>(
-    reader: &mut R,
-    buf: &mut BytesMut,
-) -> Result<(), ChunkedError> {
+async fn fill<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut BytesMut) -> Result<(), BodyError> {
     if buf.capacity() - buf.len() < 4096 {
         buf.reserve(8192);
     }
     match reader.read_buf(buf).await {
-        Ok(0) => Err(ChunkedError::Closed),
+        Ok(0) => Err(BodyError::Closed),
         Ok(_) => Ok(()),
-        Err(e) => Err(ChunkedError::Io(e)),
+        Err(e) => Err(BodyError::Io(e)),
     }
 }
 
-/// Reads one CRLF-terminated line (without the CRLF), at most `MAX_CHUNK_LINE` long.
+/// Reads one CRLF-terminated line (without the CRLF), at most `MAX_CHUNK_LINE` long; a
+/// bare CR or LF inside it is refused, since a peer ending lines at a bare LF would frame
+/// the body differently.
 async fn read_line<R: AsyncRead + Unpin>(
     reader: &mut R,
     buf: &mut BytesMut,
-) -> Result<Bytes, ChunkedError> {
+) -> Result<Bytes, BodyError> {
     loop {
         if let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
+            if end > MAX_CHUNK_LINE {
+                return Err(BodyError::Invalid("invalid chunk: line too long"));
+            }
+            if buf[..end].iter().any(|&b| b == b'\r' || b == b'\n') {
+                return Err(BodyError::Invalid("invalid chunk: bare CR or LF"));
+            }
             let line = buf.split_to(end).freeze();
             buf.advance(2);
             return Ok(line);
         }
         if buf.len() > MAX_CHUNK_LINE {
-            return Err(ChunkedError::Invalid("invalid chunk: line too long"));
+            return Err(BodyError::Invalid("invalid chunk: line too long"));
         }
         fill(reader, buf).await?;
     }
@@ -87,20 +96,36 @@ async fn read_line<R: AsyncRead + Unpin>(
 async fn read_size<R: AsyncRead + Unpin>(
     reader: &mut R,
     buf: &mut BytesMut,
-) -> Result<u64, ChunkedError> {
+) -> Result<u64, BodyError> {
     let line = read_line(reader, buf).await?;
-    let size = line.split(|&b| b == b';').next().unwrap_or_default();
-    let size = std::str::from_utf8(size).unwrap_or("").trim();
-    if size.is_empty() || size.len() > 15 {
-        return Err(ChunkedError::Invalid("invalid chunk size"));
+    chunk_size(&line).ok_or(BodyError::Invalid("invalid chunk size"))
+}
+
+/// The size of a chunk-size line: `1*HEXDIG [BWS ";" extensions]` (RFC 9112 §7.1), hex
+/// digits only, no sign and no other whitespace.
+fn chunk_size(line: &[u8]) -> Option<u64> {
+    let end = line.iter().position(|&b| b == b';').unwrap_or(line.len());
+    let digits = &line[..end];
+    // Spaces and tabs are allowed only before the extensions' `;`.
+    let digits = match line.get(end) {
+        Some(_) => {
+            let kept = digits.iter().rposition(|b| !matches!(b, b' ' | b'\t'));
+            &digits[..kept.map_or(0, |last| last + 1)]
+        }
+        None => digits,
+    };
+    if digits.is_empty() || digits.len() > 15 || !digits.iter().all(u8::is_ascii_hexdigit) {
+        return None;
     }
-    u64::from_str_radix(size, 16).map_err(|_| ChunkedError::Invalid("invalid chunk size"))
+    digits.iter().try_fold(0u64, |n, &d| {
+        Some(n * 16 + u64::from((d as char).to_digit(16)?))
+    })
 }
 
 async fn skip_trailers<R: AsyncRead + Unpin>(
     reader: &mut R,
     buf: &mut BytesMut,
-) -> Result<(), ChunkedError> {
+) -> Result<(), BodyError> {
     let mut trailer_bytes = 0;
     loop {
         let line = read_line(reader, buf).await?;
@@ -109,7 +134,7 @@ async fn skip_trailers<R: AsyncRead + Unpin>(
         }
         trailer_bytes += line.len();
         if trailer_bytes > MAX_TRAILER_BYTES {
-            return Err(ChunkedError::Invalid("trailers too large"));
+            return Err(BodyError::Invalid("trailers too large"));
         }
     }
 }

@@ -5,7 +5,7 @@
 
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-use super::headers::{connection_tokens, content_length, ends_chunked, trim};
+use super::headers::{connection_tokens, content_length, trim};
 
 /// Largest request head accepted (request line and headers): 431 beyond.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -51,17 +51,29 @@ pub struct RequestHead {
     pub body: BodyLength,
     /// `Expect: 100-continue`: the client waits for an interim answer before the body.
     pub expect_continue: bool,
-    /// `Upgrade: websocket`, with the `Sec-WebSocket-Accept` value when the key is present
-    /// and the version is 13.
-    pub websocket: Option<Option<String>>,
+    /// `Upgrade: websocket`.
+    pub websocket: Option<WebSocketUpgrade>,
+}
+
+/// A WebSocket upgrade request.
+#[derive(Debug, PartialEq, Eq)]
+pub struct WebSocketUpgrade {
+    /// The `Sec-WebSocket-Accept` value, when the request is valid: HTTP/1.1, version 13 and
+    /// a key of 16 base64-encoded bytes.
+    pub accept: Option<String>,
 }
 
 /// Why a head is refused; each maps to a status and the connection is closed.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum HeadError {
     /// Not a valid HTTP/1.x head, or ambiguous framing: 400.
+    #[error("{0}")]
     Invalid(&'static str),
+    /// A transfer coding other than `chunked` alone: 501.
+    #[error("unsupported transfer coding")]
+    Unsupported,
     /// Over `MAX_HEAD_BYTES` or `MAX_HEADERS`: 431.
+    #[error("request head too large")]
     TooLarge,
 }
 
@@ -129,8 +141,9 @@ pub fn describe(buf: &[u8]) -> Description {
 #[derive(Default)]
 struct Facts {
     length: Option<u64>,
-    /// `Some(chunked last)` when `Transfer-Encoding` is present.
-    coding: Option<bool>,
+    /// `Transfer-Encoding` codings: how many are `chunked`, and whether another one is there.
+    chunked_codings: usize,
+    other_coding: bool,
     /// `Connection: close`.
     close: bool,
     /// `Connection: keep-alive`, which HTTP/1.0 needs to keep the connection.
@@ -153,8 +166,15 @@ impl Facts {
             }
             self.length = Some(parsed);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            // Several headers form one list: the last coding of the last one counts.
-            self.coding = Some(ends_chunked(value));
+            // Several headers form one list. Only `chunked` alone is read: other codings
+            // would hand compressed bytes to the JSON decoder.
+            for coding in value.split(|&b| b == b',').map(trim) {
+                if coding.eq_ignore_ascii_case(b"chunked") {
+                    self.chunked_codings += 1;
+                } else {
+                    self.other_coding = true;
+                }
+            }
         } else if name.eq_ignore_ascii_case("connection") {
             let (close, keep_alive) = connection_tokens(value);
             self.close |= close;
@@ -164,7 +184,7 @@ impl Facts {
         } else if name.eq_ignore_ascii_case("upgrade") {
             self.upgrade_websocket = value.eq_ignore_ascii_case(b"websocket");
         } else if name.eq_ignore_ascii_case("sec-websocket-key") {
-            self.websocket_key = Some(derive_accept_key(value));
+            self.websocket_key = is_websocket_key(value).then(|| derive_accept_key(value));
         } else if name.eq_ignore_ascii_case("sec-websocket-version") {
             self.websocket_version_13 = value == b"13";
         }
@@ -172,26 +192,32 @@ impl Facts {
     }
 
     fn into_head(self, method: Method, http11: bool) -> Result<RequestHead, HeadError> {
-        let body = match (self.coding, self.length) {
+        let encoded = self.chunked_codings > 0 || self.other_coding;
+        let body = match (encoded, self.length) {
             // Both at once is the classic smuggling vector: refused rather than guessed at.
-            (Some(_), Some(_)) => {
+            (true, Some(_)) => {
                 return Err(HeadError::Invalid(
                     "both Transfer-Encoding and Content-Length",
                 ))
             }
-            (Some(true), None) if http11 => BodyLength::Chunked,
-            (Some(_), None) => return Err(HeadError::Invalid("unsupported Transfer-Encoding")),
-            (None, Some(0) | None) => BodyLength::Empty,
-            (None, Some(len)) => BodyLength::Length(len),
+            (true, None) if !http11 => {
+                return Err(HeadError::Invalid("Transfer-Encoding in HTTP/1.0"))
+            }
+            (true, None) if self.chunked_codings == 1 && !self.other_coding => BodyLength::Chunked,
+            (true, None) => return Err(HeadError::Unsupported),
+            (false, Some(0) | None) => BodyLength::Empty,
+            (false, Some(len)) => BodyLength::Length(len),
         };
         let keep_alive = if http11 {
             !self.close
         } else {
             self.keep_alive_token && !self.close
         };
-        let websocket = self
-            .upgrade_websocket
-            .then(|| self.websocket_key.filter(|_| self.websocket_version_13));
+        let websocket = self.upgrade_websocket.then(|| WebSocketUpgrade {
+            accept: self
+                .websocket_key
+                .filter(|_| self.websocket_version_13 && http11),
+        });
         Ok(RequestHead {
             method,
             http11,
@@ -201,4 +227,13 @@ impl Facts {
             websocket,
         })
     }
+}
+
+/// A `Sec-WebSocket-Key`: 16 bytes in base64, so 22 characters and `==` (RFC 6455 §4.1).
+fn is_websocket_key(value: &[u8]) -> bool {
+    value.len() == 24
+        && value.ends_with(b"==")
+        && value[..22]
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
 }

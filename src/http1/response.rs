@@ -88,8 +88,11 @@ impl Response {
         } else if self.keep_alive {
             out.extend_from_slice(b"\r\nconnection: keep-alive");
         }
-        out.extend_from_slice(b"\r\ncontent-length: ");
-        out.extend_from_slice(itoa::Buffer::new().format(self.body.len()).as_bytes());
+        // RFC 9110 §8.6: never on a 204.
+        if self.status != StatusCode::NO_CONTENT {
+            out.extend_from_slice(b"\r\ncontent-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(self.body.len()).as_bytes());
+        }
         out.extend_from_slice(b"\r\n\r\n");
         if !head_only {
             out.extend_from_slice(&self.body);

@@ -2,7 +2,7 @@ use bytes::BytesMut;
 use http::StatusCode;
 use tokio::io::AsyncWriteExt;
 
-use super::chunked::{self, ChunkedError};
+use super::chunked::{self, BodyError};
 use super::request::{describe, parse, MAX_HEAD_BYTES};
 use super::response::{switching_protocols, Response};
 use super::{BodyLength, HeadError, Method, RequestHead};
@@ -51,7 +51,7 @@ fn keep_alive_follows_the_version_and_connection_tokens() {
 
 #[test]
 fn body_framing_is_judged_strictly() {
-    let chunked = "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
+    let chunked = "POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n";
     assert_eq!(head(chunked).body, BodyLength::Chunked);
     assert_eq!(
         head("POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n").body,
@@ -67,10 +67,22 @@ fn body_framing_is_judged_strictly() {
         "POST / HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\n",
         "POST / HTTP/1.1\r\nContent-Length: \r\n\r\n",
         "POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
-        "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
         "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
     ] {
         assert!(matches!(refused(bad), HeadError::Invalid(_)), "{bad}");
+    }
+    // Codings other than `chunked` alone would hand encoded bytes to the JSON decoder.
+    for unsupported in [
+        "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+        "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+        "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+    ] {
+        assert_eq!(
+            refused(unsupported),
+            HeadError::Unsupported,
+            "{unsupported}"
+        );
     }
 }
 
@@ -85,12 +97,29 @@ fn a_websocket_upgrade_carries_its_accept_value() {
     // RFC 6455 §1.3's example.
     let upgrade = "GET / HTTP/1.1\r\nUpgrade: WebSocket\r\nSec-WebSocket-Version: 13\r\n\
                    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
-    let accept = head(upgrade).websocket.expect("an upgrade");
+    let accept = head(upgrade).websocket.expect("an upgrade").accept;
     assert_eq!(accept.as_deref(), Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
-    let no_version = "GET / HTTP/1.1\r\nUpgrade: websocket\r\nSec-WebSocket-Key: a2V5\r\n\r\n";
-    assert_eq!(head(no_version).websocket, Some(None));
+    let refused = |text: &str| head(text).websocket.expect("an upgrade").accept;
+    let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    let no_version = format!("GET / HTTP/1.1\r\nUpgrade: websocket\r\n{key}\r\n");
+    assert_eq!(refused(&no_version), None);
     let no_key = "GET / HTTP/1.1\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n";
-    assert_eq!(head(no_key).websocket, Some(None));
+    assert_eq!(refused(no_key), None);
+    let old =
+        format!("GET / HTTP/1.0\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n{key}\r\n");
+    assert_eq!(refused(&old), None, "HTTP/1.0 cannot upgrade");
+    for bad_key in [
+        "a2V5",
+        "dGhlIHNhbXBsZSBub25jZQ",
+        "dGhlIHNhbXBsZSBub25jZ!==",
+        "dGhlIHNhbXBsZSBub25jZQ===",
+    ] {
+        let text = format!(
+            "GET / HTTP/1.1\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {bad_key}\r\n\r\n"
+        );
+        assert_eq!(refused(&text), None, "{bad_key}");
+    }
+    assert!(head("GET / HTTP/1.1\r\n\r\n").websocket.is_none());
 }
 
 #[test]
@@ -144,6 +173,12 @@ fn answers_are_encoded_with_length_and_optional_headers() {
         "HTTP/1.1 405 Method Not Allowed\r\ncontent-type: text/plain; charset=utf-8\r\n\
          allow: GET, POST, OPTIONS\r\nconnection: close\r\ncontent-length: 3\r\n\r\n"
     );
+    let options = Response::empty(StatusCode::NO_CONTENT).allowing();
+    assert_eq!(
+        encoded(&options, false),
+        "HTTP/1.1 204 No Content\r\nallow: GET, POST, OPTIONS\r\n\r\n",
+        "no Content-Length on a 204"
+    );
     let mut old_client = Response::empty(StatusCode::OK);
     old_client.keep_alive = true;
     assert_eq!(
@@ -169,7 +204,7 @@ async fn decode_in(
     wire: &[u8],
     piece: usize,
     limit: usize,
-) -> (Result<bytes::Bytes, ChunkedError>, BytesMut) {
+) -> (Result<bytes::Bytes, BodyError>, BytesMut) {
     let (mut client, mut server) = tokio::io::duplex(4096);
     let wire = wire.to_vec();
     let writer = tokio::spawn(async move {
@@ -186,7 +221,7 @@ async fn decode_in(
     (body, buf)
 }
 
-async fn decode(wire: &[u8], limit: usize) -> (Result<bytes::Bytes, ChunkedError>, BytesMut) {
+async fn decode(wire: &[u8], limit: usize) -> (Result<bytes::Bytes, BodyError>, BytesMut) {
     decode_in(wire, 3, limit).await
 }
 
@@ -205,16 +240,55 @@ async fn chunked_bodies_decode_across_reads_and_keep_what_follows() {
 #[tokio::test]
 async fn chunked_bodies_are_bounded_and_checked() {
     let (body, _) = decode(b"10\r\n0123456789abcdef\r\n0\r\n\r\n", 8).await;
-    assert!(matches!(body, Err(ChunkedError::TooLarge)));
+    assert!(matches!(body, Err(BodyError::TooLarge)));
     let (body, _) = decode(b"4\r\nabcdXY0\r\n\r\n", 64).await;
-    assert!(matches!(body, Err(ChunkedError::Invalid(_))));
+    assert!(matches!(body, Err(BodyError::Invalid(_))));
     let (body, _) = decode(b"g\r\n", 64).await;
-    assert!(matches!(body, Err(ChunkedError::Invalid(_))));
+    assert!(matches!(body, Err(BodyError::Invalid(_))));
     let (body, _) = decode(&[b'1'; 2000], 64).await;
     assert!(matches!(
         body,
-        Err(ChunkedError::Invalid("invalid chunk: line too long"))
+        Err(BodyError::Invalid("invalid chunk: line too long"))
     ));
     let (body, _) = decode(b"4\r\nab", 64).await;
-    assert!(matches!(body, Err(ChunkedError::Closed)));
+    assert!(matches!(body, Err(BodyError::Closed)));
+    // One line longer than the limit that arrives whole is refused too.
+    let long = format!("1;{}\r\na\r\n0\r\n\r\n", "x".repeat(2000));
+    let (body, _) = decode_in(long.as_bytes(), long.len(), 64).await;
+    assert!(matches!(
+        body,
+        Err(BodyError::Invalid("invalid chunk: line too long"))
+    ));
+}
+
+#[tokio::test]
+async fn chunk_size_lines_are_hex_digits_and_extensions_only() {
+    for good in [
+        "3;name=value\r\n",
+        "3 ;name\r\n",
+        "03\r\n",
+        "3\t; a=\"b\"\r\n",
+    ] {
+        let wire = format!("{good}abc\r\n0\r\n\r\n");
+        let (body, _) = decode(wire.as_bytes(), 64).await;
+        assert_eq!(&body.expect(good)[..], b"abc", "{good:?}");
+    }
+    // A sign, whitespace before the digits or with no extension after it, and bare CR/LF
+    // (the TERM.EXT desync) are all refused.
+    for bad in [
+        "+3\r\n",
+        " 3\r\n",
+        "3 \r\n",
+        "3\x0b\r\n",
+        "3\n\r\n",
+        "3\r;x\r\n",
+        "0x3\r\n",
+    ] {
+        let wire = format!("{bad}abc\r\n0\r\n\r\n");
+        let (body, _) = decode(wire.as_bytes(), 64).await;
+        assert!(
+            matches!(body, Err(BodyError::Invalid(_))),
+            "{bad:?}: {body:?}"
+        );
+    }
 }

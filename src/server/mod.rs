@@ -1,10 +1,10 @@
 //! The client port: one accept loop per listen address, sharing a connection limit; the
 //! access check right after accept, optional PROXY header and TLS handshake, then one HTTP/1.1
-//! connection (`http1`) per socket, drained gracefully on shutdown.
+//! connection (`client_connection`) per socket, drained gracefully on shutdown.
 
 pub mod access;
+mod client_connection;
 pub mod handshake;
-mod http1;
 pub mod proxy_protocol;
 pub mod tls;
 pub mod write_timeout;
@@ -70,7 +70,7 @@ struct Settings {
     tls: Option<Arc<Tls>>,
     connections: Arc<ConnectionCount>,
     /// Bound for the PROXY header, the TLS handshake and each request head.
-    handshake_timeout: Duration,
+    header_timeout: Duration,
     /// How long a client may accept no bytes before it is disconnected.
     write_timeout: Duration,
     /// Rate limit of the warning about failed TLS handshakes.
@@ -88,7 +88,7 @@ impl ClientPort {
             access: self.access,
             tls: self.tls,
             connections: self.connections.clone(),
-            handshake_timeout: config.header_timeout,
+            header_timeout: config.header_timeout,
             write_timeout: config.write_timeout,
             handshake_log: handshake::RateLimit::new(HANDSHAKE_WARN_EVERY),
             drain: drain.clone(),
@@ -158,7 +158,7 @@ impl Settings {
         let _ = stream.set_nodelay(true);
         set_keepalive(&stream);
         if self.access.load().expects_proxy_header(peer.addr.ip()) {
-            match proxy_protocol::read_header(&mut stream, self.handshake_timeout).await {
+            match proxy_protocol::read_header(&mut stream, self.header_timeout).await {
                 // LOCAL / UNKNOWN: the load balancer itself (a health check), already trusted.
                 Ok(header) if header.source.is_none() => {}
                 Ok(header) => {
@@ -180,7 +180,7 @@ impl Settings {
         let Some(tls) = &self.tls else {
             return self.serve_http(stream, peer).await;
         };
-        let handshake = tokio::time::timeout(self.handshake_timeout, tls.acceptor().accept(stream));
+        let handshake = tokio::time::timeout(self.header_timeout, tls.acceptor().accept(stream));
         match handshake.await {
             Ok(Ok(stream)) => self.serve_http(stream, peer).await,
             Ok(Err(error)) => self.handshake_failed(peer.client, Some(&error)),
@@ -216,7 +216,7 @@ impl Settings {
             guard,
         } = peer;
         let io = write_timeout::WriteTimeout::new(io, self.write_timeout);
-        http1::Connection::new(self, io, (addr, client))
+        client_connection::Connection::new(self, io, (addr, client))
             .serve()
             .await;
         drop(guard);

@@ -1,7 +1,7 @@
 //! A socket wrapper that fails writes once the peer has accepted no bytes for a while, so a
 //! client that never reads cannot hold a connection (and its buffered response) forever.
-//! Wrapped around the socket before hyper sees it, it covers HTTP responses and, after an
-//! upgrade, WebSocket frames alike.
+//! Wrapped around the socket before any HTTP is spoken on it, it covers HTTP responses and,
+//! after an upgrade, WebSocket frames alike (on the admin port too).
 
 use std::future::Future;
 use std::io;

@@ -13,7 +13,7 @@ use http::header::{HeaderName, HeaderValue};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::conn::Stream;
-use crate::http1::chunked::{self, ChunkedError};
+use crate::http1::chunked::{self, BodyError};
 use crate::http1::headers;
 
 /// Largest response head accepted (status line and headers).
@@ -268,11 +268,11 @@ async fn read_chunked(
     chunked::read(stream, buf, limit)
         .await
         .map_err(|error| match error {
-            ChunkedError::TooLarge => Failure::TooLarge,
-            ChunkedError::Invalid(what) => Failure::NoAnswer(what.into()),
-            ChunkedError::Closed => {
+            BodyError::TooLarge => Failure::TooLarge,
+            BodyError::Invalid(what) => Failure::NoAnswer(what.into()),
+            BodyError::Closed => {
                 Failure::NoAnswer("connection closed before the answer body was complete".into())
             }
-            ChunkedError::Io(e) => Failure::NoAnswer(format!("reading the answer body: {e}")),
+            BodyError::Io(e) => Failure::NoAnswer(format!("reading the answer body: {e}")),
         })
 }

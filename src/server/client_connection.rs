@@ -12,7 +12,6 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
@@ -20,9 +19,10 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 use super::Settings;
 use crate::frontend::http::{self as front, Route};
 use crate::frontend::ws;
-use crate::http1::chunked::{self, ChunkedError};
-use crate::http1::response::{self, CONTINUE};
-use crate::http1::{request, BodyLength, HeadError, Method, RequestHead, Response};
+use crate::http1::response;
+use crate::http1::{request, BodyLength, Method, RequestHead, Response};
+
+mod read;
 
 /// Room made in the read buffer before each read.
 const READ_CHUNK: usize = 4096;
@@ -84,37 +84,39 @@ where
     /// Serves requests until the connection closes or becomes a WebSocket session.
     pub(super) async fn serve(mut self) {
         loop {
+            self.trim_read_buffer();
             let head = match self.read_head().await {
                 Ok(head) => head,
-                Err(Refusal::Answer(response)) => return self.finish(&response, false).await,
+                Err(Refusal::Answer(response)) => return self.finish(&response).await,
                 Err(Refusal::Close) => return,
             };
-            let response = match front::route(&head) {
+            let (response, body_read) = match front::route(&head) {
                 Route::Upgrade => match ws::accept(&head) {
                     Ok(accept) => return self.upgrade(accept).await,
-                    Err(refusal) => refusal,
+                    Err(refusal) => (refusal, false),
                 },
                 Route::Rpc => match self.read_body(&head).await {
-                    Ok(body) => self.answer_rpc(body).await,
-                    Err(Refusal::Answer(refusal)) => refusal,
+                    Ok(body) => (self.answer_rpc(body).await, true),
+                    Err(Refusal::Answer(refusal)) => (refusal, false),
                     Err(Refusal::Close) => return,
                 },
-                // A body nobody reads would be taken for the next request: close instead.
-                Route::Answer(answer) if head.body != BodyLength::Empty => answer().closing(),
-                Route::Answer(answer) => answer(),
+                Route::Answer(answer) => (answer(), false),
             };
-            if !self.respond(&head, response).await {
+            // A body left unread would be taken for the next request: close instead.
+            let unread_body = head.body != BodyLength::Empty && !body_read;
+            if !self.respond(&head, response, unread_body).await {
                 return;
             }
         }
     }
 
     /// Writes `response`; whether the connection carries on.
-    async fn respond(&mut self, head: &RequestHead, mut response: Response) -> bool {
+    async fn respond(&mut self, head: &RequestHead, mut response: Response, unread: bool) -> bool {
         let drain = &self.settings.drain;
         // While draining, keep-alive clients are told to reconnect (through the load
         // balancer, to another replica) rather than being cut off when the port closes.
-        if !head.keep_alive || drain.draining.is_cancelled() || drain.shutdown.is_cancelled() {
+        let draining = drain.draining.is_cancelled() || drain.shutdown.is_cancelled();
+        if unread || !head.keep_alive || draining {
             response.close = true;
         }
         response.keep_alive = !response.close && !head.http11;
@@ -133,16 +135,16 @@ where
     }
 
     /// Writes a last answer and closes.
-    async fn finish(&mut self, response: &Response, head_only: bool) {
-        if self.write(response, head_only).await.is_ok() {
+    async fn finish(&mut self, response: &Response) {
+        if self.write(response, false).await.is_ok() {
             self.close().await;
         }
     }
 
     /// Sends our FIN, then reads and drops what the client still sends (the rest of a body
-    /// refused with 413, say) until it closes too, pauses or `LINGER_TIME` passes. Closing
-    /// with unread bytes would send a reset instead, which fails the client's write and can
-    /// discard the answer before it is read.
+    /// refused with 413, say) until it closes too, pauses, `LINGER_TIME` passes or the
+    /// server shuts down. Closing with unread bytes would send a reset instead, which fails
+    /// the client's write and can discard the answer before it is read.
     async fn close(&mut self) {
         if self.io.shutdown().await.is_err() {
             return;
@@ -152,13 +154,21 @@ where
             self.buf.clear();
             self.buf.reserve(READ_CHUNK);
             let pause = deadline.min(Instant::now() + LINGER_PAUSE);
-            match tokio::time::timeout_at(pause, self.io.read_buf(&mut self.buf)).await {
+            let read = tokio::select! {
+                biased;
+                _ = &mut self.shutdown => return,
+                read = tokio::time::timeout_at(pause, self.io.read_buf(&mut self.buf)) => read,
+            };
+            match read {
                 Ok(Ok(n)) if n > 0 => {}
                 _ => return,
             }
         }
     }
 
+    /// A client that disconnects meanwhile does not cancel the call: it holds its place in
+    /// `max_connections` until the call ends (within `request_timeout`), and a
+    /// transaction's broadcast is never cut halfway.
     async fn answer_rpc(&mut self, body: Body) -> Response {
         let frontend = &self.settings.frontend;
         match body {
@@ -168,73 +178,6 @@ where
                 response
             }
             Body::Decoded(body) => front::rpc(frontend, &body).await,
-        }
-    }
-
-    /// The next request head; at shutdown, an idle connection closes.
-    async fn read_head(&mut self) -> Result<RequestHead, Refusal> {
-        self.arm(self.settings.handshake_timeout);
-        loop {
-            if !self.buf.is_empty() {
-                match request::parse(&self.buf) {
-                    Ok(Some((len, head))) => {
-                        self.log(len);
-                        self.buf.advance(len);
-                        return Ok(head);
-                    }
-                    Ok(None) => {}
-                    Err(error) => return Err(Refusal::Answer(refused_head(error))),
-                }
-            }
-            let idle = self.buf.is_empty();
-            self.buf.reserve(READ_CHUNK);
-            let read = tokio::select! {
-                biased;
-                read = self.io.read_buf(&mut self.buf) => read,
-                _ = &mut self.shutdown, if idle => return Err(Refusal::Close),
-                // A keep-alive connection that stays silent just closes; half a head gets 408.
-                _ = &mut self.timer => return Err(if idle {
-                    Refusal::Close
-                } else {
-                    Refusal::Answer(Response::empty(StatusCode::REQUEST_TIMEOUT).closing())
-                }),
-            };
-            match read {
-                Ok(0) | Err(_) => return Err(Refusal::Close),
-                Ok(_) => {}
-            }
-        }
-    }
-
-    /// Reads the body `head` announces, within `body_timeout` and `max_request_bytes`.
-    async fn read_body(&mut self, head: &RequestHead) -> Result<Body, Refusal> {
-        let limit = self.settings.frontend.max_request_bytes;
-        let wanted = match head.body {
-            BodyLength::Empty => return Ok(Body::Buffered(0)),
-            BodyLength::Length(len) if len > limit as u64 => {
-                return Err(Refusal::Answer(front::too_large()))
-            }
-            BodyLength::Length(len) => Some(len as usize),
-            BodyLength::Chunked => None,
-        };
-        // The client waits for this before sending the body (curl does, above 1 KiB).
-        let complete = wanted.is_some_and(|len| self.buf.len() >= len);
-        if head.expect_continue && !complete && self.write_all(CONTINUE).await.is_err() {
-            return Err(Refusal::Close);
-        }
-        self.arm(self.settings.frontend.body_timeout);
-        let read = async {
-            match wanted {
-                Some(len) => read_exact(&mut self.io, &mut self.buf, len).await,
-                None => chunked::read(&mut self.io, &mut self.buf, limit)
-                    .await
-                    .map(Body::Decoded),
-            }
-        };
-        tokio::select! {
-            biased;
-            body = read => body.map_err(refused_body),
-            _ = &mut self.timer => Err(Refusal::Answer(front::body_timed_out())),
         }
     }
 
@@ -287,46 +230,5 @@ where
         );
         let (method, path) = (request.method, request.path);
         tracing::debug!(%client, method, path, "request");
-    }
-}
-
-/// Reads until the buffer holds `len` body bytes.
-async fn read_exact<IO: AsyncRead + Unpin>(
-    io: &mut IO,
-    buf: &mut BytesMut,
-    len: usize,
-) -> Result<Body, ChunkedError> {
-    if buf.len() < len {
-        buf.reserve(len - buf.len());
-    }
-    while buf.len() < len {
-        match io.read_buf(buf).await {
-            Ok(0) => return Err(ChunkedError::Closed),
-            Ok(_) => {}
-            Err(error) => return Err(ChunkedError::Io(error)),
-        }
-    }
-    Ok(Body::Buffered(len))
-}
-
-fn refused_head(error: HeadError) -> Response {
-    match error {
-        HeadError::TooLarge => Response::plain(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "request head too large\n",
-        ),
-        HeadError::Invalid(why) => {
-            tracing::debug!(why, "invalid request head");
-            Response::plain(StatusCode::BAD_REQUEST, "invalid request head\n")
-        }
-    }
-    .closing()
-}
-
-fn refused_body(error: ChunkedError) -> Refusal {
-    match error {
-        ChunkedError::TooLarge => Refusal::Answer(front::too_large()),
-        ChunkedError::Invalid(_) => Refusal::Answer(front::bad_body()),
-        ChunkedError::Closed | ChunkedError::Io(_) => Refusal::Close,
     }
 }

@@ -59,9 +59,10 @@ where
                 Ok(0) | Err(_) => return Err(Refusal::Close),
                 Ok(_) => {}
             }
-            // Parsed again only once the blank line may have arrived, so a head sent a byte
-            // at a time costs one scan of each byte rather than one parse per segment.
-            may_be_complete = ends_head(&self.buf[scanned.saturating_sub(3)..]);
+            // A head's first read is parsed at once (it usually holds the whole head); after
+            // that, only once the blank line may have arrived, so a head sent a byte at a
+            // time costs one scan of each byte rather than one parse per segment.
+            may_be_complete = idle || ends_head(&self.buf[scanned.saturating_sub(3)..]);
         }
     }
 

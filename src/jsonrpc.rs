@@ -10,6 +10,7 @@ use serde_json::value::RawValue;
 
 mod batch;
 pub mod code;
+mod element;
 
 /// A standard error that ethgate produces itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,38 +110,6 @@ pub enum Incoming<'a> {
     Batch(Vec<Decoded<'a>>),
 }
 
-#[derive(Deserialize)]
-struct WireRequest<'a> {
-    #[serde(default, borrow, deserialize_with = "text")]
-    jsonrpc: Option<Cow<'a, str>>,
-    #[serde(default, borrow, deserialize_with = "present")]
-    id: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "text")]
-    method: Option<Cow<'a, str>>,
-    #[serde(default, borrow, deserialize_with = "present")]
-    params: Option<&'a RawValue>,
-}
-
-/// Only the id of an object whose other members do not fit a request (e.g. a numeric method).
-#[derive(Deserialize)]
-struct WireId<'a> {
-    #[serde(default, borrow, deserialize_with = "present")]
-    id: Option<&'a RawValue>,
-}
-
-/// A string borrowed from the body unless it holds escapes. serde borrows a `Cow<str>` field
-/// only when it is not wrapped: `Option<Cow<str>>` alone would copy every method name.
-fn text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
-    #[derive(Deserialize)]
-    struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
-    Option::<Text>::deserialize(d).map(|text| text.map(|Text(text)| text))
-}
-
-/// Keeps a present `null` as `Some(raw "null")`; only an absent key is `None`.
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
-    <&RawValue>::deserialize(d).map(Some)
-}
-
 /// Decodes a request body: a parse error only when the body is not JSON at all, "batch too
 /// large" as soon as a batch grows past `max_batch_len` elements (the rest is never decoded,
 /// so a body of millions of tiny elements costs no more than one of `max_batch_len`).
@@ -155,75 +124,17 @@ pub fn decode(body: &[u8], max_batch_len: usize) -> Result<Incoming<'_>, RpcErro
         if elements.is_empty() {
             return Err(EMPTY_BATCH);
         }
-        return Ok(Incoming::Batch(
-            elements
-                .into_iter()
-                .map(|raw| decode_call(raw.get()))
-                .collect(),
-        ));
+        return Ok(Incoming::Batch(elements));
     }
-    match serde_json::from_str::<WireRequest>(body) {
-        Ok(wire) => Ok(Incoming::Single(validate(wire))),
-        Err(_) if serde_json::from_str::<serde::de::IgnoredAny>(body).is_ok() => {
-            Ok(Incoming::Single(Err(Rejected {
-                id: readable_id(body),
-                error: INVALID_REQUEST,
-            })))
-        }
+    match serde_json::from_str::<element::Element>(body) {
+        Ok(element::Element(decoded)) => Ok(Incoming::Single(decoded)),
         Err(_) => Err(PARSE_ERROR),
     }
 }
 
-fn decode_call(element: &str) -> Decoded<'_> {
-    match serde_json::from_str::<WireRequest>(element) {
-        Ok(wire) => validate(wire),
-        Err(_) => Err(Rejected {
-            id: readable_id(element),
-            error: INVALID_REQUEST,
-        }),
-    }
-}
-
-/// The id of a JSON object that is not a valid request, when it is of a type an id may be.
-fn readable_id(object: &str) -> Option<&RawValue> {
-    serde_json::from_str::<WireId>(object)
-        .ok()
-        .and_then(|wire| wire.id)
-        .filter(|id| id_type_ok(id))
-}
-
-fn id_type_ok(id: &RawValue) -> bool {
-    matches!(
-        id.get().as_bytes().first(),
-        Some(b'"' | b'-' | b'0'..=b'9' | b'n')
-    )
-}
-
-fn validate(wire: WireRequest<'_>) -> Decoded<'_> {
-    let id = wire.id.filter(|id| id_type_ok(id));
-    let invalid = Rejected {
-        id,
-        error: INVALID_REQUEST,
-    };
-    if wire.id.is_some() && id.is_none() {
-        return Err(Rejected::without_id(INVALID_REQUEST));
-    }
-    if wire.jsonrpc.as_deref() != Some("2.0") {
-        return Err(invalid);
-    }
-    let Some(method) = wire.method.filter(|m| !m.is_empty()) else {
-        return Err(invalid);
-    };
-    if let Some(params) = wire.params {
-        if !matches!(params.get().as_bytes().first(), Some(b'[' | b'{' | b'n')) {
-            return Err(invalid);
-        }
-    }
-    Ok(Call {
-        id: wire.id,
-        method,
-        params: wire.params,
-    })
+/// Keeps a present `null` as `Some(raw "null")`; only an absent key is `None`.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
 }
 
 /// Appends `{"jsonrpc":"2.0","id":ID,"method":M,"params":P}` with ethgate's numeric id.
@@ -326,3 +237,5 @@ pub fn error_body(id: Option<&RawValue>, error: &RpcError) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod decode_tests;

@@ -1,0 +1,205 @@
+//! One request object decoded in a single pass: serde_json visits its members once, keeps the
+//! four JSON-RPC members as borrowed raw spans and skips the rest, so a batch element costs one
+//! scan of its bytes (it used to cost two: once captured whole as a raw element, then parsed
+//! again as a request).
+//!
+//! Every element that is JSON but not a valid call becomes a [`Rejected`] carrying the id it
+//! held, exactly as the former two-pass decoder judged it: a member of the wrong type or a
+//! repeated member makes the element invalid; the id goes back only when it is present once
+//! and of a type an id may be (string, number, null).
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+
+use super::{Call, Decoded, Rejected, INVALID_REQUEST};
+
+/// A decoded element; a newtype because `Decoded` is a foreign `Result`.
+pub(super) struct Element<'a>(pub(super) Decoded<'a>);
+
+impl<'de> Deserialize<'de> for Element<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ElementVisitor).map(Element)
+    }
+}
+
+/// The members of a request object that ethgate reads.
+#[derive(Clone, Copy)]
+enum Key {
+    Jsonrpc,
+    Id,
+    Method,
+    Params,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a member name")
+            }
+            // Called with the unescaped name, so `"meth\u006fd"` is `method` as before.
+            fn visit_str<E: de::Error>(self, name: &str) -> Result<Key, E> {
+                Ok(match name {
+                    "jsonrpc" => Key::Jsonrpc,
+                    "id" => Key::Id,
+                    "method" => Key::Method,
+                    "params" => Key::Params,
+                    _ => Key::Other,
+                })
+            }
+        }
+        deserializer.deserialize_identifier(KeyVisitor)
+    }
+}
+
+/// The four members as written, each `None` when absent; a repeated member is remembered.
+#[derive(Default)]
+struct Members<'a> {
+    jsonrpc: Option<&'a RawValue>,
+    id: Option<&'a RawValue>,
+    method: Option<&'a RawValue>,
+    params: Option<&'a RawValue>,
+    /// A member other than `id` appeared twice.
+    repeated: bool,
+    /// `id` appeared twice: the element is invalid and its id unusable.
+    repeated_id: bool,
+}
+
+struct ElementVisitor;
+
+/// A JSON value that is not an object: invalid, with no id to answer under.
+fn not_an_object<'a>() -> Decoded<'a> {
+    Err(Rejected::without_id(INVALID_REQUEST))
+}
+
+impl<'de> Visitor<'de> for ElementVisitor {
+    type Value = Decoded<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON-RPC request")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Decoded<'de>, A::Error> {
+        let mut m = Members::default();
+        while let Some(key) = map.next_key::<Key>()? {
+            let slot = match key {
+                Key::Jsonrpc => &mut m.jsonrpc,
+                Key::Id => &mut m.id,
+                Key::Method => &mut m.method,
+                Key::Params => &mut m.params,
+                Key::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+            };
+            let value = map.next_value::<&'de RawValue>()?;
+            if slot.replace(value).is_some() {
+                match key {
+                    Key::Id => m.repeated_id = true,
+                    _ => m.repeated = true,
+                }
+            }
+        }
+        Ok(validate(m))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Decoded<'de>, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(not_an_object())
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Decoded<'de>, E> {
+        Ok(not_an_object())
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Decoded<'de>, E> {
+        Ok(not_an_object())
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Decoded<'de>, E> {
+        Ok(not_an_object())
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Decoded<'de>, E> {
+        Ok(not_an_object())
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Decoded<'de>, E> {
+        Ok(not_an_object())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Decoded<'de>, E> {
+        Ok(not_an_object())
+    }
+}
+
+/// Judges the members of one object (see the module doc for the rules).
+fn validate(m: Members<'_>) -> Decoded<'_> {
+    if m.repeated_id || m.id.is_some_and(|id| !id_type_ok(id)) {
+        return Err(Rejected::without_id(INVALID_REQUEST));
+    }
+    let invalid = || {
+        Err(Rejected {
+            id: m.id,
+            error: INVALID_REQUEST,
+        })
+    };
+    if m.repeated {
+        return invalid();
+    }
+    let (Ok(jsonrpc), Ok(method)) = (text(m.jsonrpc), text(m.method)) else {
+        return invalid();
+    };
+    if jsonrpc.as_deref() != Some("2.0") {
+        return invalid();
+    }
+    let Some(method) = method.filter(|name| !name.is_empty()) else {
+        return invalid();
+    };
+    if let Some(params) = m.params {
+        if !matches!(params.get().as_bytes().first(), Some(b'[' | b'{' | b'n')) {
+            return invalid();
+        }
+    }
+    Ok(Call {
+        id: m.id,
+        method,
+        params: m.params,
+    })
+}
+
+/// Whether `id` is of a type JSON-RPC allows for an id: string, number or null.
+pub(super) fn id_type_ok(id: &RawValue) -> bool {
+    matches!(
+        id.get().as_bytes().first(),
+        Some(b'"' | b'-' | b'0'..=b'9' | b'n')
+    )
+}
+
+/// A member that must be a string or null: `Ok(None)` for absent or null, the text borrowed
+/// from the body unless it holds escapes, `Err` for any other type or a bad escape.
+fn text(raw: Option<&RawValue>) -> Result<Option<Cow<'_, str>>, ()> {
+    let Some(raw) = raw else { return Ok(None) };
+    let raw = raw.get();
+    if raw == "null" {
+        return Ok(None);
+    }
+    if !raw.starts_with('"') {
+        return Err(());
+    }
+    // serde_json already refused control characters and unterminated strings while capturing
+    // the span, so text between the quotes without a backslash is the string itself.
+    match raw.get(1..raw.len() - 1) {
+        Some(inner) if !inner.contains('\\') => Ok(Some(Cow::Borrowed(inner))),
+        // Escapes (including invalid surrogates, refused here as before) take the full parser.
+        _ => serde_json::from_str::<String>(raw)
+            .map(|text| Some(Cow::Owned(text)))
+            .map_err(|_| ()),
+    }
+}

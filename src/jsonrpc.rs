@@ -3,7 +3,6 @@
 //! client's original id bytes.
 
 use std::borrow::Cow;
-use std::io::Write;
 
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
@@ -140,16 +139,47 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::
 /// Appends `{"jsonrpc":"2.0","id":ID,"method":M,"params":P}` with ethgate's numeric id.
 pub fn encode_request(out: &mut Vec<u8>, id: u64, method: &str, params: Option<&RawValue>) {
     out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
-    // Writing into a Vec cannot fail.
-    let _ = write!(out, "{id}");
+    push_u64(out, id);
     out.extend_from_slice(b",\"method\":");
-    // Writing a &str into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, method);
+    push_json_str(out, method);
     if let Some(params) = params {
         out.extend_from_slice(b",\"params\":");
         out.extend_from_slice(params.get().as_bytes());
     }
     out.push(b'}');
+}
+
+/// Appends `n` in decimal: every forwarded call carries one, and `write!` costs several times
+/// as much through `fmt`.
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        // `n % 10` is below 10, so the cast cannot truncate.
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[start..]);
+}
+
+/// Appends `text` as a JSON string. Method names are plain ASCII in practice and are copied
+/// as they are; anything that needs escaping takes serde_json's escaper.
+fn push_json_str(out: &mut Vec<u8>, text: &str) {
+    let plain = text
+        .bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\');
+    if plain {
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing a &str into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, text);
+    }
 }
 
 /// The part of an upstream response object that ethgate looks at; borrows from the body.
@@ -186,24 +216,6 @@ impl UpstreamResponse<'_> {
     }
 }
 
-/// Appends a response object for `id` whose result or error is copied from the upstream.
-pub fn encode_relayed(out: &mut Vec<u8>, id: &RawValue, answer: &UpstreamResponse<'_>) {
-    out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
-    out.extend_from_slice(id.get().as_bytes());
-    match (answer.error, answer.result) {
-        (Some(error), _) if error.get() != "null" => {
-            out.extend_from_slice(b",\"error\":");
-            out.extend_from_slice(error.get().as_bytes());
-        }
-        (_, Some(result)) => {
-            out.extend_from_slice(b",\"result\":");
-            out.extend_from_slice(result.get().as_bytes());
-        }
-        _ => out.extend_from_slice(b",\"result\":null"),
-    }
-    out.push(b'}');
-}
-
 /// Appends a response object for `id` carrying a raw JSON result.
 pub fn encode_result(out: &mut Vec<u8>, id: &RawValue, result: &str) {
     out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
@@ -217,7 +229,14 @@ pub fn encode_result(out: &mut Vec<u8>, id: &RawValue, result: &str) {
 pub fn encode_error(out: &mut Vec<u8>, id: Option<&RawValue>, error: &RpcError) {
     out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
     out.extend_from_slice(id.map_or("null", RawValue::get).as_bytes());
-    out.extend_from_slice(b",\"error\":{\"code\":");
+    out.extend_from_slice(b",\"error\":");
+    encode_error_object(out, error);
+    out.push(b'}');
+}
+
+/// Appends the error object itself: `{"code":C,"message":M}`, with `"data"` when present.
+pub fn encode_error_object(out: &mut Vec<u8>, error: &RpcError) {
+    out.extend_from_slice(b"{\"code\":");
     out.extend_from_slice(error.code.to_string().as_bytes());
     out.extend_from_slice(b",\"message\":");
     let _ = serde_json::to_writer(&mut *out, error.message.as_ref());
@@ -225,7 +244,7 @@ pub fn encode_error(out: &mut Vec<u8>, id: Option<&RawValue>, error: &RpcError) 
         out.extend_from_slice(b",\"data\":");
         let _ = serde_json::to_writer(&mut *out, data);
     }
-    out.extend_from_slice(b"}}");
+    out.push(b'}');
 }
 
 /// A complete error response body.

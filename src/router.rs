@@ -101,7 +101,7 @@ pub enum Framing {
     Batch,
 }
 
-/// One response rendered under the client's id.
+/// One response spliced under the client's id, complete: what [`splice`] gives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
     /// The complete response object.
@@ -110,8 +110,90 @@ pub struct Reply {
     pub is_error: bool,
 }
 
-/// Rendered responses, one per forwarded call (`None` for notifications).
-pub type Rendered = Vec<Option<Reply>>;
+/// The member of a response object that carries the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Member {
+    Result,
+    Error,
+}
+
+/// One response without its id: the front end writes it under the call's id straight into
+/// the reply body ([`Answer::write`]). A relayed value is a slice of the upstream's answer
+/// (a reference count, no copy), so a batch of n calls costs no n allocations here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    member: Member,
+    /// The member's JSON value, exactly as the upstream wrote it or as ethgate made it.
+    value: Bytes,
+    /// Whether it carries a JSON-RPC error.
+    pub is_error: bool,
+}
+
+impl Answer {
+    /// A result ethgate made (`value` is JSON text).
+    pub fn result(value: impl Into<Bytes>) -> Answer {
+        Answer {
+            member: Member::Result,
+            value: value.into(),
+            is_error: false,
+        }
+    }
+
+    /// An error ethgate made.
+    pub fn error(error: &RpcError) -> Answer {
+        let mut value = Vec::with_capacity(64);
+        jsonrpc::encode_error_object(&mut value, error);
+        Answer {
+            member: Member::Error,
+            value: value.into(),
+            is_error: true,
+        }
+    }
+
+    /// The upstream's `response` (which borrows from `answer`) as relayed: its error when
+    /// that is not `null`, else its result, else a `null` result.
+    fn relayed(answer: &Bytes, response: &UpstreamResponse<'_>) -> Answer {
+        let (member, value) = match (response.error, response.result) {
+            (Some(error), _) if error.get() != "null" => (Member::Error, error),
+            (_, Some(result)) => (Member::Result, result),
+            _ => {
+                return Answer {
+                    member: Member::Result,
+                    value: Bytes::from_static(b"null"),
+                    is_error: false,
+                }
+            }
+        };
+        Answer {
+            member,
+            // `value` borrows from `answer` (parsed in place), so this is a sub-slice of it.
+            value: answer.slice_ref(value.get().as_bytes()),
+            is_error: member == Member::Error,
+        }
+    }
+
+    /// Appends the response object under the client's `id`.
+    pub fn write(&self, out: &mut Vec<u8>, id: &RawValue) {
+        out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
+        out.extend_from_slice(id.get().as_bytes());
+        out.extend_from_slice(match self.member {
+            Member::Result => b",\"result\":",
+            Member::Error => b",\"error\":",
+        });
+        out.extend_from_slice(&self.value);
+        out.push(b'}');
+    }
+
+    /// The complete response object under the client's `id`.
+    pub fn body(&self, id: &RawValue) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.value.len() + id.get().len() + 32);
+        self.write(&mut out, id);
+        out
+    }
+}
+
+/// Answers, one per forwarded call (`None` for notifications).
+pub type Rendered = Vec<Option<Answer>>;
 
 /// Routes calls to upstreams.
 pub struct Router {
@@ -212,8 +294,8 @@ impl Router {
             verdicts,
         } = attempted;
         for (i, verdict) in verdicts.iter().enumerate() {
-            if let (Verdict::Behind(tag), Some(id)) = (verdict, calls[i].id) {
-                rendered[i] = Some(plan.served_instead(i, *tag, id, &self.marks));
+            if let (Verdict::Behind(tag), Some(_)) = (verdict, calls[i].id) {
+                rendered[i] = Some(plan.served_instead(i, *tag, &self.marks));
             }
         }
         rendered
@@ -301,13 +383,29 @@ fn encode(calls: &[&Call<'_>], pins: &[Option<Box<RawValue>>], framing: Framing)
 
 /// Splices an upstream answer into one response per call under the client's ids, judging
 /// nothing: the splicing alone, public for the fuzz target and its corpus.
-pub fn splice(body: &[u8], calls: &[&Call<'_>], framing: Framing) -> Result<Rendered, String> {
-    render(body, calls, framing, |_, _| Verdict::Fine).map(|attempted| attempted.rendered)
+pub fn splice(
+    body: &[u8],
+    calls: &[&Call<'_>],
+    framing: Framing,
+) -> Result<Vec<Option<Reply>>, String> {
+    let body = Bytes::copy_from_slice(body);
+    let attempted = render(&body, calls, framing, |_, _| Verdict::Fine)?;
+    Ok(calls
+        .iter()
+        .zip(attempted.rendered)
+        .map(|(call, answer)| {
+            let (id, answer) = (call.id?, answer?);
+            Some(Reply {
+                body: answer.body(id),
+                is_error: answer.is_error,
+            })
+        })
+        .collect())
 }
 
-/// Splices an upstream answer into per-call responses, with `judge`'s verdict on each.
+/// Splits an upstream answer into one [`Answer`] per call, with `judge`'s verdict on each.
 fn render(
-    body: &[u8],
+    body: &Bytes,
     calls: &[&Call<'_>],
     framing: Framing,
     mut judge: impl FnMut(usize, &UpstreamResponse<'_>) -> Verdict,
@@ -320,12 +418,7 @@ fn render(
             return Err(format!("answer {i} has neither result nor error"));
         }
         verdicts.push(judge(i, answer));
-        let is_error = answer.error.is_some_and(|e| e.get() != "null");
-        rendered.push(call.id.map(|id| {
-            let mut body = Vec::with_capacity(answer.result.map_or(64, |r| r.get().len() + 48));
-            jsonrpc::encode_relayed(&mut body, id, answer);
-            Reply { body, is_error }
-        }));
+        rendered.push(call.id.map(|_| Answer::relayed(body, answer)));
     }
     Ok(Attempted { rendered, verdicts })
 }

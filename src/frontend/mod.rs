@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 use crate::jsonrpc::{self, Call, RpcError};
 use crate::metrics::{self, CallResult, Metrics};
 use crate::policy::DenyList;
-use crate::router::{Framing, Reply, Router};
+use crate::router::{Answer, Framing, Router};
 use crate::subscription::{Hub, PendingSubscription, SessionHandle};
 
 /// What the front end needs to answer a client call.
@@ -111,14 +111,14 @@ impl Frontend {
         call: &Call<'_>,
         pending: &mut Vec<PendingSubscription>,
     ) -> Option<Vec<u8>> {
-        if let Some(local) = self.local(transport, call, pending) {
+        if let Some(local) = self.local(&self.deny.load(), transport, call, pending) {
             return self.render_local(transport, call, local);
         }
         match self.router.forward(&[call], Framing::Single).await {
-            Ok(mut replies) => {
-                let reply = replies.pop().flatten();
-                self.count(transport, call, reply.as_ref());
-                reply.map(|r| r.body)
+            Ok(mut answers) => {
+                let answer = answers.pop().flatten();
+                self.count(transport, call, answer.as_ref());
+                Some(answer?.body(call.id?))
             }
             Err(error) => {
                 self.metrics
@@ -128,6 +128,8 @@ impl Frontend {
         }
     }
 
+    /// Answers a batch: invalid and local items at once, the rest in one forward; the reply is
+    /// written in the client's order straight into one buffer.
     async fn serve_batch(
         &self,
         transport: Transport<'_>,
@@ -135,55 +137,74 @@ impl Frontend {
         pending: &mut Vec<PendingSubscription>,
     ) -> Option<Vec<u8>> {
         // Empty and over-long batches were refused while decoding.
-        let mut slots: Vec<Option<Vec<u8>>> = vec![None; items.len()];
-        let mut forwarded: Vec<(usize, &Call<'_>)> = Vec::new();
-        for (i, item) in items.iter().enumerate() {
-            match item {
+        let deny = self.deny.load();
+        let mut slots: Vec<Slot> = Vec::with_capacity(items.len());
+        let mut forwarded: Vec<&Call<'_>> = Vec::new();
+        for item in &items {
+            slots.push(match item {
                 Err(rejected) => {
                     self.metrics
                         .request(transport.label(), "other", CallResult::Invalid);
-                    slots[i] = Some(jsonrpc::error_body(rejected.id, &rejected.error));
+                    Slot::Done(Some(jsonrpc::error_body(rejected.id, &rejected.error)))
                 }
-                Ok(call) => match self.local(transport, call, pending) {
-                    Some(local) => slots[i] = self.render_local(transport, call, local),
-                    None => forwarded.push((i, call)),
+                Ok(call) => match self.local(&deny, transport, call, pending) {
+                    Some(local) => Slot::Done(self.render_local(transport, call, local)),
+                    None => {
+                        forwarded.push(call);
+                        Slot::Forwarded
+                    }
                 },
-            }
+            });
         }
-        if !forwarded.is_empty() {
-            let calls: Vec<&Call<'_>> = forwarded.iter().map(|(_, c)| *c).collect();
-            match self.router.forward(&calls, Framing::Batch).await {
-                Ok(replies) => {
-                    for ((i, call), reply) in forwarded.iter().zip(replies) {
-                        self.count(transport, call, reply.as_ref());
-                        slots[*i] = reply.map(|r| r.body);
+        drop(deny);
+        let answers = if forwarded.is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.router.forward(&forwarded, Framing::Batch).await
+        };
+        let mut out = BatchBody::new(items.len());
+        let mut forwarded = forwarded.into_iter();
+        let mut answers = answers.as_ref().map(|a| a.iter());
+        for slot in slots {
+            let Slot::Forwarded = slot else {
+                if let Slot::Done(Some(part)) = slot {
+                    out.element().extend_from_slice(&part);
+                }
+                continue;
+            };
+            // One call per `Forwarded` slot, and the router answers every call it was given.
+            let Some(call) = forwarded.next() else { break };
+            match &mut answers {
+                Ok(answers) => {
+                    let answer = answers.next().and_then(Option::as_ref);
+                    self.count(transport, call, answer);
+                    if let (Some(id), Some(answer)) = (call.id, answer) {
+                        answer.write(out.element(), id);
                     }
                 }
                 Err(error) => {
-                    for (i, call) in &forwarded {
-                        self.metrics.request(
-                            transport.label(),
-                            &call.method,
-                            CallResult::Unavailable,
-                        );
-                        slots[*i] = call.id.map(|id| jsonrpc::error_body(Some(id), &error));
+                    self.metrics
+                        .request(transport.label(), &call.method, CallResult::Unavailable);
+                    if let Some(id) = call.id {
+                        jsonrpc::encode_error(out.element(), Some(id), error);
                     }
                 }
             }
         }
-        join_batch(slots)
+        out.finish()
     }
 
     /// Calls answered by ethgate itself: denied methods, subscriptions, and `eth_chainId` and
     /// `net_version` once the chain id is verified.
     fn local(
         &self,
+        deny: &DenyList,
         transport: Transport<'_>,
         call: &Call<'_>,
         pending: &mut Vec<PendingSubscription>,
     ) -> Option<Local> {
         let method = call.method.as_ref();
-        if self.deny.load().denies(method) {
+        if deny.denies(method) {
             return Some(Local::Error(
                 jsonrpc::method_not_allowed(method),
                 CallResult::Denied,
@@ -264,8 +285,8 @@ impl Frontend {
         Some(out)
     }
 
-    fn count(&self, transport: Transport<'_>, call: &Call<'_>, reply: Option<&Reply>) {
-        let result = if reply.is_some_and(|r| r.is_error) {
+    fn count(&self, transport: Transport<'_>, call: &Call<'_>, answer: Option<&Answer>) {
+        let result = if answer.is_some_and(|a| a.is_error) {
             CallResult::RpcError
         } else {
             CallResult::Ok
@@ -291,20 +312,49 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Joins batch answers into one array; a batch of notifications only gets no body.
-fn join_batch(slots: Vec<Option<Vec<u8>>>) -> Option<Vec<u8>> {
-    let parts: Vec<Vec<u8>> = slots.into_iter().flatten().collect();
-    if parts.is_empty() {
-        return None;
-    }
-    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum::<usize>() + 1);
-    out.push(b'[');
-    for (i, part) in parts.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
+/// Where one batch item's answer comes from.
+enum Slot {
+    /// Answered without an upstream (`None`: a notification).
+    Done(Option<Vec<u8>>),
+    /// The next of the forwarded calls.
+    Forwarded,
+}
+
+/// A batch reply being written: a JSON array of the answers; a batch of notifications only
+/// gets no body.
+struct BatchBody {
+    out: Vec<u8>,
+    /// Bytes to reserve at the first element.
+    expected: usize,
+}
+
+impl BatchBody {
+    /// A reply to `items` elements; nothing is allocated until the first one is written.
+    fn new(items: usize) -> Self {
+        BatchBody {
+            out: Vec::new(),
+            // A read's answer is typically under 64 bytes: one reservation instead of the
+            // doublings of a growing reply; larger answers grow it as before.
+            expected: items.saturating_mul(64).saturating_add(2),
         }
-        out.extend_from_slice(part);
     }
-    out.push(b']');
-    Some(out)
+
+    /// The buffer to append the next element to, after its separator.
+    fn element(&mut self) -> &mut Vec<u8> {
+        if self.out.is_empty() {
+            self.out.reserve(self.expected);
+            self.out.push(b'[');
+        } else {
+            self.out.push(b',');
+        }
+        &mut self.out
+    }
+
+    fn finish(mut self) -> Option<Vec<u8>> {
+        if self.out.is_empty() {
+            return None;
+        }
+        self.out.push(b']');
+        Some(self.out)
+    }
 }

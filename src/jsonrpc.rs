@@ -255,6 +255,6 @@ pub fn error_body(id: Option<&RawValue>, error: &RpcError) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod decode_tests;
+#[cfg(test)]
+mod tests;

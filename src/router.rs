@@ -12,11 +12,12 @@ use tokio::time::timeout;
 
 use serde_json::value::RawValue;
 
-use crate::jsonrpc::{self, Call, RpcError, UpstreamResponse};
+use crate::jsonrpc::{self, Call, RpcError};
 use crate::metrics::Metrics;
 use crate::policy;
 use crate::upstream::{AttemptResult, SendError, Upstream, Upstreams};
 
+mod answer;
 mod broadcast;
 mod consistency;
 pub mod marks;
@@ -24,6 +25,8 @@ mod race;
 pub mod tags;
 mod txhash;
 
+use answer::render;
+pub use answer::{splice, Answer, Rendered, Reply};
 use consistency::{Plan, Verdict};
 use marks::Marks;
 
@@ -100,100 +103,6 @@ pub enum Framing {
     /// A batch.
     Batch,
 }
-
-/// One response spliced under the client's id, complete: what [`splice`] gives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
-    /// The complete response object.
-    pub body: Vec<u8>,
-    /// Whether it carries a JSON-RPC error.
-    pub is_error: bool,
-}
-
-/// The member of a response object that carries the answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Member {
-    Result,
-    Error,
-}
-
-/// One response without its id: the front end writes it under the call's id straight into
-/// the reply body ([`Answer::write`]). A relayed value is a slice of the upstream's answer
-/// (a reference count, no copy), so a batch of n calls costs no n allocations here.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Answer {
-    member: Member,
-    /// The member's JSON value, exactly as the upstream wrote it or as ethgate made it.
-    value: Bytes,
-    /// Whether it carries a JSON-RPC error.
-    pub is_error: bool,
-}
-
-impl Answer {
-    /// A result ethgate made (`value` is JSON text).
-    pub fn result(value: impl Into<Bytes>) -> Answer {
-        Answer {
-            member: Member::Result,
-            value: value.into(),
-            is_error: false,
-        }
-    }
-
-    /// An error ethgate made.
-    pub fn error(error: &RpcError) -> Answer {
-        let mut value = Vec::with_capacity(64);
-        jsonrpc::encode_error_object(&mut value, error);
-        Answer {
-            member: Member::Error,
-            value: value.into(),
-            is_error: true,
-        }
-    }
-
-    /// The upstream's `response` (which borrows from `answer`) as relayed: its error when
-    /// that is not `null`, else its result, else a `null` result.
-    fn relayed(answer: &Bytes, response: &UpstreamResponse<'_>) -> Answer {
-        let (member, value) = match (response.error, response.result) {
-            (Some(error), _) if error.get() != "null" => (Member::Error, error),
-            (_, Some(result)) => (Member::Result, result),
-            _ => {
-                return Answer {
-                    member: Member::Result,
-                    value: Bytes::from_static(b"null"),
-                    is_error: false,
-                }
-            }
-        };
-        Answer {
-            member,
-            // `value` borrows from `answer` (parsed in place), so this is a sub-slice of it.
-            value: answer.slice_ref(value.get().as_bytes()),
-            is_error: member == Member::Error,
-        }
-    }
-
-    /// Appends the response object under the client's `id`.
-    pub fn write(&self, out: &mut Vec<u8>, id: &RawValue) {
-        out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
-        out.extend_from_slice(id.get().as_bytes());
-        out.extend_from_slice(match self.member {
-            Member::Result => b",\"result\":",
-            Member::Error => b",\"error\":",
-        });
-        out.extend_from_slice(&self.value);
-        out.push(b'}');
-    }
-
-    /// The complete response object under the client's `id`.
-    pub fn body(&self, id: &RawValue) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.value.len() + id.get().len() + 32);
-        self.write(&mut out, id);
-        out
-    }
-}
-
-/// Answers, one per forwarded call (`None` for notifications).
-pub type Rendered = Vec<Option<Answer>>;
 
 /// Routes calls to upstreams.
 pub struct Router {
@@ -379,82 +288,6 @@ fn encode(calls: &[&Call<'_>], pins: &[Option<Box<RawValue>>], framing: Framing)
         out.push(b']');
     }
     Bytes::from(out)
-}
-
-/// Splices an upstream answer into one response per call under the client's ids, judging
-/// nothing: the splicing alone, public for the fuzz target and its corpus.
-pub fn splice(
-    body: &[u8],
-    calls: &[&Call<'_>],
-    framing: Framing,
-) -> Result<Vec<Option<Reply>>, String> {
-    let body = Bytes::copy_from_slice(body);
-    let attempted = render(&body, calls, framing, |_, _| Verdict::Fine)?;
-    Ok(calls
-        .iter()
-        .zip(attempted.rendered)
-        .map(|(call, answer)| {
-            let (id, answer) = (call.id?, answer?);
-            Some(Reply {
-                body: answer.body(id),
-                is_error: answer.is_error,
-            })
-        })
-        .collect())
-}
-
-/// Splits an upstream answer into one [`Answer`] per call, with `judge`'s verdict on each.
-fn render(
-    body: &Bytes,
-    calls: &[&Call<'_>],
-    framing: Framing,
-    mut judge: impl FnMut(usize, &UpstreamResponse<'_>) -> Verdict,
-) -> Result<Attempted, String> {
-    let answers = match_answers(body, calls.len(), framing)?;
-    let mut verdicts = Vec::with_capacity(calls.len());
-    let mut rendered = Vec::with_capacity(calls.len());
-    for (i, (call, answer)) in calls.iter().zip(&answers).enumerate() {
-        if answer.result.is_none() && answer.error.is_none() {
-            return Err(format!("answer {i} has neither result nor error"));
-        }
-        verdicts.push(judge(i, answer));
-        rendered.push(call.id.map(|_| Answer::relayed(body, answer)));
-    }
-    Ok(Attempted { rendered, verdicts })
-}
-
-/// The upstream's answers in call order: a batch answer may come in any order, and is matched
-/// by ethgate's ids `0..n` in one pass.
-fn match_answers(
-    body: &[u8],
-    n: usize,
-    framing: Framing,
-) -> Result<Vec<UpstreamResponse<'_>>, String> {
-    // UTF-8 checked once for the whole answer rather than by serde_json string by string.
-    let body = std::str::from_utf8(body).map_err(|e| format!("not a JSON-RPC answer: {e}"))?;
-    if framing == Framing::Single {
-        let answer =
-            serde_json::from_str(body).map_err(|e| format!("not a JSON-RPC answer: {e}"))?;
-        return Ok(vec![answer]);
-    }
-    let answers: Vec<UpstreamResponse> =
-        serde_json::from_str(body).map_err(|e| format!("not a JSON-RPC batch answer: {e}"))?;
-    let mut slots: Vec<Option<UpstreamResponse>> = (0..n).map(|_| None).collect();
-    for answer in answers {
-        let slot = answer
-            .numeric_id()
-            .and_then(|id| usize::try_from(id).ok())
-            .and_then(|id| slots.get_mut(id))
-            .ok_or("batch answer carries an id that was not sent")?;
-        if slot.replace(answer).is_some() {
-            return Err("batch answer repeats an id".into());
-        }
-    }
-    slots
-        .into_iter()
-        .enumerate()
-        .map(|(i, slot)| slot.ok_or_else(|| format!("batch answer lacks id {i}")))
-        .collect()
 }
 
 #[cfg(test)]

@@ -139,7 +139,10 @@ impl Frontend {
         // Empty and over-long batches were refused while decoding.
         let deny = self.deny.load();
         let mut slots: Vec<Slot> = Vec::with_capacity(items.len());
-        let mut forwarded: Vec<&Call<'_>> = Vec::new();
+        let mut forwarded: Vec<&Call<'_>> = Vec::with_capacity(items.len());
+        // The last method found to need no local answer: batches mostly repeat one method,
+        // and a repeat is then one comparison instead of the deny list and the local methods.
+        let mut plain: Option<&str> = None;
         for item in &items {
             slots.push(match item {
                 Err(rejected) => {
@@ -147,9 +150,16 @@ impl Frontend {
                         .request(transport.label(), "other", CallResult::Invalid);
                     Slot::Done(Some(jsonrpc::error_body(rejected.id, &rejected.error)))
                 }
+                Ok(call) if plain == Some(&*call.method) => {
+                    forwarded.push(call);
+                    Slot::Forwarded
+                }
                 Ok(call) => match self.local(&deny, transport, call, pending) {
                     Some(local) => Slot::Done(self.render_local(transport, call, local)),
                     None => {
+                        if !answers_locally(&call.method) {
+                            plain = Some(&call.method);
+                        }
                         forwarded.push(call);
                         Slot::Forwarded
                     }
@@ -195,7 +205,8 @@ impl Frontend {
     }
 
     /// Calls answered by ethgate itself: denied methods, subscriptions, and `eth_chainId` and
-    /// `net_version` once the chain id is verified.
+    /// `net_version` once the chain id is verified. Every method named below must be listed
+    /// in [`answers_locally`], which lets a batch skip this for repeats of other methods.
     fn local(
         &self,
         deny: &DenyList,
@@ -310,6 +321,15 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.inflight(-1);
     }
+}
+
+/// Whether [`Frontend::local`] may answer `method` itself (depending on more than the name):
+/// calls of any other method that is not denied always go to an upstream.
+fn answers_locally(method: &str) -> bool {
+    matches!(
+        method,
+        "eth_subscribe" | "eth_unsubscribe" | "eth_chainId" | "net_version"
+    )
 }
 
 /// Where one batch item's answer comes from.

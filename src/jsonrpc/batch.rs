@@ -15,6 +15,10 @@ pub(super) fn elements(body: &str, limit: usize) -> Result<Vec<Decoded<'_>>, Rpc
     let mut deserializer = serde_json::Deserializer::from_str(body);
     let seed = Elements {
         limit,
+        // A request object is rarely under 40 bytes (`{"jsonrpc":"2.0","id":1,"method":""}`
+        // alone is 37): room for the elements the body can hold, within the limit, so a
+        // typical batch is decoded into one allocation.
+        expected: limit.min(body.len() / 40 + 1),
         too_long: &too_long,
     };
     let parsed = seed
@@ -31,6 +35,8 @@ pub(super) fn elements(body: &str, limit: usize) -> Result<Vec<Decoded<'_>>, Rpc
 /// stop apart from a syntax error.
 struct Elements<'f> {
     limit: usize,
+    /// Elements to make room for at the start.
+    expected: usize,
     too_long: &'f Cell<bool>,
 }
 
@@ -50,9 +56,8 @@ impl<'de> Visitor<'de> for Elements<'_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        // The size hint of a JSON array is unknown; grow as elements arrive, from a guess that
-        // spares the regrowths of a typical batch without reserving much for a huge limit.
-        let mut elements = Vec::with_capacity(self.limit.min(16));
+        // The size hint of a JSON array is unknown: start from the guess, grow past it.
+        let mut elements = Vec::with_capacity(self.expected);
         while let Some(Element(element)) = seq.next_element::<Element<'de>>()? {
             if elements.len() == self.limit {
                 self.too_long.set(true);

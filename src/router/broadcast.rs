@@ -231,11 +231,7 @@ mod tests {
 
     /// An answer whose value is `text`, flagged as an error when it says so.
     fn reply(text: &str) -> Option<Answer> {
-        Some(Answer {
-            member: super::super::Member::Result,
-            value: Bytes::copy_from_slice(text.as_bytes()),
-            is_error: text.contains("error"),
-        })
+        Some(Answer::verbatim(text, text.contains("error")))
     }
 
     fn answer(parts: &[(&str, Acceptance)]) -> Answered {
@@ -246,7 +242,7 @@ mod tests {
     }
 
     fn body(rendered: &Rendered, i: usize) -> String {
-        String::from_utf8(rendered[i].as_ref().unwrap().value.to_vec()).unwrap()
+        String::from_utf8(rendered[i].as_ref().unwrap().value().to_vec()).unwrap()
     }
 
     use Acceptance::*;

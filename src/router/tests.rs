@@ -1,3 +1,4 @@
+use crate::jsonrpc::UpstreamResponse;
 use serde_json::value::RawValue;
 
 use super::*;
@@ -101,8 +102,20 @@ fn notification_gets_no_reply_and_incomplete_batch_is_a_bad_answer() {
         fine
     )
     .is_err());
-    assert!(render(&Bytes::from_static(b"<html>502</html>"), &[&a], Framing::Single, fine).is_err());
-    assert!(render(&Bytes::from_static(br#"{"id":0}"#), &[&a], Framing::Single, fine).is_err());
+    assert!(render(
+        &Bytes::from_static(b"<html>502</html>"),
+        &[&a],
+        Framing::Single,
+        fine
+    )
+    .is_err());
+    assert!(render(
+        &Bytes::from_static(br#"{"id":0}"#),
+        &[&a],
+        Framing::Single,
+        fine
+    )
+    .is_err());
 }
 
 #[test]
@@ -110,12 +123,15 @@ fn verdicts_are_collected_per_call_and_errors_flagged() {
     let id = raw("1");
     let a = call(Some(&id), "eth_call");
     let missing = br#"{"id":0,"error":{"code":-32000,"message":"header not found"}}"#;
-    let attempted = render(&Bytes::from_static(missing), &[&a], Framing::Single, |_, r| {
-        match r.error_summary() {
+    let attempted = render(
+        &Bytes::from_static(missing),
+        &[&a],
+        Framing::Single,
+        |_, r| match r.error_summary() {
             Some(_) => Verdict::Lacking,
             None => Verdict::Fine,
-        }
-    })
+        },
+    )
     .unwrap();
     assert!(attempted.wants_retry());
     assert_eq!(attempted.retry_label(), AttemptResult::MissingData);
@@ -211,5 +227,68 @@ fn answers_made_by_ethgate_render_like_error_bodies() {
     assert_eq!(
         Answer::result("\"0x10\"").body(&id),
         br#"{"jsonrpc":"2.0","id":["odd"],"result":"0x10"}"#.to_vec()
+    );
+}
+
+#[test]
+fn batch_answers_with_unknown_repeated_or_missing_ids_are_bad_answers() {
+    let (one, two) = (raw("1"), raw("2"));
+    let (a, b) = (call(Some(&one), "eth_a"), call(Some(&two), "eth_b"));
+    let splice_batch = |answer: &[u8]| splice(answer, &[&a, &b], Framing::Batch);
+    let refused = |answer: &[u8]| splice_batch(answer).expect_err("refused");
+    for (answer, reason) in [
+        (
+            &br#"[{"id":0,"result":1},{"id":0,"result":2}]"#[..],
+            "batch answer repeats an id",
+        ),
+        (
+            br#"[{"id":0,"result":1},{"id":2,"result":2}]"#,
+            "batch answer carries an id that was not sent",
+        ),
+        (
+            br#"[{"id":0,"result":1},{"id":"1","result":2}]"#,
+            "batch answer carries an id that was not sent",
+        ),
+        (
+            br#"[{"id":0,"result":1},{"id":-1,"result":2}]"#,
+            "batch answer carries an id that was not sent",
+        ),
+        (
+            br#"[{"id":0,"result":1},{"result":2}]"#,
+            "batch answer carries an id that was not sent",
+        ),
+        (br#"[{"id":1,"result":2}]"#, "batch answer lacks id 0"),
+    ] {
+        assert_eq!(
+            refused(answer),
+            reason,
+            "{}",
+            String::from_utf8_lossy(answer)
+        );
+    }
+    for answer in [
+        &br#"{"id":0,"result":1}"#[..],
+        br#"[{"id":0,"result":1},{"id":1,"result":2}] x"#,
+        br#"[{"id":0,"result":1},{"id":1,"result":2}"#,
+        br#"[{"id":0,"result":1},{"id":1,"result":2},]"#,
+    ] {
+        let reason = refused(answer);
+        assert!(
+            reason.starts_with("not a JSON-RPC batch answer"),
+            "{reason}"
+        );
+    }
+    let spaced = b" [ {\"result\" : 2 , \"id\" : 1 } ,\n{ \"id\":0, \"result\":1} ] ";
+    let replies = splice_batch(spaced).expect("whitespace is fine");
+    let bodies: Vec<_> = replies
+        .into_iter()
+        .map(|r| String::from_utf8(r.unwrap().body).unwrap())
+        .collect();
+    assert_eq!(
+        bodies,
+        [
+            r#"{"jsonrpc":"2.0","id":1,"result":1}"#,
+            r#"{"jsonrpc":"2.0","id":2,"result":2}"#
+        ]
     );
 }

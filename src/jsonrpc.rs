@@ -10,6 +10,7 @@ use serde_json::value::RawValue;
 mod batch;
 pub mod code;
 mod element;
+mod exact;
 
 /// A standard error that ethgate produces itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,6 +114,16 @@ pub enum Incoming<'a> {
 /// large" as soon as a batch grows past `max_batch_len` elements (the rest is never decoded,
 /// so a body of millions of tiny elements costs no more than one of `max_batch_len`).
 pub fn decode(body: &[u8], max_batch_len: usize) -> Result<Incoming<'_>, RpcError> {
+    match single_pass(body, max_batch_len) {
+        // The single pass refuses a few bodies the exact decoder reads (see `exact`); a body
+        // that is not JSON costs a second look, and only then.
+        Err(error) if error == PARSE_ERROR => exact::decode(body, max_batch_len),
+        decoded => decoded,
+    }
+}
+
+/// Decodes a request body in one pass per element ([`element`]).
+fn single_pass(body: &[u8], max_batch_len: usize) -> Result<Incoming<'_>, RpcError> {
     // Validated once here, so every string below is parsed from `&str` without serde_json
     // checking its UTF-8 again (that check was the largest single cost of a batch). Invalid
     // UTF-8 was a parse error before too: outside strings JSON allows only ASCII.

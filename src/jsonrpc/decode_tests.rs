@@ -1,170 +1,13 @@
-//! The single-pass decoder against the two-pass one it replaced, kept here as the reference:
-//! on every input both must give the same verdict, the same ids byte for byte, the same
-//! methods and params. Inputs: hand-written edge cases (odd ids, whitespace, escapes, nested
+//! The single-pass decoder against the exact two-pass one (`exact`, the former decoder): on
+//! every input both must give the same verdict, the same ids byte for byte, the same methods
+//! and params. Inputs: hand-written edge cases (odd ids, whitespace, escapes, nested
 //! params, repeated members, error items, truncations) and the fuzz seed corpus.
 
 use std::borrow::Cow;
 
-use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
 use super::*;
-
-/// The former decoder, verbatim in behaviour: each element captured raw, then parsed again.
-mod reference {
-    use std::cell::Cell;
-    use std::fmt;
-
-    use serde::de::{DeserializeSeed, SeqAccess, Visitor};
-
-    use super::*;
-
-    #[derive(Deserialize)]
-    struct WireRequest<'a> {
-        #[serde(default, borrow, deserialize_with = "text")]
-        jsonrpc: Option<Cow<'a, str>>,
-        #[serde(default, borrow, deserialize_with = "present")]
-        id: Option<&'a RawValue>,
-        #[serde(default, borrow, deserialize_with = "text")]
-        method: Option<Cow<'a, str>>,
-        #[serde(default, borrow, deserialize_with = "present")]
-        params: Option<&'a RawValue>,
-    }
-
-    #[derive(Deserialize)]
-    struct WireId<'a> {
-        #[serde(default, borrow, deserialize_with = "present")]
-        id: Option<&'a RawValue>,
-    }
-
-    fn text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
-        #[derive(Deserialize)]
-        struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
-        Option::<Text>::deserialize(d).map(|text| text.map(|Text(text)| text))
-    }
-
-    fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
-        <&RawValue>::deserialize(d).map(Some)
-    }
-
-    pub fn decode(body: &[u8], max_batch_len: usize) -> Result<Incoming<'_>, RpcError> {
-        let body = std::str::from_utf8(body).map_err(|_| PARSE_ERROR)?;
-        let first = body.bytes().find(|b| !b.is_ascii_whitespace());
-        if first == Some(b'[') {
-            let elements = raw_elements(body, max_batch_len)?;
-            if elements.is_empty() {
-                return Err(EMPTY_BATCH);
-            }
-            return Ok(Incoming::Batch(
-                elements.into_iter().map(|raw| call(raw.get())).collect(),
-            ));
-        }
-        match serde_json::from_str::<WireRequest>(body) {
-            Ok(wire) => Ok(Incoming::Single(validate(wire))),
-            Err(_) if serde_json::from_str::<serde::de::IgnoredAny>(body).is_ok() => {
-                Ok(Incoming::Single(Err(Rejected {
-                    id: readable_id(body),
-                    error: INVALID_REQUEST,
-                })))
-            }
-            Err(_) => Err(PARSE_ERROR),
-        }
-    }
-
-    fn raw_elements(body: &str, limit: usize) -> Result<Vec<&RawValue>, RpcError> {
-        let too_long = Cell::new(false);
-        let mut deserializer = serde_json::Deserializer::from_str(body);
-        let seed = Elements {
-            limit,
-            too_long: &too_long,
-        };
-        let parsed = seed
-            .deserialize(&mut deserializer)
-            .and_then(|elements| deserializer.end().map(|()| elements));
-        match parsed {
-            Ok(elements) => Ok(elements),
-            Err(_) if too_long.get() => Err(BATCH_TOO_LARGE),
-            Err(_) => Err(PARSE_ERROR),
-        }
-    }
-
-    struct Elements<'f> {
-        limit: usize,
-        too_long: &'f Cell<bool>,
-    }
-
-    impl<'de> DeserializeSeed<'de> for Elements<'_> {
-        type Value = Vec<&'de RawValue>;
-
-        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_seq(self)
-        }
-    }
-
-    impl<'de> Visitor<'de> for Elements<'_> {
-        type Value = Vec<&'de RawValue>;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a JSON-RPC batch")
-        }
-
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            let mut elements = Vec::new();
-            while let Some(element) = seq.next_element::<&'de RawValue>()? {
-                if elements.len() == self.limit {
-                    self.too_long.set(true);
-                    return Err(serde::de::Error::custom("batch too large"));
-                }
-                elements.push(element);
-            }
-            Ok(elements)
-        }
-    }
-
-    fn call(element: &str) -> Decoded<'_> {
-        match serde_json::from_str::<WireRequest>(element) {
-            Ok(wire) => validate(wire),
-            Err(_) => Err(Rejected {
-                id: readable_id(element),
-                error: INVALID_REQUEST,
-            }),
-        }
-    }
-
-    fn readable_id(object: &str) -> Option<&RawValue> {
-        serde_json::from_str::<WireId>(object)
-            .ok()
-            .and_then(|wire| wire.id)
-            .filter(|id| element::id_type_ok(id))
-    }
-
-    fn validate(wire: WireRequest<'_>) -> Decoded<'_> {
-        let id = wire.id.filter(|id| element::id_type_ok(id));
-        let invalid = Rejected {
-            id,
-            error: INVALID_REQUEST,
-        };
-        if wire.id.is_some() && id.is_none() {
-            return Err(Rejected::without_id(INVALID_REQUEST));
-        }
-        if wire.jsonrpc.as_deref() != Some("2.0") {
-            return Err(invalid);
-        }
-        let Some(method) = wire.method.filter(|m| !m.is_empty()) else {
-            return Err(invalid);
-        };
-        if let Some(params) = wire.params {
-            if !matches!(params.get().as_bytes().first(), Some(b'[' | b'{' | b'n')) {
-                return Err(invalid);
-            }
-        }
-        Ok(Call {
-            id: wire.id,
-            method,
-            params: wire.params,
-        })
-    }
-}
 
 /// A decoded element as comparable text.
 fn describe(decoded: &Decoded<'_>) -> String {
@@ -194,24 +37,25 @@ fn describe_all(result: &Result<Incoming<'_>, RpcError>) -> String {
     }
 }
 
+/// Asserts that `decode` answers `body` as the exact decoder does, and so does the single
+/// pass whenever it does not refuse the body.
 fn agree_with_limit(body: &[u8], limit: usize) {
-    let new = describe_all(&decode(body, limit));
-    let old = describe_all(&reference::decode(body, limit));
-    assert_eq!(new, old, "on {:?}", String::from_utf8_lossy(body));
+    let exact = describe_all(&exact::decode(body, limit));
+    let text = String::from_utf8_lossy(body);
+    assert_eq!(describe_all(&decode(body, limit)), exact, "on {text:?}");
+    let fast = single_pass(body, limit);
+    if fast.as_ref().err() != Some(&PARSE_ERROR) {
+        assert_eq!(describe_all(&fast), exact, "single pass on {text:?}");
+    }
 }
 
 /// Asserts that both decoders agree on `body`, alone and as an element of a batch.
 fn agree(body: &[u8]) {
-    let limit = 4;
-    let new = describe_all(&decode(body, limit));
-    let old = describe_all(&reference::decode(body, limit));
-    assert_eq!(new, old, "on {:?}", String::from_utf8_lossy(body));
+    agree_with_limit(body, 4);
     let mut batch = b"[ ".to_vec();
     batch.extend_from_slice(body);
     batch.extend_from_slice(b" ,\n{\"jsonrpc\":\"2.0\",\"method\":\"x\"}]");
-    let new = describe_all(&decode(&batch, limit));
-    let old = describe_all(&reference::decode(&batch, limit));
-    assert_eq!(new, old, "on {:?}", String::from_utf8_lossy(&batch));
+    agree_with_limit(&batch, 4);
 }
 
 /// Request objects and other values, valid and not, that a client could send.
@@ -250,6 +94,11 @@ const CASES: &[&str] = &[
     r#"{"jsonrpc":"2.0","id":"x","method":"m","other":{"deep":[1,2,{"k":"\u0000"}]},"other":1}"#,
     r#"{"jsonrpc":"2.0","\u0069d":5,"method":"m"}"#,
     r#"{"jsonrpc":"2.0","ID":5,"method":"m"}"#,
+    r#"{"\ud800":1,"jsonrpc":"2.0","id":1,"method":"m"}"#,
+    r#"{"jsonrpc":"2.0","id":1,"method":"m","x\udc00y":2}"#,
+    "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"m\",\"k\u{1}\":2}",
+    r#"{"jsonrpc":"2.0","id":"\ud800","method":"m"}"#,
+    r#"{"jsonrpc":"2.0","id":1,"method":"m","params":["\udfff"]}"#,
     r#"{}"#,
     r#"[]"#,
     r#"[1,2]"#,
@@ -336,20 +185,67 @@ fn plain_method_names_borrow_and_escaped_ones_are_owned() {
     assert!(matches!(methods[1], Cow::Owned(m) if m == "eth_call"));
 }
 
-/// The one deliberate difference from the reference: serde's derived struct decoder also took
-/// a JSON array as the members in order, so `["2.0",1,"m",[]]` inside a batch was served as a
-/// call. JSON-RPC 2.0 requests are objects (geth refuses the array too): now it is invalid.
+/// serde's derived struct decoder would read a JSON array as the members in order, so the
+/// former decoder served `["2.0",1,"m",[]]` inside a batch as a call. JSON-RPC 2.0 requests
+/// are objects (geth refuses the array too): both paths answer it as an invalid request.
 #[test]
 fn array_shaped_elements_are_invalid_requests() {
     let body = br#"[["2.0",1,"eth_blockNumber",[]]]"#;
+    for decoded in [decode(body, 10), exact::decode(body, 10)] {
+        let Ok(Incoming::Batch(items)) = decoded else {
+            panic!("expected a batch");
+        };
+        let rejected = items[0].as_ref().expect_err("an array is not a request");
+        assert!(rejected.id.is_none());
+        assert_eq!(rejected.error, INVALID_REQUEST);
+    }
+}
+
+/// A member name with a lone surrogate escape: the single pass refuses the body, and the exact
+/// decoder answers the element as an invalid request, as ethgate always did.
+#[test]
+fn a_member_name_the_single_pass_refuses_is_decoded_exactly() {
+    let body = br#"[{"\ud800":1,"jsonrpc":"2.0","id":1,"method":"m"},{"jsonrpc":"2.0","id":2,"method":"m"}]"#;
+    assert_eq!(single_pass(body, 10).unwrap_err(), PARSE_ERROR);
     let Ok(Incoming::Batch(items)) = decode(body, 10) else {
         panic!("expected a batch");
     };
-    let rejected = items[0].as_ref().expect_err("an array is not a request");
-    assert!(rejected.id.is_none());
-    assert_eq!(rejected.error, INVALID_REQUEST);
-    let Ok(Incoming::Batch(old)) = reference::decode(body, 10) else {
-        panic!("expected a batch");
+    assert_eq!(
+        items.iter().map(describe).collect::<Vec<_>>(),
+        [
+            format!("rejected id=None error={INVALID_REQUEST:?}"),
+            r#"call id=Some("2") method="m" params=None"#.to_string(),
+        ]
+    );
+}
+
+/// Bodies one edit away from a valid batch (a byte replaced, inserted or removed, from the
+/// characters that matter to JSON), with a fixed seed so a failure is reproducible.
+#[test]
+fn single_pass_decoder_agrees_on_edited_batches() {
+    let seed = br#"[{"jsonrpc":"2.0","id":"a\"\u00e9","method":"eth_call","params":[{"to":"0x1"},"latest"]}, {"id":-1.5e2,"method":"m","jsonrpc":"2.0"},null]"#;
+    let alphabet = b"{}[],:\"\\ u0123456789.eE+-abcdefnrtlsx\t\n\x01";
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = |bound: usize| {
+        // xorshift64: deterministic and dependency-free.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % bound as u64) as usize
     };
-    assert!(old[0].is_ok(), "the reference took the array as a call");
+    for _ in 0..4000 {
+        let mut body = seed.to_vec();
+        for _ in 0..1 + next(2) {
+            let at = next(body.len());
+            let byte = alphabet[next(alphabet.len())];
+            match next(3) {
+                0 => body[at] = byte,
+                1 => body.insert(at, byte),
+                _ => {
+                    body.remove(at);
+                }
+            }
+        }
+        agree(&body);
+    }
 }

@@ -173,6 +173,7 @@ impl Frontend {
             self.router.forward(&forwarded, Framing::Batch).await
         };
         let mut out = BatchBody::new(items.len());
+        let mut tally = Tally::new(transport, &self.metrics);
         let mut forwarded = forwarded.into_iter();
         let mut answers = answers.as_ref().map(|a| a.iter());
         for slot in slots {
@@ -187,14 +188,13 @@ impl Frontend {
             match &mut answers {
                 Ok(answers) => {
                     let answer = answers.next().and_then(Option::as_ref);
-                    self.count(transport, call, answer);
+                    tally.add(&call.method, result_of(answer));
                     if let (Some(id), Some(answer)) = (call.id, answer) {
                         answer.write(out.element(), id);
                     }
                 }
                 Err(error) => {
-                    self.metrics
-                        .request(transport.label(), &call.method, CallResult::Unavailable);
+                    tally.add(&call.method, CallResult::Unavailable);
                     if let Some(id) = call.id {
                         jsonrpc::encode_error(out.element(), Some(id), error);
                     }
@@ -297,13 +297,8 @@ impl Frontend {
     }
 
     fn count(&self, transport: Transport<'_>, call: &Call<'_>, answer: Option<&Answer>) {
-        let result = if answer.is_some_and(|a| a.is_error) {
-            CallResult::RpcError
-        } else {
-            CallResult::Ok
-        };
         self.metrics
-            .request(transport.label(), &call.method, result);
+            .request(transport.label(), &call.method, result_of(answer));
     }
 }
 
@@ -330,6 +325,52 @@ fn answers_locally(method: &str) -> bool {
         method,
         "eth_subscribe" | "eth_unsubscribe" | "eth_chainId" | "net_version"
     )
+}
+
+/// How a forwarded call is counted: its answer's error flag (a notification's too).
+fn result_of(answer: Option<&Answer>) -> CallResult {
+    if answer.is_some_and(|a| a.is_error) {
+        CallResult::RpcError
+    } else {
+        CallResult::Ok
+    }
+}
+
+/// Counts forwarded calls by runs of one method and result, so a batch of repeats looks its
+/// method label up once per run; the last run is counted on drop.
+struct Tally<'a> {
+    transport: metrics::Transport,
+    metrics: &'a Metrics,
+    run: Option<(&'a str, CallResult, u64)>,
+}
+
+impl<'a> Tally<'a> {
+    fn new(transport: Transport<'_>, metrics: &'a Metrics) -> Self {
+        Tally {
+            transport: transport.label(),
+            metrics,
+            run: None,
+        }
+    }
+
+    fn add(&mut self, method: &'a str, result: CallResult) {
+        match &mut self.run {
+            Some((m, r, n)) if *m == method && *r == result => *n += 1,
+            run => {
+                if let Some((m, r, n)) = run.replace((method, result, 1)) {
+                    self.metrics.requests(self.transport, m, r, n);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Tally<'_> {
+    fn drop(&mut self) {
+        if let Some((method, result, n)) = self.run.take() {
+            self.metrics.requests(self.transport, method, result, n);
+        }
+    }
 }
 
 /// Where one batch item's answer comes from.

@@ -61,9 +61,9 @@ impl<'de> Deserialize<'de> for Key {
 /// The four members as written, each `None` when absent; a repeated member is remembered.
 #[derive(Default)]
 struct Members<'a> {
-    jsonrpc: Option<&'a RawValue>,
+    jsonrpc: Option<Text<'a>>,
     id: Option<&'a RawValue>,
-    method: Option<&'a RawValue>,
+    method: Option<Text<'a>>,
     params: Option<&'a RawValue>,
     /// A member other than `id` appeared twice.
     repeated: bool,
@@ -88,23 +88,20 @@ impl<'de> Visitor<'de> for ElementVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Decoded<'de>, A::Error> {
         let mut m = Members::default();
         while let Some(key) = map.next_key::<Key>()? {
-            let slot = match key {
-                Key::Jsonrpc => &mut m.jsonrpc,
-                Key::Id => &mut m.id,
-                Key::Method => &mut m.method,
-                Key::Params => &mut m.params,
+            let repeated = match key {
+                Key::Jsonrpc => m.jsonrpc.replace(map.next_value()?).is_some(),
+                Key::Method => m.method.replace(map.next_value()?).is_some(),
+                Key::Id => {
+                    m.repeated_id |= m.id.replace(map.next_value()?).is_some();
+                    false
+                }
+                Key::Params => m.params.replace(map.next_value()?).is_some(),
                 Key::Other => {
                     map.next_value::<IgnoredAny>()?;
-                    continue;
+                    false
                 }
             };
-            let value = map.next_value::<&'de RawValue>()?;
-            if slot.replace(value).is_some() {
-                match key {
-                    Key::Id => m.repeated_id = true,
-                    _ => m.repeated = true,
-                }
-            }
+            m.repeated |= repeated;
         }
         Ok(validate(m))
     }
@@ -153,18 +150,16 @@ fn validate(m: Members<'_>) -> Decoded<'_> {
     if m.repeated {
         return invalid();
     }
-    // The version is nearly always written plainly; any other spelling takes the full check.
-    let version_ok = m.jsonrpc.is_some_and(|v| v.get() == "\"2.0\"")
-        || matches!(text(m.jsonrpc), Ok(Some(version)) if version == "2.0");
-    let Ok(method) = text(m.method) else {
+    let (Some(Text::Str(jsonrpc)), Some(Text::Str(method))) = (m.jsonrpc, m.method) else {
+        // Absent, `null` or not a string.
         return invalid();
     };
-    if !version_ok {
+    if jsonrpc != "2.0" {
         return invalid();
     }
-    let Some(method) = method.filter(|name| !name.is_empty()) else {
+    if method.is_empty() {
         return invalid();
-    };
+    }
     if let Some(params) = m.params {
         if !matches!(params.get().as_bytes().first(), Some(b'[' | b'{' | b'n')) {
             return invalid();
@@ -185,25 +180,68 @@ pub(super) fn id_type_ok(id: &RawValue) -> bool {
     )
 }
 
-/// A member that must be a string or null: `Ok(None)` for absent or null, the text borrowed
-/// from the body unless it holds escapes, `Err` for any other type or a bad escape.
-fn text(raw: Option<&RawValue>) -> Result<Option<Cow<'_, str>>, ()> {
-    let Some(raw) = raw else { return Ok(None) };
-    let raw = raw.get();
-    if raw == "null" {
-        return Ok(None);
+/// A member that must be a string, read straight from the body (borrowed unless it holds
+/// escapes); `null` and other types are told apart rather than failing the element.
+enum Text<'a> {
+    /// A string.
+    Str(Cow<'a, str>),
+    /// `null`: as good as absent.
+    Null,
+    /// Any other type: the element is invalid.
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(TextVisitor)
     }
-    if !raw.starts_with('"') {
-        return Err(());
+}
+
+struct TextVisitor;
+
+impl<'de> Visitor<'de> for TextVisitor {
+    type Value = Text<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
     }
-    // serde_json already refused control characters and unterminated strings while capturing
-    // the span, so text between the quotes without a backslash is the string itself.
-    match raw.get(1..raw.len() - 1) {
-        // A byte loop: names are short, and a search set up for long text costs more here.
-        Some(inner) if !inner.bytes().any(|b| b == b'\\') => Ok(Some(Cow::Borrowed(inner))),
-        // Escapes (including invalid surrogates, refused here as before) take the full parser.
-        _ => serde_json::from_str::<String>(raw)
-            .map(|text| Some(Cow::Owned(text)))
-            .map_err(|_| ()),
+
+    fn visit_borrowed_str<E: de::Error>(self, text: &'de str) -> Result<Text<'de>, E> {
+        Ok(Text::Str(Cow::Borrowed(text)))
+    }
+
+    // Called for text with escapes, unescaped into a scratch buffer: kept as a copy.
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Text<'de>, E> {
+        Ok(Text::Str(Cow::Owned(text.to_owned())))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Text<'de>, E> {
+        Ok(Text::Null)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Text<'de>, E> {
+        Ok(Text::Other)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Text<'de>, E> {
+        Ok(Text::Other)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Text<'de>, E> {
+        Ok(Text::Other)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Text<'de>, E> {
+        Ok(Text::Other)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Text<'de>, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Text::Other)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Text<'de>, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Text::Other)
     }
 }

@@ -1,12 +1,14 @@
-//! One request object decoded in a single pass: serde_json visits its members once, keeps the
-//! four JSON-RPC members as borrowed raw spans and skips the rest, so a batch element costs one
-//! scan of its bytes (it used to cost two: once captured whole as a raw element, then parsed
-//! again as a request).
+//! One request object decoded in a single pass: serde_json visits its members once, keeps `id`
+//! and `params` as borrowed raw spans, reads `jsonrpc` and `method` as text (borrowed unless
+//! escaped) and skips the rest, so a batch element costs one scan of its bytes (it used to cost
+//! two: once captured whole as a raw element, then parsed again as a request).
 //!
 //! Every element that is JSON but not a valid call becomes a [`Rejected`] carrying the id it
-//! held, exactly as the former two-pass decoder judged it: a member of the wrong type or a
-//! repeated member makes the element invalid; the id goes back only when it is present once
-//! and of a type an id may be (string, number, null).
+//! held, exactly as the exact decoder ([`super::exact`]) judges it: a member of the wrong type
+//! or a repeated member makes the element invalid; the id goes back only when it is present
+//! once and of a type an id may be (string, number, null). What this pass cannot read (a member
+//! name or method with a lone surrogate escape, a number out of range where text belongs) fails
+//! the whole body here, and [`super::decode`] then hands the body to the exact decoder.
 
 use std::borrow::Cow;
 use std::fmt;

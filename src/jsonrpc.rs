@@ -3,13 +3,14 @@
 //! client's original id bytes.
 
 use std::borrow::Cow;
-use std::io::Write;
 
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
 mod batch;
 pub mod code;
+mod element;
+mod exact;
 
 /// A standard error that ethgate produces itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,42 +110,20 @@ pub enum Incoming<'a> {
     Batch(Vec<Decoded<'a>>),
 }
 
-#[derive(Deserialize)]
-struct WireRequest<'a> {
-    #[serde(default, borrow, deserialize_with = "text")]
-    jsonrpc: Option<Cow<'a, str>>,
-    #[serde(default, borrow, deserialize_with = "present")]
-    id: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "text")]
-    method: Option<Cow<'a, str>>,
-    #[serde(default, borrow, deserialize_with = "present")]
-    params: Option<&'a RawValue>,
-}
-
-/// Only the id of an object whose other members do not fit a request (e.g. a numeric method).
-#[derive(Deserialize)]
-struct WireId<'a> {
-    #[serde(default, borrow, deserialize_with = "present")]
-    id: Option<&'a RawValue>,
-}
-
-/// A string borrowed from the body unless it holds escapes. serde borrows a `Cow<str>` field
-/// only when it is not wrapped: `Option<Cow<str>>` alone would copy every method name.
-fn text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
-    #[derive(Deserialize)]
-    struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
-    Option::<Text>::deserialize(d).map(|text| text.map(|Text(text)| text))
-}
-
-/// Keeps a present `null` as `Some(raw "null")`; only an absent key is `None`.
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
-    <&RawValue>::deserialize(d).map(Some)
-}
-
 /// Decodes a request body: a parse error only when the body is not JSON at all, "batch too
 /// large" as soon as a batch grows past `max_batch_len` elements (the rest is never decoded,
 /// so a body of millions of tiny elements costs no more than one of `max_batch_len`).
 pub fn decode(body: &[u8], max_batch_len: usize) -> Result<Incoming<'_>, RpcError> {
+    match single_pass(body, max_batch_len) {
+        // The single pass refuses a few bodies the exact decoder reads (see `exact`); a body
+        // that is not JSON costs a second look, and only then.
+        Err(error) if error == PARSE_ERROR => exact::decode(body, max_batch_len),
+        decoded => decoded,
+    }
+}
+
+/// Decodes a request body in one pass per element ([`element`]).
+fn single_pass(body: &[u8], max_batch_len: usize) -> Result<Incoming<'_>, RpcError> {
     // Validated once here, so every string below is parsed from `&str` without serde_json
     // checking its UTF-8 again (that check was the largest single cost of a batch). Invalid
     // UTF-8 was a parse error before too: outside strings JSON allows only ASCII.
@@ -155,90 +134,63 @@ pub fn decode(body: &[u8], max_batch_len: usize) -> Result<Incoming<'_>, RpcErro
         if elements.is_empty() {
             return Err(EMPTY_BATCH);
         }
-        return Ok(Incoming::Batch(
-            elements
-                .into_iter()
-                .map(|raw| decode_call(raw.get()))
-                .collect(),
-        ));
+        return Ok(Incoming::Batch(elements));
     }
-    match serde_json::from_str::<WireRequest>(body) {
-        Ok(wire) => Ok(Incoming::Single(validate(wire))),
-        Err(_) if serde_json::from_str::<serde::de::IgnoredAny>(body).is_ok() => {
-            Ok(Incoming::Single(Err(Rejected {
-                id: readable_id(body),
-                error: INVALID_REQUEST,
-            })))
-        }
+    match serde_json::from_str::<element::Element>(body) {
+        Ok(element::Element(decoded)) => Ok(Incoming::Single(decoded)),
         Err(_) => Err(PARSE_ERROR),
     }
 }
 
-fn decode_call(element: &str) -> Decoded<'_> {
-    match serde_json::from_str::<WireRequest>(element) {
-        Ok(wire) => validate(wire),
-        Err(_) => Err(Rejected {
-            id: readable_id(element),
-            error: INVALID_REQUEST,
-        }),
-    }
-}
-
-/// The id of a JSON object that is not a valid request, when it is of a type an id may be.
-fn readable_id(object: &str) -> Option<&RawValue> {
-    serde_json::from_str::<WireId>(object)
-        .ok()
-        .and_then(|wire| wire.id)
-        .filter(|id| id_type_ok(id))
-}
-
-fn id_type_ok(id: &RawValue) -> bool {
-    matches!(
-        id.get().as_bytes().first(),
-        Some(b'"' | b'-' | b'0'..=b'9' | b'n')
-    )
-}
-
-fn validate(wire: WireRequest<'_>) -> Decoded<'_> {
-    let id = wire.id.filter(|id| id_type_ok(id));
-    let invalid = Rejected {
-        id,
-        error: INVALID_REQUEST,
-    };
-    if wire.id.is_some() && id.is_none() {
-        return Err(Rejected::without_id(INVALID_REQUEST));
-    }
-    if wire.jsonrpc.as_deref() != Some("2.0") {
-        return Err(invalid);
-    }
-    let Some(method) = wire.method.filter(|m| !m.is_empty()) else {
-        return Err(invalid);
-    };
-    if let Some(params) = wire.params {
-        if !matches!(params.get().as_bytes().first(), Some(b'[' | b'{' | b'n')) {
-            return Err(invalid);
-        }
-    }
-    Ok(Call {
-        id: wire.id,
-        method,
-        params: wire.params,
-    })
+/// Keeps a present `null` as `Some(raw "null")`; only an absent key is `None`.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
 }
 
 /// Appends `{"jsonrpc":"2.0","id":ID,"method":M,"params":P}` with ethgate's numeric id.
 pub fn encode_request(out: &mut Vec<u8>, id: u64, method: &str, params: Option<&RawValue>) {
     out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
-    // Writing into a Vec cannot fail.
-    let _ = write!(out, "{id}");
+    push_u64(out, id);
     out.extend_from_slice(b",\"method\":");
-    // Writing a &str into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, method);
+    push_json_str(out, method);
     if let Some(params) = params {
         out.extend_from_slice(b",\"params\":");
         out.extend_from_slice(params.get().as_bytes());
     }
     out.push(b'}');
+}
+
+/// Appends `n` in decimal: every forwarded call carries one, and `write!` costs several times
+/// as much through `fmt`.
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        // `n % 10` is below 10, so the cast cannot truncate.
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[start..]);
+}
+
+/// Appends `text` as a JSON string. Method names are plain ASCII in practice and are copied
+/// as they are; anything that needs escaping takes serde_json's escaper.
+fn push_json_str(out: &mut Vec<u8>, text: &str) {
+    let plain = text
+        .bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\');
+    if plain {
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing a &str into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, text);
+    }
 }
 
 /// The part of an upstream response object that ethgate looks at; borrows from the body.
@@ -275,24 +227,6 @@ impl UpstreamResponse<'_> {
     }
 }
 
-/// Appends a response object for `id` whose result or error is copied from the upstream.
-pub fn encode_relayed(out: &mut Vec<u8>, id: &RawValue, answer: &UpstreamResponse<'_>) {
-    out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
-    out.extend_from_slice(id.get().as_bytes());
-    match (answer.error, answer.result) {
-        (Some(error), _) if error.get() != "null" => {
-            out.extend_from_slice(b",\"error\":");
-            out.extend_from_slice(error.get().as_bytes());
-        }
-        (_, Some(result)) => {
-            out.extend_from_slice(b",\"result\":");
-            out.extend_from_slice(result.get().as_bytes());
-        }
-        _ => out.extend_from_slice(b",\"result\":null"),
-    }
-    out.push(b'}');
-}
-
 /// Appends a response object for `id` carrying a raw JSON result.
 pub fn encode_result(out: &mut Vec<u8>, id: &RawValue, result: &str) {
     out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
@@ -306,7 +240,14 @@ pub fn encode_result(out: &mut Vec<u8>, id: &RawValue, result: &str) {
 pub fn encode_error(out: &mut Vec<u8>, id: Option<&RawValue>, error: &RpcError) {
     out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
     out.extend_from_slice(id.map_or("null", RawValue::get).as_bytes());
-    out.extend_from_slice(b",\"error\":{\"code\":");
+    out.extend_from_slice(b",\"error\":");
+    encode_error_object(out, error);
+    out.push(b'}');
+}
+
+/// Appends the error object itself: `{"code":C,"message":M}`, with `"data"` when present.
+pub fn encode_error_object(out: &mut Vec<u8>, error: &RpcError) {
+    out.extend_from_slice(b"{\"code\":");
     out.extend_from_slice(error.code.to_string().as_bytes());
     out.extend_from_slice(b",\"message\":");
     let _ = serde_json::to_writer(&mut *out, error.message.as_ref());
@@ -314,7 +255,7 @@ pub fn encode_error(out: &mut Vec<u8>, id: Option<&RawValue>, error: &RpcError) 
         out.extend_from_slice(b",\"data\":");
         let _ = serde_json::to_writer(&mut *out, data);
     }
-    out.extend_from_slice(b"}}");
+    out.push(b'}');
 }
 
 /// A complete error response body.
@@ -324,5 +265,7 @@ pub fn error_body(id: Option<&RawValue>, error: &RpcError) -> Vec<u8> {
     out
 }
 
+#[cfg(test)]
+mod decode_tests;
 #[cfg(test)]
 mod tests;

@@ -72,6 +72,16 @@ impl Metrics {
         self.requests[slot].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts `n` client calls of one method with one result: a run of repeats in a batch,
+    /// counted with one method lookup instead of one each.
+    pub fn requests(&self, transport: Transport, method: &str, result: CallResult, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let slot = request_slot(transport, method_index(method), result);
+        self.requests[slot].fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Records the duration of one client request (a whole batch counts once).
     pub fn request_duration(&self, transport: Transport, elapsed: Duration) {
         self.durations[transport.index()].observe(elapsed);
@@ -304,6 +314,20 @@ mod tests {
                 r#"ethgate_requests_total{transport="ws",method="eth_call",result="rpc_error"} 1"#,
             ]
         );
+    }
+
+    #[test]
+    fn a_run_of_calls_counts_as_many_single_calls() {
+        let (one_by_one, at_once) = (Metrics::new(), Metrics::new());
+        for _ in 0..3 {
+            one_by_one.request(Transport::Http, "eth_blockNumber", CallResult::Ok);
+        }
+        at_once.requests(Transport::Http, "eth_blockNumber", CallResult::Ok, 3);
+        at_once.requests(Transport::Http, "eth_call", CallResult::Ok, 0);
+        assert_eq!(one_by_one.render(), at_once.render());
+        assert!(at_once.render().contains(
+            r#"ethgate_requests_total{transport="http",method="eth_blockNumber",result="ok"} 3"#
+        ));
     }
 
     #[test]

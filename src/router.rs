@@ -12,11 +12,12 @@ use tokio::time::timeout;
 
 use serde_json::value::RawValue;
 
-use crate::jsonrpc::{self, Call, RpcError, UpstreamResponse};
+use crate::jsonrpc::{self, Call, RpcError};
 use crate::metrics::Metrics;
 use crate::policy;
 use crate::upstream::{AttemptResult, SendError, Upstream, Upstreams};
 
+mod answer;
 mod broadcast;
 mod consistency;
 pub mod marks;
@@ -24,6 +25,8 @@ mod race;
 pub mod tags;
 mod txhash;
 
+use answer::render;
+pub use answer::{splice, Answer, Rendered, Reply};
 use consistency::{Plan, Verdict};
 use marks::Marks;
 
@@ -100,18 +103,6 @@ pub enum Framing {
     /// A batch.
     Batch,
 }
-
-/// One response rendered under the client's id.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
-    /// The complete response object.
-    pub body: Vec<u8>,
-    /// Whether it carries a JSON-RPC error.
-    pub is_error: bool,
-}
-
-/// Rendered responses, one per forwarded call (`None` for notifications).
-pub type Rendered = Vec<Option<Reply>>;
 
 /// Routes calls to upstreams.
 pub struct Router {
@@ -212,8 +203,8 @@ impl Router {
             verdicts,
         } = attempted;
         for (i, verdict) in verdicts.iter().enumerate() {
-            if let (Verdict::Behind(tag), Some(id)) = (verdict, calls[i].id) {
-                rendered[i] = Some(plan.served_instead(i, *tag, id, &self.marks));
+            if let (Verdict::Behind(tag), Some(_)) = (verdict, calls[i].id) {
+                rendered[i] = Some(plan.served_instead(i, *tag, &self.marks));
             }
         }
         rendered
@@ -297,71 +288,6 @@ fn encode(calls: &[&Call<'_>], pins: &[Option<Box<RawValue>>], framing: Framing)
         out.push(b']');
     }
     Bytes::from(out)
-}
-
-/// Splices an upstream answer into one response per call under the client's ids, judging
-/// nothing: the splicing alone, public for the fuzz target and its corpus.
-pub fn splice(body: &[u8], calls: &[&Call<'_>], framing: Framing) -> Result<Rendered, String> {
-    render(body, calls, framing, |_, _| Verdict::Fine).map(|attempted| attempted.rendered)
-}
-
-/// Splices an upstream answer into per-call responses, with `judge`'s verdict on each.
-fn render(
-    body: &[u8],
-    calls: &[&Call<'_>],
-    framing: Framing,
-    mut judge: impl FnMut(usize, &UpstreamResponse<'_>) -> Verdict,
-) -> Result<Attempted, String> {
-    let answers = match_answers(body, calls.len(), framing)?;
-    let mut verdicts = Vec::with_capacity(calls.len());
-    let mut rendered = Vec::with_capacity(calls.len());
-    for (i, (call, answer)) in calls.iter().zip(&answers).enumerate() {
-        if answer.result.is_none() && answer.error.is_none() {
-            return Err(format!("answer {i} has neither result nor error"));
-        }
-        verdicts.push(judge(i, answer));
-        let is_error = answer.error.is_some_and(|e| e.get() != "null");
-        rendered.push(call.id.map(|id| {
-            let mut body = Vec::with_capacity(answer.result.map_or(64, |r| r.get().len() + 48));
-            jsonrpc::encode_relayed(&mut body, id, answer);
-            Reply { body, is_error }
-        }));
-    }
-    Ok(Attempted { rendered, verdicts })
-}
-
-/// The upstream's answers in call order: a batch answer may come in any order, and is matched
-/// by ethgate's ids `0..n` in one pass.
-fn match_answers(
-    body: &[u8],
-    n: usize,
-    framing: Framing,
-) -> Result<Vec<UpstreamResponse<'_>>, String> {
-    // UTF-8 checked once for the whole answer rather than by serde_json string by string.
-    let body = std::str::from_utf8(body).map_err(|e| format!("not a JSON-RPC answer: {e}"))?;
-    if framing == Framing::Single {
-        let answer =
-            serde_json::from_str(body).map_err(|e| format!("not a JSON-RPC answer: {e}"))?;
-        return Ok(vec![answer]);
-    }
-    let answers: Vec<UpstreamResponse> =
-        serde_json::from_str(body).map_err(|e| format!("not a JSON-RPC batch answer: {e}"))?;
-    let mut slots: Vec<Option<UpstreamResponse>> = (0..n).map(|_| None).collect();
-    for answer in answers {
-        let slot = answer
-            .numeric_id()
-            .and_then(|id| usize::try_from(id).ok())
-            .and_then(|id| slots.get_mut(id))
-            .ok_or("batch answer carries an id that was not sent")?;
-        if slot.replace(answer).is_some() {
-            return Err("batch answer repeats an id".into());
-        }
-    }
-    slots
-        .into_iter()
-        .enumerate()
-        .map(|(i, slot)| slot.ok_or_else(|| format!("batch answer lacks id {i}")))
-        .collect()
 }
 
 #[cfg(test)]

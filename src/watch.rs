@@ -160,7 +160,7 @@ async fn fetch_balance(router: &Router, params: &RawValue) -> Result<u128, Strin
     struct Answer {
         result: Option<String>,
     }
-    let answer: Answer = serde_json::from_slice(&reply.body).map_err(|e| e.to_string())?;
+    let answer: Answer = serde_json::from_slice(&reply.body(&id)).map_err(|e| e.to_string())?;
     let hex = answer.result.ok_or("eth_getBalance returned an error")?;
     let digits = hex
         .strip_prefix("0x")

@@ -1,5 +1,6 @@
 //! Client-facing protocol handling, shared by HTTP and WebSocket.
 
+mod batch;
 pub mod http;
 pub mod ws;
 
@@ -10,7 +11,7 @@ use serde_json::value::RawValue;
 use crate::jsonrpc::{self, Call, RpcError};
 use crate::metrics::{self, CallResult, Metrics};
 use crate::policy::DenyList;
-use crate::router::{Framing, Reply, Router};
+use crate::router::{Answer, Framing, Router};
 use crate::subscription::{Hub, PendingSubscription, SessionHandle};
 
 /// What the front end needs to answer a client call.
@@ -111,14 +112,14 @@ impl Frontend {
         call: &Call<'_>,
         pending: &mut Vec<PendingSubscription>,
     ) -> Option<Vec<u8>> {
-        if let Some(local) = self.local(transport, call, pending) {
+        if let Some(local) = self.local(&self.deny.load(), transport, call, pending) {
             return self.render_local(transport, call, local);
         }
         match self.router.forward(&[call], Framing::Single).await {
-            Ok(mut replies) => {
-                let reply = replies.pop().flatten();
-                self.count(transport, call, reply.as_ref());
-                reply.map(|r| r.body)
+            Ok(mut answers) => {
+                let answer = answers.pop().flatten();
+                self.count(transport, call, answer.as_ref());
+                Some(answer?.body(call.id?))
             }
             Err(error) => {
                 self.metrics
@@ -128,62 +129,18 @@ impl Frontend {
         }
     }
 
-    async fn serve_batch(
-        &self,
-        transport: Transport<'_>,
-        items: Vec<jsonrpc::Decoded<'_>>,
-        pending: &mut Vec<PendingSubscription>,
-    ) -> Option<Vec<u8>> {
-        // Empty and over-long batches were refused while decoding.
-        let mut slots: Vec<Option<Vec<u8>>> = vec![None; items.len()];
-        let mut forwarded: Vec<(usize, &Call<'_>)> = Vec::new();
-        for (i, item) in items.iter().enumerate() {
-            match item {
-                Err(rejected) => {
-                    self.metrics
-                        .request(transport.label(), "other", CallResult::Invalid);
-                    slots[i] = Some(jsonrpc::error_body(rejected.id, &rejected.error));
-                }
-                Ok(call) => match self.local(transport, call, pending) {
-                    Some(local) => slots[i] = self.render_local(transport, call, local),
-                    None => forwarded.push((i, call)),
-                },
-            }
-        }
-        if !forwarded.is_empty() {
-            let calls: Vec<&Call<'_>> = forwarded.iter().map(|(_, c)| *c).collect();
-            match self.router.forward(&calls, Framing::Batch).await {
-                Ok(replies) => {
-                    for ((i, call), reply) in forwarded.iter().zip(replies) {
-                        self.count(transport, call, reply.as_ref());
-                        slots[*i] = reply.map(|r| r.body);
-                    }
-                }
-                Err(error) => {
-                    for (i, call) in &forwarded {
-                        self.metrics.request(
-                            transport.label(),
-                            &call.method,
-                            CallResult::Unavailable,
-                        );
-                        slots[*i] = call.id.map(|id| jsonrpc::error_body(Some(id), &error));
-                    }
-                }
-            }
-        }
-        join_batch(slots)
-    }
-
     /// Calls answered by ethgate itself: denied methods, subscriptions, and `eth_chainId` and
-    /// `net_version` once the chain id is verified.
+    /// `net_version` once the chain id is verified. Every method named below must be listed
+    /// in [`answers_locally`], which lets a batch skip this for repeats of other methods.
     fn local(
         &self,
+        deny: &DenyList,
         transport: Transport<'_>,
         call: &Call<'_>,
         pending: &mut Vec<PendingSubscription>,
     ) -> Option<Local> {
         let method = call.method.as_ref();
-        if self.deny.load().denies(method) {
+        if deny.denies(method) {
             return Some(Local::Error(
                 jsonrpc::method_not_allowed(method),
                 CallResult::Denied,
@@ -264,14 +221,9 @@ impl Frontend {
         Some(out)
     }
 
-    fn count(&self, transport: Transport<'_>, call: &Call<'_>, reply: Option<&Reply>) {
-        let result = if reply.is_some_and(|r| r.is_error) {
-            CallResult::RpcError
-        } else {
-            CallResult::Ok
-        };
+    fn count(&self, transport: Transport<'_>, call: &Call<'_>, answer: Option<&Answer>) {
         self.metrics
-            .request(transport.label(), &call.method, result);
+            .request(transport.label(), &call.method, result_of(answer));
     }
 }
 
@@ -291,20 +243,11 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Joins batch answers into one array; a batch of notifications only gets no body.
-fn join_batch(slots: Vec<Option<Vec<u8>>>) -> Option<Vec<u8>> {
-    let parts: Vec<Vec<u8>> = slots.into_iter().flatten().collect();
-    if parts.is_empty() {
-        return None;
+/// How a forwarded call is counted: its answer's error flag (a notification's too).
+pub(super) fn result_of(answer: Option<&Answer>) -> CallResult {
+    if answer.is_some_and(|a| a.is_error) {
+        CallResult::RpcError
+    } else {
+        CallResult::Ok
     }
-    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum::<usize>() + 1);
-    out.push(b'[');
-    for (i, part) in parts.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(part);
-    }
-    out.push(b']');
-    Some(out)
 }

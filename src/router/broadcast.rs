@@ -12,7 +12,7 @@ use tokio::time::timeout;
 
 use super::consistency::Verdict;
 use super::{
-    candidates, encode, final_error, render, AttemptError, Calls, Framing, Rendered, Reply, Router,
+    candidates, encode, final_error, render, Answer, AttemptError, Calls, Framing, Rendered, Router,
 };
 use crate::jsonrpc::{Call, RpcError, UpstreamResponse};
 use crate::policy;
@@ -160,7 +160,7 @@ async fn send_once(
 }
 
 /// Renders one upstream's answer and notes which calls it accepted.
-fn judge(answer: &[u8], calls: &[&Call<'_>], framing: Framing) -> Result<Answered, AttemptError> {
+fn judge(answer: &Bytes, calls: &[&Call<'_>], framing: Framing) -> Result<Answered, AttemptError> {
     let mut acceptance = Vec::with_capacity(calls.len());
     let attempted = render(answer, calls, framing, |_, response| {
         acceptance.push(Acceptance::of(response));
@@ -208,23 +208,19 @@ pub(super) fn choose(
             }
             reply
         })
-        .collect::<Vec<Option<Reply>>>()
+        .collect::<Vec<Option<Answer>>>()
 }
 
 /// A send that no node took afresh but some already hold is accepted: the client gets the
 /// transaction's hash, as a first send would have answered, rather than an error that would
 /// make it resend or give up.
-fn already_known_as_success(call: &Call<'_>) -> Option<Reply> {
+fn already_known_as_success(call: &Call<'_>) -> Option<Answer> {
     if call.method != "eth_sendRawTransaction" {
         return None;
     }
-    let (id, hash) = (call.id?, super::txhash::of_send_params(call.params)?);
-    let mut body = Vec::with_capacity(110);
-    crate::jsonrpc::encode_result(&mut body, id, &hash);
-    Some(Reply {
-        body,
-        is_error: false,
-    })
+    call.id?;
+    let hash = super::txhash::of_send_params(call.params)?;
+    Some(Answer::result(hash))
 }
 
 #[cfg(test)]
@@ -233,11 +229,9 @@ mod tests {
 
     use super::*;
 
-    fn reply(text: &str) -> Option<Reply> {
-        Some(Reply {
-            body: text.as_bytes().to_vec(),
-            is_error: text.contains("error"),
-        })
+    /// An answer whose value is `text`, flagged as an error when it says so.
+    fn reply(text: &str) -> Option<Answer> {
+        Some(Answer::verbatim(text, text.contains("error")))
     }
 
     fn answer(parts: &[(&str, Acceptance)]) -> Answered {
@@ -248,7 +242,7 @@ mod tests {
     }
 
     fn body(rendered: &Rendered, i: usize) -> String {
-        String::from_utf8(rendered[i].as_ref().unwrap().body.clone()).unwrap()
+        String::from_utf8(rendered[i].as_ref().unwrap().value().to_vec()).unwrap()
     }
 
     use Acceptance::*;
@@ -323,10 +317,12 @@ mod tests {
             ],
             Primary::Answered,
         );
+        let reply = picked[0].as_ref().expect("an answer");
         assert_eq!(
-            body(&picked, 0),
+            String::from_utf8(reply.body(&id)).unwrap(),
             r#"{"jsonrpc":"2.0","id":7,"result":"0x33469b22e9f636356c4160a87eb19df52b7412e8eac32a4a55ffe88ea8350788"}"#
         );
+        assert!(!reply.is_error);
     }
 
     #[test]

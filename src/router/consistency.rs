@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 
 use super::marks::Marks;
 use super::tags::{self, Tag, Use};
-use super::Reply;
+use super::Answer;
 use crate::jsonrpc::{self, Call, RpcError, UpstreamResponse};
 use crate::upstream::{Upstream, Upstreams};
 
@@ -209,23 +209,21 @@ impl Plan {
         }
     }
 
-    /// The reply for a call whose every answer was behind: the served value (the number, or
+    /// The answer for a call whose every answer was behind: the served value (the number, or
     /// the block object served under the tag, which is exact), or an honest error when that
     /// block object is not kept. Nothing is made up.
-    pub fn served_instead(&self, i: usize, tag: Tag, id: &RawValue, marks: &Marks) -> Reply {
+    pub fn served_instead(&self, i: usize, tag: Tag, marks: &Marks) -> Answer {
         let mark = self.marks[tag as usize];
-        let mut body = Vec::with_capacity(64);
-        let result = match self.uses[i] {
-            Use::BlockNumber => Some(Arc::from(format!("\"0x{mark:x}\""))),
-            Use::BlockByTag { full, .. } => marks.block(tag, full, mark),
-            _ => None,
-        };
-        let is_error = result.is_none();
-        match result {
-            Some(result) => jsonrpc::encode_result(&mut body, id, &result),
-            None => jsonrpc::encode_error(&mut body, Some(id), &behind_error(tag, mark)),
+        match self.uses[i] {
+            Use::BlockNumber => return Answer::result(format!("\"0x{mark:x}\"")),
+            Use::BlockByTag { full, .. } => {
+                if let Some(block) = marks.block(tag, full, mark) {
+                    return Answer::result(block.as_bytes().to_vec());
+                }
+            }
+            _ => {}
         }
-        Reply { body, is_error }
+        Answer::error(&behind_error(tag, mark))
     }
 }
 

@@ -221,23 +221,23 @@ fn when_every_upstream_is_behind_the_served_value_is_answered() {
     let refs: Vec<&Call> = calls.iter().collect();
     let plan = Plan::new(&refs, &marks, &set, 5);
     let id = raw("7");
-    let text = |r: Reply| (String::from_utf8(r.body).unwrap(), r.is_error);
+    let text = |r: Answer| (String::from_utf8(r.body(&id)).unwrap(), r.is_error);
     assert_eq!(
-        text(plan.served_instead(0, Tag::Latest, &id, &marks)),
+        text(plan.served_instead(0, Tag::Latest, &marks)),
         (
             r#"{"jsonrpc":"2.0","id":7,"result":"0x64"}"#.to_string(),
             false
         )
     );
     assert_eq!(
-        text(plan.served_instead(1, Tag::Latest, &id, &marks)),
+        text(plan.served_instead(1, Tag::Latest, &marks)),
         (
             r#"{"jsonrpc":"2.0","id":7,"result":{"number":"0x64"}}"#.to_string(),
             false
         )
     );
     // The full-transactions form was never served: an honest error, not a made-up block.
-    let (body, is_error) = text(plan.served_instead(2, Tag::Latest, &id, &marks));
+    let (body, is_error) = text(plan.served_instead(2, Tag::Latest, &marks));
     assert!(is_error);
     assert!(body.contains("-32002") && body.contains("0x64"), "{body}");
 }

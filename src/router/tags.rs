@@ -191,7 +191,14 @@ pub fn block_number(result: &RawValue) -> Option<u64> {
 
 /// A hex quantity answer such as `eth_blockNumber`'s.
 pub fn quantity(result: &RawValue) -> Option<u64> {
-    parse_hex(serde_json::from_str::<&str>(result.get()).ok()?)
+    let raw = result.get();
+    // A raw value that opens with a quote is a whole JSON string; without a backslash its
+    // text is what lies between the quotes, so the common answer skips a parser round.
+    let text = match raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+        Some(inner) if !inner.contains('\\') => inner,
+        _ => serde_json::from_str::<&str>(raw).ok()?,
+    };
+    parse_hex(text)
 }
 
 /// `params` with every block parameter written as `tag` replaced by block `number`, or `None`
@@ -408,5 +415,9 @@ mod tests {
         assert_eq!(block_number(&raw("null")), None);
         assert_eq!(quantity(&raw(r#""0x10""#)), Some(16));
         assert_eq!(quantity(&raw("16")), None);
+        // Escaped text cannot be borrowed and never was read; plain text is read between the quotes.
+        assert_eq!(quantity(&raw(r#""\u0030x10""#)), None);
+        assert_eq!(quantity(&raw(r#""0x""#)), None);
+        assert_eq!(quantity(&raw(r#""""#)), None);
     }
 }

@@ -1,3 +1,4 @@
+use crate::jsonrpc::UpstreamResponse;
 use serde_json::value::RawValue;
 
 use super::*;
@@ -73,9 +74,8 @@ fn reversed_batch_answer_is_restored_to_request_order_with_client_ids() {
     let b = call(Some(&id_b), "eth_b");
     let answer =
         br#"[{"jsonrpc":"2.0","id":1,"result":"B"},{"jsonrpc":"2.0","id":0,"result":"A"}]"#;
-    let attempted = render(answer, &[&a, &b], Framing::Batch, |_, _| Verdict::Fine).unwrap();
-    let bodies: Vec<String> = attempted
-        .rendered
+    let bodies: Vec<String> = splice(answer, &[&a, &b], Framing::Batch)
+        .unwrap()
         .into_iter()
         .map(|r| String::from_utf8(r.unwrap().body).unwrap())
         .collect();
@@ -93,17 +93,29 @@ fn notification_gets_no_reply_and_incomplete_batch_is_a_bad_answer() {
     let n = call(None, "eth_n");
     let answer = br#"[{"id":0,"result":"A"},{"id":1,"result":null}]"#;
     let fine = |_: usize, _: &UpstreamResponse<'_>| Verdict::Fine;
-    let attempted = render(answer, &[&a, &n], Framing::Batch, fine).unwrap();
+    let attempted = render(&Bytes::from_static(answer), &[&a, &n], Framing::Batch, fine).unwrap();
     assert!(attempted.rendered[1].is_none());
     assert!(render(
-        br#"[{"id":0,"result":"A"}]"#,
+        &Bytes::from_static(br#"[{"id":0,"result":"A"}]"#),
         &[&a, &n],
         Framing::Batch,
         fine
     )
     .is_err());
-    assert!(render(b"<html>502</html>", &[&a], Framing::Single, fine).is_err());
-    assert!(render(br#"{"id":0}"#, &[&a], Framing::Single, fine).is_err());
+    assert!(render(
+        &Bytes::from_static(b"<html>502</html>"),
+        &[&a],
+        Framing::Single,
+        fine
+    )
+    .is_err());
+    assert!(render(
+        &Bytes::from_static(br#"{"id":0}"#),
+        &[&a],
+        Framing::Single,
+        fine
+    )
+    .is_err());
 }
 
 #[test]
@@ -111,18 +123,21 @@ fn verdicts_are_collected_per_call_and_errors_flagged() {
     let id = raw("1");
     let a = call(Some(&id), "eth_call");
     let missing = br#"{"id":0,"error":{"code":-32000,"message":"header not found"}}"#;
-    let attempted = render(missing, &[&a], Framing::Single, |_, r| {
-        match r.error_summary() {
+    let attempted = render(
+        &Bytes::from_static(missing),
+        &[&a],
+        Framing::Single,
+        |_, r| match r.error_summary() {
             Some(_) => Verdict::Lacking,
             None => Verdict::Fine,
-        }
-    })
+        },
+    )
     .unwrap();
     assert!(attempted.wants_retry());
     assert_eq!(attempted.retry_label(), AttemptResult::MissingData);
     assert!(attempted.rendered[0].as_ref().unwrap().is_error);
     let ok = br#"{"id":0,"result":"0x1"}"#;
-    let attempted = render(ok, &[&a], Framing::Single, |_, _| {
+    let attempted = render(&Bytes::from_static(ok), &[&a], Framing::Single, |_, _| {
         Verdict::Behind(tags::Tag::Latest)
     })
     .unwrap();
@@ -154,4 +169,126 @@ fn an_answer_that_is_not_utf8_is_a_bad_answer() {
     )
     .expect_err("refused");
     assert!(error.starts_with("not a JSON-RPC answer"), "{error}");
+}
+
+/// The response for `answer` (framed as a single call) under the client id `id`.
+fn relayed(id: &str, answer: &[u8]) -> Reply {
+    let id = raw(id);
+    let c = call(Some(&id), "eth_call");
+    let mut rendered = splice(answer, &[&c], Framing::Single).expect("spliced");
+    rendered.pop().flatten().expect("a reply")
+}
+
+#[test]
+fn relayed_answer_carries_client_id_and_upstream_bytes() {
+    let reply = relayed(
+        "123456789012345678901234567890",
+        br#"{"jsonrpc":"2.0","id":3,"result":{"a" : 1}}"#,
+    );
+    assert_eq!(
+        String::from_utf8(reply.body).unwrap(),
+        r#"{"jsonrpc":"2.0","id":123456789012345678901234567890,"result":{"a" : 1}}"#
+    );
+    assert!(!reply.is_error);
+}
+
+#[test]
+fn relayed_error_is_unchanged_and_a_null_error_is_no_error() {
+    let reply = relayed(
+        r#""q""#,
+        br#"{"jsonrpc":"2.0","id":0,"error":{"code":3,"message":"execution reverted","data":"0x08c379a0"}}"#,
+    );
+    assert_eq!(
+        String::from_utf8(reply.body).unwrap(),
+        r#"{"jsonrpc":"2.0","id":"q","error":{"code":3,"message":"execution reverted","data":"0x08c379a0"}}"#
+    );
+    assert!(reply.is_error);
+    let reply = relayed("1", br#"{"id":0,"error":null,"result":[1, 2]}"#);
+    assert_eq!(
+        String::from_utf8(reply.body).unwrap(),
+        r#"{"jsonrpc":"2.0","id":1,"result":[1, 2]}"#
+    );
+    assert!(!reply.is_error);
+    let reply = relayed("1", br#"{"id":0,"error":null}"#);
+    assert_eq!(
+        String::from_utf8(reply.body).unwrap(),
+        r#"{"jsonrpc":"2.0","id":1,"result":null}"#
+    );
+}
+
+#[test]
+fn answers_made_by_ethgate_render_like_error_bodies() {
+    let id = raw(r#"["odd"]"#);
+    let error = jsonrpc::NO_HEALTHY_UPSTREAM.with_data("a \"detail\"".into());
+    assert_eq!(
+        Answer::error(&error).body(&id),
+        jsonrpc::error_body(Some(&id), &error)
+    );
+    assert_eq!(
+        Answer::result("\"0x10\"").body(&id),
+        br#"{"jsonrpc":"2.0","id":["odd"],"result":"0x10"}"#.to_vec()
+    );
+}
+
+#[test]
+fn batch_answers_with_unknown_repeated_or_missing_ids_are_bad_answers() {
+    let (one, two) = (raw("1"), raw("2"));
+    let (a, b) = (call(Some(&one), "eth_a"), call(Some(&two), "eth_b"));
+    let splice_batch = |answer: &[u8]| splice(answer, &[&a, &b], Framing::Batch);
+    let refused = |answer: &[u8]| splice_batch(answer).expect_err("refused");
+    for (answer, reason) in [
+        (
+            &br#"[{"id":0,"result":1},{"id":0,"result":2}]"#[..],
+            "batch answer repeats an id",
+        ),
+        (
+            br#"[{"id":0,"result":1},{"id":2,"result":2}]"#,
+            "batch answer carries an id that was not sent",
+        ),
+        (
+            br#"[{"id":0,"result":1},{"id":"1","result":2}]"#,
+            "batch answer carries an id that was not sent",
+        ),
+        (
+            br#"[{"id":0,"result":1},{"id":-1,"result":2}]"#,
+            "batch answer carries an id that was not sent",
+        ),
+        (
+            br#"[{"id":0,"result":1},{"result":2}]"#,
+            "batch answer carries an id that was not sent",
+        ),
+        (br#"[{"id":1,"result":2}]"#, "batch answer lacks id 0"),
+    ] {
+        assert_eq!(
+            refused(answer),
+            reason,
+            "{}",
+            String::from_utf8_lossy(answer)
+        );
+    }
+    for answer in [
+        &br#"{"id":0,"result":1}"#[..],
+        br#"[{"id":0,"result":1},{"id":1,"result":2}] x"#,
+        br#"[{"id":0,"result":1},{"id":1,"result":2}"#,
+        br#"[{"id":0,"result":1},{"id":1,"result":2},]"#,
+    ] {
+        let reason = refused(answer);
+        assert!(
+            reason.starts_with("not a JSON-RPC batch answer"),
+            "{reason}"
+        );
+    }
+    let spaced = b" [ {\"result\" : 2 , \"id\" : 1 } ,\n{ \"id\":0, \"result\":1} ] ";
+    let replies = splice_batch(spaced).expect("whitespace is fine");
+    let bodies: Vec<_> = replies
+        .into_iter()
+        .map(|r| String::from_utf8(r.unwrap().body).unwrap())
+        .collect();
+    assert_eq!(
+        bodies,
+        [
+            r#"{"jsonrpc":"2.0","id":1,"result":1}"#,
+            r#"{"jsonrpc":"2.0","id":2,"result":2}"#
+        ]
+    );
 }

@@ -1,0 +1,244 @@
+//! Upstream answers split into one [`Answer`] per forwarded call, matched to the calls by
+//! ethgate's ids, and written under the client's ids ([`Answer::write`]).
+
+use std::cell::Cell;
+use std::fmt;
+
+use bytes::Bytes;
+use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+
+use super::consistency::Verdict;
+use super::Attempted;
+use super::Framing;
+use crate::jsonrpc::{self, Call, RpcError, UpstreamResponse};
+
+/// One response spliced under the client's id, complete: what [`splice`] gives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The complete response object.
+    pub body: Vec<u8>,
+    /// Whether it carries a JSON-RPC error.
+    pub is_error: bool,
+}
+
+/// The member of a response object that carries the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Member {
+    Result,
+    Error,
+}
+
+/// One response without its id: the front end writes it under the call's id straight into
+/// the reply body ([`Answer::write`]). A relayed value is a slice of the upstream's answer
+/// (a reference count, no copy), so a batch of n calls costs no n allocations here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    member: Member,
+    /// The member's JSON value, exactly as the upstream wrote it or as ethgate made it.
+    value: Bytes,
+    /// Whether it carries a JSON-RPC error.
+    pub is_error: bool,
+}
+
+impl Answer {
+    /// A result ethgate made (`value` is JSON text).
+    pub fn result(value: impl Into<Bytes>) -> Answer {
+        Answer {
+            member: Member::Result,
+            value: value.into(),
+            is_error: false,
+        }
+    }
+
+    /// An error ethgate made.
+    pub fn error(error: &RpcError) -> Answer {
+        let mut value = Vec::with_capacity(64);
+        jsonrpc::encode_error_object(&mut value, error);
+        Answer {
+            member: Member::Error,
+            value: value.into(),
+            is_error: true,
+        }
+    }
+
+    /// The upstream's `response` (which borrows from `answer`) as relayed: its error when
+    /// that is not `null`, else its result, else a `null` result.
+    fn relayed(answer: &Bytes, response: &UpstreamResponse<'_>) -> Answer {
+        let (member, value) = match (response.error, response.result) {
+            (Some(error), _) if error.get() != "null" => (Member::Error, error),
+            (_, Some(result)) => (Member::Result, result),
+            _ => {
+                return Answer {
+                    member: Member::Result,
+                    value: Bytes::from_static(b"null"),
+                    is_error: false,
+                }
+            }
+        };
+        Answer {
+            member,
+            // `value` borrows from `answer` (parsed in place), so this is a sub-slice of it.
+            value: answer.slice_ref(value.get().as_bytes()),
+            is_error: member == Member::Error,
+        }
+    }
+
+    /// Appends the response object under the client's `id`.
+    pub fn write(&self, out: &mut Vec<u8>, id: &RawValue) {
+        out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
+        out.extend_from_slice(id.get().as_bytes());
+        out.extend_from_slice(match self.member {
+            Member::Result => b",\"result\":",
+            Member::Error => b",\"error\":",
+        });
+        out.extend_from_slice(&self.value);
+        out.push(b'}');
+    }
+
+    /// A result whose value is `text` as given, flagged as `is_error` (tests of choosing).
+    #[cfg(test)]
+    pub(super) fn verbatim(text: &str, is_error: bool) -> Answer {
+        Answer {
+            member: Member::Result,
+            value: Bytes::copy_from_slice(text.as_bytes()),
+            is_error,
+        }
+    }
+
+    /// The member's value.
+    #[cfg(test)]
+    pub(super) fn value(&self) -> &[u8] {
+        &self.value
+    }
+
+    /// The complete response object under the client's `id`.
+    pub fn body(&self, id: &RawValue) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.value.len() + id.get().len() + 32);
+        self.write(&mut out, id);
+        out
+    }
+}
+
+/// Answers, one per forwarded call (`None` for notifications).
+pub type Rendered = Vec<Option<Answer>>;
+
+/// Splices an upstream answer into one response per call under the client's ids, judging
+/// nothing: the splicing alone, public for the fuzz target and its corpus.
+pub fn splice(
+    body: &[u8],
+    calls: &[&Call<'_>],
+    framing: Framing,
+) -> Result<Vec<Option<Reply>>, String> {
+    let body = Bytes::copy_from_slice(body);
+    let attempted = render(&body, calls, framing, |_, _| Verdict::Fine)?;
+    Ok(calls
+        .iter()
+        .zip(attempted.rendered)
+        .map(|(call, answer)| {
+            let (id, answer) = (call.id?, answer?);
+            Some(Reply {
+                body: answer.body(id),
+                is_error: answer.is_error,
+            })
+        })
+        .collect())
+}
+
+/// Splits an upstream answer into one [`Answer`] per call, with `judge`'s verdict on each.
+pub(super) fn render(
+    body: &Bytes,
+    calls: &[&Call<'_>],
+    framing: Framing,
+    mut judge: impl FnMut(usize, &UpstreamResponse<'_>) -> Verdict,
+) -> Result<Attempted, String> {
+    let answers = match_answers(body, calls.len(), framing)?;
+    let mut verdicts = Vec::with_capacity(calls.len());
+    let mut rendered = Vec::with_capacity(calls.len());
+    for (i, (call, answer)) in calls.iter().zip(&answers).enumerate() {
+        if answer.result.is_none() && answer.error.is_none() {
+            return Err(format!("answer {i} has neither result nor error"));
+        }
+        verdicts.push(judge(i, answer));
+        rendered.push(call.id.map(|_| Answer::relayed(body, answer)));
+    }
+    Ok(Attempted { rendered, verdicts })
+}
+
+/// The upstream's answers in call order: a batch answer may come in any order, and each
+/// response is put in the slot of its id (ethgate's `0..n`) as it is parsed, in one pass.
+fn match_answers(
+    body: &[u8],
+    n: usize,
+    framing: Framing,
+) -> Result<Vec<UpstreamResponse<'_>>, String> {
+    // UTF-8 checked once for the whole answer rather than by serde_json string by string.
+    let body = std::str::from_utf8(body).map_err(|e| format!("not a JSON-RPC answer: {e}"))?;
+    if framing == Framing::Single {
+        let answer =
+            serde_json::from_str(body).map_err(|e| format!("not a JSON-RPC answer: {e}"))?;
+        return Ok(vec![answer]);
+    }
+    let mut slots: Vec<Option<UpstreamResponse>> = (0..n).map(|_| None).collect();
+    let problem = Cell::new(None);
+    let mut deserializer = serde_json::Deserializer::from_str(body);
+    let placed = BatchAnswer {
+        slots: &mut slots,
+        problem: &problem,
+    }
+    .deserialize(&mut deserializer)
+    .and_then(|()| deserializer.end());
+    if let Err(e) = placed {
+        return Err(match problem.get() {
+            Some(problem) => problem.to_string(),
+            None => format!("not a JSON-RPC batch answer: {e}"),
+        });
+    }
+    slots
+        .into_iter()
+        .enumerate()
+        .map(|(i, slot)| slot.ok_or_else(|| format!("batch answer lacks id {i}")))
+        .collect()
+}
+
+/// Visits a batch answer, putting each response in its slot; a response whose id was not sent
+/// or comes twice stops it with the reason in `problem`.
+struct BatchAnswer<'s, 'a> {
+    slots: &'s mut [Option<UpstreamResponse<'a>>],
+    problem: &'s Cell<Option<&'static str>>,
+}
+
+impl<'de> DeserializeSeed<'de> for BatchAnswer<'_, 'de> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for BatchAnswer<'_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON-RPC batch answer")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(answer) = seq.next_element::<UpstreamResponse<'de>>()? {
+            let Some(slot) = answer
+                .numeric_id()
+                .and_then(|id| usize::try_from(id).ok())
+                .and_then(|id| self.slots.get_mut(id))
+            else {
+                self.problem
+                    .set(Some("batch answer carries an id that was not sent"));
+                return Err(de::Error::custom("unexpected id"));
+            };
+            if slot.replace(answer).is_some() {
+                self.problem.set(Some("batch answer repeats an id"));
+                return Err(de::Error::custom("repeated id"));
+            }
+        }
+        Ok(())
+    }
+}

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use bytes::BytesMut;
 use futures_util::task::{waker_ref, ArcWake, AtomicWaker};
 use futures_util::{SinkExt, Stream, StreamExt};
 use http::StatusCode;
@@ -57,7 +56,7 @@ pub fn accept(head: &RequestHead) -> Result<&str, Response> {
 
 /// Runs a session on a connection whose `101` has been sent; `read_ahead` holds what the
 /// client sent after its upgrade request, already read from the socket.
-pub async fn serve_upgraded<IO>(frontend: Arc<Frontend>, io: IO, read_ahead: BytesMut)
+pub async fn serve_upgraded<IO>(frontend: Arc<Frontend>, io: IO, read_ahead: Vec<u8>)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -68,8 +67,7 @@ where
         .max_message_size(Some(frontend.max_request_bytes))
         .max_frame_size(Some(frontend.max_request_bytes));
     let socket =
-        WebSocketStream::from_partially_read(io, read_ahead.to_vec(), Role::Server, Some(config))
-            .await;
+        WebSocketStream::from_partially_read(io, read_ahead, Role::Server, Some(config)).await;
     run_session(frontend, socket).await;
 }
 

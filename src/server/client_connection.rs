@@ -49,6 +49,13 @@ pub(super) struct Connection<'s, IO> {
     peer: (SocketAddr, SocketAddr),
 }
 
+/// A connection upgraded to WebSocket: its socket, and what the client sent after its
+/// upgrade request.
+pub(super) struct Upgraded<IO> {
+    pub io: IO,
+    pub read_ahead: Vec<u8>,
+}
+
 /// A request body that has arrived.
 enum Body {
     /// The first `len` bytes of the read buffer.
@@ -81,14 +88,15 @@ where
         }
     }
 
-    /// Serves requests until the connection closes or becomes a WebSocket session.
-    pub(super) async fn serve(mut self) {
+    /// Serves requests until the connection closes, or until a WebSocket upgrade, whose
+    /// socket and read-ahead bytes it returns.
+    pub(super) async fn serve(mut self) -> Option<Upgraded<IO>> {
         loop {
             self.trim_read_buffer();
             let head = match self.read_head().await {
                 Ok(head) => head,
                 Err(Refusal::Answer(response)) => return self.finish(&response).await,
-                Err(Refusal::Close) => return,
+                Err(Refusal::Close) => return None,
             };
             let (response, body_read) = match front::route(&head) {
                 Route::Upgrade => match ws::accept(&head) {
@@ -98,14 +106,14 @@ where
                 Route::Rpc => match self.read_body(&head).await {
                     Ok(body) => (self.answer_rpc(body).await, true),
                     Err(Refusal::Answer(refusal)) => (refusal, false),
-                    Err(Refusal::Close) => return,
+                    Err(Refusal::Close) => return None,
                 },
                 Route::Answer(answer) => (answer(), false),
             };
             // A body left unread would be taken for the next request: close instead.
             let unread_body = head.body != BodyLength::Empty && !body_read;
             if !self.respond(&head, response, unread_body).await {
-                return;
+                return None;
             }
         }
     }
@@ -135,10 +143,11 @@ where
     }
 
     /// Writes a last answer and closes.
-    async fn finish(&mut self, response: &Response) {
+    async fn finish(&mut self, response: &Response) -> Option<Upgraded<IO>> {
         if self.write(response, false).await.is_ok() {
             self.close().await;
         }
+        None
     }
 
     /// Sends our FIN, then reads and drops what the client still sends (the rest of a body
@@ -181,15 +190,17 @@ where
         }
     }
 
-    /// Sends the `101` and runs the WebSocket session on this connection.
-    async fn upgrade(mut self, accept: &str) {
+    /// Sends the `101` and hands the socket over.
+    async fn upgrade(mut self, accept: &str) -> Option<Upgraded<IO>> {
         self.out.clear();
         response::switching_protocols(accept, &mut self.out);
         let out = std::mem::take(&mut self.out);
-        if self.write_all(&out).await.is_err() {
-            return;
-        }
-        ws::serve_upgraded(self.settings.frontend.clone(), self.io, self.buf).await;
+        self.write_all(&out).await.ok()?;
+        Some(Upgraded {
+            io: self.io,
+            // Usually empty: a client rarely sends frames before it reads the 101.
+            read_ahead: self.buf.to_vec(),
+        })
     }
 
     async fn write(&mut self, response: &Response, head_only: bool) -> std::io::Result<()> {

@@ -20,7 +20,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::ServerConfig;
 use crate::connection::{ConnectionCount, ConnectionGuard};
-use crate::frontend::Frontend;
+use crate::frontend::{ws, Frontend};
 use crate::metrics::DenyReason;
 use crate::shutdown::Drain;
 use access::Access;
@@ -209,17 +209,24 @@ impl Settings {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        // The guard lives as long as this task: a WebSocket session runs on it too.
         let Peer {
             addr,
             client,
             guard,
         } = peer;
         let io = write_timeout::WriteTimeout::new(io, self.write_timeout);
-        client_connection::Connection::new(self, io, (addr, client))
-            .serve()
-            .await;
-        drop(guard);
+        let connection = client_connection::Connection::new(self, io, (addr, client));
+        let Some(upgraded) = connection.serve().await else {
+            return;
+        };
+        // A task of its own: this one's future is sized for HTTP handling, which would
+        // otherwise be every idle WebSocket client's memory. The session keeps the
+        // connection's place in `max_connections` and in the open-connection count.
+        let frontend = self.frontend.clone();
+        self.drain.tracker.spawn(async move {
+            let _guard = guard;
+            ws::serve_upgraded(frontend, upgraded.io, upgraded.read_ahead).await;
+        });
     }
 }
 

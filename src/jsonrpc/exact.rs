@@ -6,17 +6,14 @@
 //! unparseable (there), so such rare bodies take this path.
 
 use std::borrow::Cow;
-use std::cell::Cell;
-use std::fmt;
 
-use serde::de::{DeserializeSeed, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
+use super::batch;
 use super::element::id_type_ok;
 use super::{
-    Call, Decoded, Incoming, Rejected, RpcError, BATCH_TOO_LARGE, EMPTY_BATCH, INVALID_REQUEST,
-    PARSE_ERROR,
+    Call, Decoded, Incoming, Rejected, RpcError, EMPTY_BATCH, INVALID_REQUEST, PARSE_ERROR,
 };
 
 /// A request object as serde's derive reads it.
@@ -56,7 +53,7 @@ pub(super) fn decode(body: &[u8], max_batch_len: usize) -> Result<Incoming<'_>, 
     let body = std::str::from_utf8(body).map_err(|_| PARSE_ERROR)?;
     let first = body.bytes().find(|b| !b.is_ascii_whitespace());
     if first == Some(b'[') {
-        let elements = raw_elements(body, max_batch_len)?;
+        let elements = batch::read_elements::<&RawValue>(body, max_batch_len, 0)?;
         if elements.is_empty() {
             return Err(EMPTY_BATCH);
         }
@@ -73,58 +70,6 @@ pub(super) fn decode(body: &[u8], max_batch_len: usize) -> Result<Incoming<'_>, 
             })))
         }
         Err(_) => Err(PARSE_ERROR),
-    }
-}
-
-/// The raw elements of a JSON array body, at most `limit` of them.
-fn raw_elements(body: &str, limit: usize) -> Result<Vec<&RawValue>, RpcError> {
-    let too_long = Cell::new(false);
-    let mut deserializer = serde_json::Deserializer::from_str(body);
-    let seed = Elements {
-        limit,
-        too_long: &too_long,
-    };
-    let parsed = seed
-        .deserialize(&mut deserializer)
-        .and_then(|elements| deserializer.end().map(|()| elements));
-    match parsed {
-        Ok(elements) => Ok(elements),
-        Err(_) if too_long.get() => Err(BATCH_TOO_LARGE),
-        Err(_) => Err(PARSE_ERROR),
-    }
-}
-
-/// Visits the array, stopping at element `limit + 1`; `too_long` tells that stop apart.
-struct Elements<'f> {
-    limit: usize,
-    too_long: &'f Cell<bool>,
-}
-
-impl<'de> DeserializeSeed<'de> for Elements<'_> {
-    type Value = Vec<&'de RawValue>;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_seq(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Elements<'_> {
-    type Value = Vec<&'de RawValue>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON-RPC batch")
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut elements = Vec::new();
-        while let Some(element) = seq.next_element::<&'de RawValue>()? {
-            if elements.len() == self.limit {
-                self.too_long.set(true);
-                return Err(serde::de::Error::custom("batch too large"));
-            }
-            elements.push(element);
-        }
-        Ok(elements)
     }
 }
 

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use ethgate::config::{Config, UpstreamConfig};
+use ethgate::config::{CallTransport, Config, UpstreamConfig};
 use ethgate::upstream::dial::dial_ws;
 use ethgate::upstream::probe::{probe_endpoint, probe_over, Batch, Report};
 use ethgate::upstream::ws::WsMux;
@@ -56,10 +56,10 @@ async fn probe_all(config: &Config) -> bool {
         let started = Instant::now();
         let pool = HttpPool::for_upstream(timeout, config.server.max_response_bytes, upstream);
         let probe = async {
-            match &upstream.http {
-                Some(uri) => probe_endpoint(&pool, uri).await,
-                // A WebSocket-only upstream is probed over its WebSocket, as ethgate would.
-                None => {
+            match (upstream.calls, &upstream.http) {
+                (CallTransport::Http, Some(uri)) => probe_endpoint(&pool, uri).await,
+                // Calls over the WebSocket are probed over it, as ethgate would.
+                _ => {
                     let mux =
                         WsMux::new(upstream.clone(), timeout, config.server.max_response_bytes);
                     probe_over(|body| mux.post(body), Batch::Plain).await

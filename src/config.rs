@@ -148,6 +148,19 @@ pub struct UpstreamConfig {
     /// Headers sent on every HTTP request and on the WebSocket handshake (URL userinfo
     /// becomes an `Authorization: Basic` entry here). Debug output shows names only.
     pub headers: Credentials,
+    /// The endpoint JSON-RPC calls (and probes) go to.
+    pub calls: CallTransport,
+}
+
+/// Which endpoint of an upstream carries JSON-RPC calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CallTransport {
+    /// One pooled keep-alive connection per call in flight (`http`).
+    #[default]
+    Http,
+    /// Every call multiplexed over one WebSocket connection (`ws`): fewer connections and
+    /// writes coalesced across calls, but the node answers them all on one socket.
+    Ws,
 }
 
 impl fmt::Debug for UpstreamConfig {
@@ -167,6 +180,7 @@ impl fmt::Debug for UpstreamConfig {
             .field("priority", &self.priority)
             .field("tls", &self.tls)
             .field("headers", &self.headers)
+            .field("calls", &self.calls)
             .finish()
     }
 }

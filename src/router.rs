@@ -219,18 +219,15 @@ impl Router {
         plan: &Plan,
     ) -> Result<Attempted, AttemptError> {
         let pins = plan.pins_for(calls, upstream);
-        let answer = self.post(upstream, encode(calls, &pins, framing)).await?;
-        render(&answer, calls, framing, |i, response| {
+        let n = calls.len() as u64;
+        let call = upstream.call(n, |base| encode(calls, &pins, framing, base));
+        let (answer, base) = timeout(self.request_timeout, call)
+            .await
+            .map_err(|_| AttemptError::Timeout(self.request_timeout))??;
+        render(&answer, base, calls, framing, |i, response| {
             plan.judge(i, pins[i].is_some(), response, &self.marks)
         })
         .map_err(AttemptError::BadAnswer)
-    }
-
-    /// POSTs `body` to `upstream` within the request budget.
-    async fn post(&self, upstream: &Upstream, body: Bytes) -> Result<Bytes, AttemptError> {
-        Ok(timeout(self.request_timeout, upstream.post(body))
-            .await
-            .map_err(|_| AttemptError::Timeout(self.request_timeout))??)
     }
 }
 
@@ -269,9 +266,14 @@ fn final_error(failures: &[(&Upstream, AttemptError)], calls: Calls) -> RpcError
     jsonrpc::NO_HEALTHY_UPSTREAM.with_data(detail.join("; "))
 }
 
-/// Encodes the forwarded calls with ethgate's ids `0..n`; `pins[i]`, when present, replaces
-/// call `i`'s params.
-fn encode(calls: &[&Call<'_>], pins: &[Option<Box<RawValue>>], framing: Framing) -> Bytes {
+/// Encodes the forwarded calls with ethgate's ids `base..base + n`; `pins[i]`, when present,
+/// replaces call `i`'s params.
+fn encode(
+    calls: &[&Call<'_>],
+    pins: &[Option<Box<RawValue>>],
+    framing: Framing,
+    base: u64,
+) -> Bytes {
     let batch = framing == Framing::Batch;
     let mut out = Vec::with_capacity(64 + calls.len() * 96);
     if batch {
@@ -282,7 +284,7 @@ fn encode(calls: &[&Call<'_>], pins: &[Option<Box<RawValue>>], framing: Framing)
             out.push(b',');
         }
         let params = pins.get(i).and_then(|p| p.as_deref()).or(call.params);
-        jsonrpc::encode_request(&mut out, i as u64, &call.method, params);
+        jsonrpc::encode_request(&mut out, base + i as u64, &call.method, params);
     }
     if batch {
         out.push(b']');

@@ -70,6 +70,18 @@ impl Drop for DumpOnPanic<'_> {
 }
 
 fn ethgate_config(ports: &Ports, dev: &Devnet) -> String {
+    ethgate_config_with_calls(ports, dev, None)
+}
+
+/// The config with `calls = "…"` on every upstream when given.
+fn ethgate_config_with_calls(ports: &Ports, dev: &Devnet, calls: Option<&str>) -> String {
+    let mut upstreams = devnet_upstreams(dev);
+    if let Some(calls) = calls {
+        upstreams = upstreams.replace(
+            "[[upstream]]\n",
+            &format!("[[upstream]]\ncalls = \"{calls}\"\n"),
+        );
+    }
     format!(
         r#"chain_id = {CHAIN_ID}
 
@@ -89,7 +101,6 @@ level = "info"
 {upstreams}"#,
         listen = ports.listen,
         admin = ports.admin,
-        upstreams = devnet_upstreams(dev),
     )
 }
 
@@ -392,16 +403,27 @@ async fn devnet_nodes_stay_on_one_chain() {
 /// upstream is killed: no read may fail, and /status must show the failover.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ethgate_fails_over_between_real_nodes_under_ethers_load() {
-    if !deps_present(
-        "ethgate_fails_over_between_real_nodes_under_ethers_load",
-        true,
-    ) {
-        return;
+    let test = "ethgate_fails_over_between_real_nodes_under_ethers_load";
+    if deps_present(test, true) {
+        fails_over_under_ethers_load(None).await;
     }
+}
+
+/// The same with every call multiplexed over the nodes' WebSockets (`calls = "ws"`): the
+/// broadcast of a transaction, probes, and reads that must move when their node dies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_over_the_nodes_websockets_fail_over_under_ethers_load() {
+    let test = "calls_over_the_nodes_websockets_fail_over_under_ethers_load";
+    if deps_present(test, true) {
+        fails_over_under_ethers_load(Some("ws")).await;
+    }
+}
+
+async fn fails_over_under_ethers_load(calls: Option<&str>) {
     let dev = Arc::new(Devnet::start(3).await.expect("start devnet"));
     let miner = dev.spawn_miner(Duration::from_millis(500));
     let ports = Ports::free();
-    let config = ethgate_config(&ports, &dev);
+    let config = ethgate_config_with_calls(&ports, &dev, calls);
     let eg = Gateway::spawn(ports, &config, &[], Duration::from_secs(20))
         .await
         .unwrap_or_else(|e| panic!("ethgate did not start: {e}\nconfig:\n{config}"));

@@ -1,6 +1,7 @@
-//! WebSocket-only upstreams (`ws` without `http`): probes, calls and batches go over one
-//! multiplexed WebSocket with ids rewritten; subscriptions are fed from it too; a lost
-//! connection is re-opened; `wss://` with credentials works the same.
+//! WebSocket-only upstreams (`ws` without `http`), and upstreams with `calls = "ws"`: probes,
+//! calls and batches go over one multiplexed WebSocket with ids unique on it; subscriptions
+//! are fed from it too; a lost connection is re-opened; `wss://` with credentials works the
+//! same.
 
 mod support;
 
@@ -68,6 +69,48 @@ async fn a_ws_only_upstream_serves_probes_calls_batches_and_subscriptions() {
     mock.set_head(101);
     mock.emit_new_head(101);
     assert_eq!(client.head_numbers(&id, 1).await, vec![101]);
+}
+
+#[tokio::test]
+async fn calls_ws_moves_probes_calls_batches_and_writes_off_http() {
+    let mock = MockUpstream::start().await;
+    let toml = format!(
+        "{HEAD}[[upstream]]\nname = \"both\"\nhttp = \"{}\"\nws = \"{}\"\ncalls = \"ws\"\n",
+        mock.http_url(),
+        mock.ws_url()
+    );
+    mock.set_result("eth_gasPrice", json!("0x2a"));
+    mock.set_result("eth_sendRawTransaction", json!("0xfeed"));
+    let gw = Gateway::start_toml(&toml).await;
+    gw.wait_state("both", "healthy").await;
+
+    let answer = gw.call("eth_gasPrice", json!([])).await;
+    assert_eq!(result_of(&answer), json!("0x2a"));
+    let batch = gw
+        .rpc(r#"[{"jsonrpc":"2.0","id":"x","method":"eth_gasPrice","params":[]},{"jsonrpc":"2.0","id":7,"method":"eth_blockNumber","params":[]}]"#)
+        .await;
+    assert_eq!(batch[0]["id"], json!("x"), "{batch}");
+    assert_eq!(batch[0]["result"], json!("0x2a"), "{batch}");
+    assert_eq!(batch[1]["id"], json!(7), "{batch}");
+    assert_eq!(batch[1]["result"], json!("0x64"), "{batch}");
+    // A write is broadcast over the same connection, under the client's id.
+    let sent = gw.call("eth_sendRawTransaction", json!(["0x02"])).await;
+    assert_eq!(result_of(&sent), json!("0xfeed"), "{sent}");
+    // WebSocket clients' calls too.
+    let mut client = WsClient::connect(&gw.ws_url()).await;
+    client.call(json!(5), "eth_gasPrice", json!([])).await;
+    let answer = client.next_json().await;
+    assert_eq!(answer["id"], json!(5), "{answer}");
+    assert_eq!(answer["result"], json!("0x2a"), "{answer}");
+
+    assert_eq!(mock.calls_over(Transport::Ws, "eth_gasPrice"), 3);
+    assert_eq!(mock.calls_over(Transport::Ws, "eth_sendRawTransaction"), 1);
+    assert!(
+        mock.requests()
+            .iter()
+            .all(|r| matches!(r.transport, Transport::Ws)),
+        "nothing over HTTP, probes included"
+    );
 }
 
 #[tokio::test]

@@ -70,14 +70,17 @@ pub fn free_port() -> anyhow::Result<SocketAddr> {
 }
 
 impl Gate {
-    /// Starts ethgate in front of the upstream's `http` and `ws` addresses.
+    /// Starts ethgate in front of the upstream's `http` and `ws` addresses, sending its calls
+    /// over `calls` (the upstream key: "http" or "ws").
     pub fn start(
         http: SocketAddr,
         ws: SocketAddr,
         workers: usize,
         pin: bool,
+        calls: &str,
     ) -> anyhow::Result<Gate> {
-        let dir = std::env::temp_dir().join(format!("ethgate-ws-bench-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("ethgate-ws-bench-{}-{calls}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let listen = free_port()?;
         let admin = free_port()?;
@@ -107,6 +110,7 @@ level = "warn"
 name = "bench-upstream"
 http = "http://{http}/"
 ws = "ws://{ws}/"
+calls = "{calls}"
 "#
             ),
         )?;

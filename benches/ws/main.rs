@@ -149,7 +149,10 @@ fn run() -> anyhow::Result<()> {
     // ethgate in front of it, as a child process.
     let workers = if pin { 1 } else { 2 };
     mark("ethgate starting");
-    let gate = Gate::start(http_addr, ws_addr, workers, pin)?;
+    let gate = Gate::start(http_addr, ws_addr, workers, pin, "http")?;
+    upstream
+        .feeds
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     client_rt
         .rt
         .block_on(gate.wait_ready(&upstream))
@@ -167,14 +170,23 @@ fn run() -> anyhow::Result<()> {
     report::print_header(&plan, &gate, pinned, pin, workers);
 
     let mut goals = Goals {
-        rr_c16: None,
+        rr_c16: Vec::new(),
         cpu_per_notification: None,
         p99_delay: None,
         rss_per_client_kib: None,
         errors: 0,
     };
     if plan.parts_rr {
-        goals.rr_c16 = rr_phase(&plan, &client_rt, &upstream_rt, &gate, ws_addr, pin)?;
+        let upstream_addrs = (http_addr, ws_addr);
+        let ends = (&upstream_rt, &upstream);
+        goals.rr_c16 = rr_phase(
+            &plan,
+            &client_rt,
+            ends,
+            &gate,
+            upstream_addrs,
+            (workers, pin),
+        )?;
         let label = "after request/response, no client";
         memory.push(client_rt.rt.block_on(gate.memory_point(label)));
     }
@@ -197,7 +209,7 @@ fn run() -> anyhow::Result<()> {
             compare_with_floor(&mut goals, largest, &floor);
         }
     }
-    report::print_log(&gate);
+    report::print_log("ethgate", &gate);
     report::print_summary(&goals);
     print_load(started, steal_before);
 
@@ -207,16 +219,17 @@ fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Request/response against direct, HAProxy (when installed) and ethgate; returns ethgate's
-/// and HAProxy's msg/s at c=16.
+/// Request/response against direct, HAProxy (when installed), ethgate with its calls over
+/// HTTP (the default) and a second ethgate with `calls = "ws"`; returns each ethgate's and
+/// HAProxy's msg/s at c=16.
 fn rr_phase(
     plan: &Plan,
     client_rt: &Pinned,
-    upstream_rt: &Pinned,
+    (upstream_rt, upstream): (&Pinned, &Arc<Upstream>),
     gate: &Gate,
-    ws_addr: std::net::SocketAddr,
-    pin: bool,
-) -> anyhow::Result<Option<(f64, f64)>> {
+    (http_addr, ws_addr): (std::net::SocketAddr, std::net::SocketAddr),
+    (workers, pin): (usize, bool),
+) -> anyhow::Result<Vec<(&'static str, f64, f64)>> {
     let (haproxy, missing) = match Haproxy::start(ws_addr, pin) {
         Ok(Some(h)) => match client_rt.rt.block_on(h.wait_ready()) {
             Ok(()) => (Some(h), None),
@@ -225,6 +238,15 @@ fn rr_phase(
         Ok(None) => (None, Some(format!("{} not found", gate::HAPROXY))),
         Err(error) => (None, Some(format!("{error:#}"))),
     };
+    // Started only for this phase, so fan-out and memory see one ethgate.
+    let gate_ws = Gate::start(http_addr, ws_addr, workers, pin, "ws")?;
+    upstream
+        .feeds
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    client_rt
+        .rt
+        .block_on(gate_ws.wait_ready(upstream))
+        .context("ethgate with calls = \"ws\" did not become ready")?;
     let mut targets = vec![RrTarget {
         name: "direct",
         url: format!("ws://{ws_addr}/"),
@@ -237,11 +259,13 @@ fn rr_phase(
             proxy_pid: Some(h.pid),
         });
     }
-    targets.push(RrTarget {
-        name: "ethgate",
-        url: format!("ws://{}/", gate.listen),
-        proxy_pid: Some(gate.pid),
-    });
+    for (name, gate) in [("ethgate", gate), ("ethgate-ws", &gate_ws)] {
+        targets.push(RrTarget {
+            name,
+            url: format!("ws://{}/", gate.listen),
+            proxy_pid: Some(gate.pid),
+        });
+    }
     let mut points: Vec<Vec<Vec<Point>>> =
         vec![vec![Vec::new(); targets.len()]; RR_CONNECTIONS.len()];
     for _ in 0..plan.rounds {
@@ -258,11 +282,19 @@ fn rr_phase(
         .map(|per_target| per_target.iter().map(|p| Stats::pool(p)).collect())
         .collect();
     report::print_rr(&stats, &targets, missing.as_deref());
+    report::print_log("ethgate-ws", &gate_ws);
     let c16 = RR_CONNECTIONS.iter().position(|&c| c == 16);
-    Ok(c16.zip(haproxy.as_ref()).map(|(ci, _)| {
-        let row = &stats[ci];
-        (row[row.len() - 1].rate, row[1].rate)
-    }))
+    let Some((ci, _)) = c16.zip(haproxy.as_ref()) else {
+        return Ok(Vec::new());
+    };
+    let row = &stats[ci];
+    let haproxy_rate = row[1].rate;
+    Ok(targets
+        .iter()
+        .zip(row)
+        .skip(2)
+        .map(|(target, s)| (target.name, s.rate, haproxy_rate))
+        .collect())
 }
 
 /// The same number of subscribers on the baseline server, and one heads round.

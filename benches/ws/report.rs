@@ -74,33 +74,35 @@ pub fn print_rr(stats: &[Vec<Stats>], targets: &[RrTarget], haproxy_missing: Opt
     println!(
         "   direct = the upstream's WebSocket; haproxy = HAProxy 1-thread WebSocket tunnel to it;"
     );
-    println!("   ethgate = ethgate's WebSocket (it calls the upstream over HTTP)");
+    println!("   ethgate = ethgate's WebSocket, calls to the upstream over HTTP (the default);");
+    println!("   ethgate-ws = a second ethgate with calls = \"ws\": calls multiplexed over one upstream WebSocket");
     println!("   latencies in µs; cpu = on-CPU µs per message of the proxy (whole process) / of the upstream runtime");
     if let Some(why) = haproxy_missing {
         println!("   haproxy line skipped: {why}");
     }
-    println!("{:<8} {:>3} {CELLS_HEADER}", "target", "c");
+    println!("{:<10} {:>3} {CELLS_HEADER}", "target", "c");
     for (ci, &conns) in RR_CONNECTIONS.iter().enumerate() {
         for (target, s) in targets.iter().zip(&stats[ci]) {
             let cells = s.cells(target.proxy_pid.is_some());
-            println!("{:<8} {:>3} {cells}", target.name, conns);
+            println!("{:<10} {:>3} {cells}", target.name, conns);
         }
     }
     println!();
     println!("proxies vs direct");
-    println!("{:<8} {:>3} {VERSUS_HEADER}", "proxy", "c");
+    println!("{:<10} {:>3} {VERSUS_HEADER}", "proxy", "c");
     for (ci, &conns) in RR_CONNECTIONS.iter().enumerate() {
         let direct = &stats[ci][0];
         for (target, s) in targets.iter().zip(&stats[ci]).skip(1) {
-            println!("{:<8} {:>3} {}", target.name, conns, s.versus(direct));
+            println!("{:<10} {:>3} {}", target.name, conns, s.versus(direct));
         }
     }
 }
 
 /// The goals of issue 12 as ratios measured in this run.
 pub struct Goals {
-    /// ethgate and HAProxy msg/s at c=16 (HAProxy absent: none).
-    pub rr_c16: Option<(f64, f64)>,
+    /// Per ethgate configuration: its name, its and HAProxy's msg/s at c=16 (HAProxy
+    /// absent: none).
+    pub rr_c16: Vec<(&'static str, f64, f64)>,
     /// ethgate and baseline CPU µs per notification at the largest fan-out size.
     pub cpu_per_notification: Option<(f64, f64)>,
     /// ethgate and baseline p99 delay, ns.
@@ -116,12 +118,16 @@ pub fn print_summary(goals: &Goals) {
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
     println!();
     println!("summary (issue 12 goals, measured side by side in this run)");
-    match goals.rr_c16 {
-        Some((e, h)) => println!(
-            "  WS request/response c=16: ethgate {} msg/s / HAProxy {} msg/s = {:.2}x (goal >= 1.5x: {})",
+    for &(name, e, h) in &goals.rr_c16 {
+        println!(
+            "  WS request/response c=16: {name} {} msg/s / HAProxy {} msg/s = {:.2}x (goal >= 1.5x: {})",
             kilo(e), kilo(h), e / h, verdict(e / h >= 1.5)
-        ),
-        None => println!("  WS request/response c=16: not measured against HAProxy in this run (see above)"),
+        );
+    }
+    if goals.rr_c16.is_empty() {
+        println!(
+            "  WS request/response c=16: not measured against HAProxy in this run (see above)"
+        );
     }
     let ratio_line = |what: &str, pair: Option<(f64, f64)>, unit: &str, scale: f64| {
         match pair {
@@ -154,15 +160,15 @@ pub fn print_summary(goals: &Goals) {
 }
 
 /// ethgate's warnings, placed on the bench's timeline.
-pub fn print_log(gate: &Gate) {
+pub fn print_log(name: &str, gate: &Gate) {
     let text = gate.log_text();
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     println!();
     if lines.is_empty() {
-        println!("ethgate log (warn and above): empty");
+        println!("{name} log (warn and above): empty");
         return;
     }
-    println!("ethgate log (warn and above): {} line(s)", lines.len());
+    println!("{name} log (warn and above): {} line(s)", lines.len());
     let shown: Vec<&str> = if lines.len() > 15 {
         lines[..10]
             .iter()

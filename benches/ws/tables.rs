@@ -118,7 +118,8 @@ pub fn print_fanout(plan: &Plan, rows: &[FanoutRow], upstream: &Upstream) {
         upstream.header_fetches.load(Ordering::Relaxed),
         upstream.subscriptions.load(Ordering::SeqCst),
         upstream.subscribes_total.load(Ordering::SeqCst),
-        if upstream.subscribes_total.load(Ordering::SeqCst) > 1 {
+        // One per ethgate started; more means a feed re-subscribed.
+        if upstream.subscribes_total.load(Ordering::SeqCst) > upstream.feeds.load(Ordering::SeqCst) {
             " (ethgate's feed re-subscribed: see its log)"
         } else {
             ""

@@ -51,6 +51,8 @@ pub struct Upstream {
     pub subscriptions: AtomicUsize,
     /// newHeads subscriptions ever made (more than one: ethgate's feed reconnected).
     pub subscribes_total: AtomicUsize,
+    /// ethgate instances started against this upstream, each with a feed of its own.
+    pub feeds: AtomicUsize,
     pub http_calls: AtomicU64,
     pub ws_calls: AtomicU64,
     /// Header fetches by hash or number (ethgate's gap fills).
@@ -66,6 +68,7 @@ impl Upstream {
             heads: broadcast::channel(1024).0,
             subscriptions: AtomicUsize::new(0),
             subscribes_total: AtomicUsize::new(0),
+            feeds: AtomicUsize::new(0),
             http_calls: AtomicU64::new(0),
             ws_calls: AtomicU64::new(0),
             header_fetches: AtomicU64::new(0),
@@ -114,6 +117,22 @@ impl Upstream {
     }
 
     /// A whole JSON-RPC answer object for `call`.
+    /// Answers a batch into `out`; false when it is not one.
+    fn answer_batch(&self, out: &mut String, body: &[u8]) -> bool {
+        let Ok(calls) = serde_json::from_slice::<Vec<Call>>(body) else {
+            return false;
+        };
+        out.push('[');
+        for (i, call) in calls.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            self.answer_object(out, call);
+        }
+        out.push(']');
+        true
+    }
+
     fn answer_object(&self, out: &mut String, call: &Call<'_>) {
         let id = call.id.map_or("null", |id| id.get());
         match self.answer(call.method, call.params) {
@@ -208,17 +227,9 @@ async fn upstream_http_answer(
     };
     let mut out = String::with_capacity(128);
     if body.first() == Some(&b'[') {
-        let Ok(calls) = serde_json::from_slice::<Vec<Call>>(&body) else {
+        if !upstream.answer_batch(&mut out, &body) {
             return Ok(status_only(StatusCode::BAD_REQUEST));
-        };
-        out.push('[');
-        for (i, call) in calls.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            upstream.answer_object(&mut out, call);
         }
-        out.push(']');
     } else {
         let Ok(call) = serde_json::from_slice::<Call>(&body) else {
             return Ok(status_only(StatusCode::BAD_REQUEST));
@@ -272,6 +283,12 @@ async fn upstream_ws_session(upstream: Arc<Upstream>, stream: TcpStream) {
                 };
                 upstream.ws_calls.fetch_add(1, Ordering::Relaxed);
                 let mut out = String::with_capacity(128);
+                // Batches: ethgate's health probes when its calls go over this WebSocket.
+                if text.as_bytes().first() == Some(&b'[') {
+                    if !upstream.answer_batch(&mut out, text.as_bytes()) {
+                        out.push_str(r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"parse error"}}"#);
+                    }
+                } else {
                 match serde_json::from_str::<Call>(text.as_str()) {
                     Ok(call) if call.method == "eth_subscribe" => {
                         let kind = call.params.map_or("", |p| p.get());
@@ -285,6 +302,7 @@ async fn upstream_ws_session(upstream: Arc<Upstream>, stream: TcpStream) {
                     }
                     Ok(call) => upstream.answer_object(&mut out, &call),
                     Err(_) => out.push_str(r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"parse error"}}"#),
+                }
                 }
                 if ws.send(Message::text(out)).await.is_err() {
                     break;

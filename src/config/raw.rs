@@ -95,6 +95,7 @@ pub(super) struct RawUpstream {
     pub(super) tls_key: Option<PathBuf>,
     #[serde(default)]
     pub(super) headers: BTreeMap<String, String>,
+    pub(super) calls: Option<String>,
 }
 
 #[derive(Deserialize, Default)]

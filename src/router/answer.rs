@@ -131,7 +131,7 @@ pub fn splice(
     framing: Framing,
 ) -> Result<Vec<Option<Reply>>, String> {
     let body = Bytes::copy_from_slice(body);
-    let attempted = render(&body, calls, framing, |_, _| Verdict::Fine)?;
+    let attempted = render(&body, 0, calls, framing, |_, _| Verdict::Fine)?;
     Ok(calls
         .iter()
         .zip(attempted.rendered)
@@ -145,14 +145,16 @@ pub fn splice(
         .collect())
 }
 
-/// Splits an upstream answer into one [`Answer`] per call, with `judge`'s verdict on each.
+/// Splits an upstream answer to calls numbered from `base` into one [`Answer`] per call, with
+/// `judge`'s verdict on each.
 pub(super) fn render(
     body: &Bytes,
+    base: u64,
     calls: &[&Call<'_>],
     framing: Framing,
     mut judge: impl FnMut(usize, &UpstreamResponse<'_>) -> Verdict,
 ) -> Result<Attempted, String> {
-    let answers = match_answers(body, calls.len(), framing)?;
+    let answers = match_answers(body, base, calls.len(), framing)?;
     let mut verdicts = Vec::with_capacity(calls.len());
     let mut rendered = Vec::with_capacity(calls.len());
     for (i, (call, answer)) in calls.iter().zip(&answers).enumerate() {
@@ -166,9 +168,11 @@ pub(super) fn render(
 }
 
 /// The upstream's answers in call order: a batch answer may come in any order, and each
-/// response is put in the slot of its id (ethgate's `0..n`) as it is parsed, in one pass.
+/// response is put in the slot of its id (ethgate's `base..base + n`) as it is parsed, in one
+/// pass.
 fn match_answers(
     body: &[u8],
+    base: u64,
     n: usize,
     framing: Framing,
 ) -> Result<Vec<UpstreamResponse<'_>>, String> {
@@ -183,6 +187,7 @@ fn match_answers(
     let problem = Cell::new(None);
     let mut deserializer = serde_json::Deserializer::from_str(body);
     let placed = BatchAnswer {
+        base,
         slots: &mut slots,
         problem: &problem,
     }
@@ -204,6 +209,7 @@ fn match_answers(
 /// Visits a batch answer, putting each response in its slot; a response whose id was not sent
 /// or comes twice stops it with the reason in `problem`.
 struct BatchAnswer<'s, 'a> {
+    base: u64,
     slots: &'s mut [Option<UpstreamResponse<'a>>],
     problem: &'s Cell<Option<&'static str>>,
 }
@@ -227,6 +233,7 @@ impl<'de> Visitor<'de> for BatchAnswer<'_, 'de> {
         while let Some(answer) = seq.next_element::<UpstreamResponse<'de>>()? {
             let Some(slot) = answer
                 .numeric_id()
+                .and_then(|id| id.checked_sub(self.base))
                 .and_then(|id| usize::try_from(id).ok())
                 .and_then(|id| self.slots.get_mut(id))
             else {

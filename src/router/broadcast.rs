@@ -64,7 +64,7 @@ pub(super) async fn forward(
     framing: Framing,
 ) -> Result<Rendered, RpcError> {
     let order = candidates(upstreams);
-    let body = encode(calls, &[], framing);
+    let body = encode(calls, &[], framing, 0);
     let mut rx = spawn_sends(upstreams, &order, body, router.request_timeout);
     let mut answers: Vec<Option<Answered>> = order.iter().map(|_| None).collect();
     let mut failures = Vec::new();
@@ -162,7 +162,7 @@ async fn send_once(
 /// Renders one upstream's answer and notes which calls it accepted.
 fn judge(answer: &Bytes, calls: &[&Call<'_>], framing: Framing) -> Result<Answered, AttemptError> {
     let mut acceptance = Vec::with_capacity(calls.len());
-    let attempted = render(answer, calls, framing, |_, response| {
+    let attempted = render(answer, 0, calls, framing, |_, response| {
         acceptance.push(Acceptance::of(response));
         Verdict::Fine
     })

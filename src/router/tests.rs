@@ -59,7 +59,7 @@ fn batch_is_encoded_with_sequential_ids() {
     let a = call(Some(&id_a), "eth_a");
     let mut b = call(None, "eth_b");
     b.params = Some(&params);
-    let body = encode(&[&a, &b], &[], Framing::Batch);
+    let body = encode(&[&a, &b], &[], Framing::Batch, 0);
     assert_eq!(
         &body[..],
         br#"[{"jsonrpc":"2.0","id":0,"method":"eth_a"},{"jsonrpc":"2.0","id":1,"method":"eth_b","params":[1]}]"#
@@ -93,10 +93,18 @@ fn notification_gets_no_reply_and_incomplete_batch_is_a_bad_answer() {
     let n = call(None, "eth_n");
     let answer = br#"[{"id":0,"result":"A"},{"id":1,"result":null}]"#;
     let fine = |_: usize, _: &UpstreamResponse<'_>| Verdict::Fine;
-    let attempted = render(&Bytes::from_static(answer), &[&a, &n], Framing::Batch, fine).unwrap();
+    let attempted = render(
+        &Bytes::from_static(answer),
+        0,
+        &[&a, &n],
+        Framing::Batch,
+        fine,
+    )
+    .unwrap();
     assert!(attempted.rendered[1].is_none());
     assert!(render(
         &Bytes::from_static(br#"[{"id":0,"result":"A"}]"#),
+        0,
         &[&a, &n],
         Framing::Batch,
         fine
@@ -104,6 +112,7 @@ fn notification_gets_no_reply_and_incomplete_batch_is_a_bad_answer() {
     .is_err());
     assert!(render(
         &Bytes::from_static(b"<html>502</html>"),
+        0,
         &[&a],
         Framing::Single,
         fine
@@ -111,11 +120,33 @@ fn notification_gets_no_reply_and_incomplete_batch_is_a_bad_answer() {
     .is_err());
     assert!(render(
         &Bytes::from_static(br#"{"id":0}"#),
+        0,
         &[&a],
         Framing::Single,
         fine
     )
     .is_err());
+}
+
+#[test]
+fn a_batch_answer_is_placed_by_its_ids_counted_from_the_base() {
+    let (one, two) = (raw("\"a\""), raw("\"b\""));
+    let (a, b) = (call(Some(&one), "eth_a"), call(Some(&two), "eth_b"));
+    let fine = |_: usize, _: &UpstreamResponse<'_>| Verdict::Fine;
+    let answer = Bytes::from_static(br#"[{"id":42,"result":"B"},{"id":41,"result":"A"}]"#);
+    let attempted = render(&answer, 41, &[&a, &b], Framing::Batch, fine).unwrap();
+    let bodies: Vec<_> = attempted
+        .rendered
+        .iter()
+        .map(|r| String::from_utf8(r.as_ref().unwrap().body(&one)).unwrap())
+        .collect();
+    assert!(bodies[0].contains(r#""result":"A""#), "{bodies:?}");
+    assert!(bodies[1].contains(r#""result":"B""#), "{bodies:?}");
+    // Ids below the base or past its end were not sent.
+    let below = Bytes::from_static(br#"[{"id":0,"result":"A"},{"id":42,"result":"B"}]"#);
+    assert!(render(&below, 41, &[&a, &b], Framing::Batch, fine).is_err());
+    let past = Bytes::from_static(br#"[{"id":41,"result":"A"},{"id":43,"result":"B"}]"#);
+    assert!(render(&past, 41, &[&a, &b], Framing::Batch, fine).is_err());
 }
 
 #[test]
@@ -125,6 +156,7 @@ fn verdicts_are_collected_per_call_and_errors_flagged() {
     let missing = br#"{"id":0,"error":{"code":-32000,"message":"header not found"}}"#;
     let attempted = render(
         &Bytes::from_static(missing),
+        0,
         &[&a],
         Framing::Single,
         |_, r| match r.error_summary() {
@@ -137,9 +169,13 @@ fn verdicts_are_collected_per_call_and_errors_flagged() {
     assert_eq!(attempted.retry_label(), AttemptResult::MissingData);
     assert!(attempted.rendered[0].as_ref().unwrap().is_error);
     let ok = br#"{"id":0,"result":"0x1"}"#;
-    let attempted = render(&Bytes::from_static(ok), &[&a], Framing::Single, |_, _| {
-        Verdict::Behind(tags::Tag::Latest)
-    })
+    let attempted = render(
+        &Bytes::from_static(ok),
+        0,
+        &[&a],
+        Framing::Single,
+        |_, _| Verdict::Behind(tags::Tag::Latest),
+    )
     .unwrap();
     assert_eq!(attempted.retry_label(), AttemptResult::Behind);
     assert!(!attempted.rendered[0].as_ref().unwrap().is_error);
@@ -151,7 +187,7 @@ fn pinned_params_replace_the_clients_in_the_encoded_body() {
     let mut a = call(None, "eth_getBlockByNumber");
     a.params = Some(&params);
     let pins = vec![Some(raw(r#"["0x10",false]"#))];
-    let body = encode(&[&a], &pins, Framing::Single);
+    let body = encode(&[&a], &pins, Framing::Single, 0);
     assert_eq!(
         &body[..],
         br#"{"jsonrpc":"2.0","id":0,"method":"eth_getBlockByNumber","params":["0x10",false]}"#

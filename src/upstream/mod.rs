@@ -20,7 +20,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use crate::config::UpstreamConfig;
+use crate::config::{CallTransport, UpstreamConfig};
 use health::State;
 pub use http::{HttpPool, SendError};
 pub use metrics::AttemptResult;
@@ -51,7 +51,8 @@ pub struct Upstream {
     rotation: watch::Sender<Option<Arc<str>>>,
     /// This upstream's own HTTP pool: its TLS settings and headers are its own.
     pool: HttpPool,
-    /// Calls, batches and probes of a WebSocket-only upstream (no `http`).
+    /// Calls, batches and probes over the WebSocket, when `calls = "ws"` (the default of an
+    /// upstream without `http`).
     ws_calls: Option<ws::WsMux>,
 }
 
@@ -62,7 +63,7 @@ impl Upstream {
         pool: HttpPool,
         connect_timeout: Duration,
     ) -> Self {
-        let ws_calls = (config.http.is_none() && config.ws.is_some())
+        let ws_calls = (config.calls == CallTransport::Ws && config.ws.is_some())
             .then(|| ws::WsMux::new(config.clone(), connect_timeout, pool.max_response_bytes()));
         Upstream {
             ws_calls,
@@ -87,12 +88,27 @@ impl Upstream {
         &self.pool
     }
 
-    /// Sends one JSON-RPC request or batch (ids already the router's) over this upstream's
-    /// call transport: its HTTP endpoint, or its multiplexed WebSocket when it has only `ws`.
+    /// Sends one JSON-RPC request or batch over this upstream's call transport and returns
+    /// the answer under the body's own ids.
     pub async fn post(&self, body: Bytes) -> Result<Bytes, SendError> {
-        match (&self.config.http, &self.ws_calls) {
-            (Some(uri), _) => self.pool.post(uri, body).await,
-            (None, Some(mux)) => mux.post(body).await,
+        match (&self.ws_calls, &self.config.http) {
+            (Some(mux), _) => mux.post(body).await,
+            (None, Some(uri)) => self.pool.post(uri, body).await,
+            (None, None) => Err(SendError::NotSent("no endpoint".into())),
+        }
+    }
+
+    /// Sends `n` calls that `encode(base)` numbers `base..base + n`, and returns the answer
+    /// (under those ids) with the base: the transport picks it, so a multiplexed WebSocket
+    /// needs no id rewriting either way. Over HTTP the base is 0.
+    pub async fn call(
+        &self,
+        n: u64,
+        encode: impl FnOnce(u64) -> Bytes,
+    ) -> Result<(Bytes, u64), SendError> {
+        match (&self.ws_calls, &self.config.http) {
+            (Some(mux), _) => mux.call(n, encode).await,
+            (None, Some(uri)) => Ok((self.pool.post(uri, encode(0)).await?, 0)),
             (None, None) => Err(SendError::NotSent("no endpoint".into())),
         }
     }

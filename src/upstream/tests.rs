@@ -10,6 +10,7 @@ fn upstream() -> Upstream {
         priority: 0,
         tls: Default::default(),
         headers: Default::default(),
+        calls: Default::default(),
     };
     let pool = HttpPool::for_upstream(Duration::from_secs(1), 1 << 20, &config);
     Upstream::new(0, config, pool, Duration::from_secs(1))

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use super::super::env::expand_env;
 use super::super::raw::RawUpstream;
 use super::super::url::parse_url;
-use super::super::{Credentials, UpstreamConfig, UpstreamTls};
+use super::super::{CallTransport, Credentials, UpstreamConfig, UpstreamTls};
 use super::Problems;
 
 pub(super) fn validate_upstreams(raw: Vec<RawUpstream>, p: &mut Problems) -> Vec<UpstreamConfig> {
@@ -33,6 +33,7 @@ fn validate_upstream(raw: RawUpstream, key: &str, p: &mut Problems) -> UpstreamC
     if raw.http.is_none() && raw.ws.is_none() {
         p.add(key, "needs at least one of `http` or `ws`");
     }
+    let calls = validate_calls(p, key, raw.calls.as_deref(), (&raw.http, &raw.ws));
     let mut auth = Vec::new();
     let mut endpoint = |field: &str, text: Option<String>, schemes: &[&str]| {
         let field = format!("{key}.{field}");
@@ -68,9 +69,39 @@ fn validate_upstream(raw: RawUpstream, key: &str, p: &mut Problems) -> UpstreamC
         priority: raw.priority,
         tls,
         headers: Credentials(headers),
+        calls,
     };
     validate_tls(p, key, &config);
     config
+}
+
+/// `calls`: the endpoint calls go to, which must be configured. Unset, it is `http` when there
+/// is one (one connection per call in flight suits every node), else `ws`.
+fn validate_calls(
+    p: &mut Problems,
+    key: &str,
+    calls: Option<&str>,
+    (http, ws): (&Option<String>, &Option<String>),
+) -> CallTransport {
+    let field = format!("{key}.calls");
+    match calls {
+        None if http.is_none() && ws.is_some() => CallTransport::Ws,
+        None => CallTransport::Http,
+        Some("http") if http.is_none() => {
+            p.add(&field, "\"http\" needs an `http` endpoint");
+            CallTransport::Http
+        }
+        Some("http") => CallTransport::Http,
+        Some("ws") if ws.is_none() => {
+            p.add(&field, "\"ws\" needs a `ws` endpoint");
+            CallTransport::Ws
+        }
+        Some("ws") => CallTransport::Ws,
+        Some(other) => {
+            p.add(&field, format!("must be \"http\" or \"ws\", not {other:?}"));
+            CallTransport::Http
+        }
+    }
 }
 
 /// TLS files only make sense with a TLS endpoint, and must load now rather than fail every
@@ -135,7 +166,7 @@ fn validate_headers(
 
 #[cfg(test)]
 mod tests {
-    use crate::config::Config;
+    use crate::config::{CallTransport, Config};
 
     fn problems(toml: &str) -> Vec<String> {
         Config::from_toml_str(toml)
@@ -165,6 +196,36 @@ mod tests {
                 "authorization".to_string(),
                 "Basic dXNlcjpwdw==".to_string()
             )]
+        );
+    }
+
+    #[test]
+    fn calls_default_to_http_when_there_is_one_and_may_be_moved_to_ws() {
+        let parse = |toml: &str| Config::from_toml_str(toml).expect("valid").upstreams[0].calls;
+        let both = "[[upstream]]\nname = \"a\"\nhttp = \"http://n:8545\"\nws = \"ws://n:8546\"";
+        assert_eq!(parse(both), CallTransport::Http);
+        assert_eq!(parse(&format!("{both}\ncalls = \"ws\"")), CallTransport::Ws);
+        assert_eq!(
+            parse(&format!("{both}\ncalls = \"http\"")),
+            CallTransport::Http
+        );
+        let ws_only = "[[upstream]]\nname = \"a\"\nws = \"ws://n:8546\"";
+        assert_eq!(parse(ws_only), CallTransport::Ws);
+    }
+
+    #[test]
+    fn calls_must_name_a_configured_endpoint() {
+        assert_eq!(
+            problems("[[upstream]]\nname = \"a\"\nws = \"ws://n\"\ncalls = \"http\""),
+            vec!["upstream[0].calls: \"http\" needs an `http` endpoint"]
+        );
+        assert_eq!(
+            problems("[[upstream]]\nname = \"a\"\nhttp = \"http://n\"\ncalls = \"ws\""),
+            vec!["upstream[0].calls: \"ws\" needs a `ws` endpoint"]
+        );
+        assert_eq!(
+            problems("[[upstream]]\nname = \"a\"\nhttp = \"http://n\"\ncalls = \"grpc\""),
+            vec!["upstream[0].calls: must be \"http\" or \"ws\", not \"grpc\""]
         );
     }
 

@@ -1,0 +1,262 @@
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+use super::*;
+use crate::config::CallTransport;
+
+fn mux_to(ws: &str, max_response_bytes: usize) -> WsMux {
+    let config = UpstreamConfig {
+        name: "w".into(),
+        http: None,
+        ws: Some(ws.parse().expect("uri")),
+        priority: 0,
+        tls: Default::default(),
+        headers: Default::default(),
+        calls: CallTransport::Ws,
+    };
+    WsMux::new(config, Duration::from_secs(1), max_response_bytes)
+}
+
+/// A node that reads `batch` requests, then answers them in reverse order with `answer`
+/// (request → answer text); counts the connections it accepted.
+async fn node(
+    batch: usize,
+    answer: fn(&Value) -> String,
+) -> (String, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                let mut held = Vec::new();
+                while let Some(Ok(message)) = ws.next().await {
+                    let Message::Text(text) = message else {
+                        continue;
+                    };
+                    held.push(serde_json::from_str::<Value>(&text).expect("json request"));
+                    if held.len() == batch {
+                        for request in held.drain(..).rev() {
+                            let _ = ws.send(Message::text(answer(&request))).await;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (format!("ws://{addr}"), accepted, task)
+}
+
+fn echo_param(request: &Value) -> String {
+    json!({"jsonrpc": "2.0", "id": request["id"], "result": request["params"][0]}).to_string()
+}
+
+fn encode_one(base: u64, param: usize) -> Bytes {
+    Bytes::from(format!(
+        r#"{{"jsonrpc":"2.0","id":{base},"method":"m","params":[{param}]}}"#
+    ))
+}
+
+#[tokio::test]
+async fn concurrent_calls_share_the_connection_and_each_gets_its_own_answer() {
+    let (url, accepted, node) = node(20, echo_param).await;
+    let mux = mux_to(&url, 1 << 20);
+    let calls = (0..20).map(|i| {
+        let mux = &mux;
+        async move {
+            let (answer, base) = mux.call(1, |base| encode_one(base, i)).await.expect("ok");
+            let answer: Value = serde_json::from_slice(&answer).expect("json");
+            // Numbered calls come back as the node sent them: under the base, unrestored.
+            assert_eq!(answer["id"], json!(base));
+            assert_eq!(answer["result"], json!(i), "answered in reverse order");
+            base
+        }
+    });
+    let mut bases = futures_util::future::join_all(calls).await;
+    bases.sort_unstable();
+    bases.dedup();
+    assert_eq!(bases.len(), 20, "every call had ids of its own");
+    assert_eq!(
+        accepted.load(Ordering::Relaxed),
+        1,
+        "one connection for all"
+    );
+    node.abort();
+}
+
+#[tokio::test]
+async fn posted_bodies_get_their_own_ids_back() {
+    let (url, _, node) = node(1, |request| {
+        let answers: Vec<Value> = request
+            .as_array()
+            .expect("batch")
+            .iter()
+            .rev()
+            .map(|r| json!({"jsonrpc": "2.0", "id": r["id"], "result": r["method"]}))
+            .collect();
+        Value::Array(answers).to_string()
+    })
+    .await;
+    let mux = mux_to(&url, 1 << 20);
+    let body = br#"[{"jsonrpc":"2.0","id":"a","method":"m","params":[1.50]},{"jsonrpc":"2.0","id":7,"method":"n"}]"#;
+    let answer = mux.post(Bytes::from_static(body)).await.expect("ok");
+    let answers: Vec<Value> = serde_json::from_slice(&answer).expect("json");
+    assert_eq!(
+        answers[0],
+        json!({"jsonrpc": "2.0", "id": 7, "result": "n"})
+    );
+    assert_eq!(
+        answers[1],
+        json!({"jsonrpc": "2.0", "id": "a", "result": "m"})
+    );
+    node.abort();
+}
+
+fn huge(request: &Value) -> String {
+    let big = "ab".repeat(4096);
+    json!({"jsonrpc": "2.0", "id": request["id"], "result": big}).to_string()
+}
+
+#[tokio::test]
+async fn an_answer_over_the_limit_fails_its_lone_call_as_too_large_and_the_next_call_redials() {
+    let (url, accepted, node) = node(1, |request| match request["params"][0].as_u64() {
+        Some(0) => huge(request),
+        _ => echo_param(request),
+    })
+    .await;
+    let mux = mux_to(&url, 1024);
+    let first = mux.call(1, |base| encode_one(base, 0)).await;
+    assert!(matches!(first, Err(SendError::TooLarge(1024))), "{first:?}");
+    let (second, _) = mux.call(1, |base| encode_one(base, 1)).await.expect("ok");
+    assert!(String::from_utf8_lossy(&second).contains(r#""result":1"#));
+    assert_eq!(
+        accepted.load(Ordering::Relaxed),
+        2,
+        "the socket was given up"
+    );
+    node.abort();
+}
+
+#[tokio::test]
+async fn an_answer_over_the_limit_among_several_calls_fails_them_all_as_no_answer() {
+    // Both calls are held, then the second's answer (sent first) is too large.
+    let (url, _, node) = node(2, huge).await;
+    let mux = mux_to(&url, 1024);
+    let (a, b) = tokio::join!(
+        mux.call(1, |base| encode_one(base, 0)),
+        mux.call(1, |base| encode_one(base, 1)),
+    );
+    for outcome in [a, b] {
+        assert!(
+            matches!(&outcome, Err(SendError::NoAnswer(m)) if m.contains("over 1024 bytes")),
+            "nobody can tell whose answer it was: {outcome:?}"
+        );
+    }
+    node.abort();
+}
+
+#[tokio::test]
+async fn a_silent_connection_is_dropped_and_its_call_gets_no_answer() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    // A node that completes the handshake, then never reads or answers (not even pongs).
+    let node = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.expect("accept");
+        let ws = tokio_tungstenite::accept_async(tcp)
+            .await
+            .expect("handshake");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        drop(ws);
+    });
+    let mut mux = mux_to(&format!("ws://{addr}"), 1 << 20);
+    mux.liveness = (Duration::from_millis(100), Duration::from_millis(300));
+    let body = Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"method":"m"}"#);
+    let outcome = tokio::time::timeout(Duration::from_secs(10), mux.post(body))
+        .await
+        .expect("given up well before 10 s");
+    assert!(
+        matches!(&outcome, Err(SendError::NoAnswer(m)) if m.contains("silent")),
+        "{outcome:?}"
+    );
+    node.abort();
+}
+
+#[tokio::test]
+async fn a_failed_dial_backs_off_instead_of_dialling_per_call() {
+    let mux = mux_to("ws://127.0.0.1:1", 1 << 20);
+    let body = Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"method":"m"}"#);
+    let first = mux
+        .post(body.clone())
+        .await
+        .expect_err("nothing listens on port 1");
+    assert!(matches!(first, SendError::NotSent(_)), "{first:?}");
+    let second = mux.post(body).await.expect_err("backoff");
+    assert!(
+        matches!(&second, SendError::NotSent(m) if m.starts_with("reconnect backoff")),
+        "{second:?}"
+    );
+}
+
+#[test]
+fn ids_are_rewritten_uniquely_and_restored_on_a_reordered_batch() {
+    let next = AtomicU64::new(1);
+    let body = br#"[{"jsonrpc":"2.0","id":"a","method":"m","params":[1.50]},{"jsonrpc":"2.0","id":7,"method":"n"}]"#;
+    let (first, original) = ids::rewrite(body, &next).expect("rewrite");
+    let (second, _) = ids::rewrite(body, &next).expect("rewrite");
+    assert_eq!((first.base, first.len), (1, 2));
+    assert_eq!(second.base, 3, "ids never repeat on a connection");
+    assert!(
+        first.text.contains(r#""params":[1.50]"#),
+        "params pass through raw: {}",
+        first.text
+    );
+    let answer =
+        br#"[{"jsonrpc":"2.0","id":2,"result":"0x2"},{"jsonrpc":"2.0","id":1,"result":"0x1"}]"#;
+    let restored = ids::restore(answer, first.base, &original).expect("restore");
+    let answers: Vec<Value> = serde_json::from_slice(&restored).expect("json");
+    assert_eq!(answers[0]["id"], json!(7));
+    assert_eq!(answers[0]["result"], "0x2");
+    assert_eq!(answers[1]["id"], "a");
+}
+
+#[test]
+fn an_empty_batch_or_garbage_is_not_sent() {
+    let next = AtomicU64::new(1);
+    assert!(matches!(
+        ids::rewrite(b"[]", &next),
+        Err(SendError::NotSent(_))
+    ));
+    assert!(matches!(
+        ids::rewrite(b"{nope", &next),
+        Err(SendError::NotSent(_))
+    ));
+}
+
+#[test]
+fn an_answer_is_routed_by_its_first_numeric_id() {
+    let first = ids::first_numeric_id;
+    assert_eq!(
+        first(br#"{"result":"0x1","jsonrpc":"2.0","id":12}"#),
+        Some(12)
+    );
+    assert_eq!(
+        first(br#" [{"id":null,"error":{}},{"id":5,"result":1}]"#),
+        Some(5)
+    );
+    // Notifications, string ids (never ours) and garbage route nowhere.
+    assert_eq!(
+        first(br#"{"jsonrpc":"2.0","method":"eth_subscription","params":{}}"#),
+        None
+    );
+    assert_eq!(first(br#"{"id":"12","result":1}"#), None);
+    assert_eq!(first(b"{nope"), None);
+}

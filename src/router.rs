@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
 use tokio::time::timeout;
 
 use serde_json::value::RawValue;
@@ -225,7 +224,8 @@ impl Router {
             .await
             .map_err(|_| AttemptError::Timeout(self.request_timeout))??;
         render(&answer, base, calls, framing, |i, response| {
-            plan.judge(i, pins[i].is_some(), response, &self.marks)
+            let pinned = pins.get(i).is_some_and(Option::is_some);
+            plan.judge(i, pinned, response, &self.marks)
         })
         .map_err(AttemptError::BadAnswer)
     }
@@ -273,7 +273,7 @@ fn encode(
     pins: &[Option<Box<RawValue>>],
     framing: Framing,
     base: u64,
-) -> Bytes {
+) -> Vec<u8> {
     let batch = framing == Framing::Batch;
     let mut out = Vec::with_capacity(64 + calls.len() * 96);
     if batch {
@@ -289,7 +289,7 @@ fn encode(
     if batch {
         out.push(b']');
     }
-    Bytes::from(out)
+    out
 }
 
 #[cfg(test)]

@@ -64,7 +64,7 @@ pub(super) async fn forward(
     framing: Framing,
 ) -> Result<Rendered, RpcError> {
     let order = candidates(upstreams);
-    let body = encode(calls, &[], framing, 0);
+    let body = Bytes::from(encode(calls, &[], framing, 0));
     let mut rx = spawn_sends(upstreams, &order, body, router.request_timeout);
     let mut answers: Vec<Option<Answered>> = order.iter().map(|_| None).collect();
     let mut failures = Vec::new();

@@ -116,36 +116,47 @@ impl Plan {
         upstreams: &Upstreams,
     ) -> Vec<&'u Arc<Upstream>> {
         let bound = upstreams.health_config().max_lag_blocks;
-        let usable = candidates
+        let mut usable: Vec<_> = candidates
             .into_iter()
-            .filter(|u| !self.reads_tags || fit_for_tags(u, self.marks, bound));
-        let (ready, behind): (Vec<_>, Vec<_>) = usable.partition(|u| u.head() >= self.wanted_head);
-        ready.into_iter().chain(behind).collect()
+            .filter(|u| !self.reads_tags || fit_for_tags(u, self.marks, bound))
+            .collect();
+        // Stable: those that have the wanted head first, each group in candidate order.
+        usable.sort_by_key(|u| u.head() < self.wanted_head);
+        usable
     }
 
-    /// Params to send `upstream` in place of the client's: `safe`/`finalized` pinned to the
-    /// served number where the upstream has not reported reaching it. `None`: unchanged.
+    /// Params to send `upstream` in place of the client's, by call: `safe`/`finalized` pinned
+    /// to the served number where the upstream has not reported reaching it. `None`, or no
+    /// entry (nothing pinned at all leaves it empty): unchanged.
     pub fn pins_for(&self, calls: &[&Call<'_>], upstream: &Upstream) -> Vec<Option<Box<RawValue>>> {
-        calls
-            .iter()
-            .zip(&self.uses)
-            .map(|(call, u)| {
-                let tag = match *u {
-                    Use::BlockByTag { tag, .. } | Use::Tagged(tag) => tag,
-                    _ => return None,
-                };
-                let reported = match tag {
-                    Tag::Latest => return None,
-                    Tag::Safe => upstream.safe(),
-                    Tag::Finalized => upstream.finalized(),
-                };
-                let mark = self.marks[tag as usize];
-                if mark == 0 || reported.is_some_and(|r| r >= mark) {
-                    return None;
-                }
-                tags::pin(&call.method, call.params, tag, mark)
-            })
-            .collect()
+        let mut pins = Vec::new();
+        for (i, (call, u)) in calls.iter().zip(&self.uses).enumerate() {
+            let Some(pin) = self.pin(call, *u, upstream) else {
+                continue;
+            };
+            if pins.is_empty() {
+                pins.resize_with(calls.len(), || None);
+            }
+            pins[i] = Some(pin);
+        }
+        pins
+    }
+
+    fn pin(&self, call: &Call<'_>, u: Use, upstream: &Upstream) -> Option<Box<RawValue>> {
+        let tag = match u {
+            Use::BlockByTag { tag, .. } | Use::Tagged(tag) => tag,
+            _ => return None,
+        };
+        let reported = match tag {
+            Tag::Latest => return None,
+            Tag::Safe => upstream.safe(),
+            Tag::Finalized => upstream.finalized(),
+        };
+        let mark = self.marks[tag as usize];
+        if mark == 0 || reported.is_some_and(|r| r >= mark) {
+            return None;
+        }
+        tags::pin(&call.method, call.params, tag, mark)
     }
 
     /// Judges answer `i`; `pinned` says whether its tag was replaced by the served number.

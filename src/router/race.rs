@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::consistency::Plan;
-use super::{candidates, final_error, AttemptError, Attempted, Calls, Framing, Rendered, Router};
+use super::{final_error, AttemptError, Attempted, Calls, Framing, Rendered, Router};
 use crate::jsonrpc::{Call, RpcError};
 use crate::metrics::{FailoverKind, HedgeResult};
 use crate::upstream::{AttemptResult, Upstream, Upstreams};
@@ -70,7 +70,9 @@ pub(super) async fn read(
     let mut race = Race {
         router,
         upstreams,
-        order: plan.order(candidates(upstreams), upstreams).into_iter(),
+        order: plan
+            .order(upstreams.candidates(Upstream::in_rotation), upstreams)
+            .into_iter(),
         in_flight: Vec::new(),
         failures: Vec::new(),
         fallback: None,

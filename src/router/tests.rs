@@ -1,4 +1,5 @@
 use crate::jsonrpc::UpstreamResponse;
+use bytes::Bytes;
 use serde_json::value::RawValue;
 
 use super::*;

@@ -52,7 +52,7 @@ impl Polling {
         let body = Bytes::from(format!(
             r#"{{"jsonrpc":"2.0","id":1,"method":"{method}","params":{params}}}"#
         ));
-        let answer = tokio::time::timeout(limit, self.pool.post(&self.uri, body))
+        let answer = tokio::time::timeout(limit, self.pool.post(&self.uri, &body))
             .await
             .map_err(|_| SourceError::Timeout(method.into()))?
             .map_err(|e| SourceError::Lost(e.to_string()))?;

@@ -165,12 +165,12 @@ impl HttpPool {
     }
 
     /// POSTs a JSON body and returns the answer's body.
-    pub async fn post(&self, uri: &http::Uri, body: Bytes) -> Result<Bytes, SendError> {
+    pub async fn post(&self, uri: &http::Uri, body: &[u8]) -> Result<Bytes, SendError> {
         if let Some(reason) = &self.broken {
             return Err(SendError::NotSent(reason.to_string()));
         }
         let target = self.target(uri)?;
-        let request = exchange::request(&target.path, &target.host, &self.headers, &body);
+        let request = exchange::request(&target.path, &target.host, &self.headers, body);
         loop {
             let (mut conn, reused) = match self.checkout(&target.origin) {
                 Some(conn) => (conn, true),
@@ -202,7 +202,7 @@ impl HttpPool {
     /// What a request to `uri` needs, worked out on the first call: a pool serves one
     /// upstream URL, so later calls find it ready.
     fn target(&self, uri: &http::Uri) -> Result<Arc<Target>, SendError> {
-        if let Some(target) = self.target.get().filter(|t| t.uri == *uri) {
+        if let Some(target) = self.target.get().filter(|t| same_uri(&t.uri, uri)) {
             return Ok(target.clone());
         }
         let target = Arc::new(Target::of(uri, &self.tls)?);
@@ -258,6 +258,15 @@ impl HttpPool {
             since: Instant::now(),
         })
     }
+}
+
+/// Byte-for-byte equality: `Uri`'s own compares the host without regard to case, which cost
+/// more than the rest of a pool lookup. A URI that differs in case only is the same upstream
+/// and just misses the cache.
+fn same_uri(a: &http::Uri, b: &http::Uri) -> bool {
+    a.scheme_str() == b.scheme_str()
+        && a.authority().map(|x| x.as_str()) == b.authority().map(|x| x.as_str())
+        && a.path_and_query().map(|x| x.as_str()) == b.path_and_query().map(|x| x.as_str())
 }
 
 /// One upstream URL, parsed for requests.

@@ -93,7 +93,7 @@ impl Upstream {
     pub async fn post(&self, body: Bytes) -> Result<Bytes, SendError> {
         match (&self.ws_calls, &self.config.http) {
             (Some(mux), _) => mux.post(body).await,
-            (None, Some(uri)) => self.pool.post(uri, body).await,
+            (None, Some(uri)) => self.pool.post(uri, &body).await,
             (None, None) => Err(SendError::NotSent("no endpoint".into())),
         }
     }
@@ -104,11 +104,11 @@ impl Upstream {
     pub async fn call(
         &self,
         n: u64,
-        encode: impl FnOnce(u64) -> Bytes,
+        encode: impl FnOnce(u64) -> Vec<u8>,
     ) -> Result<(Bytes, u64), SendError> {
         match (&self.ws_calls, &self.config.http) {
             (Some(mux), _) => mux.call(n, encode).await,
-            (None, Some(uri)) => Ok((self.pool.post(uri, encode(0)).await?, 0)),
+            (None, Some(uri)) => Ok((self.pool.post(uri, &encode(0)).await?, 0)),
             (None, None) => Err(SendError::NotSent("no endpoint".into())),
         }
     }

@@ -137,7 +137,11 @@ pub async fn probe_and_record(upstreams: &Upstreams, upstream: &Upstream, batch:
 
 /// Sends the plain probe batch to one HTTP endpoint (no timeout: the caller bounds it).
 pub async fn probe_endpoint(pool: &HttpPool, uri: &http::Uri) -> Result<Report, ProbeError> {
-    probe_over(|body| pool.post(uri, body), Batch::Plain).await
+    probe_over(
+        |body| async move { pool.post(uri, &body).await },
+        Batch::Plain,
+    )
+    .await
 }
 
 /// Sends a probe batch through any call transport (no timeout: the caller bounds it).

@@ -97,7 +97,7 @@ impl WsMux {
     pub async fn call(
         &self,
         n: u64,
-        encode: impl FnOnce(u64) -> Bytes,
+        encode: impl FnOnce(u64) -> Vec<u8>,
     ) -> Result<(Bytes, u64), SendError> {
         let base = self.next_id.fetch_add(n.max(1), Ordering::Relaxed);
         let text = Utf8Bytes::try_from(encode(base))

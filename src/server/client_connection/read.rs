@@ -74,10 +74,13 @@ where
             BodyLength::Length(len) => Some(len as usize),
             BodyLength::Chunked => None,
         };
+        if let Some(len) = wanted.filter(|&len| self.buf.len() >= len) {
+            // The body came with its head, as it usually does: no timer to arm.
+            return Ok(Body::Buffered(len));
+        }
         // The client waits for this before sending the body (curl does, above 1 KiB); an
         // HTTP/1.0 client must not get it.
-        let complete = wanted.is_some_and(|len| self.buf.len() >= len);
-        let interim = head.expect_continue && head.http11 && !complete;
+        let interim = head.expect_continue && head.http11;
         if interim && self.write_all(CONTINUE).await.is_err() {
             return Err(Refusal::Close);
         }

@@ -7,6 +7,7 @@
 //! machinery of a general-purpose client on every call.
 
 use std::io;
+use std::mem::MaybeUninit;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
@@ -179,9 +180,11 @@ async fn read_head(stream: &mut Stream, buf: &mut BytesMut) -> Result<Head, Fail
 
 /// The parsed head and its length, `None` while incomplete.
 fn parse_head(buf: &[u8]) -> Result<Option<(usize, Head)>, Failure> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut response = httparse::Response::new(&mut headers);
-    let len = match response.parse(buf) {
+    // Left uninitialised: filling every slot per answer cost more than parsing its few.
+    let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let config = httparse::ParserConfig::default();
+    let len = match config.parse_response_with_uninit_headers(&mut response, buf, &mut headers) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => return Err(Failure::NoAnswer(format!("invalid HTTP answer: {e}"))),

@@ -87,7 +87,7 @@ async fn serve(answer: &'static [u8], close_after_each: bool) -> Scripted {
 }
 
 async fn post(pool: &HttpPool, uri: &http::Uri) -> Result<Bytes, SendError> {
-    pool.post(uri, Bytes::from_static(b"{\"id\":0}")).await
+    pool.post(uri, b"{\"id\":0}").await
 }
 
 #[tokio::test]

@@ -60,10 +60,8 @@ fn echo_param(request: &Value) -> String {
     json!({"jsonrpc": "2.0", "id": request["id"], "result": request["params"][0]}).to_string()
 }
 
-fn encode_one(base: u64, param: usize) -> Bytes {
-    Bytes::from(format!(
-        r#"{{"jsonrpc":"2.0","id":{base},"method":"m","params":[{param}]}}"#
-    ))
+fn encode_one(base: u64, param: usize) -> Vec<u8> {
+    format!(r#"{{"jsonrpc":"2.0","id":{base},"method":"m","params":[{param}]}}"#).into_bytes()
 }
 
 #[tokio::test]

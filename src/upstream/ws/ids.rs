@@ -93,15 +93,37 @@ struct IdOf<'a> {
     id: Option<&'a RawValue>,
 }
 
+/// How geth, erigon and anvil open a single answer.
+const USUAL_OPENING: &[u8] = br#"{"jsonrpc":"2.0","id":"#;
+
 /// The first numeric id of an answer (object or batch array), which places it among the
 /// calls waiting on the connection; `None` for notifications and anything unreadable.
+///
+/// Only routing depends on it: the answer is read in full, and refused if broken, by the
+/// call it reaches.
 pub(super) fn first_numeric_id(answer: &[u8]) -> Option<u64> {
+    if let Some(id) = usual_id(answer) {
+        return Some(id);
+    }
     if is_batch(answer) {
         let answers: Vec<IdOf> = serde_json::from_slice(answer).ok()?;
         answers.iter().find_map(|answer| numeric(answer.id))
     } else {
         numeric(serde_json::from_slice::<IdOf>(answer).ok()?.id)
     }
+}
+
+/// The id of an answer in the usual layout, read without parsing the rest: most answers on a
+/// connection that carries every call.
+fn usual_id(answer: &[u8]) -> Option<u64> {
+    let rest = answer.strip_prefix(USUAL_OPENING)?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    // Ours have no leading zero (JSON allows none) and fit in a u64.
+    let plausible = (1..=19).contains(&digits) && (rest[0] != b'0' || digits == 1);
+    if !plausible || rest.get(digits) != Some(&b',') {
+        return None;
+    }
+    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
 }
 
 fn numeric(id: Option<&RawValue>) -> Option<u64> {

@@ -257,4 +257,16 @@ fn an_answer_is_routed_by_its_first_numeric_id() {
     );
     assert_eq!(first(br#"{"id":"12","result":1}"#), None);
     assert_eq!(first(b"{nope"), None);
+    // The usual layout is read by its opening; anything else there goes to the parser.
+    assert_eq!(
+        first(br#"{"jsonrpc":"2.0","id":7,"result":"0x1"}"#),
+        Some(7)
+    );
+    assert_eq!(first(br#"{"jsonrpc":"2.0","id":07,"result":1}"#), None);
+    assert_eq!(first(br#"{"jsonrpc":"2.0","id":7.5,"result":1}"#), None);
+    assert_eq!(
+        first(br#"{"jsonrpc":"2.0","id":99999999999999999999,"result":1}"#),
+        None
+    );
+    assert_eq!(first(br#"{"jsonrpc":"2.0","id":7}"#), Some(7));
 }

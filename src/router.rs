@@ -9,8 +9,6 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::time::timeout;
 
-use serde_json::value::RawValue;
-
 use crate::jsonrpc::{self, Call, RpcError};
 use crate::metrics::Metrics;
 use crate::policy;
@@ -26,7 +24,7 @@ mod txhash;
 
 use answer::render;
 pub use answer::{splice, Answer, Rendered, Reply};
-use consistency::{Plan, Verdict};
+use consistency::{Pins, Plan, Verdict};
 use marks::Marks;
 
 /// Why one attempt on one upstream did not produce a final answer.
@@ -75,7 +73,9 @@ impl AttemptError {
                 AttemptResult::NotSent
             }
             AttemptError::Send(SendError::TooLarge(_)) => AttemptResult::TooLarge,
-            AttemptError::Send(SendError::NoAnswer(_)) => AttemptResult::NoAnswer,
+            AttemptError::Send(SendError::NoAnswer(_) | SendError::Collateral(_)) => {
+                AttemptResult::NoAnswer
+            }
             AttemptError::Send(SendError::Status(_)) => AttemptResult::HttpError,
             AttemptError::Timeout(_) => AttemptResult::Timeout,
             AttemptError::BadAnswer(_) => AttemptResult::BadAnswer,
@@ -224,7 +224,7 @@ impl Router {
             .await
             .map_err(|_| AttemptError::Timeout(self.request_timeout))??;
         render(&answer, base, calls, framing, |i, response| {
-            let pinned = pins.get(i).is_some_and(Option::is_some);
+            let pinned = pins.get(i).is_some();
             plan.judge(i, pinned, response, &self.marks)
         })
         .map_err(AttemptError::BadAnswer)
@@ -266,14 +266,9 @@ fn final_error(failures: &[(&Upstream, AttemptError)], calls: Calls) -> RpcError
     jsonrpc::NO_HEALTHY_UPSTREAM.with_data(detail.join("; "))
 }
 
-/// Encodes the forwarded calls with ethgate's ids `base..base + n`; `pins[i]`, when present,
-/// replaces call `i`'s params.
-fn encode(
-    calls: &[&Call<'_>],
-    pins: &[Option<Box<RawValue>>],
-    framing: Framing,
-    base: u64,
-) -> Vec<u8> {
+/// Encodes the forwarded calls with ethgate's ids `base..base + n`; a pin replaces its call's
+/// params.
+fn encode(calls: &[&Call<'_>], pins: &Pins, framing: Framing, base: u64) -> Vec<u8> {
     let batch = framing == Framing::Batch;
     let mut out = Vec::with_capacity(64 + calls.len() * 96);
     if batch {
@@ -283,7 +278,7 @@ fn encode(
         if i > 0 {
             out.push(b',');
         }
-        let params = pins.get(i).and_then(|p| p.as_deref()).or(call.params);
+        let params = pins.get(i).or(call.params);
         jsonrpc::encode_request(&mut out, base + i as u64, &call.method, params);
     }
     if batch {

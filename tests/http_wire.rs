@@ -147,6 +147,31 @@ async fn expect_continue_gets_100_before_the_body_is_sent() {
     assert_answers(http.answer().await, 5);
 }
 
+/// The body already sent with its head needs no `100`, nor does an HTTP/1.0 client get one:
+/// the first answer is the final one.
+#[tokio::test]
+async fn expect_continue_with_the_body_sent_or_from_http_1_0_gets_no_100() {
+    let (gw, _a) = gateway(GatewayConfig::new()).await;
+    let body = call(6);
+    for version in ["1.1", "1.0"] {
+        let mut http = connect(&gw).await;
+        let with_body = format!(
+            "POST / HTTP/{version}\r\nexpect: 100-continue\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        http.send(with_body.as_bytes()).await;
+        assert_answers(http.answer().await, 6);
+    }
+    let mut http = connect(&gw).await;
+    let head_only = format!(
+        "POST / HTTP/1.0\r\nexpect: 100-continue\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    http.send(head_only.as_bytes()).await;
+    http.send(body.as_bytes()).await;
+    assert_answers(http.answer().await, 6);
+}
+
 #[tokio::test]
 async fn expect_continue_with_a_body_too_large_gets_413_without_100() {
     let cfg = GatewayConfig::new().server("max_request_bytes", "1024");

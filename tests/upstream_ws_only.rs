@@ -93,7 +93,8 @@ async fn calls_ws_moves_probes_calls_batches_and_writes_off_http() {
     assert_eq!(batch[0]["result"], json!("0x2a"), "{batch}");
     assert_eq!(batch[1]["id"], json!(7), "{batch}");
     assert_eq!(batch[1]["result"], json!("0x64"), "{batch}");
-    // A write is broadcast over the same connection, under the client's id.
+    // A write is broadcast over the same connection (renumbered there), answered under the
+    // client's id.
     let sent = gw.call("eth_sendRawTransaction", json!(["0x02"])).await;
     assert_eq!(result_of(&sent), json!("0xfeed"), "{sent}");
     // WebSocket clients' calls too.
@@ -111,6 +112,42 @@ async fn calls_ws_moves_probes_calls_batches_and_writes_off_http() {
             .all(|r| matches!(r.transport, Transport::Ws)),
         "nothing over HTTP, probes included"
     );
+}
+
+/// One client's answer over `max_response_bytes` drops the connection every call shares; the
+/// calls caught in it fail, but the node is not held responsible: it stays in rotation.
+#[tokio::test]
+async fn an_over_large_answer_among_calls_in_flight_does_not_take_the_node_out() {
+    let mock = MockUpstream::start().await;
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nrequest_timeout = \"5s\"\ndrain_delay = \"0s\"\n\
+         max_response_bytes = 4096\n\
+         [health]\ninterval = \"300ms\"\ntimeout = \"250ms\"\nfailure_threshold = 1\nrecovery_threshold = 1\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\
+         [[upstream]]\nname = \"both\"\nhttp = \"{}\"\nws = \"{}\"\ncalls = \"ws\"\n",
+        mock.http_url(),
+        mock.ws_url()
+    );
+    mock.set_result("eth_getLogs", json!("ab".repeat(5000)));
+    let gw = Gateway::start_toml(&toml).await;
+    gw.wait_state("both", "healthy").await;
+    mock.hold("eth_gasPrice");
+    let held = (0..3).map(|_| gw.call("eth_gasPrice", json!([])));
+    let held = futures_util::future::join_all(held);
+    tokio::pin!(held);
+    let large = async {
+        mock.wait_for_calls("eth_gasPrice", 3).await;
+        gw.call("eth_getLogs", json!([{}])).await
+    };
+    let (held, large) = tokio::join!(held, large);
+    for answer in held.iter().chain([&large]) {
+        assert!(answer["error"].is_object(), "caught in the drop: {answer}");
+    }
+    mock.release("eth_gasPrice");
+    let status = gw.status().await;
+    assert_eq!(status["upstreams"][0]["state"], "healthy", "{status}");
+    let answer = gw.call("eth_blockNumber", json!([])).await;
+    assert_eq!(result_of(&answer), json!("0x64"), "served again: {answer}");
 }
 
 #[tokio::test]

@@ -12,7 +12,8 @@ use tokio::time::timeout;
 
 use super::consistency::Verdict;
 use super::{
-    candidates, encode, final_error, render, Answer, AttemptError, Calls, Framing, Rendered, Router,
+    candidates, encode, final_error, render, Answer, AttemptError, Calls, Framing, Pins, Rendered,
+    Router,
 };
 use crate::jsonrpc::{Call, RpcError, UpstreamResponse};
 use crate::policy;
@@ -64,7 +65,7 @@ pub(super) async fn forward(
     framing: Framing,
 ) -> Result<Rendered, RpcError> {
     let order = candidates(upstreams);
-    let body = Bytes::from(encode(calls, &[], framing, 0));
+    let body = Bytes::from(encode(calls, &Pins::default(), framing, 0));
     let mut rx = spawn_sends(upstreams, &order, body, router.request_timeout);
     let mut answers: Vec<Option<Answered>> = order.iter().map(|_| None).collect();
     let mut failures = Vec::new();

@@ -116,28 +116,25 @@ impl Plan {
         upstreams: &Upstreams,
     ) -> Vec<&'u Arc<Upstream>> {
         let bound = upstreams.health_config().max_lag_blocks;
+        // Each head read once: a probe may move it while the list is sorted.
         let mut usable: Vec<_> = candidates
             .into_iter()
             .filter(|u| !self.reads_tags || fit_for_tags(u, self.marks, bound))
+            .map(|u| (u.head() < self.wanted_head, u))
             .collect();
         // Stable: those that have the wanted head first, each group in candidate order.
-        usable.sort_by_key(|u| u.head() < self.wanted_head);
-        usable
+        usable.sort_by_key(|&(behind, _)| behind);
+        usable.into_iter().map(|(_, u)| u).collect()
     }
 
-    /// Params to send `upstream` in place of the client's, by call: `safe`/`finalized` pinned
-    /// to the served number where the upstream has not reported reaching it. `None`, or no
-    /// entry (nothing pinned at all leaves it empty): unchanged.
-    pub fn pins_for(&self, calls: &[&Call<'_>], upstream: &Upstream) -> Vec<Option<Box<RawValue>>> {
-        let mut pins = Vec::new();
+    /// Params to send `upstream` in place of the client's: `safe`/`finalized` pinned to the
+    /// served number where the upstream has not reported reaching it.
+    pub fn pins_for(&self, calls: &[&Call<'_>], upstream: &Upstream) -> Pins {
+        let mut pins = Pins::default();
         for (i, (call, u)) in calls.iter().zip(&self.uses).enumerate() {
-            let Some(pin) = self.pin(call, *u, upstream) else {
-                continue;
-            };
-            if pins.is_empty() {
-                pins.resize_with(calls.len(), || None);
+            if let Some(pin) = self.pin(call, *u, upstream) {
+                pins.set(i, calls.len(), pin);
             }
-            pins[i] = Some(pin);
         }
         pins
     }
@@ -253,6 +250,26 @@ fn behind_error(tag: Tag, mark: u64) -> RpcError {
         "no upstream in rotation has reached the {} block 0x{mark:x} already served",
         tag.as_str()
     ))
+}
+
+/// Replacement params by call index; nothing is allocated while no call is pinned, which is
+/// almost always.
+#[derive(Default)]
+pub struct Pins(Vec<Option<Box<RawValue>>>);
+
+impl Pins {
+    /// The params replacing call `i`'s, if any.
+    pub fn get(&self, i: usize) -> Option<&RawValue> {
+        self.0.get(i).and_then(|p| p.as_deref())
+    }
+
+    /// Pins call `i` of `calls` to `params`.
+    pub(super) fn set(&mut self, i: usize, calls: usize, params: Box<RawValue>) {
+        if self.0.is_empty() {
+            self.0.resize_with(calls, || None);
+        }
+        self.0[i] = Some(params);
+    }
 }
 
 #[cfg(test)]

@@ -60,7 +60,7 @@ fn batch_is_encoded_with_sequential_ids() {
     let a = call(Some(&id_a), "eth_a");
     let mut b = call(None, "eth_b");
     b.params = Some(&params);
-    let body = encode(&[&a, &b], &[], Framing::Batch, 0);
+    let body = encode(&[&a, &b], &Pins::default(), Framing::Batch, 0);
     assert_eq!(
         &body[..],
         br#"[{"jsonrpc":"2.0","id":0,"method":"eth_a"},{"jsonrpc":"2.0","id":1,"method":"eth_b","params":[1]}]"#
@@ -187,7 +187,8 @@ fn pinned_params_replace_the_clients_in_the_encoded_body() {
     let params = raw(r#"["finalized",false]"#);
     let mut a = call(None, "eth_getBlockByNumber");
     a.params = Some(&params);
-    let pins = vec![Some(raw(r#"["0x10",false]"#))];
+    let mut pins = Pins::default();
+    pins.set(0, 1, raw(r#"["0x10",false]"#));
     let body = encode(&[&a], &pins, Framing::Single, 0);
     assert_eq!(
         &body[..],

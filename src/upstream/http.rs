@@ -29,6 +29,10 @@ pub enum SendError {
     /// The node answered with an HTTP status that means "try elsewhere" (5xx, 429).
     #[error("HTTP {0}")]
     Status(u16),
+    /// The call shared a multiplexed connection that was dropped for another call's answer
+    /// (one over `max_response_bytes`): it may have reached the node, but says nothing about it.
+    #[error("no answer: {0}")]
+    Collateral(String),
     /// The answer is larger than `server.max_response_bytes`; reading stopped at the limit.
     #[error("answer larger than {0} bytes")]
     TooLarge(usize),
@@ -199,14 +203,15 @@ impl HttpPool {
         }
     }
 
-    /// What a request to `uri` needs, worked out on the first call: a pool serves one
-    /// upstream URL, so later calls find it ready.
+    /// What a request to `uri` needs, worked out on the first call and kept: a pool serves
+    /// one upstream URL, so later calls find it ready. Another URL gets its own, unkept.
     fn target(&self, uri: &http::Uri) -> Result<Arc<Target>, SendError> {
         if let Some(target) = self.target.get().filter(|t| same_uri(&t.uri, uri)) {
             return Ok(target.clone());
         }
         let target = Arc::new(Target::of(uri, &self.tls)?);
-        Ok(self.target.get_or_init(|| target.clone()).clone())
+        let _ = self.target.set(target.clone());
+        Ok(target)
     }
 
     /// The most recently used idle connection to `origin` that is still open.
@@ -261,8 +266,7 @@ impl HttpPool {
 }
 
 /// Byte-for-byte equality: `Uri`'s own compares the host without regard to case, which cost
-/// more than the rest of a pool lookup. A URI that differs in case only is the same upstream
-/// and just misses the cache.
+/// more than the rest of a pool lookup. The URL is always the pool's own, as configured.
 fn same_uri(a: &http::Uri, b: &http::Uri) -> bool {
     a.scheme_str() == b.scheme_str()
         && a.authority().map(|x| x.as_str()) == b.authority().map(|x| x.as_str())

@@ -54,6 +54,9 @@ pub struct Upstream {
     /// Calls, batches and probes over the WebSocket, when `calls = "ws"` (the default of an
     /// upstream without `http`).
     ws_calls: Option<ws::WsMux>,
+    /// Probes over a WebSocket of their own: behind a client's large answer on the calls'
+    /// connection they would time out and take a healthy node out of rotation.
+    ws_probes: Option<ws::WsMux>,
 }
 
 impl Upstream {
@@ -63,10 +66,15 @@ impl Upstream {
         pool: HttpPool,
         connect_timeout: Duration,
     ) -> Self {
-        let ws_calls = (config.calls == CallTransport::Ws && config.ws.is_some())
-            .then(|| ws::WsMux::new(config.clone(), connect_timeout, pool.max_response_bytes()));
+        let over_ws = config.calls == CallTransport::Ws && config.ws.is_some();
+        let mux = || ws::WsMux::new(config.clone(), connect_timeout, pool.max_response_bytes());
+        let (ws_calls, ws_probes) = match over_ws {
+            true => (Some(mux()), Some(mux())),
+            false => (None, None),
+        };
         Upstream {
             ws_calls,
+            ws_probes,
             index,
             config,
             pool,
@@ -92,6 +100,15 @@ impl Upstream {
     /// the answer under the body's own ids.
     pub async fn post(&self, body: Bytes) -> Result<Bytes, SendError> {
         match (&self.ws_calls, &self.config.http) {
+            (Some(mux), _) => mux.post(body).await,
+            (None, Some(uri)) => self.pool.post(uri, &body).await,
+            (None, None) => Err(SendError::NotSent("no endpoint".into())),
+        }
+    }
+
+    /// Sends a health probe over the call transport (its own WebSocket when calls go over one).
+    pub async fn probe(&self, body: Bytes) -> Result<Bytes, SendError> {
+        match (&self.ws_probes, &self.config.http) {
             (Some(mux), _) => mux.post(body).await,
             (None, Some(uri)) => self.pool.post(uri, &body).await,
             (None, None) => Err(SendError::NotSent("no endpoint".into())),

@@ -127,8 +127,9 @@ pub async fn run(upstreams: Arc<Upstreams>, upstream: Arc<Upstream>, shutdown: C
 pub async fn probe_and_record(upstreams: &Upstreams, upstream: &Upstream, batch: Batch) {
     let started = Instant::now();
     let limit = upstreams.health.timeout;
-    // Over the upstream's call transport: HTTP, or its WebSocket when it has only `ws`.
-    let outcome = match timeout(limit, probe_over(|body| upstream.post(body), batch)).await {
+    // Over the upstream's call transport: HTTP, or a WebSocket of its own when calls go over
+    // one.
+    let outcome = match timeout(limit, probe_over(|body| upstream.probe(body), batch)).await {
         Ok(outcome) => outcome,
         Err(_) => Err(ProbeError::TimedOut(limit)),
     };

@@ -1,4 +1,5 @@
-//! Carrying health across a config reload: an upstream whose endpoints did not change keeps
+//! Carrying health across a config reload: an upstream whose endpoints (and the one its calls
+//! use) did not change keeps
 //! its facts, state, counters and the sticky selection, so a reload moves no traffic by itself.
 
 use std::sync::atomic::Ordering;
@@ -25,6 +26,8 @@ impl Upstreams {
                     o.config.name == upstream.config.name
                         && o.config.http == upstream.config.http
                         && o.config.ws == upstream.config.ws
+                        // Health was judged over the call transport: another is unproven.
+                        && o.config.calls == upstream.config.calls
                 }) else {
                     continue;
                 };

@@ -238,4 +238,34 @@ mod set {
             "no probe yet"
         );
     }
+
+    #[test]
+    fn a_reload_keeps_health_only_where_the_call_transport_is_unchanged() {
+        let toml = |calls: &str| {
+            format!(
+                "[[upstream]]\nname = \"u\"\nhttp = \"http://127.0.0.1:1000\"\n\
+                 ws = \"ws://127.0.0.1:1001\"\ncalls = \"{calls}\"\n"
+            )
+        };
+        let metrics = || Arc::new(crate::metrics::Metrics::new());
+        let old = Upstreams::new(&Config::from_toml_str(&toml("http")).unwrap(), metrics());
+        old.started
+            .store(true, std::sync::atomic::Ordering::Release);
+        for _ in 0..2 {
+            ok(&old, 0);
+        }
+        assert!(old.all()[0].in_rotation());
+        let same = Upstreams::new(&Config::from_toml_str(&toml("http")).unwrap(), metrics());
+        same.carry_over(&old);
+        assert!(
+            same.all()[0].in_rotation(),
+            "unchanged: health carried over"
+        );
+        let moved = Upstreams::new(&Config::from_toml_str(&toml("ws")).unwrap(), metrics());
+        moved.carry_over(&old);
+        assert!(
+            !moved.all()[0].in_rotation(),
+            "calls moved to the WebSocket: not in rotation before a probe over it"
+        );
+    }
 }

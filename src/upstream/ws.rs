@@ -162,7 +162,8 @@ impl WsMux {
         ));
         match dial.await {
             Ok(socket) => {
-                let live = connection::spawn(socket, self.liveness, self.max_response_bytes);
+                let name = self.config.name.as_str().into();
+                let live = connection::spawn(socket, name, self.liveness, self.max_response_bytes);
                 *backoff = Backoff::default();
                 *self.live.lock().unwrap_or_else(|e| e.into_inner()) = Some(live.clone());
                 Ok(live)

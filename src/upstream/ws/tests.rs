@@ -145,7 +145,7 @@ async fn an_answer_over_the_limit_fails_its_lone_call_as_too_large_and_the_next_
 }
 
 #[tokio::test]
-async fn an_answer_over_the_limit_among_several_calls_fails_them_all_as_no_answer() {
+async fn an_answer_over_the_limit_among_several_calls_fails_them_all_as_collateral() {
     // Both calls are held, then the second's answer (sent first) is too large.
     let (url, _, node) = node(2, huge).await;
     let mux = mux_to(&url, 1024);
@@ -155,7 +155,7 @@ async fn an_answer_over_the_limit_among_several_calls_fails_them_all_as_no_answe
     );
     for outcome in [a, b] {
         assert!(
-            matches!(&outcome, Err(SendError::NoAnswer(m)) if m.contains("over 1024 bytes")),
+            matches!(&outcome, Err(SendError::Collateral(m)) if m.contains("over 1024 bytes")),
             "nobody can tell whose answer it was: {outcome:?}"
         );
     }

@@ -174,11 +174,25 @@ fn match_answers(
 ) -> Result<Vec<UpstreamResponse<'_>>, String> {
     // UTF-8 checked once for the whole answer rather than by serde_json string by string.
     let body = std::str::from_utf8(body).map_err(|e| format!("not a JSON-RPC answer: {e}"))?;
+    // The hand-written scanner reads well-formed answers; anything else, serde reads and
+    // reports on.
     if framing == Framing::Single {
+        if let Some(answer) = jsonrpc::single_answer(body) {
+            return Ok(vec![answer]);
+        }
         let answer =
             serde_json::from_str(body).map_err(|e| format!("not a JSON-RPC answer: {e}"))?;
         return Ok(vec![answer]);
     }
+    if let Some(answers) = jsonrpc::batch_answer(body, n) {
+        return Ok(answers);
+    }
+    serde_batch_answer(body, n)
+}
+
+/// [`match_answers`] for a batch answer by serde: the reference the scanner is tested
+/// against, and the reader of every answer the scanner leaves (with the reason it is wrong).
+fn serde_batch_answer(body: &str, n: usize) -> Result<Vec<UpstreamResponse<'_>>, String> {
     let mut slots: Vec<Option<UpstreamResponse>> = (0..n).map(|_| None).collect();
     let problem = Cell::new(None);
     let mut deserializer = serde_json::Deserializer::from_str(body);

@@ -1,0 +1,289 @@
+//! A byte cursor over JSON text for the hot paths (batch requests and batch answers), in place
+//! of serde_json's general-purpose reader: member names and short strings are found by one
+//! tight loop, values that are only relayed are checked and skipped without building anything.
+//!
+//! It is a *recogniser of the common case*, never a second authority: every method answers
+//! `None` as soon as the text is anything it does not fully handle (an escape in a member name
+//! or method, nesting deeper than [`MAX_DEPTH`], any syntax error), and the caller then gives
+//! the whole body to the serde_json path, which decides. Where it answers, it accepts exactly
+//! what serde_json accepts for a value it ignores (`ignore_value`: JSON's grammar, escapes
+//! checked for form only, no depth limit), which the differential tests pin.
+
+use serde::de::value::{BorrowedStrDeserializer, MapDeserializer};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// Containers open at once that [`Cursor::skip_value`] follows; deeper text is left to serde.
+pub(super) const MAX_DEPTH: u32 = 128;
+
+/// serde_json's private name for a raw value in its data model; see [`mint`].
+const RAW_VALUE_TOKEN: &str = "$serde_json::private::RawValue";
+
+/// A position in JSON text.
+pub(super) struct Cursor<'a> {
+    text: &'a str,
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    /// A cursor at the start of `text`.
+    pub(super) fn new(text: &'a str) -> Self {
+        Cursor { text, pos: 0 }
+    }
+
+    fn bytes(&self) -> &'a [u8] {
+        self.text.as_bytes()
+    }
+
+    /// Skips JSON whitespace (the four bytes serde_json skips, nothing else).
+    pub(super) fn ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.bytes().get(self.pos) {
+            self.pos += 1;
+        }
+    }
+
+    /// The next byte, not consumed.
+    pub(super) fn peek(&self) -> Option<u8> {
+        self.bytes().get(self.pos).copied()
+    }
+
+    /// The next byte, consumed.
+    pub(super) fn bump(&mut self) -> Option<u8> {
+        let byte = self.peek()?;
+        self.pos += 1;
+        Some(byte)
+    }
+
+    /// Consumes `byte` if it comes next.
+    pub(super) fn eat(&mut self, byte: u8) -> bool {
+        let next = self.peek() == Some(byte);
+        self.pos += usize::from(next);
+        next
+    }
+
+    /// Whether only whitespace is left.
+    pub(super) fn at_end(&mut self) -> bool {
+        self.ws();
+        self.pos == self.text.len()
+    }
+
+    /// A string without escapes, borrowed, at the cursor; `None` for anything else (an escape
+    /// needs unescaping, which is serde's job).
+    pub(super) fn plain_str(&mut self) -> Option<&'a str> {
+        if self.peek() != Some(b'"') {
+            return None;
+        }
+        let start = self.pos + 1;
+        let len = self
+            .bytes()
+            .get(start..)?
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        let end = start + len;
+        if self.bytes()[end] != b'"' {
+            return None;
+        }
+        self.pos = end + 1;
+        // Both ends are at an ASCII quote, so both are character boundaries.
+        self.text.get(start..end)
+    }
+
+    /// The value at the cursor as a raw span of the text, checked as serde_json checks it.
+    pub(super) fn raw(&mut self) -> Option<&'a RawValue> {
+        let start = self.pos;
+        self.skip_value()?;
+        mint(self.text.get(start..self.pos)?)
+    }
+
+    /// Reads an object, calling `member` with each member name (the cursor then at the value,
+    /// which `member` must consume). Names with escapes are left to serde (`None`).
+    pub(super) fn object(
+        &mut self,
+        mut member: impl FnMut(&mut Self, &'a str) -> Option<()>,
+    ) -> Option<()> {
+        self.ws();
+        if !self.eat(b'{') {
+            return None;
+        }
+        self.ws();
+        if self.eat(b'}') {
+            return Some(());
+        }
+        loop {
+            self.ws();
+            let name = self.plain_str()?;
+            self.ws();
+            if !self.eat(b':') {
+                return None;
+            }
+            self.ws();
+            member(self, name)?;
+            self.ws();
+            match self.bump()? {
+                b',' => {}
+                b'}' => return Some(()),
+                _ => return None,
+            }
+        }
+    }
+
+    /// Skips one value of any type, as serde_json's `ignore_value` reads it.
+    pub(super) fn skip_value(&mut self) -> Option<()> {
+        // The open containers, innermost in bit 0: 1 for an object, 0 for an array.
+        let mut open: u128 = 0;
+        let mut depth = 0;
+        loop {
+            self.ws();
+            match self.peek()? {
+                container @ (b'[' | b'{') => {
+                    self.pos += 1;
+                    self.ws();
+                    let object = container == b'{';
+                    if !self.eat(if object { b'}' } else { b']' }) {
+                        if depth == MAX_DEPTH {
+                            return None;
+                        }
+                        open = open << 1 | u128::from(object);
+                        depth += 1;
+                        if object {
+                            self.member_name()?;
+                        }
+                        continue;
+                    }
+                }
+                _ => self.scalar()?,
+            }
+            // A value ended: close what it ends, or move on to the next element or member.
+            loop {
+                if depth == 0 {
+                    return Some(());
+                }
+                self.ws();
+                let object = open & 1 == 1;
+                match self.bump()? {
+                    b',' => {
+                        if object {
+                            self.ws();
+                            self.member_name()?;
+                        }
+                        break;
+                    }
+                    b'}' if object => {}
+                    b']' if !object => {}
+                    _ => return None,
+                }
+                open >>= 1;
+                depth -= 1;
+            }
+        }
+    }
+
+    /// A member name inside a skipped object and its colon.
+    fn member_name(&mut self) -> Option<()> {
+        self.skip_str()?;
+        self.ws();
+        self.eat(b':').then_some(())
+    }
+
+    /// A string, number or literal.
+    fn scalar(&mut self) -> Option<()> {
+        match self.peek()? {
+            b'"' => self.skip_str(),
+            b'-' | b'0'..=b'9' => self.skip_number(),
+            b'n' => self.literal(b"null"),
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            _ => None,
+        }
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        let end = self.pos + word.len();
+        (self.bytes().get(self.pos..end)? == word).then(|| self.pos = end)
+    }
+
+    /// A string with any escapes, checked for form only (serde's `ignore_str`: a `\u` needs
+    /// four hex digits, a lone surrogate is fine); a control byte ends it in error.
+    fn skip_str(&mut self) -> Option<()> {
+        if !self.eat(b'"') {
+            return None;
+        }
+        loop {
+            let len = self
+                .bytes()
+                .get(self.pos..)?
+                .iter()
+                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+            self.pos += len;
+            match self.bump()? {
+                b'"' => return Some(()),
+                b'\\' => self.skip_escape()?,
+                _ => return None,
+            }
+        }
+    }
+
+    fn skip_escape(&mut self) -> Option<()> {
+        match self.bump()? {
+            b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Some(()),
+            b'u' => {
+                let end = self.pos + 4;
+                let hex = self.bytes().get(self.pos..end)?;
+                self.pos = end;
+                hex.iter().all(u8::is_ascii_hexdigit).then_some(())
+            }
+            _ => None,
+        }
+    }
+
+    /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`, as serde's `ignore_integer` reads it
+    /// (what follows is the caller's to check).
+    fn skip_number(&mut self) -> Option<()> {
+        self.eat(b'-');
+        match self.bump()? {
+            b'0' => {}
+            b'1'..=b'9' => self.digits(),
+            _ => return None,
+        }
+        if self.eat(b'.') {
+            self.some_digits()?;
+        }
+        if matches!(self.peek(), Some(b'e' | b'E')) {
+            self.pos += 1;
+            if matches!(self.peek(), Some(b'+' | b'-')) {
+                self.pos += 1;
+            }
+            self.some_digits()?;
+        }
+        // `01`: serde refuses a digit after a leading zero; so does the caller's next check,
+        // but saying so here keeps the rule in one place.
+        (!matches!(self.peek(), Some(b'0'..=b'9'))).then_some(())
+    }
+
+    fn digits(&mut self) {
+        while let Some(b'0'..=b'9') = self.peek() {
+            self.pos += 1;
+        }
+    }
+
+    fn some_digits(&mut self) -> Option<()> {
+        let start = self.pos;
+        self.digits();
+        (self.pos > start).then_some(())
+    }
+}
+
+/// `json` as a `&RawValue` borrowed from the same text, for a span the cursor has checked.
+///
+/// serde_json mints borrowed raw values only from its own reader (there is no safe
+/// constructor, and this crate forbids `unsafe`); it does so through its data model as a
+/// one-entry map keyed by [`RAW_VALUE_TOKEN`], which any deserializer may present. Should a
+/// serde_json release rename the token, this answers `None`, the callers fall back to the
+/// serde path, and the `minted_raw_values_borrow_the_text` test fails.
+pub(super) fn mint(json: &str) -> Option<&RawValue> {
+    let entry = (
+        BorrowedStrDeserializer::<serde_json::Error>::new(RAW_VALUE_TOKEN),
+        BorrowedStrDeserializer::<serde_json::Error>::new(json),
+    );
+    <&RawValue>::deserialize(MapDeserializer::new(std::iter::once(entry))).ok()
+}

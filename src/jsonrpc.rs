@@ -185,13 +185,12 @@ fn push_u64(out: &mut Vec<u8>, mut n: u64) {
     out.extend_from_slice(&digits[start..]);
 }
 
-/// Appends `text` as a JSON string. Method names are plain ASCII in practice and are copied
+/// Appends `text` as a JSON string. Method names need no escaping in practice and are copied
 /// as they are; anything that needs escaping takes serde_json's escaper.
 fn push_json_str(out: &mut Vec<u8>, text: &str) {
-    let plain = text
-        .bytes()
-        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\');
-    if plain {
+    // serde_json escapes exactly these bytes (quote, backslash, control bytes): a name
+    // without them is written as it is.
+    if scan::string_stop(text.as_bytes()).is_none() {
         out.push(b'"');
         out.extend_from_slice(text.as_bytes());
         out.push(b'"');

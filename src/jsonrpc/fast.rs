@@ -157,3 +157,7 @@ fn response<'a>(cursor: &mut Cursor<'a>) -> Option<UpstreamResponse<'a>> {
     })?;
     Some(answer)
 }
+
+#[cfg(test)]
+#[path = "answer_tests.rs"]
+mod answer_tests;

@@ -74,12 +74,7 @@ impl<'a> Cursor<'a> {
             return None;
         }
         let start = self.pos + 1;
-        let len = self
-            .bytes()
-            .get(start..)?
-            .iter()
-            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
-        let end = start + len;
+        let end = start + string_stop(self.bytes().get(start..)?)?;
         if self.bytes()[end] != b'"' {
             return None;
         }
@@ -209,12 +204,7 @@ impl<'a> Cursor<'a> {
             return None;
         }
         loop {
-            let len = self
-                .bytes()
-                .get(self.pos..)?
-                .iter()
-                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
-            self.pos += len;
+            self.pos += string_stop(self.bytes().get(self.pos..)?)?;
             match self.bump()? {
                 b'"' => return Some(()),
                 b'\\' => self.skip_escape()?,
@@ -273,6 +263,39 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// The index of the first byte in `text` that ends or interrupts a JSON string: a quote, a
+/// backslash or a control byte. Eight bytes at a time (serde_json's own trick), as strings
+/// are most of what a request body is.
+pub(super) fn string_stop(text: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut chunks = text.chunks_exact(8);
+    let mut offset = 0;
+    for chunk in &mut chunks {
+        let mut word = [0; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word);
+        let quote = x ^ (ONES * u64::from(b'"'));
+        let backslash = x ^ (ONES * u64::from(b'\\'));
+        // Each term sets the high bit of a byte that is a quote, a backslash or below 0x20
+        // (and, through borrows, possibly of bytes after it): the lowest set bit is exact.
+        let found = (quote.wrapping_sub(ONES) & !quote
+            | backslash.wrapping_sub(ONES) & !backslash
+            | x.wrapping_sub(ONES * 0x20) & !x)
+            & HIGH;
+        if found != 0 {
+            // `trailing_zeros` is below 64, so the byte index fits any usize.
+            return Some(offset + (found.trailing_zeros() / 8) as usize);
+        }
+        offset += 8;
+    }
+    let rest = chunks.remainder();
+    let at = rest
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+    Some(offset + at)
+}
+
 /// `json` as a `&RawValue` borrowed from the same text, for a span the cursor has checked.
 ///
 /// serde_json mints borrowed raw values only from its own reader (there is no safe
@@ -287,3 +310,7 @@ pub(super) fn mint(json: &str) -> Option<&RawValue> {
     );
     <&RawValue>::deserialize(MapDeserializer::new(std::iter::once(entry))).ok()
 }
+
+#[cfg(test)]
+#[path = "scan_tests.rs"]
+mod tests;

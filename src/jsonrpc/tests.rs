@@ -215,6 +215,12 @@ fn upstream_request_ids_and_method_names_are_written_exactly() {
             "q\"\\\n\u{1}é",
             r#"{"jsonrpc":"2.0","id":18446744073709551615,"method":"q\"\\\n\u0001é"}"#,
         ),
+        (1, "é\u{7f}ü", "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"é\u{7f}ü\"}"),
+        (
+            2,
+            "eth_getBlockByNumber\"",
+            r#"{"jsonrpc":"2.0","id":2,"method":"eth_getBlockByNumber\""}"#,
+        ),
     ] {
         let mut out = Vec::new();
         encode_request(&mut out, id, method, None);

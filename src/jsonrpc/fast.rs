@@ -64,21 +64,21 @@ fn element<'a>(cursor: &mut Cursor<'a>) -> Option<Decoded<'a>> {
         return Some(not_an_object());
     }
     let mut m = Members::default();
-    cursor.object(|cursor, name| {
+    cursor.object(REQUEST_NAMES, |cursor, name| {
         match name {
-            "jsonrpc" => {
+            Some(0) => {
                 let jsonrpc = text(cursor)?;
                 m.repeated |= m.jsonrpc.replace(jsonrpc).is_some();
             }
-            "method" => {
-                let method = text(cursor)?;
-                m.repeated |= m.method.replace(method).is_some();
-            }
-            "id" => {
+            Some(1) => {
                 let id = cursor.raw()?;
                 m.repeated_id |= m.id.replace(id).is_some();
             }
-            "params" => {
+            Some(2) => {
+                let method = text(cursor)?;
+                m.repeated |= m.method.replace(method).is_some();
+            }
+            Some(3) => {
                 let params = cursor.raw()?;
                 m.repeated |= m.params.replace(params).is_some();
             }
@@ -89,9 +89,21 @@ fn element<'a>(cursor: &mut Cursor<'a>) -> Option<Decoded<'a>> {
     Some(validate(m))
 }
 
+/// The members of a request ethgate reads, in the order clients write them.
+const REQUEST_NAMES: [&[u8]; 4] = [b"\"jsonrpc\"", b"\"id\"", b"\"method\"", b"\"params\""];
+
+/// The members of a response ethgate reads, and `jsonrpc` (skipped, but nearly always there).
+const RESPONSE_NAMES: [&[u8]; 4] = [b"\"jsonrpc\"", b"\"id\"", b"\"result\"", b"\"error\""];
+
+/// The version every request and response carries, as written.
+const VERSION: &[u8] = b"\"2.0\"";
+
 /// A member that must be a string: borrowed when it has no escapes (one that has is left to
 /// serde, which unescapes it), `null`, or any other value.
 fn text<'a>(cursor: &mut Cursor<'a>) -> Option<Text<'a>> {
+    if cursor.eat_word(VERSION) {
+        return Some(Text::Str(Cow::Borrowed("2.0")));
+    }
     match cursor.peek()? {
         b'"' => cursor.plain_str().map(|text| Text::Str(Cow::Borrowed(text))),
         b'n' => cursor.skip_value().map(|()| Text::Null),
@@ -145,11 +157,12 @@ fn response<'a>(cursor: &mut Cursor<'a>) -> Option<UpstreamResponse<'a>> {
         result: None,
         error: None,
     };
-    cursor.object(|cursor, name| {
+    cursor.object(RESPONSE_NAMES, |cursor, name| {
         let member = match name {
-            "id" => &mut answer.id,
-            "result" => &mut answer.result,
-            "error" => &mut answer.error,
+            Some(0) if cursor.eat_word(VERSION) => return Some(()),
+            Some(1) => &mut answer.id,
+            Some(2) => &mut answer.result,
+            Some(3) => &mut answer.error,
             _ => return cursor.skip_value(),
         };
         // serde's derive refuses a repeated member; that refusal is left to it.

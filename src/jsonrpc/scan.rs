@@ -36,6 +36,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// Skips JSON whitespace (the four bytes serde_json skips, nothing else).
+    #[inline]
     pub(super) fn ws(&mut self) {
         while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.bytes().get(self.pos) {
             self.pos += 1;
@@ -90,11 +91,15 @@ impl<'a> Cursor<'a> {
         mint(self.text.get(start..self.pos)?)
     }
 
-    /// Reads an object, calling `member` with each member name (the cursor then at the value,
-    /// which `member` must consume). Names with escapes are left to serde (`None`).
-    pub(super) fn object(
+    /// Reads an object, calling `member` for each member (the cursor then at the value, which
+    /// `member` must consume) with the index of its name in `names` (each in quotes, as it is
+    /// written without escapes), `None` for any other name. A name with escapes is left to
+    /// serde.
+    #[inline]
+    pub(super) fn object<const N: usize>(
         &mut self,
-        mut member: impl FnMut(&mut Self, &'a str) -> Option<()>,
+        names: [&[u8]; N],
+        mut member: impl FnMut(&mut Self, Option<usize>) -> Option<()>,
     ) -> Option<()> {
         self.ws();
         if !self.eat(b'{') {
@@ -104,9 +109,18 @@ impl<'a> Cursor<'a> {
         if self.eat(b'}') {
             return Some(());
         }
+        // The name expected next: senders write members in one order, so the name after the
+        // last one is tried first.
+        let mut next = 0;
         loop {
             self.ws();
-            let name = self.plain_str()?;
+            let name = self.known_name(&names, next);
+            match name {
+                Some(known) => next = known + 1,
+                None => {
+                    self.plain_str()?;
+                }
+            }
             self.ws();
             if !self.eat(b':') {
                 return None;
@@ -122,8 +136,47 @@ impl<'a> Cursor<'a> {
         }
     }
 
+    /// Which of `names` (quoted) is written at the cursor, consumed; `from` is tried first.
+    #[inline]
+    fn known_name(&mut self, names: &[&[u8]], from: usize) -> Option<usize> {
+        let rest = self.bytes().get(self.pos..)?;
+        for k in 0..names.len() {
+            let mut i = from + k;
+            if i >= names.len() {
+                i -= names.len();
+            }
+            if rest.starts_with(names[i]) {
+                self.pos += names[i].len();
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// Consumes `word` if it is written at the cursor (a literal value, say `"2.0"`).
+    #[inline]
+    pub(super) fn eat_word(&mut self, word: &[u8]) -> bool {
+        let next = self
+            .bytes()
+            .get(self.pos..)
+            .is_some_and(|rest| rest.starts_with(word));
+        if next {
+            self.pos += word.len();
+        }
+        next
+    }
+
     /// Skips one value of any type, as serde_json's `ignore_value` reads it.
+    #[inline]
     pub(super) fn skip_value(&mut self) -> Option<()> {
+        match self.peek()? {
+            b'[' | b'{' => self.skip_container(),
+            _ => self.scalar(),
+        }
+    }
+
+    /// [`Cursor::skip_value`] for an array or object.
+    fn skip_container(&mut self) -> Option<()> {
         // The open containers, innermost in bit 0: 1 for an object, 0 for an array.
         let mut open: u128 = 0;
         let mut depth = 0;
@@ -181,6 +234,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// A string, number or literal.
+    #[inline]
     fn scalar(&mut self) -> Option<()> {
         match self.peek()? {
             b'"' => self.skip_str(),

@@ -59,6 +59,11 @@ fn batch(
 /// not an object is an invalid request without an id.
 fn element<'a>(cursor: &mut Cursor<'a>) -> Option<Decoded<'a>> {
     cursor.ws();
+    let start = cursor.mark();
+    if let Some(decoded) = compact_request(cursor) {
+        return Some(decoded);
+    }
+    cursor.reset(start);
     if cursor.peek() != Some(b'{') {
         cursor.skip_value()?;
         return Some(not_an_object());
@@ -87,6 +92,37 @@ fn element<'a>(cursor: &mut Cursor<'a>) -> Option<Decoded<'a>> {
         Some(())
     })?;
     Some(validate(m))
+}
+
+/// A request in the layout geth's client (so Chainlink nodes) and web3.js write: compact,
+/// `jsonrpc` "2.0", `id`, `method` without escapes, then `params` if any, read with a few word
+/// comparisons. `None` at the first difference: the caller then reads the element member by
+/// member. Each member comes once here, so [`validate`] judges it as it would any layout.
+fn compact_request<'a>(cursor: &mut Cursor<'a>) -> Option<Decoded<'a>> {
+    if !cursor.eat_word(b"{\"jsonrpc\":\"2.0\",\"id\":") {
+        return None;
+    }
+    let id = cursor.raw()?;
+    if !cursor.eat_word(b",\"method\":") {
+        return None;
+    }
+    let method = cursor.plain_str()?;
+    let params = if cursor.eat_word(b",\"params\":") {
+        Some(cursor.raw()?)
+    } else {
+        None
+    };
+    if !cursor.eat(b'}') {
+        return None;
+    }
+    Some(validate(Members {
+        jsonrpc: Some(Text::Str(Cow::Borrowed("2.0"))),
+        id: Some(id),
+        method: Some(Text::Str(Cow::Borrowed(method))),
+        params,
+        repeated: false,
+        repeated_id: false,
+    }))
 }
 
 /// The members of a request ethgate reads, in the order clients write them.
@@ -150,8 +186,36 @@ pub fn single_answer(body: &str) -> Option<UpstreamResponse<'_>> {
     cursor.at_end().then_some(answer)
 }
 
+/// A response in the layout geth and most servers write: compact, `jsonrpc` "2.0", `id`, then
+/// `result` or `error`; `None` at the first difference (see [`compact_request`]).
+fn compact_response<'a>(cursor: &mut Cursor<'a>) -> Option<UpstreamResponse<'a>> {
+    if !cursor.eat_word(b"{\"jsonrpc\":\"2.0\",\"id\":") {
+        return None;
+    }
+    let id = Some(cursor.raw()?);
+    let mut answer = UpstreamResponse {
+        id,
+        result: None,
+        error: None,
+    };
+    if cursor.eat_word(b",\"result\":") {
+        answer.result = Some(cursor.raw()?);
+    } else if cursor.eat_word(b",\"error\":") {
+        answer.error = Some(cursor.raw()?);
+    } else {
+        return None;
+    }
+    cursor.eat(b'}').then_some(answer)
+}
+
 /// One response object's `id`, `result` and `error`, raw; other members skipped.
 fn response<'a>(cursor: &mut Cursor<'a>) -> Option<UpstreamResponse<'a>> {
+    cursor.ws();
+    let start = cursor.mark();
+    if let Some(answer) = compact_response(cursor) {
+        return Some(answer);
+    }
+    cursor.reset(start);
     let mut answer = UpstreamResponse {
         id: None,
         result: None,

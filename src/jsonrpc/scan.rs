@@ -35,9 +35,26 @@ impl<'a> Cursor<'a> {
         self.text.as_bytes()
     }
 
+    /// The position, to come back to with [`Cursor::reset`].
+    pub(super) fn mark(&self) -> usize {
+        self.pos
+    }
+
+    /// Goes back to a position from [`Cursor::mark`].
+    pub(super) fn reset(&mut self, mark: usize) {
+        self.pos = mark;
+    }
+
     /// Skips JSON whitespace (the four bytes serde_json skips, nothing else).
-    #[inline]
+    #[inline(always)]
     pub(super) fn ws(&mut self) {
+        // Compact JSON has none: one comparison decides that.
+        if self.bytes().get(self.pos).is_some_and(|&b| b <= b' ') {
+            self.skip_ws();
+        }
+    }
+
+    fn skip_ws(&mut self) {
         while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.bytes().get(self.pos) {
             self.pos += 1;
         }
@@ -95,7 +112,7 @@ impl<'a> Cursor<'a> {
     /// `member` must consume) with the index of its name in `names` (each in quotes, as it is
     /// written without escapes), `None` for any other name. A name with escapes is left to
     /// serde.
-    #[inline]
+    #[inline(always)]
     pub(super) fn object<const N: usize>(
         &mut self,
         names: [&[u8]; N],
@@ -109,17 +126,11 @@ impl<'a> Cursor<'a> {
         if self.eat(b'}') {
             return Some(());
         }
-        // The name expected next: senders write members in one order, so the name after the
-        // last one is tried first.
-        let mut next = 0;
         loop {
             self.ws();
-            let name = self.known_name(&names, next);
-            match name {
-                Some(known) => next = known + 1,
-                None => {
-                    self.plain_str()?;
-                }
+            let name = self.known_name(&names);
+            if name.is_none() {
+                self.plain_str()?;
             }
             self.ws();
             if !self.eat(b':') {
@@ -136,17 +147,14 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    /// Which of `names` (quoted) is written at the cursor, consumed; `from` is tried first.
-    #[inline]
-    fn known_name(&mut self, names: &[&[u8]], from: usize) -> Option<usize> {
+    /// Which of `names` (quoted) is written at the cursor, consumed. Inlined into each
+    /// caller with its constant names, so each comparison is a load or two, not a `memcmp`.
+    #[inline(always)]
+    fn known_name(&mut self, names: &[&[u8]]) -> Option<usize> {
         let rest = self.bytes().get(self.pos..)?;
-        for k in 0..names.len() {
-            let mut i = from + k;
-            if i >= names.len() {
-                i -= names.len();
-            }
-            if rest.starts_with(names[i]) {
-                self.pos += names[i].len();
+        for (i, name) in names.iter().enumerate() {
+            if rest.get(..name.len()) == Some(name) {
+                self.pos += name.len();
                 return Some(i);
             }
         }
@@ -282,6 +290,7 @@ impl<'a> Cursor<'a> {
 
     /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`, as serde's `ignore_integer` reads it
     /// (what follows is the caller's to check).
+    #[inline]
     fn skip_number(&mut self) -> Option<()> {
         self.eat(b'-');
         match self.bump()? {

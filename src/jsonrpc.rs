@@ -217,7 +217,16 @@ pub struct UpstreamResponse<'a> {
 impl UpstreamResponse<'_> {
     /// ethgate's numeric id echoed by the upstream.
     pub fn numeric_id(&self) -> Option<u64> {
-        self.id.and_then(|raw| raw.get().parse().ok())
+        let text = self.id?.get();
+        // Up to 19 digits cannot overflow: summed directly, as every answer's id is read
+        // here; anything else takes the library's parser, which decides.
+        if text.len() <= 19 && !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+            return Some(
+                text.bytes()
+                    .fold(0, |n, digit| n * 10 + u64::from(digit - b'0')),
+            );
+        }
+        text.parse().ok()
     }
 
     /// Code and message of a JSON-RPC error answer.

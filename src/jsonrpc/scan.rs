@@ -242,7 +242,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// A string, number or literal.
-    #[inline]
+    #[inline(always)]
     fn scalar(&mut self) -> Option<()> {
         match self.peek()? {
             b'"' => self.skip_str(),
@@ -330,33 +330,26 @@ impl<'a> Cursor<'a> {
 /// backslash or a control byte. Eight bytes at a time (serde_json's own trick), as strings
 /// are most of what a request body is.
 pub(super) fn string_stop(text: &[u8]) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
     let mut chunks = text.chunks_exact(8);
     let mut offset = 0;
     for chunk in &mut chunks {
-        let mut word = [0; 8];
-        word.copy_from_slice(chunk);
-        let x = u64::from_le_bytes(word);
-        let quote = x ^ (ONES * u64::from(b'"'));
-        let backslash = x ^ (ONES * u64::from(b'\\'));
-        // Each term sets the high bit of a byte that is a quote, a backslash or below 0x20
-        // (and, through borrows, possibly of bytes after it): the lowest set bit is exact.
-        let found = (quote.wrapping_sub(ONES) & !quote
-            | backslash.wrapping_sub(ONES) & !backslash
-            | x.wrapping_sub(ONES * 0x20) & !x)
-            & HIGH;
-        if found != 0 {
-            // `trailing_zeros` is below 64, so the byte index fits any usize.
-            return Some(offset + (found.trailing_zeros() / 8) as usize);
+        if let Some(at) = word_stop(chunk) {
+            return Some(offset + at);
         }
         offset += 8;
     }
     let rest = chunks.remainder();
-    let at = rest
-        .iter()
-        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
-    Some(offset + at)
+    if rest.is_empty() {
+        return None;
+    }
+    if offset > 0 {
+        // The last eight bytes, overlapping bytes already found clean: one more word
+        // instead of up to seven bytes one by one.
+        let last = text.len() - 8;
+        return word_stop(text.get(last..)?).map(|at| last + at);
+    }
+    rest.iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
 }
 
 /// `json` as a `&RawValue` borrowed from the same text, for a span the cursor has checked.
@@ -372,6 +365,26 @@ pub(super) fn mint(json: &str) -> Option<&RawValue> {
         BorrowedStrDeserializer::<serde_json::Error>::new(json),
     );
     <&RawValue>::deserialize(MapDeserializer::new(std::iter::once(entry))).ok()
+}
+
+/// [`string_stop`] within one eight-byte `chunk` (shorter is never passed).
+#[inline(always)]
+fn word_stop(chunk: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut word = [0; 8];
+    word.copy_from_slice(chunk.get(..8)?);
+    let x = u64::from_le_bytes(word);
+    let quote = x ^ (ONES * u64::from(b'"'));
+    let backslash = x ^ (ONES * u64::from(b'\\'));
+    // Each term sets the high bit of a byte that is a quote, a backslash or below 0x20
+    // (and, through borrows, possibly of bytes after it): the lowest set bit is exact.
+    let found = (quote.wrapping_sub(ONES) & !quote
+        | backslash.wrapping_sub(ONES) & !backslash
+        | x.wrapping_sub(ONES * 0x20) & !x)
+        & HIGH;
+    // `trailing_zeros` is below 64, so the byte index fits any usize.
+    (found != 0).then(|| (found.trailing_zeros() / 8) as usize)
 }
 
 #[cfg(test)]

@@ -229,3 +229,24 @@ fn upstream_request_ids_and_method_names_are_written_exactly() {
         assert_eq!(back["method"], method);
     }
 }
+
+/// The direct reading of short ids against the library's parser.
+#[test]
+fn numeric_ids_read_as_the_library_reads_them() {
+    for id in [
+        "0", "7", "007", "1234567890123456789", "9999999999999999999", "18446744073709551615",
+        "18446744073709551616", "99999999999999999999", "-1", "+1", "1.0", "1e3", "\"1\"",
+        "null",
+    ] {
+        // Upstream ids are JSON; text that is not (`007`, `+1`) never reaches this.
+        let Ok(raw) = RawValue::from_string(id.to_string()) else {
+            continue;
+        };
+        let answer = UpstreamResponse {
+            id: Some(&raw),
+            result: None,
+            error: None,
+        };
+        assert_eq!(answer.numeric_id(), id.parse::<u64>().ok(), "{id}");
+    }
+}

@@ -175,7 +175,16 @@ impl BlockRef {
 }
 
 fn parse_hex(text: &str) -> Option<u64> {
-    u64::from_str_radix(text.strip_prefix("0x")?, 16).ok()
+    let digits = text.strip_prefix("0x")?;
+    // Up to 16 hex digits cannot overflow: read directly, as every `eth_blockNumber` answer
+    // is read here; anything else (longer, a sign) takes the library's parser, which decides.
+    if digits.is_empty() || digits.len() > 16 || digits.starts_with('+') {
+        return u64::from_str_radix(digits, 16).ok();
+    }
+    digits.bytes().try_fold(0u64, |n, digit| {
+        let value = char::from(digit).to_digit(16)?;
+        Some(n << 4 | u64::from(value))
+    })
 }
 
 /// The `number` of a block object answer (`None` for `null` or anything else).
@@ -245,6 +254,21 @@ pub fn pin(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The direct reading of short quantities against the library's parser.
+    #[test]
+    fn hex_quantities_read_as_the_library_reads_them() {
+        for digits in [
+            "", "0", "00", "1234", "abcdef", "ABCDEF", "fFfF", "ffffffffffffffff",
+            "0ffffffffffffffff", "10000000000000000", "000000000000000001", "+1", "+", "-1",
+            "1g", "g", " 1", "1 ", "é", "0x1", "12_34",
+        ] {
+            let expected = u64::from_str_radix(digits, 16).ok();
+            assert_eq!(parse_hex(&format!("0x{digits}")), expected, "0x{digits}");
+        }
+        assert_eq!(parse_hex("1234"), None);
+        assert_eq!(parse_hex("0X12"), None);
+    }
 
     fn raw(text: &str) -> Box<RawValue> {
         RawValue::from_string(text.to_string()).unwrap()

@@ -139,7 +139,7 @@ impl<'de> Visitor<'de> for ElementVisitor {
 }
 
 /// Judges the members of one object (see the module doc for the rules).
-#[inline]
+#[inline(always)]
 pub(super) fn validate(m: Members<'_>) -> Decoded<'_> {
     if m.repeated_id || m.id.is_some_and(|id| !id_type_ok(id)) {
         return Err(Rejected::without_id(INVALID_REQUEST));

@@ -102,13 +102,16 @@ fn compact_request<'a>(cursor: &mut Cursor<'a>) -> Option<Decoded<'a>> {
     if !cursor.eat_word(b"{\"jsonrpc\":\"2.0\",\"id\":") {
         return None;
     }
-    let id = cursor.raw()?;
+    let id = match cursor.small_uint() {
+        Some((_, id)) => id,
+        None => cursor.raw()?,
+    };
     if !cursor.eat_word(b",\"method\":") {
         return None;
     }
     let method = cursor.plain_str()?;
     let params = if cursor.eat_word(b",\"params\":") {
-        Some(cursor.raw()?)
+        Some(cursor.empty_array().map_or_else(|| cursor.raw(), Some)?)
     } else {
         None
     };
@@ -160,8 +163,12 @@ pub fn batch_answer(body: &str, n: usize) -> Option<Vec<UpstreamResponse<'_>>> {
     cursor.ws();
     if !cursor.eat(b']') {
         loop {
-            let answer = response(&mut cursor)?;
-            let slot = slots.get_mut(usize::try_from(answer.numeric_id()?).ok()?)?;
+            let (answer, id) = response(&mut cursor)?;
+            let id = match id {
+                Some(id) => id,
+                None => answer.numeric_id()?,
+            };
+            let slot = slots.get_mut(usize::try_from(id).ok()?)?;
             if slot.replace(answer).is_some() {
                 return None;
             }
@@ -182,19 +189,22 @@ pub fn batch_answer(body: &str, n: usize) -> Option<Vec<UpstreamResponse<'_>>> {
 /// A single response, or `None` to leave it to serde.
 pub fn single_answer(body: &str) -> Option<UpstreamResponse<'_>> {
     let mut cursor = Cursor::new(body);
-    let answer = response(&mut cursor)?;
+    let (answer, _) = response(&mut cursor)?;
     cursor.at_end().then_some(answer)
 }
 
 /// A response in the layout geth and most servers write: compact, `jsonrpc` "2.0", `id`, then
 /// `result` or `error`; `None` at the first difference (see [`compact_request`]).
-fn compact_response<'a>(cursor: &mut Cursor<'a>) -> Option<UpstreamResponse<'a>> {
+fn compact_response<'a>(cursor: &mut Cursor<'a>) -> Option<(UpstreamResponse<'a>, Option<u64>)> {
     if !cursor.eat_word(b"{\"jsonrpc\":\"2.0\",\"id\":") {
         return None;
     }
-    let id = Some(cursor.raw()?);
+    let (number, id) = match cursor.small_uint() {
+        Some((number, id)) => (Some(number), id),
+        None => (None, cursor.raw()?),
+    };
     let mut answer = UpstreamResponse {
-        id,
+        id: Some(id),
         result: None,
         error: None,
     };
@@ -205,11 +215,12 @@ fn compact_response<'a>(cursor: &mut Cursor<'a>) -> Option<UpstreamResponse<'a>>
     } else {
         return None;
     }
-    cursor.eat(b'}').then_some(answer)
+    cursor.eat(b'}').then_some((answer, number))
 }
 
-/// One response object's `id`, `result` and `error`, raw; other members skipped.
-fn response<'a>(cursor: &mut Cursor<'a>) -> Option<UpstreamResponse<'a>> {
+/// One response object's `id`, `result` and `error`, raw, other members skipped; with the
+/// numeric id when it was read on the way.
+fn response<'a>(cursor: &mut Cursor<'a>) -> Option<(UpstreamResponse<'a>, Option<u64>)> {
     cursor.ws();
     let start = cursor.mark();
     if let Some(answer) = compact_response(cursor) {
@@ -232,7 +243,7 @@ fn response<'a>(cursor: &mut Cursor<'a>) -> Option<UpstreamResponse<'a>> {
         // serde's derive refuses a repeated member; that refusal is left to it.
         member.replace(cursor.raw()?).is_none().then_some(())
     })?;
-    Some(answer)
+    Some((answer, None))
 }
 
 #[cfg(test)]

@@ -101,6 +101,41 @@ impl<'a> Cursor<'a> {
         self.text.get(start..end)
     }
 
+    /// A non-negative integer of up to 19 digits at the cursor (every id ethgate sends, most
+    /// ids clients send), with its raw span; `None`, the cursor unmoved, for any other value.
+    #[inline(always)]
+    pub(super) fn small_uint(&mut self) -> Option<(u64, &'a RawValue)> {
+        let rest = self.bytes().get(self.pos..)?;
+        let len = rest.iter().take(20).take_while(|b| b.is_ascii_digit()).count();
+        // A leading zero must stand alone, and a fraction or exponent makes another number.
+        let valid = (1..=19).contains(&len)
+            && (rest[0] != b'0' || len == 1)
+            && !matches!(rest.get(len), Some(b'.' | b'e' | b'E'));
+        if !valid {
+            return None;
+        }
+        let digits = rest.get(..len)?;
+        let n = digits
+            .iter()
+            .fold(0, |n, digit| n * 10 + u64::from(digit - b'0'));
+        let raw = mint(self.text.get(self.pos..self.pos + len)?)?;
+        self.pos += len;
+        Some((n, raw))
+    }
+
+    /// `[]` at the cursor (the params of most reads), raw; `None`, the cursor unmoved, for
+    /// anything else.
+    #[inline(always)]
+    pub(super) fn empty_array(&mut self) -> Option<&'a RawValue> {
+        let end = self.pos + 2;
+        if self.bytes().get(self.pos..end) != Some(b"[]") {
+            return None;
+        }
+        let raw = mint(self.text.get(self.pos..end)?)?;
+        self.pos = end;
+        Some(raw)
+    }
+
     /// The value at the cursor as a raw span of the text, checked as serde_json checks it.
     pub(super) fn raw(&mut self) -> Option<&'a RawValue> {
         let start = self.pos;

@@ -169,3 +169,31 @@ fn string_stop_finds_the_first_quote_backslash_or_control_byte() {
         assert_eq!(string_stop(&text), plain(&text), "on {text:?}");
     }
 }
+
+/// The shortcuts for small integers and `[]` read what [`Cursor::raw`] reads, or leave the
+/// cursor where it was.
+#[test]
+fn shortcuts_read_what_raw_reads_or_nothing() {
+    for text in [
+        "0", "7", "7,", "42}", "01", "0.5", "12.5", "1e3", "1E3", "-1", "1234567890123456789",
+        "12345678901234567890", "18446744073709551615", "99999999999999999999", "", "x",
+        "[]", "[],", "[ ]", "[1]", "[", "\"1\"",
+    ] {
+        let raw = Cursor::new(text).raw().map(RawValue::get);
+        let mut cursor = Cursor::new(text);
+        match cursor.small_uint() {
+            Some((n, uint)) => {
+                assert_eq!(Some(uint.get()), raw, "{text:?}");
+                assert_eq!(Some(n), uint.get().parse().ok(), "{text:?}");
+            }
+            None => assert_eq!(cursor.mark(), 0, "{text:?}"),
+        }
+        let mut cursor = Cursor::new(text);
+        match cursor.empty_array() {
+            Some(empty) => assert_eq!((Some(empty.get()), empty.get()), (raw, "[]")),
+            None => assert_eq!(cursor.mark(), 0, "{text:?}"),
+        }
+    }
+    assert!(Cursor::new("7").small_uint().is_some());
+    assert!(Cursor::new("[]").empty_array().is_some());
+}

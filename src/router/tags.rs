@@ -182,7 +182,12 @@ fn parse_hex(text: &str) -> Option<u64> {
         return u64::from_str_radix(digits, 16).ok();
     }
     digits.bytes().try_fold(0u64, |n, digit| {
-        let value = char::from(digit).to_digit(16)?;
+        let value = match digit {
+            b'0'..=b'9' => digit - b'0',
+            b'a'..=b'f' => digit - b'a' + 10,
+            b'A'..=b'F' => digit - b'A' + 10,
+            _ => return None,
+        };
         Some(n << 4 | u64::from(value))
     })
 }

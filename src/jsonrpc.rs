@@ -201,7 +201,7 @@ fn push_json_str(out: &mut Vec<u8>, text: &str) {
 }
 
 /// The part of an upstream response object that ethgate looks at; borrows from the body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct UpstreamResponse<'a> {
     /// Echo of ethgate's id.
     #[serde(default, borrow, deserialize_with = "present")]

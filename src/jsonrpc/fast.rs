@@ -159,7 +159,14 @@ pub fn batch_answer(body: &str, n: usize) -> Option<Vec<UpstreamResponse<'_>>> {
     if !cursor.eat(b'[') {
         return None;
     }
-    let mut slots: Vec<Option<UpstreamResponse<'_>>> = (0..n).map(|_| None).collect();
+    // A slot is filled once its response (which has an id, or it had no slot) is in it:
+    // the vector is the answer as it stands, no second one collected from it.
+    let empty = UpstreamResponse {
+        id: None,
+        result: None,
+        error: None,
+    };
+    let mut slots = vec![empty; n];
     cursor.ws();
     if !cursor.eat(b']') {
         loop {
@@ -169,9 +176,10 @@ pub fn batch_answer(body: &str, n: usize) -> Option<Vec<UpstreamResponse<'_>>> {
                 None => answer.numeric_id()?,
             };
             let slot = slots.get_mut(usize::try_from(id).ok()?)?;
-            if slot.replace(answer).is_some() {
+            if slot.id.is_some() {
                 return None;
             }
+            *slot = answer;
             cursor.ws();
             match cursor.bump()? {
                 b',' => {}
@@ -180,10 +188,8 @@ pub fn batch_answer(body: &str, n: usize) -> Option<Vec<UpstreamResponse<'_>>> {
             }
         }
     }
-    if !cursor.at_end() {
-        return None;
-    }
-    slots.into_iter().collect()
+    let complete = slots.iter().all(|slot| slot.id.is_some());
+    (cursor.at_end() && complete).then_some(slots)
 }
 
 /// A single response, or `None` to leave it to serde.

@@ -207,10 +207,16 @@ pub fn block_number(result: &RawValue) -> Option<u64> {
 pub fn quantity(result: &RawValue) -> Option<u64> {
     let raw = result.get();
     // A raw value that opens with a quote is a whole JSON string; without a backslash its
-    // text is what lies between the quotes, so the common answer skips a parser round.
+    // text is what lies between the quotes, so the common answer skips a parser round. Hex
+    // digits hold no backslash: the text is tried first, the backslash looked for only if
+    // it is not a quantity.
     let text = match raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
-        Some(inner) if !inner.contains('\\') => inner,
-        _ => serde_json::from_str::<&str>(raw).ok()?,
+        Some(inner) => match parse_hex(inner) {
+            Some(number) => return Some(number),
+            None if !inner.contains('\\') => return None,
+            None => serde_json::from_str::<&str>(raw).ok()?,
+        },
+        None => serde_json::from_str::<&str>(raw).ok()?,
     };
     parse_hex(text)
 }

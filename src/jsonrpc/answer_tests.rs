@@ -44,8 +44,12 @@ fn unusual(body: &str) -> bool {
 }
 
 fn agree(body: &str, n: usize) {
-    let scanned = batch_answer(body, n)
-        .map(|answers| answers.iter().map(|a| describe(a, body)).collect::<Vec<_>>());
+    let scanned = batch_answer(body, n).map(|answers| {
+        answers
+            .iter()
+            .map(|a| describe(a, body))
+            .collect::<Vec<_>>()
+    });
     let expected = reference(body, n);
     match scanned {
         Some(scanned) => assert_eq!(Some(scanned), expected, "batch of {n} on {body:?}"),
@@ -69,9 +73,18 @@ fn agree(body: &str, n: usize) {
 
 const ANSWERS: &[(&str, usize)] = &[
     (r#"[{"jsonrpc":"2.0","id":0,"result":"0x1"}]"#, 1),
-    (r#"[{"jsonrpc":"2.0","id":1,"result":false},{"id":0,"result":null,"jsonrpc":"2.0"}]"#, 2),
-    (r#" [ { "id" : 0 , "error" : {"code":-32000,"message":"x\"y"} } ] "#, 1),
-    (r#"[{"id":0,"result":{"a":[1,{"b":"]}"}]},"extra":[[]]}]"#, 1),
+    (
+        r#"[{"jsonrpc":"2.0","id":1,"result":false},{"id":0,"result":null,"jsonrpc":"2.0"}]"#,
+        2,
+    ),
+    (
+        r#" [ { "id" : 0 , "error" : {"code":-32000,"message":"x\"y"} } ] "#,
+        1,
+    ),
+    (
+        r#"[{"id":0,"result":{"a":[1,{"b":"]}"}]},"extra":[[]]}]"#,
+        1,
+    ),
     (r#"[{"id":0,"result":"0x1","error":null}]"#, 1),
     (r#"[{"id":0,"result":"\u00e9\ud800"}]"#, 1),
     (r#"[{"id":0,"result":1},{"id":0,"result":2}]"#, 2),
@@ -95,8 +108,14 @@ const ANSWERS: &[(&str, usize)] = &[
     (r#"[{"id":0,"result":01}]"#, 1),
     ("[{\"id\":0,\"result\":\"a\u{1}\"}]", 1),
     (r#"[{"jsonrpc":"2.0","id":0,"result":1,"result":2}]"#, 1),
-    (r#"[{"jsonrpc":"2.0","id":0,"error":{"code":1},"result":null}]"#, 1),
-    (r#"[{"jsonrpc":"2.0","id":0,"result":"0x1","jsonrpc":"2.0"}]"#, 1),
+    (
+        r#"[{"jsonrpc":"2.0","id":0,"error":{"code":1},"result":null}]"#,
+        1,
+    ),
+    (
+        r#"[{"jsonrpc":"2.0","id":0,"result":"0x1","jsonrpc":"2.0"}]"#,
+        1,
+    ),
     (r#"[{"jsonrpc":"2.0","id":0,"id":0,"result":1}]"#, 1),
     (r#"[{"jsonrpc":"2.0","id":0}]"#, 1),
     (r#"[{"jsonrpc":"2.0","id":0,"result":1 }]"#, 1),
@@ -168,7 +187,10 @@ fn answer_scanner_reads_a_large_batch_in_call_order() {
     let answers = batch_answer(&body, 100).expect("a plain answer is scanned");
     for (i, answer) in answers.iter().enumerate() {
         assert_eq!(answer.numeric_id(), Some(i as u64));
-        assert_eq!(answer.result.map(RawValue::get), Some(format!("\"0x{i:x}\"").as_str()));
+        assert_eq!(
+            answer.result.map(RawValue::get),
+            Some(format!("\"0x{i:x}\"").as_str())
+        );
     }
     agree(&body, 100);
 }

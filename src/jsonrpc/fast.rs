@@ -144,7 +144,9 @@ fn text<'a>(cursor: &mut Cursor<'a>) -> Option<Text<'a>> {
         return Some(Text::Str(Cow::Borrowed("2.0")));
     }
     match cursor.peek()? {
-        b'"' => cursor.plain_str().map(|text| Text::Str(Cow::Borrowed(text))),
+        b'"' => cursor
+            .plain_str()
+            .map(|text| Text::Str(Cow::Borrowed(text))),
         b'n' => cursor.skip_value().map(|()| Text::Null),
         _ => cursor.skip_value().map(|()| Text::Other),
     }

@@ -106,7 +106,11 @@ impl<'a> Cursor<'a> {
     #[inline(always)]
     pub(super) fn small_uint(&mut self) -> Option<(u64, &'a RawValue)> {
         let rest = self.bytes().get(self.pos..)?;
-        let len = rest.iter().take(20).take_while(|b| b.is_ascii_digit()).count();
+        let len = rest
+            .iter()
+            .take(20)
+            .take_while(|b| b.is_ascii_digit())
+            .count();
         // A leading zero must stand alone, and a fraction or exponent makes another number.
         let valid = (1..=19).contains(&len)
             && (rest[0] != b'0' || len == 1)

@@ -7,7 +7,9 @@ use super::*;
 
 /// Asserts that the cursor reads `text` as one value exactly when serde_json does.
 fn agree(text: &str) {
-    let serde = serde_json::from_str::<&RawValue>(text).ok().map(RawValue::get);
+    let serde = serde_json::from_str::<&RawValue>(text)
+        .ok()
+        .map(RawValue::get);
     let mut cursor = Cursor::new(text);
     cursor.ws();
     let scanned = cursor.raw().filter(|_| cursor.at_end()).map(RawValue::get);
@@ -139,7 +141,9 @@ fn string_stop_finds_the_first_quote_backslash_or_control_byte() {
         text.iter()
             .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
     };
-    let bytes = [b'"', b'\\', 0, 0x1f, 0x20, 0x21, b'!', 0x7f, 0x80, 0xff, b'a'];
+    let bytes = [
+        b'"', b'\\', 0, 0x1f, 0x20, 0x21, b'!', 0x7f, 0x80, 0xff, b'a',
+    ];
     for len in 0..20 {
         for at in 0..len {
             for &first in &bytes {
@@ -163,7 +167,11 @@ fn string_stop_finds_the_first_quote_backslash_or_control_byte() {
                 state ^= state >> 7;
                 state ^= state << 17;
                 let byte = (state >> 24) as u8;
-                if state % 9 == 0 { byte } else { byte | 0x40 }
+                if state % 9 == 0 {
+                    byte
+                } else {
+                    byte | 0x40
+                }
             })
             .collect();
         assert_eq!(string_stop(&text), plain(&text), "on {text:?}");
@@ -175,9 +183,28 @@ fn string_stop_finds_the_first_quote_backslash_or_control_byte() {
 #[test]
 fn shortcuts_read_what_raw_reads_or_nothing() {
     for text in [
-        "0", "7", "7,", "42}", "01", "0.5", "12.5", "1e3", "1E3", "-1", "1234567890123456789",
-        "12345678901234567890", "18446744073709551615", "99999999999999999999", "", "x",
-        "[]", "[],", "[ ]", "[1]", "[", "\"1\"",
+        "0",
+        "7",
+        "7,",
+        "42}",
+        "01",
+        "0.5",
+        "12.5",
+        "1e3",
+        "1E3",
+        "-1",
+        "1234567890123456789",
+        "12345678901234567890",
+        "18446744073709551615",
+        "99999999999999999999",
+        "",
+        "x",
+        "[]",
+        "[],",
+        "[ ]",
+        "[1]",
+        "[",
+        "\"1\"",
     ] {
         let raw = Cursor::new(text).raw().map(RawValue::get);
         let mut cursor = Cursor::new(text);

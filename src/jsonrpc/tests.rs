@@ -215,7 +215,11 @@ fn upstream_request_ids_and_method_names_are_written_exactly() {
             "q\"\\\n\u{1}é",
             r#"{"jsonrpc":"2.0","id":18446744073709551615,"method":"q\"\\\n\u0001é"}"#,
         ),
-        (1, "é\u{7f}ü", "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"é\u{7f}ü\"}"),
+        (
+            1,
+            "é\u{7f}ü",
+            "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"é\u{7f}ü\"}",
+        ),
         (
             2,
             "eth_getBlockByNumber\"",
@@ -234,8 +238,19 @@ fn upstream_request_ids_and_method_names_are_written_exactly() {
 #[test]
 fn numeric_ids_read_as_the_library_reads_them() {
     for id in [
-        "0", "7", "007", "1234567890123456789", "9999999999999999999", "18446744073709551615",
-        "18446744073709551616", "99999999999999999999", "-1", "+1", "1.0", "1e3", "\"1\"",
+        "0",
+        "7",
+        "007",
+        "1234567890123456789",
+        "9999999999999999999",
+        "18446744073709551615",
+        "18446744073709551616",
+        "99999999999999999999",
+        "-1",
+        "+1",
+        "1.0",
+        "1e3",
+        "\"1\"",
         "null",
     ] {
         // Upstream ids are JSON; text that is not (`007`, `+1`) never reaches this.

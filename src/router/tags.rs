@@ -270,9 +270,27 @@ mod tests {
     #[test]
     fn hex_quantities_read_as_the_library_reads_them() {
         for digits in [
-            "", "0", "00", "1234", "abcdef", "ABCDEF", "fFfF", "ffffffffffffffff",
-            "0ffffffffffffffff", "10000000000000000", "000000000000000001", "+1", "+", "-1",
-            "1g", "g", " 1", "1 ", "é", "0x1", "12_34",
+            "",
+            "0",
+            "00",
+            "1234",
+            "abcdef",
+            "ABCDEF",
+            "fFfF",
+            "ffffffffffffffff",
+            "0ffffffffffffffff",
+            "10000000000000000",
+            "000000000000000001",
+            "+1",
+            "+",
+            "-1",
+            "1g",
+            "g",
+            " 1",
+            "1 ",
+            "é",
+            "0x1",
+            "12_34",
         ] {
             let expected = u64::from_str_radix(digits, 16).ok();
             assert_eq!(parse_hex(&format!("0x{digits}")), expected, "0x{digits}");

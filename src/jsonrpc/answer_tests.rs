@@ -194,3 +194,26 @@ fn answer_scanner_reads_a_large_batch_in_call_order() {
     }
     agree(&body, 100);
 }
+
+/// The answers of the `upstream_answer` fuzz corpus, each for as many calls as its request
+/// holds.
+#[test]
+fn answer_scanner_agrees_on_the_fuzz_corpus() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/upstream_answer");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).expect("corpus directory") {
+        let bytes = std::fs::read(entry.expect("corpus entry").path()).expect("corpus file");
+        let Some(split) = bytes.iter().position(|&b| b == 0) else {
+            continue;
+        };
+        let calls = match crate::jsonrpc::decode(&bytes[..split], 1000) {
+            Ok(Incoming::Batch(items)) => items.len(),
+            _ => 1,
+        };
+        if let Ok(answer) = std::str::from_utf8(&bytes[split + 1..]) {
+            agree(answer, calls);
+            seen += 1;
+        }
+    }
+    assert!(seen > 0, "empty corpus at {}", dir.display());
+}

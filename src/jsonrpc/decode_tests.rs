@@ -1,6 +1,6 @@
-//! The single-pass decoder against the exact two-pass one (`exact`, the former decoder): on
-//! every input both must give the same verdict, the same ids byte for byte, the same methods
-//! and params. Inputs: hand-written edge cases (odd ids, whitespace, escapes, nested
+//! The hand-written scanner (`fast`) and the single-pass decoder against the exact two-pass
+//! one (`exact`, the former decoder): on every input each must give the same verdict, the
+//! same ids byte for byte, the same methods and params (or, the scanner, decline the body). Inputs: hand-written edge cases (odd ids, whitespace, escapes, nested
 //! params, repeated members, error items, truncations) and the fuzz seed corpus.
 
 use std::borrow::Cow;
@@ -274,5 +274,32 @@ fn single_pass_decoder_agrees_on_edited_batches() {
             }
         }
         agree(&body);
+    }
+}
+
+/// The layouts clients send (geth's client and web3.js: `jsonrpc, id, method, params`;
+/// ethers: `method, params, id, jsonrpc`; pretty-printed) are all read by the scanner, not
+/// left to the slower serde path, and read as the exact decoder reads them.
+#[test]
+fn the_scanner_reads_the_layouts_clients_send() {
+    let geth: Vec<String> = (0..100)
+        .map(|i| format!(r#"{{"jsonrpc":"2.0","id":{i},"method":"eth_blockNumber","params":[]}}"#))
+        .collect();
+    let ethers = r#"[{"method":"eth_call","params":[{"to":"0x5fbdb2315678afecb367f032d93f642f64180aa3","data":"0x06fdde03"},"latest"],"id":42,"jsonrpc":"2.0"},{"method":"eth_chainId","params":[],"id":43,"jsonrpc":"2.0"}]"#;
+    let pretty = "[\n  {\n    \"jsonrpc\": \"2.0\",\n    \"id\": \"a-1\",\n    \"method\": \"eth_getBalance\",\n    \"params\": [\"0x0000000000000000000000000000000000000000\", \"latest\"]\n  }\n]\n";
+    for body in [
+        format!("[{}]", geth.join(",")),
+        ethers.to_string(),
+        pretty.to_string(),
+    ] {
+        let scanned = super::fast::decode(&body, 1000).expect("the scanner reads this layout");
+        assert_eq!(
+            describe_all(&scanned),
+            describe_all(&exact::decode(body.as_bytes(), 1000))
+        );
+        let Ok(Incoming::Batch(items)) = scanned else {
+            panic!("a batch");
+        };
+        assert!(items.iter().all(Result::is_ok), "every call is valid");
     }
 }

@@ -93,7 +93,7 @@ impl<'a> Cursor<'a> {
         }
         let start = self.pos + 1;
         let end = start + string_stop(self.bytes().get(start..)?)?;
-        if self.bytes()[end] != b'"' {
+        if self.bytes().get(end) != Some(&b'"') {
             return None;
         }
         self.pos = end + 1;
@@ -113,7 +113,7 @@ impl<'a> Cursor<'a> {
             .count();
         // A leading zero must stand alone, and a fraction or exponent makes another number.
         let valid = (1..=19).contains(&len)
-            && (rest[0] != b'0' || len == 1)
+            && (rest.first() != Some(&b'0') || len == 1)
             && !matches!(rest.get(len), Some(b'.' | b'e' | b'E'));
         if !valid {
             return None;

@@ -61,13 +61,16 @@ fn agree_with_limit(body: &[u8], limit: usize) {
     }
 }
 
-/// Asserts that both decoders agree on `body`, alone and as an element of a batch.
+/// Asserts that both decoders agree on `body`, alone and as an element of a batch, under a
+/// batch limit it fits and one it passes (refused once the element past it is read whole).
 fn agree(body: &[u8]) {
     agree_with_limit(body, 4);
+    agree_with_limit(body, 1);
     let mut batch = b"[ ".to_vec();
     batch.extend_from_slice(body);
     batch.extend_from_slice(b" ,\n{\"jsonrpc\":\"2.0\",\"method\":\"x\"}]");
     agree_with_limit(&batch, 4);
+    agree_with_limit(&batch, 1);
 }
 
 /// Request objects and other values, valid and not, that a client could send.

@@ -11,6 +11,10 @@ mod batch;
 pub mod code;
 mod element;
 mod exact;
+mod fast;
+mod scan;
+
+pub use fast::{batch_answer, single_answer};
 
 /// A standard error that ethgate produces itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,7 +118,15 @@ pub enum Incoming<'a> {
 /// large" as soon as a batch grows past `max_batch_len` elements (the rest is never decoded,
 /// so a body of millions of tiny elements costs no more than one of `max_batch_len`).
 pub fn decode(body: &[u8], max_batch_len: usize) -> Result<Incoming<'_>, RpcError> {
-    match single_pass(body, max_batch_len) {
+    // Validated once here, so every string below is read from `&str` without its UTF-8 being
+    // checked again (that check was the largest single cost of a batch). Invalid UTF-8 was a
+    // parse error before too: outside strings JSON allows only ASCII.
+    let text = std::str::from_utf8(body).map_err(|_| PARSE_ERROR)?;
+    // The hand-written scanner answers the common bodies; what it leaves goes to serde.
+    if let Some(decoded) = fast::decode(text, max_batch_len) {
+        return decoded;
+    }
+    match single_pass(text, max_batch_len) {
         // The single pass refuses a few bodies the exact decoder reads (see `exact`); a body
         // that is not JSON costs a second look, and only then.
         Err(error) if error == PARSE_ERROR => exact::decode(body, max_batch_len),
@@ -122,12 +134,8 @@ pub fn decode(body: &[u8], max_batch_len: usize) -> Result<Incoming<'_>, RpcErro
     }
 }
 
-/// Decodes a request body in one pass per element ([`element`]).
-fn single_pass(body: &[u8], max_batch_len: usize) -> Result<Incoming<'_>, RpcError> {
-    // Validated once here, so every string below is parsed from `&str` without serde_json
-    // checking its UTF-8 again (that check was the largest single cost of a batch). Invalid
-    // UTF-8 was a parse error before too: outside strings JSON allows only ASCII.
-    let body = std::str::from_utf8(body).map_err(|_| PARSE_ERROR)?;
+/// Decodes a request body in one serde pass per element ([`element`]).
+fn single_pass(body: &str, max_batch_len: usize) -> Result<Incoming<'_>, RpcError> {
     let first = body.bytes().find(|b| !b.is_ascii_whitespace());
     if first == Some(b'[') {
         let elements = batch::elements(body, max_batch_len)?;
@@ -177,13 +185,12 @@ fn push_u64(out: &mut Vec<u8>, mut n: u64) {
     out.extend_from_slice(&digits[start..]);
 }
 
-/// Appends `text` as a JSON string. Method names are plain ASCII in practice and are copied
+/// Appends `text` as a JSON string. Method names need no escaping in practice and are copied
 /// as they are; anything that needs escaping takes serde_json's escaper.
 fn push_json_str(out: &mut Vec<u8>, text: &str) {
-    let plain = text
-        .bytes()
-        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\');
-    if plain {
+    // serde_json escapes exactly these bytes (quote, backslash, control bytes): a name
+    // without them is written as it is.
+    if scan::string_stop(text.as_bytes()).is_none() {
         out.push(b'"');
         out.extend_from_slice(text.as_bytes());
         out.push(b'"');
@@ -194,7 +201,7 @@ fn push_json_str(out: &mut Vec<u8>, text: &str) {
 }
 
 /// The part of an upstream response object that ethgate looks at; borrows from the body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct UpstreamResponse<'a> {
     /// Echo of ethgate's id.
     #[serde(default, borrow, deserialize_with = "present")]
@@ -210,7 +217,16 @@ pub struct UpstreamResponse<'a> {
 impl UpstreamResponse<'_> {
     /// ethgate's numeric id echoed by the upstream.
     pub fn numeric_id(&self) -> Option<u64> {
-        self.id.and_then(|raw| raw.get().parse().ok())
+        let text = self.id?.get();
+        // Up to 19 digits cannot overflow: summed directly, as every answer's id is read
+        // here; anything else takes the library's parser, which decides.
+        if text.len() <= 19 && !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+            return Some(
+                text.bytes()
+                    .fold(0, |n, digit| n * 10 + u64::from(digit - b'0')),
+            );
+        }
+        text.parse().ok()
     }
 
     /// Code and message of a JSON-RPC error answer.

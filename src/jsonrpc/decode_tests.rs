@@ -1,6 +1,6 @@
-//! The single-pass decoder against the exact two-pass one (`exact`, the former decoder): on
-//! every input both must give the same verdict, the same ids byte for byte, the same methods
-//! and params. Inputs: hand-written edge cases (odd ids, whitespace, escapes, nested
+//! The hand-written scanner (`fast`) and the single-pass decoder against the exact two-pass
+//! one (`exact`, the former decoder): on every input each must give the same verdict, the
+//! same ids byte for byte, the same methods and params (or, the scanner, decline the body). Inputs: hand-written edge cases (odd ids, whitespace, escapes, nested
 //! params, repeated members, error items, truncations) and the fuzz seed corpus.
 
 use std::borrow::Cow;
@@ -43,19 +43,34 @@ fn agree_with_limit(body: &[u8], limit: usize) {
     let exact = describe_all(&exact::decode(body, limit));
     let text = String::from_utf8_lossy(body);
     assert_eq!(describe_all(&decode(body, limit)), exact, "on {text:?}");
+    let Ok(body) = std::str::from_utf8(body) else {
+        return;
+    };
     let fast = single_pass(body, limit);
     if fast.as_ref().err() != Some(&PARSE_ERROR) {
         assert_eq!(describe_all(&fast), exact, "single pass on {text:?}");
     }
+    match super::fast::decode(body, limit) {
+        Some(scanned) => assert_eq!(describe_all(&scanned), exact, "scanner on {text:?}"),
+        // The scanner leaves to serde only what it must: JSON errors and escapes (in names,
+        // `jsonrpc`, `method`), so it cannot quietly stop serving ordinary bodies.
+        None => assert!(
+            exact == format!("error {PARSE_ERROR:?}") || body.contains('\\'),
+            "scanner declined {text:?}"
+        ),
+    }
 }
 
-/// Asserts that both decoders agree on `body`, alone and as an element of a batch.
+/// Asserts that both decoders agree on `body`, alone and as an element of a batch, under a
+/// batch limit it fits and one it passes (refused once the element past it is read whole).
 fn agree(body: &[u8]) {
     agree_with_limit(body, 4);
+    agree_with_limit(body, 1);
     let mut batch = b"[ ".to_vec();
     batch.extend_from_slice(body);
     batch.extend_from_slice(b" ,\n{\"jsonrpc\":\"2.0\",\"method\":\"x\"}]");
     agree_with_limit(&batch, 4);
+    agree_with_limit(&batch, 1);
 }
 
 /// Request objects and other values, valid and not, that a client could send.
@@ -104,6 +119,14 @@ const CASES: &[&str] = &[
     "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"m\",\"k\u{1}\":2}",
     r#"{"jsonrpc":"2.0","id":"\ud800","method":"m"}"#,
     r#"{"jsonrpc":"2.0","id":1,"method":"m","params":["\udfff"]}"#,
+    r#"{"jsonrpc":"2.0","id":1,"method":"m","id":2}"#,
+    r#"{"jsonrpc":"2.0","id":1,"method":"m","jsonrpc":"2.0"}"#,
+    r#"{"jsonrpc":"2.0","id":1,"method":"m","params":[],"x":1}"#,
+    r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{}}"#,
+    r#"{"jsonrpc":"2.0","id":1,"method":"m" ,"params":[]}"#,
+    r#"{"jsonrpc":"2.0","id":1,"method":"","params":[]}"#,
+    r#"{"jsonrpc":"2.0","id":true,"method":"m","params":[]}"#,
+    r#"{"jsonrpc":"2.0","id":1,"method":"m","params":1}"#,
     r#"{}"#,
     r#"[]"#,
     r#"[1,2]"#,
@@ -211,7 +234,9 @@ fn array_shaped_elements_are_invalid_requests() {
 #[test]
 fn a_member_name_the_single_pass_refuses_is_decoded_exactly() {
     let body = br#"[{"\ud800":1,"jsonrpc":"2.0","id":1,"method":"m"},{"jsonrpc":"2.0","id":2,"method":"m"}]"#;
-    assert_eq!(single_pass(body, 10).unwrap_err(), PARSE_ERROR);
+    let text = std::str::from_utf8(body).unwrap();
+    assert_eq!(single_pass(text, 10).unwrap_err(), PARSE_ERROR);
+    assert!(super::fast::decode(text, 10).is_none());
     let Ok(Incoming::Batch(items)) = decode(body, 10) else {
         panic!("expected a batch");
     };
@@ -252,5 +277,32 @@ fn single_pass_decoder_agrees_on_edited_batches() {
             }
         }
         agree(&body);
+    }
+}
+
+/// The layouts clients send (geth's client and web3.js: `jsonrpc, id, method, params`;
+/// ethers: `method, params, id, jsonrpc`; pretty-printed) are all read by the scanner, not
+/// left to the slower serde path, and read as the exact decoder reads them.
+#[test]
+fn the_scanner_reads_the_layouts_clients_send() {
+    let geth: Vec<String> = (0..100)
+        .map(|i| format!(r#"{{"jsonrpc":"2.0","id":{i},"method":"eth_blockNumber","params":[]}}"#))
+        .collect();
+    let ethers = r#"[{"method":"eth_call","params":[{"to":"0x5fbdb2315678afecb367f032d93f642f64180aa3","data":"0x06fdde03"},"latest"],"id":42,"jsonrpc":"2.0"},{"method":"eth_chainId","params":[],"id":43,"jsonrpc":"2.0"}]"#;
+    let pretty = "[\n  {\n    \"jsonrpc\": \"2.0\",\n    \"id\": \"a-1\",\n    \"method\": \"eth_getBalance\",\n    \"params\": [\"0x0000000000000000000000000000000000000000\", \"latest\"]\n  }\n]\n";
+    for body in [
+        format!("[{}]", geth.join(",")),
+        ethers.to_string(),
+        pretty.to_string(),
+    ] {
+        let scanned = super::fast::decode(&body, 1000).expect("the scanner reads this layout");
+        assert_eq!(
+            describe_all(&scanned),
+            describe_all(&exact::decode(body.as_bytes(), 1000))
+        );
+        let Ok(Incoming::Batch(items)) = scanned else {
+            panic!("a batch");
+        };
+        assert!(items.iter().all(Result::is_ok), "every call is valid");
     }
 }

@@ -62,21 +62,21 @@ impl<'de> Deserialize<'de> for Key {
 
 /// The four members as written, each `None` when absent; a repeated member is remembered.
 #[derive(Default)]
-struct Members<'a> {
-    jsonrpc: Option<Text<'a>>,
-    id: Option<&'a RawValue>,
-    method: Option<Text<'a>>,
-    params: Option<&'a RawValue>,
+pub(super) struct Members<'a> {
+    pub(super) jsonrpc: Option<Text<'a>>,
+    pub(super) id: Option<&'a RawValue>,
+    pub(super) method: Option<Text<'a>>,
+    pub(super) params: Option<&'a RawValue>,
     /// A member other than `id` appeared twice.
-    repeated: bool,
+    pub(super) repeated: bool,
     /// `id` appeared twice: the element is invalid and its id unusable.
-    repeated_id: bool,
+    pub(super) repeated_id: bool,
 }
 
 struct ElementVisitor;
 
 /// A JSON value that is not an object: invalid, with no id to answer under.
-fn not_an_object<'a>() -> Decoded<'a> {
+pub(super) fn not_an_object<'a>() -> Decoded<'a> {
     Err(Rejected::without_id(INVALID_REQUEST))
 }
 
@@ -139,7 +139,8 @@ impl<'de> Visitor<'de> for ElementVisitor {
 }
 
 /// Judges the members of one object (see the module doc for the rules).
-fn validate(m: Members<'_>) -> Decoded<'_> {
+#[inline(always)]
+pub(super) fn validate(m: Members<'_>) -> Decoded<'_> {
     if m.repeated_id || m.id.is_some_and(|id| !id_type_ok(id)) {
         return Err(Rejected::without_id(INVALID_REQUEST));
     }
@@ -184,7 +185,7 @@ pub(super) fn id_type_ok(id: &RawValue) -> bool {
 
 /// A member that must be a string, read straight from the body (borrowed unless it holds
 /// escapes); `null` and other types are told apart rather than failing the element.
-enum Text<'a> {
+pub(super) enum Text<'a> {
     /// A string.
     Str(Cow<'a, str>),
     /// `null`: as good as absent.

@@ -215,11 +215,53 @@ fn upstream_request_ids_and_method_names_are_written_exactly() {
             "q\"\\\n\u{1}é",
             r#"{"jsonrpc":"2.0","id":18446744073709551615,"method":"q\"\\\n\u0001é"}"#,
         ),
+        (
+            1,
+            "é\u{7f}ü",
+            "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"é\u{7f}ü\"}",
+        ),
+        (
+            2,
+            "eth_getBlockByNumber\"",
+            r#"{"jsonrpc":"2.0","id":2,"method":"eth_getBlockByNumber\""}"#,
+        ),
     ] {
         let mut out = Vec::new();
         encode_request(&mut out, id, method, None);
         assert_eq!(String::from_utf8(out).unwrap(), expected);
         let back: serde_json::Value = serde_json::from_str(expected).unwrap();
         assert_eq!(back["method"], method);
+    }
+}
+
+/// The direct reading of short ids against the library's parser.
+#[test]
+fn numeric_ids_read_as_the_library_reads_them() {
+    for id in [
+        "0",
+        "7",
+        "007",
+        "1234567890123456789",
+        "9999999999999999999",
+        "18446744073709551615",
+        "18446744073709551616",
+        "99999999999999999999",
+        "-1",
+        "+1",
+        "1.0",
+        "1e3",
+        "\"1\"",
+        "null",
+    ] {
+        // Upstream ids are JSON; text that is not (`007`, `+1`) never reaches this.
+        let Ok(raw) = RawValue::from_string(id.to_string()) else {
+            continue;
+        };
+        let answer = UpstreamResponse {
+            id: Some(&raw),
+            result: None,
+            error: None,
+        };
+        assert_eq!(answer.numeric_id(), id.parse::<u64>().ok(), "{id}");
     }
 }

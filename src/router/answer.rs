@@ -13,6 +13,9 @@ use super::Attempted;
 use super::Framing;
 use crate::jsonrpc::{self, Call, RpcError, UpstreamResponse};
 
+/// How every response ethgate writes opens, before the client's id.
+const OPENING: &[u8] = b"{\"jsonrpc\":\"2.0\",\"id\":";
+
 /// One response spliced under the client's id, complete: what [`splice`] gives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
@@ -86,14 +89,18 @@ impl Answer {
 
     /// Appends the response object under the client's `id`.
     pub fn write(&self, out: &mut Vec<u8>, id: &RawValue) {
-        out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
+        out.extend_from_slice(OPENING);
         out.extend_from_slice(id.get().as_bytes());
-        out.extend_from_slice(match self.member {
-            Member::Result => b",\"result\":",
-            Member::Error => b",\"error\":",
-        });
+        out.extend_from_slice(self.member_name());
         out.extend_from_slice(&self.value);
         out.push(b'}');
+    }
+
+    fn member_name(&self) -> &'static [u8] {
+        match self.member {
+            Member::Result => b",\"result\":",
+            Member::Error => b",\"error\":",
+        }
     }
 
     /// A result whose value is `text` as given, flagged as `is_error` (tests of choosing).
@@ -114,8 +121,11 @@ impl Answer {
 
     /// The complete response object under the client's `id`.
     pub fn body(&self, id: &RawValue) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.value.len() + id.get().len() + 32);
+        // Exactly its size: the buffer becomes the answer's bytes without a copy or a grow.
+        let len = OPENING.len() + id.get().len() + self.member_name().len() + self.value.len() + 1;
+        let mut out = Vec::with_capacity(len);
         self.write(&mut out, id);
+        debug_assert_eq!(out.len(), len);
         out
     }
 }
@@ -178,11 +188,29 @@ fn match_answers(
 ) -> Result<Vec<UpstreamResponse<'_>>, String> {
     // UTF-8 checked once for the whole answer rather than by serde_json string by string.
     let body = std::str::from_utf8(body).map_err(|e| format!("not a JSON-RPC answer: {e}"))?;
+    // The hand-written scanner reads well-formed answers; anything else, serde reads and
+    // reports on.
     if framing == Framing::Single {
+        if let Some(answer) = jsonrpc::single_answer(body) {
+            return Ok(vec![answer]);
+        }
         let answer =
             serde_json::from_str(body).map_err(|e| format!("not a JSON-RPC answer: {e}"))?;
         return Ok(vec![answer]);
     }
+    if let Some(answers) = jsonrpc::batch_answer(body, base, n) {
+        return Ok(answers);
+    }
+    serde_batch_answer(body, base, n)
+}
+
+/// [`match_answers`] for a batch answer by serde: the reference the scanner is tested
+/// against, and the reader of every answer the scanner leaves (with the reason it is wrong).
+fn serde_batch_answer(
+    body: &str,
+    base: u64,
+    n: usize,
+) -> Result<Vec<UpstreamResponse<'_>>, String> {
     let mut slots: Vec<Option<UpstreamResponse>> = (0..n).map(|_| None).collect();
     let problem = Cell::new(None);
     let mut deserializer = serde_json::Deserializer::from_str(body);

@@ -175,7 +175,21 @@ impl BlockRef {
 }
 
 fn parse_hex(text: &str) -> Option<u64> {
-    u64::from_str_radix(text.strip_prefix("0x")?, 16).ok()
+    let digits = text.strip_prefix("0x")?;
+    // Up to 16 hex digits cannot overflow: read directly, as every `eth_blockNumber` answer
+    // is read here; anything else (longer, a sign) takes the library's parser, which decides.
+    if digits.is_empty() || digits.len() > 16 || digits.starts_with('+') {
+        return u64::from_str_radix(digits, 16).ok();
+    }
+    digits.bytes().try_fold(0u64, |n, digit| {
+        let value = match digit {
+            b'0'..=b'9' => digit - b'0',
+            b'a'..=b'f' => digit - b'a' + 10,
+            b'A'..=b'F' => digit - b'A' + 10,
+            _ => return None,
+        };
+        Some(n << 4 | u64::from(value))
+    })
 }
 
 /// The `number` of a block object answer (`None` for `null` or anything else).
@@ -193,10 +207,16 @@ pub fn block_number(result: &RawValue) -> Option<u64> {
 pub fn quantity(result: &RawValue) -> Option<u64> {
     let raw = result.get();
     // A raw value that opens with a quote is a whole JSON string; without a backslash its
-    // text is what lies between the quotes, so the common answer skips a parser round.
+    // text is what lies between the quotes, so the common answer skips a parser round. Hex
+    // digits hold no backslash: the text is tried first, the backslash looked for only if
+    // it is not a quantity.
     let text = match raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
-        Some(inner) if !inner.contains('\\') => inner,
-        _ => serde_json::from_str::<&str>(raw).ok()?,
+        Some(inner) => match parse_hex(inner) {
+            Some(number) => return Some(number),
+            None if !inner.contains('\\') => return None,
+            None => serde_json::from_str::<&str>(raw).ok()?,
+        },
+        None => serde_json::from_str::<&str>(raw).ok()?,
     };
     parse_hex(text)
 }
@@ -245,6 +265,39 @@ pub fn pin(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The direct reading of short quantities against the library's parser.
+    #[test]
+    fn hex_quantities_read_as_the_library_reads_them() {
+        for digits in [
+            "",
+            "0",
+            "00",
+            "1234",
+            "abcdef",
+            "ABCDEF",
+            "fFfF",
+            "ffffffffffffffff",
+            "0ffffffffffffffff",
+            "10000000000000000",
+            "000000000000000001",
+            "+1",
+            "+",
+            "-1",
+            "1g",
+            "g",
+            " 1",
+            "1 ",
+            "é",
+            "0x1",
+            "12_34",
+        ] {
+            let expected = u64::from_str_radix(digits, 16).ok();
+            assert_eq!(parse_hex(&format!("0x{digits}")), expected, "0x{digits}");
+        }
+        assert_eq!(parse_hex("1234"), None);
+        assert_eq!(parse_hex("0X12"), None);
+    }
 
     fn raw(text: &str) -> Box<RawValue> {
         RawValue::from_string(text.to_string()).unwrap()

@@ -245,3 +245,30 @@ fn closing_a_filters_subscribers_spares_everyone_else() {
     assert_eq!(logs_client.close_reason().map(|r| r.0), Some(1011));
     assert!(heads_client.close_reason().is_none());
 }
+
+#[test]
+fn counts_per_kind_follow_activation_unsubscribe_and_session_end() {
+    let hub = Hub::default();
+    let (a, _qa) = session();
+    let (b, _qb) = session();
+    let heads = subscribe(&hub, &a, r#"["newHeads"]"#).unwrap();
+    subscribe(&hub, &a, r#"["newHeads"]"#).unwrap();
+    subscribe(&hub, &a, r#"["newPendingTransactions"]"#).unwrap();
+    subscribe(&hub, &b, FILTER).unwrap();
+    // Prepared but never activated: not counted.
+    let pending = hub.prepare(Some(&params(r#"["syncing"]"#)), &b).unwrap();
+    let counts = |hub: &Hub| Kind::ALL.map(|kind| hub.count(kind));
+    assert_eq!(counts(&hub), [2, 1, 1, 0]);
+    drop(pending);
+    assert!(hub.unsubscribe(a.id(), &heads));
+    assert!(
+        !hub.unsubscribe(a.id(), &heads),
+        "gone already: counted once"
+    );
+    assert_eq!(counts(&hub), [1, 1, 1, 0]);
+    hub.drop_session(&a);
+    assert_eq!(counts(&hub), [0, 1, 0, 0]);
+    hub.drop_session(&b);
+    assert_eq!(counts(&hub), [0, 0, 0, 0]);
+    assert_eq!(hub.total(), 0);
+}

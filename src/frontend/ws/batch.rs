@@ -238,6 +238,10 @@ impl Batch {
     /// Written: the buffers go back to the thread for the next batch of any session, and the
     /// shared pieces are let go at once.
     fn hand_back(&mut self) {
+        if self.bytes.capacity() == 0 && self.parts.capacity() == 0 {
+            // Handed back already (this is a flush polled again): keep the thread's spare.
+            return;
+        }
         let mut spare = Buffers {
             bytes: std::mem::take(&mut self.bytes),
             parts: std::mem::take(&mut self.parts),

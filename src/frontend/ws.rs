@@ -314,7 +314,7 @@ mod tests {
     use super::*;
 
     /// A session whose queue holds one notification of `result`, taken as a batch.
-    async fn one_batch(result: &str) -> Batch {
+    async fn one_batch(result: &str, vectored: bool) -> Batch {
         let limits = crate::subscription::session::QueueLimits {
             messages: 4,
             bytes: 1 << 20,
@@ -322,7 +322,7 @@ mod tests {
         let (handle, mut queue) = SessionHandle::new(limits);
         assert!(handle.push(&"0x1".into(), &Arc::new(result.to_string())));
         let mut batch = Batch::default();
-        batch.take(queue.recv().await, &mut queue, &handle, false);
+        batch.take(queue.recv().await, &mut queue, &handle, vectored);
         batch
     }
 
@@ -344,7 +344,7 @@ mod tests {
         assert!(matches!(read, Poll::Ready(Some(Ok(Message::Ping(_))))));
         // Reading on, tungstenite writes the first byte of its pong and keeps the rest.
         assert!(socket.poll_next_unpin(&mut cx).is_pending());
-        let mut batch = one_batch("7").await;
+        let mut batch = one_batch("7", false).await;
         let drain = tokio::spawn(async move {
             let mut all = Vec::new();
             client.read_to_end(&mut all).await.unwrap();
@@ -366,11 +366,17 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_cut_short_is_finished_before_the_close_frame() {
+        for vectored in [false, true] {
+            a_batch_cut_short_is_finished_before_the_close_frame_when(vectored).await;
+        }
+    }
+
+    async fn a_batch_cut_short_is_finished_before_the_close_frame_when(vectored: bool) {
         use tokio::io::AsyncReadExt;
         let (server, mut client) = tokio::io::duplex(64);
         let mut socket = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
         let result = format!("\"{}\"", "x".repeat(300));
-        let mut batch = one_batch(&result).await;
+        let mut batch = one_batch(&result, vectored).await;
         // The client reads nothing yet: the batch stops after 64 bytes (a shutdown now).
         let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
         {

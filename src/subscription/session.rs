@@ -145,6 +145,11 @@ impl Outgoing {
         self.body
     }
 
+    /// What the message holds.
+    pub fn body(&self) -> &Body {
+        &self.body
+    }
+
     /// The length of the JSON text.
     pub fn len(&self) -> usize {
         self.body.len()
@@ -413,6 +418,11 @@ impl Receiver {
     pub fn try_recv(&mut self) -> Option<Outgoing> {
         let (item, wanted_room) = self.handle.queue.try_pop()?;
         Some(self.taken(item, wanted_room))
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.handle.queue.len() == 0
     }
 
     /// The session task is about to look at the queue again before it waits, so messages

@@ -65,15 +65,102 @@ thread_local! {
 
 /// Appends the header of an unmasked, final text frame carrying `len` payload bytes.
 pub fn text_header(len: usize, out: &mut Vec<u8>) {
-    out.push(FIN_TEXT);
+    let (header, used) = header_bytes(len);
+    out.extend_from_slice(&header[..used]);
+}
+
+/// The header of an unmasked, final text frame carrying `len` payload bytes, and its length.
+fn header_bytes(len: usize) -> ([u8; MAX_HEADER], usize) {
+    let mut header = [0; MAX_HEADER];
+    header[0] = FIN_TEXT;
     if len <= 125 {
-        out.push(len as u8);
+        header[1] = len as u8;
+        (header, 2)
     } else if let Ok(short) = u16::try_from(len) {
-        out.push(126);
-        out.extend_from_slice(&short.to_be_bytes());
+        header[1] = 126;
+        header[2..4].copy_from_slice(&short.to_be_bytes());
+        (header, 4)
     } else {
-        out.push(127);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
+        header[1] = 127;
+        header[2..].copy_from_slice(&(len as u64).to_be_bytes());
+        (header, MAX_HEADER)
+    }
+}
+
+/// Longest frame start (header and the text before the result) a [`Single`] builds on the
+/// stack; a subscription id is 34 characters, so every notification of ethgate's fits.
+const SINGLE_PREFIX: usize = 128;
+
+/// A notification alone in its batch, the case of nearly every batch of a fan-out: its frame
+/// header and the text before its result are rebuilt on the stack for each write attempt, so
+/// it takes no buffer at all, and its frame goes out as that, the shared result and the tail.
+struct Single {
+    id: Arc<str>,
+    result: Arc<String>,
+    /// Bytes of the frame written.
+    written: usize,
+}
+
+impl Single {
+    /// `body` as a `Single`, when it is a notification whose result is worth not copying.
+    fn of(body: &Body) -> Option<Single> {
+        let Body::Notification { id, result } = body else {
+            return None;
+        };
+        let prefix = MAX_HEADER + NOTIFICATION_HEAD.len() + id.len() + NOTIFICATION_MIDDLE.len();
+        (result.len() >= PIECE_MIN && prefix <= SINGLE_PREFIX).then(|| Single {
+            id: id.clone(),
+            result: result.clone(),
+            written: 0,
+        })
+    }
+
+    /// Writes the rest of the frame to `io`.
+    fn poll_write<W: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut W,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        let payload = NOTIFICATION_HEAD.len()
+            + self.id.len()
+            + NOTIFICATION_MIDDLE.len()
+            + self.result.len()
+            + NOTIFICATION_TAIL.len();
+        let (header, header_len) = header_bytes(payload);
+        let mut prefix = [0; SINGLE_PREFIX];
+        let mut end = 0;
+        for part in [&header[..header_len], NOTIFICATION_HEAD.as_bytes()]
+            .into_iter()
+            .chain([self.id.as_bytes(), NOTIFICATION_MIDDLE.as_bytes()])
+        {
+            prefix[end..end + part.len()].copy_from_slice(part);
+            end += part.len();
+        }
+        let pieces = [
+            &prefix[..end],
+            self.result.as_bytes(),
+            NOTIFICATION_TAIL.as_bytes(),
+        ];
+        loop {
+            let mut slices = [IoSlice::new(&[]); 3];
+            let (mut count, mut skip) = (0, self.written);
+            for piece in pieces {
+                if skip >= piece.len() {
+                    skip -= piece.len();
+                    continue;
+                }
+                slices[count] = IoSlice::new(&piece[skip..]);
+                (count, skip) = (count + 1, 0);
+            }
+            if count == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            let n = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.written += n;
+        }
     }
 }
 
@@ -90,6 +177,8 @@ enum Part {
 /// Messages taken from the queue together, framed into pieces, and how far they are written.
 #[derive(Default)]
 pub struct Batch {
+    /// A notification alone, written without the buffers below.
+    single: Option<Single>,
     /// Frame headers and the text around the large pieces.
     bytes: Vec<u8>,
     parts: Vec<Part>,
@@ -112,6 +201,22 @@ impl Batch {
         handle: &SessionHandle,
         vectored: bool,
     ) {
+        // Alone in the queue: written without a buffer (see `Single`).
+        let single = match vectored && queue.is_empty() {
+            true => Single::of(first.body()),
+            false => None,
+        };
+        if let Some(single) = single {
+            self.receipts.add(first.receipt());
+            self.single = Some(single);
+        } else {
+            self.take_many(first, queue, vectored);
+        }
+        handle.taken(&self.receipts);
+    }
+
+    /// [`Batch::take`] into the batch's own buffer and pieces.
+    fn take_many(&mut self, first: Outgoing, queue: &mut Receiver, vectored: bool) {
         // A batch cut short keeps its own buffers; these were handed back when written.
         let Buffers { bytes, parts } = SPARE.with(Cell::take);
         (self.bytes, self.parts) = (bytes, parts);
@@ -128,7 +233,6 @@ impl Batch {
             }
         }
         self.own_up_to_end();
-        handle.taken(&self.receipts);
     }
 
     fn frame(&mut self, message: Outgoing, piece_min: usize) {
@@ -185,7 +289,7 @@ impl Batch {
 
     /// Whether bytes of the batch remain to be written.
     pub fn unwritten(&self) -> bool {
-        self.at.0 < self.parts.len()
+        self.single.is_some() || self.at.0 < self.parts.len()
     }
 
     /// The next pieces to write, from where writing stands.
@@ -221,6 +325,10 @@ impl Batch {
         io: &mut W,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
+        if let Some(single) = &mut self.single {
+            ready!(single.poll_write(io, cx))?;
+            self.single = None;
+        }
         while self.unwritten() {
             let mut slices = [IoSlice::new(&[]); MAX_SLICES];
             let count = self.slices(&mut slices);
@@ -509,13 +617,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_lone_notification_is_written_without_any_buffer() {
+        let (handle, mut queue) = session(8);
+        let result = Arc::new(format!("\"{}\"", "s".repeat(PIECE_MIN)));
+        assert!(handle.push(&"0x9".into(), &result));
+        let mut batch = Batch::default();
+        batch.take(queue.recv().await, &mut queue, &handle, true);
+        assert!(batch.single.is_some() && batch.unwritten());
+        assert_eq!(batch.bytes.capacity(), 0, "no buffer borrowed");
+        assert_eq!(
+            Arc::strong_count(&result),
+            2,
+            "the queue's reference, not a copy"
+        );
+        let mut socket = Trickle {
+            out: Vec::new(),
+            step: usize::MAX,
+            writes: 0,
+        };
+        std::future::poll_fn(|cx| batch.poll_write(&mut socket, cx))
+            .await
+            .unwrap();
+        assert_eq!(socket.writes, 1);
+        assert_eq!(frames(&socket.out), [notification(&result)]);
+        assert!(!batch.unwritten());
+        assert_eq!(Arc::strong_count(&result), 1, "let go once written");
+        batch.release(&handle);
+        assert_eq!(handle.fill(), 0.0, "its room given back");
+    }
+
+    #[tokio::test]
     async fn pieces_written_a_few_bytes_at_a_time_come_out_whole_and_in_order() {
         let result = format!("\"{}\"", "r".repeat(PIECE_MIN + 3));
-        for step in [1, 7, 130, 300] {
+        for (step, alone) in [1, 7, 130, 300]
+            .into_iter()
+            .flat_map(|s| [(s, false), (s, true)])
+        {
             let (handle, mut queue) = session(8);
-            assert!(push(&handle, &result) && push(&handle, "2") && push(&handle, &result));
+            assert!(push(&handle, &result));
+            if !alone {
+                assert!(push(&handle, "2") && push(&handle, &result));
+            }
             let mut batch = Batch::default();
             batch.take(queue.recv().await, &mut queue, &handle, true);
+            assert_eq!(batch.single.is_some(), alone);
             let mut socket = Trickle {
                 out: Vec::new(),
                 step,
@@ -524,11 +669,14 @@ mod tests {
             std::future::poll_fn(|cx| batch.poll_write(&mut socket, cx))
                 .await
                 .unwrap();
-            let expected = [
-                notification(&result),
-                notification("2"),
-                notification(&result),
-            ];
+            let expected = match alone {
+                true => vec![notification(&result)],
+                false => vec![
+                    notification(&result),
+                    notification("2"),
+                    notification(&result),
+                ],
+            };
             assert_eq!(frames(&socket.out), expected, "{step} bytes per write");
         }
     }

@@ -49,27 +49,22 @@ pub(super) struct Queue {
 impl Queue {
     /// Appends `item` unless the queue holds `bound` messages or more, waking the receiver.
     pub(super) fn push(&self, item: Outgoing, bound: usize) -> Result<(), Refused> {
-        let waker = {
-            let mut state = lock(&self.state);
-            if state.closed {
-                return Err(Refused::Closed);
+        let mut state = lock(&self.state);
+        if state.closed {
+            return Err(Refused::Closed);
+        }
+        if state.items.len() >= bound {
+            state.wanted_room = true;
+            return Err(Refused::Full(item));
+        }
+        state.items.push_back(item);
+        // Read under the lock: a receiver that parks after this sees the message. The waker
+        // stays stored (woken by reference): the receiver's next park need not clone it.
+        if self.parked.load(Ordering::Acquire) {
+            self.parked.store(false, Ordering::Release);
+            if let Some(waker) = &state.waker {
+                waker.wake_by_ref();
             }
-            if state.items.len() >= bound {
-                state.wanted_room = true;
-                return Err(Refused::Full(item));
-            }
-            state.items.push_back(item);
-            // Read under the lock: a receiver that parks after this sees the message.
-            match self.parked.load(Ordering::Acquire) {
-                true => {
-                    self.parked.store(false, Ordering::Release);
-                    state.waker.take()
-                }
-                false => None,
-            }
-        };
-        if let Some(waker) = waker {
-            waker.wake();
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 
 mod batch;
 mod gate;
+mod single;
 
 use std::future::{poll_fn, Future};
 use std::panic::AssertUnwindSafe;

@@ -10,7 +10,7 @@
 mod queue;
 
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -204,9 +204,13 @@ pub struct SessionHandle {
     limits: QueueLimits,
     notification_bytes: AtomicUsize,
     answer_bytes: AtomicUsize,
-    /// Signalled by the writer each time it has sent an answer, or taken a message from a
-    /// queue an answer found full.
+    /// Signalled by the writer each time it has sent an answer while one waits for room, or
+    /// taken a message from a queue an answer found full.
     room: Notify,
+    /// Answers waiting for room (most never do: the writer then skips the signal's lock).
+    answers_waiting: AtomicUsize,
+    /// Set with the first close: checked on every answer, cheaper than the token's lock.
+    closing_now: AtomicBool,
     /// Messages the writer has taken from the queue as one batch, past the first, and not
     /// written yet: they still count against the message bound (the queue alone would let
     /// that many more in while a slow client holds the batch).
@@ -229,6 +233,8 @@ impl SessionHandle {
             notification_bytes: AtomicUsize::new(0),
             answer_bytes: AtomicUsize::new(0),
             room: Notify::new(),
+            answers_waiting: AtomicUsize::new(0),
+            closing_now: AtomicBool::new(false),
             held: AtomicUsize::new(0),
             closing: CancellationToken::new(),
             close_reason: Mutex::new(None),
@@ -286,33 +292,47 @@ impl SessionHandle {
             body: Body::Text(text),
         };
         loop {
-            // Enabled before looking, so room made meanwhile is not missed.
+            outgoing = match self.try_push_answer(outgoing, len) {
+                Ok(queued) => return queued,
+                Err(back) => back,
+            };
+            // No room: registered (and counted as waiting) before looking again, so room
+            // made meanwhile is not missed.
             let room = self.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            if self.is_closing() {
-                return false;
-            }
-            let queued = self.answer_bytes.load(Ordering::Acquire);
-            if queued == 0 || queued + len <= self.limits.bytes {
-                // Counted before it is queued: the writer may write it and give it back at once.
-                self.answer_bytes.fetch_add(len, Ordering::AcqRel);
-                match self.queue.push(outgoing, self.limits.messages.max(1)) {
-                    Ok(()) => return true,
-                    Err(Refused::Closed) => {
-                        self.answer_bytes.fetch_sub(len, Ordering::AcqRel);
-                        return false;
-                    }
-                    Err(Refused::Full(back)) => {
-                        self.answer_bytes.fetch_sub(len, Ordering::AcqRel);
-                        outgoing = back;
-                    }
-                }
-            }
+            let _waiting = Waiting::enter(&self.answers_waiting);
+            outgoing = match self.try_push_answer(outgoing, len) {
+                Ok(queued) => return queued,
+                Err(back) => back,
+            };
             tokio::select! {
                 _ = room => {}
                 _ = self.closing.cancelled() => return false,
             }
+        }
+    }
+
+    /// Queues an answer if there is room: `Ok(false)` when the session is closing, the answer
+    /// handed back when it must wait.
+    fn try_push_answer(&self, outgoing: Outgoing, len: usize) -> Result<bool, Outgoing> {
+        if self.is_closing() {
+            return Ok(false);
+        }
+        let queued = self.answer_bytes.load(Ordering::SeqCst);
+        if queued != 0 && queued + len > self.limits.bytes {
+            return Err(outgoing);
+        }
+        // Counted before it is queued: the writer may write it and give it back at once.
+        self.answer_bytes.fetch_add(len, Ordering::AcqRel);
+        let pushed = self.queue.push(outgoing, self.limits.messages.max(1));
+        if pushed.is_err() {
+            self.answer_bytes.fetch_sub(len, Ordering::AcqRel);
+        }
+        match pushed {
+            Ok(()) => Ok(true),
+            Err(Refused::Closed) => Ok(false),
+            Err(Refused::Full(back)) => Err(back),
         }
     }
 
@@ -344,9 +364,13 @@ impl SessionHandle {
         // Only answers wait for room, and only for answer bytes: written notifications
         // wake nobody (notify_waiters takes a lock).
         if receipts.answer_bytes > 0 {
+            // SeqCst with the waiter's count then look (see `Waiting`): one of the two sees
+            // the other, so no waiter misses this room.
             self.answer_bytes
-                .fetch_sub(receipts.answer_bytes, Ordering::AcqRel);
-            self.room.notify_waiters();
+                .fetch_sub(receipts.answer_bytes, Ordering::SeqCst);
+            if self.answers_waiting.load(Ordering::SeqCst) > 0 {
+                self.room.notify_waiters();
+            }
         }
     }
 
@@ -376,6 +400,7 @@ impl SessionHandle {
     pub fn close(&self, code: u16, reason: &'static str) {
         let mut slot = lock(&self.close_reason);
         slot.get_or_insert((code, reason));
+        self.closing_now.store(true, Ordering::Release);
         self.closing.cancel();
     }
 
@@ -386,12 +411,31 @@ impl SessionHandle {
 
     /// Whether someone asked the session to close.
     pub fn is_closing(&self) -> bool {
-        self.closing.is_cancelled()
+        self.closing_now.load(Ordering::Acquire)
     }
 
     /// The code and reason the session was asked to close with.
     pub fn close_reason(&self) -> Option<(u16, &'static str)> {
         *lock(&self.close_reason)
+    }
+}
+
+/// One answer counted among those waiting for room while it exists.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    /// Counts one more waiter. SeqCst, then the waiter looks at the room again: either it
+    /// sees the room the writer made, or the writer (which gives room back, then looks at
+    /// this count) sees it and signals.
+    fn enter(count: &'a AtomicUsize) -> Waiting<'a> {
+        count.fetch_add(1, Ordering::SeqCst);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -24,6 +24,7 @@ use std::task::{ready, Context, Poll};
 
 use tokio::io::AsyncWrite;
 
+use super::single::Single;
 use crate::subscription::session::{
     Body, Outgoing, Receipts, Receiver, SessionHandle, NOTIFICATION_HEAD, NOTIFICATION_MIDDLE,
     NOTIFICATION_TAIL,
@@ -43,7 +44,7 @@ const MAX_SLICES: usize = 64;
 const FIN_TEXT: u8 = 0x81;
 
 /// Longest frame header: 2 bytes and a 64-bit length, no mask.
-const MAX_HEADER: usize = 10;
+pub(super) const MAX_HEADER: usize = 10;
 
 /// Largest framing buffer a thread keeps for the next batch; one grown past this by a large
 /// answer is freed instead.
@@ -70,7 +71,7 @@ pub fn text_header(len: usize, out: &mut Vec<u8>) {
 }
 
 /// The header of an unmasked, final text frame carrying `len` payload bytes, and its length.
-fn header_bytes(len: usize) -> ([u8; MAX_HEADER], usize) {
+pub(super) fn header_bytes(len: usize) -> ([u8; MAX_HEADER], usize) {
     let mut header = [0; MAX_HEADER];
     header[0] = FIN_TEXT;
     if len <= 125 {
@@ -84,83 +85,6 @@ fn header_bytes(len: usize) -> ([u8; MAX_HEADER], usize) {
         header[1] = 127;
         header[2..].copy_from_slice(&(len as u64).to_be_bytes());
         (header, MAX_HEADER)
-    }
-}
-
-/// Longest frame start (header and the text before the result) a [`Single`] builds on the
-/// stack; a subscription id is 34 characters, so every notification of ethgate's fits.
-const SINGLE_PREFIX: usize = 128;
-
-/// A notification alone in its batch, the case of nearly every batch of a fan-out: its frame
-/// header and the text before its result are rebuilt on the stack for each write attempt, so
-/// it takes no buffer at all, and its frame goes out as that, the shared result and the tail.
-struct Single {
-    id: Arc<str>,
-    result: Arc<String>,
-    /// Bytes of the frame written.
-    written: usize,
-}
-
-impl Single {
-    /// `body` as a `Single`, when it is a notification whose result is worth not copying.
-    fn of(body: &Body) -> Option<Single> {
-        let Body::Notification { id, result } = body else {
-            return None;
-        };
-        let prefix = MAX_HEADER + NOTIFICATION_HEAD.len() + id.len() + NOTIFICATION_MIDDLE.len();
-        (result.len() >= PIECE_MIN && prefix <= SINGLE_PREFIX).then(|| Single {
-            id: id.clone(),
-            result: result.clone(),
-            written: 0,
-        })
-    }
-
-    /// Writes the rest of the frame to `io`.
-    fn poll_write<W: AsyncWrite + Unpin>(
-        &mut self,
-        io: &mut W,
-        cx: &mut Context<'_>,
-    ) -> Poll<io::Result<()>> {
-        let payload = NOTIFICATION_HEAD.len()
-            + self.id.len()
-            + NOTIFICATION_MIDDLE.len()
-            + self.result.len()
-            + NOTIFICATION_TAIL.len();
-        let (header, header_len) = header_bytes(payload);
-        let mut prefix = [0; SINGLE_PREFIX];
-        let mut end = 0;
-        for part in [&header[..header_len], NOTIFICATION_HEAD.as_bytes()]
-            .into_iter()
-            .chain([self.id.as_bytes(), NOTIFICATION_MIDDLE.as_bytes()])
-        {
-            prefix[end..end + part.len()].copy_from_slice(part);
-            end += part.len();
-        }
-        let pieces = [
-            &prefix[..end],
-            self.result.as_bytes(),
-            NOTIFICATION_TAIL.as_bytes(),
-        ];
-        loop {
-            let mut slices = [IoSlice::new(&[]); 3];
-            let (mut count, mut skip) = (0, self.written);
-            for piece in pieces {
-                if skip >= piece.len() {
-                    skip -= piece.len();
-                    continue;
-                }
-                slices[count] = IoSlice::new(&piece[skip..]);
-                (count, skip) = (count + 1, 0);
-            }
-            if count == 0 {
-                return Poll::Ready(Ok(()));
-            }
-            let n = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.written += n;
-        }
     }
 }
 
@@ -202,13 +126,9 @@ impl Batch {
         vectored: bool,
     ) {
         // Alone in the queue: written without a buffer (see `Single`).
-        let single = match vectored && queue.is_empty() {
-            true => Single::of(first.body()),
-            false => None,
-        };
-        if let Some(single) = single {
+        if vectored && queue.is_empty() && Single::fits(first.body()) {
             self.receipts.add(first.receipt());
-            self.single = Some(single);
+            self.single = Some(Single::new(first.into_body()));
         } else {
             self.take_many(first, queue, vectored);
         }
@@ -522,13 +442,15 @@ mod tests {
     async fn a_written_batch_hands_its_buffer_back_and_keeps_none() {
         let (handle, mut queue) = session(4);
         let mut batch = Batch::default();
+        // Not vectored: a lone message too is framed into the buffer.
         assert!(push(&handle, "1"));
-        batch.take(queue.recv().await, &mut queue, &handle, true);
+        batch.take(queue.recv().await, &mut queue, &handle, false);
+        assert!(batch.bytes.capacity() > 0);
         let first = batch.bytes.as_ptr();
         written(&mut batch).await;
         assert_eq!(batch.bytes.capacity(), 0, "an idle session holds no buffer");
         assert!(push(&handle, "2"));
-        batch.take(queue.recv().await, &mut queue, &handle, true);
+        batch.take(queue.recv().await, &mut queue, &handle, false);
         assert_eq!(batch.bytes.as_ptr(), first, "the thread's buffer is reused");
         assert_eq!(frames(&written(&mut batch).await), [notification("2")]);
         // A buffer grown past SPARE_MAX by one large message copied whole is not kept.
@@ -644,6 +566,36 @@ mod tests {
         assert_eq!(Arc::strong_count(&result), 1, "let go once written");
         batch.release(&handle);
         assert_eq!(handle.fill(), 0.0, "its room given back");
+    }
+
+    #[tokio::test]
+    async fn a_lone_answer_is_written_from_its_own_string() {
+        for len in [3, 300, 70_000] {
+            let (handle, mut queue) = session(8);
+            let answer = "a".repeat(len);
+            assert!(handle.push_answer(answer.clone()).await);
+            let mut batch = Batch::default();
+            batch.take(queue.recv().await, &mut queue, &handle, true);
+            assert!(batch.single.is_some());
+            assert_eq!(batch.bytes.capacity(), 0, "no buffer borrowed");
+            for step in [1, 5, usize::MAX] {
+                let mut copy = Batch::default();
+                assert!(handle.push_answer(answer.clone()).await);
+                copy.take(queue.recv().await, &mut queue, &handle, true);
+                let mut socket = Trickle {
+                    out: Vec::new(),
+                    step,
+                    writes: 0,
+                };
+                std::future::poll_fn(|cx| copy.poll_write(&mut socket, cx))
+                    .await
+                    .unwrap();
+                let mut expected = header(len);
+                expected.extend_from_slice(answer.as_bytes());
+                assert_eq!(socket.out, expected, "{len} bytes, {step} per write");
+                copy.release(&handle);
+            }
+        }
     }
 
     #[tokio::test]

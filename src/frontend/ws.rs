@@ -153,8 +153,8 @@ struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    /// Runs until the session ends. Each pass: a stop, then the calls (whose answers join the
-    /// queue), then the writer, then, with the writer idle, the client's next frame.
+    /// Runs until the session ends. A stop first, then each pass: the calls (whose answers
+    /// join the queue), the writer, then, with the writer idle, the client's next frame.
     fn poll_run<T>(
         &mut self,
         socket: &mut WebSocketStream<T>,
@@ -164,13 +164,15 @@ impl<'a> Session<'a> {
     where
         T: AsyncRead + AsyncWrite + Unpin,
     {
+        // Once per poll: a stop arriving later in it wakes the task again. (Its gate lives in
+        // an allocation of its own, one more cache miss per notification in each pass.)
+        if let Poll::Ready(close) = stop(cx) {
+            return Poll::Ready(close);
+        }
         loop {
             // The queue is looked at below before this pass waits: answers the calls queue
             // meanwhile need not wake the task.
             self.outgoing.unpark();
-            if let Poll::Ready(close) = stop(cx) {
-                return Poll::Ready(close);
-            }
             self.poll_calls(cx);
             if let Some(flush_first) = &mut self.writing {
                 // A client that reads nothing holds the batch until the socket's write

@@ -28,12 +28,28 @@ pub(super) enum Refused {
 /// The messages themselves and the waker of the session waiting for them.
 #[derive(Default)]
 struct State {
-    items: VecDeque<Outgoing>,
+    /// The oldest message, kept inline: a fan-out queues one message per client at a time,
+    /// which then touches no memory beyond the handle's own.
+    first: Option<Outgoing>,
+    /// The messages behind `first`, in order.
+    rest: VecDeque<Outgoing>,
     waker: Option<Waker>,
     /// A push was refused for lack of room: the next receive reports it, so the refused
     /// answer is told to try again.
     wanted_room: bool,
     closed: bool,
+}
+
+impl State {
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
+    fn pop(&mut self) -> Option<Outgoing> {
+        let item = self.first.take()?;
+        self.first = self.rest.pop_front();
+        Some(item)
+    }
 }
 
 /// Messages waiting for the session's writer, in order.
@@ -53,11 +69,14 @@ impl Queue {
         if state.closed {
             return Err(Refused::Closed);
         }
-        if state.items.len() >= bound {
+        if state.len() >= bound {
             state.wanted_room = true;
             return Err(Refused::Full(item));
         }
-        state.items.push_back(item);
+        match state.first {
+            None => state.first = Some(item),
+            Some(_) => state.rest.push_back(item),
+        }
         // Read under the lock: a receiver that parks after this sees the message. The waker
         // stays stored (woken by reference): the receiver's next park need not clone it.
         if self.parked.load(Ordering::Acquire) {
@@ -71,14 +90,14 @@ impl Queue {
 
     /// Messages queued.
     pub(super) fn len(&self) -> usize {
-        lock(&self.state).items.len()
+        lock(&self.state).len()
     }
 
     /// The next message, or `None` with `cx`'s waker kept for the next push. The flag tells
     /// whether a push was refused for lack of room since the last receive.
     pub(super) fn poll_pop(&self, cx: &mut Context<'_>) -> Poll<(Outgoing, bool)> {
         let mut state = lock(&self.state);
-        if let Some(item) = state.items.pop_front() {
+        if let Some(item) = state.pop() {
             let wanted_room = std::mem::take(&mut state.wanted_room);
             return Poll::Ready((item, wanted_room));
         }
@@ -96,7 +115,7 @@ impl Queue {
     /// The next message if one is queued, without waiting (see [`Queue::poll_pop`]).
     pub(super) fn try_pop(&self) -> Option<(Outgoing, bool)> {
         let mut state = lock(&self.state);
-        let item = state.items.pop_front()?;
+        let item = state.pop()?;
         Some((item, std::mem::take(&mut state.wanted_room)))
     }
 
@@ -112,7 +131,7 @@ impl Queue {
             let mut state = lock(&self.state);
             state.closed = true;
             state.waker = None;
-            std::mem::take(&mut state.items)
+            (state.first.take(), std::mem::take(&mut state.rest))
         };
         drop(items);
     }
@@ -161,6 +180,35 @@ mod tests {
         assert!(wanted_room, "the refused push is reported to the receiver");
         assert_eq!(popped(&queue).as_deref(), Some("b"));
         assert!(queue.try_pop().is_none());
+    }
+
+    #[test]
+    fn order_holds_across_the_inline_slot_and_the_rest() {
+        let queue = Queue::default();
+        let mut next = 0;
+        let mut expected = 0;
+        for round in 0..20 {
+            // Push a few, pop fewer: the queue's length goes up and down through 0 and 1.
+            for _ in 0..(round % 4) + 1 {
+                assert!(queue.push(text(&next.to_string()), 64).is_ok());
+                next += 1;
+            }
+            for _ in 0..(round % 3) + 1 {
+                match popped(&queue) {
+                    Some(got) => {
+                        assert_eq!(got, expected.to_string());
+                        expected += 1;
+                    }
+                    None => assert_eq!(expected, next, "empty only when all came out"),
+                }
+            }
+            assert_eq!(queue.len(), next - expected);
+        }
+        while let Some(got) = popped(&queue) {
+            assert_eq!(got, expected.to_string());
+            expected += 1;
+        }
+        assert_eq!(expected, next);
     }
 
     #[test]

@@ -2,26 +2,29 @@
 //! calls concurrently and one ordered, bounded outgoing queue shared with the hub.
 
 mod batch;
+mod gate;
+mod single;
 
 use std::future::{poll_fn, Future};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use futures_util::task::{waker_ref, ArcWake, AtomicWaker};
-use futures_util::{SinkExt, Stream, StreamExt};
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, Sink, SinkExt, StreamExt};
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use self::batch::Batch;
+use self::gate::{Gate, ReadGate};
 use super::{Frontend, Transport};
 use crate::http1::{BodyLength, RequestHead, Response};
+use crate::subscription::session::Receiver;
 use crate::subscription::SessionHandle;
 
 /// Calls of one session answered concurrently; more wait, which pauses reading.
@@ -79,17 +82,12 @@ pub async fn run_session<T>(frontend: Arc<Frontend>, mut socket: WebSocketStream
 where
     T: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let (handle, mut outgoing) = SessionHandle::new(frontend.ws_queue);
-    let handle = Arc::new(handle);
+    let (handle, outgoing) = SessionHandle::new(frontend.ws_queue);
     frontend.metrics.ws_connection_opened();
-    let mut calls = JoinSet::new();
-    let limit = Arc::new(Semaphore::new(CALLS_IN_FLIGHT));
     let drain = &frontend.drain;
-    let reader = ReadGate::default();
     // Polled only when one of them woke the task: polling a pending cancellation takes its
     // lock, and the task wakes for every outgoing message.
     let stops = Gate::default();
-    let mut batch = Batch::default();
     // Created once: re-created on every pass they would re-register with the shared shutdown
     // token and the session's own each time a message goes out.
     let shutdown = drain.shutdown.cancelled();
@@ -104,47 +102,21 @@ where
             Poll::Ready(handle.close_reason())
         })
     };
-    let close = loop {
-        tokio::select! {
-            biased;
-            close = poll_fn(&mut stop) => break close,
-            message = outgoing.recv() => match message {
-                // A client that reads nothing blocks this write until the socket's write
-                // timeout fails it; shutdown does not wait for that.
-                Some(message) => {
-                    batch.take(message, &mut outgoing, &handle);
-                    let flush_first = reader.take_polled();
-                    let ended = tokio::select! {
-                        biased;
-                        written = write_batch(&mut socket, &mut batch, flush_first) => {
-                            written.err().map(|_| handle.close_reason())
-                        }
-                        close = poll_fn(&mut stop) => Some(close),
-                    };
-                    batch.release(&handle);
-                    if let Some(close) = ended {
-                        break close;
-                    }
-                }
-                None => break None,
-            },
-            // Reading pauses while CALLS_IN_FLIGHT calls run; the queue keeps draining.
-            frame = poll_fn(|cx| reader.poll_next(&mut socket, cx)), if limit.available_permits() > 0 => match frame {
-                Some(Ok(Message::Text(text))) => dispatch(&frontend, &handle, &limit, &mut calls, text.into()),
-                Some(Ok(Message::Binary(data))) => dispatch(&frontend, &handle, &limit, &mut calls, data),
-                Some(Ok(Message::Close(_))) | None => break None,
-                Some(Ok(_)) => {}
-                Some(Err(WsError::Capacity(_))) => break Some((1009, "message too big")),
-                Some(Err(error)) => {
-                    tracing::debug!(%error, "client WebSocket failed");
-                    break None;
-                }
-            },
-            Some(_) = calls.join_next(), if !calls.is_empty() => {}
-        }
+    let mut session = Session {
+        frontend: &frontend,
+        handle: &handle,
+        outgoing,
+        batch: Batch::default(),
+        writing: None,
+        reader: ReadGate::default(),
+        calls: FuturesUnordered::new(),
     };
-    calls.abort_all();
-    while calls.join_next().await.is_some() {}
+    let close = poll_fn(|cx| session.poll_run(&mut socket, cx, &mut stop)).await;
+    let Session {
+        mut batch, calls, ..
+    } = session;
+    // Calls still running end here: their subscriptions are never activated.
+    drop(calls);
     frontend.hub.drop_session(&handle);
     if close.is_some_and(|(code, _)| code == crate::subscription::session::CLOSE_POLICY) {
         frontend.metrics.ws_queue_overflow();
@@ -157,22 +129,163 @@ where
     }
 }
 
+/// Why a session ends: the close code and reason to send, if any.
+type Close = Option<(u16, &'static str)>;
+
+/// A call of the client's, run inside the session's own task.
+type Call<'a> = Pin<Box<dyn Future<Output = std::thread::Result<()>> + Send + 'a>>;
+
+/// One client session between polls: the reader, the calls it started, and the writer.
+///
+/// Everything runs in the session's one task. Calls are futures polled here rather than tasks
+/// of their own: spawning one, joining it and waking the session for its answer cost more
+/// than most calls' own work, and an answer a call queues here goes out in the same pass.
+struct Session<'a> {
+    frontend: &'a Arc<Frontend>,
+    handle: &'a Arc<SessionHandle>,
+    outgoing: Receiver,
+    batch: Batch,
+    /// A batch taken and not written yet; `Some(true)` while tungstenite's own buffer must be
+    /// flushed first (see [`poll_write_batch`]).
+    writing: Option<bool>,
+    reader: ReadGate,
+    calls: FuturesUnordered<Call<'a>>,
+}
+
+impl<'a> Session<'a> {
+    /// Runs until the session ends. A stop first, then each pass: the calls (whose answers
+    /// join the queue), the writer, then, with the writer idle, the client's next frame.
+    fn poll_run<T>(
+        &mut self,
+        socket: &mut WebSocketStream<T>,
+        cx: &mut Context<'_>,
+        stop: &mut impl FnMut(&mut Context<'_>) -> Poll<Close>,
+    ) -> Poll<Close>
+    where
+        T: AsyncRead + AsyncWrite + Unpin,
+    {
+        // Once per poll: a stop arriving later in it wakes the task again. (Its gate lives in
+        // an allocation of its own, one more cache miss per notification in each pass.)
+        if let Poll::Ready(close) = stop(cx) {
+            return Poll::Ready(close);
+        }
+        loop {
+            // The queue is looked at below before this pass waits: answers the calls queue
+            // meanwhile need not wake the task.
+            self.outgoing.unpark();
+            self.poll_calls(cx);
+            if let Some(flush_first) = &mut self.writing {
+                // A client that reads nothing holds the batch until the socket's write
+                // timeout fails it; shutdown does not wait for that (a stop ends the pass).
+                match ready!(poll_write_batch(socket, &mut self.batch, flush_first, cx)) {
+                    Ok(()) => self.batch.release(self.handle),
+                    Err(()) => return Poll::Ready(self.handle.close_reason()),
+                }
+                self.writing = None;
+            }
+            if let Poll::Ready(first) = self.outgoing.poll_recv(cx) {
+                let vectored = socket.get_ref().is_write_vectored();
+                self.batch
+                    .take(first, &mut self.outgoing, self.handle, vectored);
+                self.writing = Some(self.reader.take_polled());
+                continue;
+            }
+            // Reading pauses while CALLS_IN_FLIGHT calls run; the queue keeps draining.
+            if self.calls.len() >= CALLS_IN_FLIGHT {
+                return Poll::Pending;
+            }
+            let frame = ready!(self.reader.poll_next(socket, cx));
+            if let Some(close) = self.on_frame(frame) {
+                return Poll::Ready(close);
+            }
+        }
+    }
+
+    /// Polls the calls, if any (an empty set is not touched: that costs a cache miss per
+    /// notification fanned out).
+    fn poll_calls(&mut self, cx: &mut Context<'_>) {
+        while !self.calls.is_empty() {
+            match self.calls.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(()))) => {}
+                Poll::Ready(Some(Err(_))) => {
+                    tracing::error!("a WebSocket call panicked; the session goes on");
+                }
+                Poll::Ready(None) | Poll::Pending => return,
+            }
+        }
+    }
+
+    /// Takes one frame of the client's; `Some` ends the session.
+    fn on_frame(&mut self, frame: Option<Result<Message, WsError>>) -> Option<Close> {
+        match frame {
+            Some(Ok(Message::Text(text))) => self.dispatch(text.into()),
+            Some(Ok(Message::Binary(data))) => self.dispatch(data),
+            Some(Ok(Message::Close(_))) | None => return Some(None),
+            Some(Ok(_)) => {}
+            Some(Err(WsError::Capacity(_))) => return Some(Some((1009, "message too big"))),
+            Some(Err(error)) => {
+                tracing::debug!(%error, "client WebSocket failed");
+                return Some(None);
+            }
+        }
+        None
+    }
+
+    /// Starts answering one message; the next pass polls it first.
+    fn dispatch(&mut self, body: bytes::Bytes) {
+        let call = answer(self.frontend, self.handle, body);
+        self.calls
+            .push(Box::pin(AssertUnwindSafe(call).catch_unwind()));
+    }
+}
+
+/// Answers one message of the client's: the answer is queued, then the subscriptions it
+/// started are activated, so none of their notifications can overtake it.
+async fn answer(frontend: &Frontend, handle: &Arc<SessionHandle>, body: bytes::Bytes) {
+    let served = frontend.serve(Transport::Ws(handle), &body).await;
+    drop(body);
+    if let Some(body) = served.body {
+        let text = String::from_utf8(body)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+        // The client's own answers wait for room rather than close it: a client that
+        // reads promptly is never closed because of its own calls.
+        if !handle.push_answer(text).await {
+            return;
+        }
+    }
+    for subscription in served.pending {
+        frontend.hub.activate(subscription);
+    }
+}
+
 /// Writes one batch, after whatever tungstenite still holds when the reader ran since the last
 /// batch (a pong or close reply it could not write at once must not land inside our frames).
+fn poll_write_batch<T>(
+    socket: &mut WebSocketStream<T>,
+    batch: &mut Batch,
+    flush_first: &mut bool,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), ()>>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    if *flush_first {
+        ready!(Pin::new(&mut *socket).poll_flush(cx)).map_err(|_| ())?;
+        *flush_first = false;
+    }
+    batch.poll_write(socket.get_mut(), cx).map_err(|_| ())
+}
+
+/// [`poll_write_batch`] as a future.
 async fn write_batch<T>(
     socket: &mut WebSocketStream<T>,
     batch: &mut Batch,
-    flush_first: bool,
+    mut flush_first: bool,
 ) -> Result<(), ()>
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    if flush_first {
-        socket.flush().await.map_err(|_| ())?;
-    }
-    poll_fn(|cx| batch.poll_write(socket.get_mut(), cx))
-        .await
-        .map_err(|_| ())
+    poll_fn(|cx| poll_write_batch(socket, batch, &mut flush_first, cx)).await
 }
 
 /// The end of a session: the rest of a batch cut short (a close frame inside it would corrupt
@@ -181,11 +294,8 @@ where
 ///
 /// Takes the socket by reference: a socket moved in would make every session's future (which
 /// an idle client keeps) larger by another copy of it.
-async fn finish<T>(
-    socket: &mut WebSocketStream<T>,
-    batch: &mut Batch,
-    close: Option<(u16, &'static str)>,
-) where
+async fn finish<T>(socket: &mut WebSocketStream<T>, batch: &mut Batch, close: Close)
+where
     T: AsyncRead + AsyncWrite + Unpin,
 {
     if batch.unwritten() && write_batch(socket, batch, true).await.is_err() {
@@ -202,181 +312,12 @@ async fn finish<T>(
     let _ = SinkExt::close(socket).await;
 }
 
-/// Answers one message on its own task, so a slow upstream call does not hold up others.
-/// The session reads only while a permit is free, so one is always there.
-fn dispatch(
-    frontend: &Arc<Frontend>,
-    handle: &Arc<SessionHandle>,
-    limit: &Arc<Semaphore>,
-    calls: &mut JoinSet<()>,
-    body: bytes::Bytes,
-) {
-    let Ok(permit) = limit.clone().try_acquire_owned() else {
-        return;
-    };
-    let frontend = frontend.clone();
-    let handle = handle.clone();
-    calls.spawn(async move {
-        let served = frontend.serve(Transport::Ws(&handle), &body).await;
-        if let Some(body) = served.body {
-            let text = String::from_utf8(body)
-                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-            // The client's own answers wait for room rather than close it: a client that
-            // reads promptly is never closed because of its own calls.
-            if !handle.push_answer(text).await {
-                return;
-            }
-        }
-        for subscription in served.pending {
-            frontend.hub.activate(subscription);
-        }
-        drop(permit);
-    });
-}
-
-/// Polls what it wraps only when that asked to be polled again (its own waker fired) or
-/// last returned something. The session task wakes for every outgoing message; re-polling
-/// everything it waits on each time costs more than the message itself.
-struct Gate {
-    woken: Arc<Woken>,
-}
-
-/// The wrapped future's or stream's own waker: notes that it fired, then wakes the session.
-struct Woken {
-    fired: AtomicBool,
-    task: AtomicWaker,
-}
-
-impl ArcWake for Woken {
-    fn wake_by_ref(arc_self: &Arc<Self>) {
-        arc_self.fired.store(true, Ordering::Release);
-        arc_self.task.wake();
-    }
-}
-
-impl Default for Gate {
-    fn default() -> Self {
-        // Fired at first: what it wraps has never been polled.
-        let woken = Woken {
-            fired: AtomicBool::new(true),
-            task: AtomicWaker::new(),
-        };
-        Gate {
-            woken: Arc::new(woken),
-        }
-    }
-}
-
-impl Gate {
-    /// `poll` with the gate's own waker when that fired or `poll` was last ready, else pending.
-    fn poll<T>(
-        &self,
-        cx: &mut Context<'_>,
-        poll: impl FnOnce(&mut Context<'_>) -> Poll<T>,
-    ) -> Poll<T> {
-        self.woken.task.register(cx.waker());
-        if !self.woken.fired.swap(false, Ordering::AcqRel) {
-            return Poll::Pending;
-        }
-        let waker = waker_ref(&self.woken);
-        let polled = poll(&mut Context::from_waker(&waker));
-        if polled.is_ready() {
-            // More may be ready already (buffered frames): the next call polls again.
-            self.woken.fired.store(true, Ordering::Release);
-        }
-        polled
-    }
-}
-
-/// The client's stream behind a [`Gate`]: re-polling it for every outgoing message would make
-/// tungstenite zero its whole read buffer and try a read each time, which profiling showed to
-/// be most of a fan-out's cost. Also notes when the stream ran, because tungstenite may then
-/// have written (or half written) a control frame of its own.
-#[derive(Default)]
-struct ReadGate {
-    gate: Gate,
-    polled: AtomicBool,
-}
-
-impl ReadGate {
-    fn poll_next<S: Stream + Unpin>(
-        &self,
-        stream: &mut S,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<S::Item>> {
-        self.gate.poll(cx, |cx| {
-            self.polled.store(true, Ordering::Relaxed);
-            stream.poll_next_unpin(cx)
-        })
-    }
-
-    /// Whether the stream was polled since the last call.
-    fn take_polled(&self) -> bool {
-        self.polled.swap(false, Ordering::Relaxed)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicUsize;
-
-    /// A stream that counts its polls and is pending until `ready` frames are let through.
-    struct Counted {
-        polls: Arc<AtomicUsize>,
-        ready: usize,
-        waker: Option<std::task::Waker>,
-    }
-
-    impl Stream for Counted {
-        type Item = u32;
-        fn poll_next(
-            mut self: std::pin::Pin<&mut Self>,
-            cx: &mut Context<'_>,
-        ) -> Poll<Option<u32>> {
-            self.polls.fetch_add(1, Ordering::Relaxed);
-            if self.ready > 0 {
-                self.ready -= 1;
-                return Poll::Ready(Some(7));
-            }
-            self.waker = Some(cx.waker().clone());
-            Poll::Pending
-        }
-    }
-
-    #[test]
-    fn the_stream_is_polled_again_only_after_a_frame_or_its_own_wake() {
-        let polls = Arc::new(AtomicUsize::new(0));
-        let mut stream = Counted {
-            polls: polls.clone(),
-            ready: 1,
-            waker: None,
-        };
-        let gate = ReadGate::default();
-        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
-        assert_eq!(gate.poll_next(&mut stream, &mut cx), Poll::Ready(Some(7)));
-        // After a frame the next call polls again (more may be buffered): now pending.
-        assert!(gate.poll_next(&mut stream, &mut cx).is_pending());
-        assert_eq!(polls.load(Ordering::Relaxed), 2);
-        assert!(
-            gate.take_polled(),
-            "the stream ran: tungstenite may have written"
-        );
-        // Woken for other reasons (an outgoing message): the stream is left alone.
-        for _ in 0..5 {
-            assert!(gate.poll_next(&mut stream, &mut cx).is_pending());
-        }
-        assert_eq!(polls.load(Ordering::Relaxed), 2, "no poll without a wake");
-        assert!(!gate.take_polled(), "not polled since: no flush needed");
-        // The stream's own waker fires: the next call polls it and gets the frame.
-        stream.ready = 1;
-        stream.waker.take().expect("registered").wake();
-        assert_eq!(gate.poll_next(&mut stream, &mut cx), Poll::Ready(Some(7)));
-        assert_eq!(polls.load(Ordering::Relaxed), 3);
-    }
 
     /// A session whose queue holds one notification of `result`, taken as a batch.
-    async fn one_batch(result: &str) -> Batch {
+    async fn one_batch(result: &str, vectored: bool) -> Batch {
         let limits = crate::subscription::session::QueueLimits {
             messages: 4,
             bytes: 1 << 20,
@@ -384,7 +325,7 @@ mod tests {
         let (handle, mut queue) = SessionHandle::new(limits);
         assert!(handle.push(&"0x1".into(), &Arc::new(result.to_string())));
         let mut batch = Batch::default();
-        batch.take(queue.recv().await.unwrap(), &mut queue, &handle);
+        batch.take(queue.recv().await, &mut queue, &handle, vectored);
         batch
     }
 
@@ -406,7 +347,7 @@ mod tests {
         assert!(matches!(read, Poll::Ready(Some(Ok(Message::Ping(_))))));
         // Reading on, tungstenite writes the first byte of its pong and keeps the rest.
         assert!(socket.poll_next_unpin(&mut cx).is_pending());
-        let mut batch = one_batch("7").await;
+        let mut batch = one_batch("7", false).await;
         let drain = tokio::spawn(async move {
             let mut all = Vec::new();
             client.read_to_end(&mut all).await.unwrap();
@@ -428,11 +369,17 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_cut_short_is_finished_before_the_close_frame() {
+        for vectored in [false, true] {
+            a_batch_cut_short_is_finished_before_the_close_frame_when(vectored).await;
+        }
+    }
+
+    async fn a_batch_cut_short_is_finished_before_the_close_frame_when(vectored: bool) {
         use tokio::io::AsyncReadExt;
         let (server, mut client) = tokio::io::duplex(64);
         let mut socket = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
         let result = format!("\"{}\"", "x".repeat(300));
-        let mut batch = one_batch(&result).await;
+        let mut batch = one_batch(&result, vectored).await;
         // The client reads nothing yet: the batch stops after 64 bytes (a shutdown now).
         let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
         {

@@ -28,6 +28,11 @@ impl Kind {
         Kind::Syncing,
     ];
 
+    /// The kind's place in [`Kind::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// The `eth_subscribe` name.
     pub fn as_str(self) -> &'static str {
         match self {

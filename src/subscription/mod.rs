@@ -110,6 +110,9 @@ pub struct Hub {
     filters: Mutex<FilterTable>,
     limits: Limits,
     total: Arc<AtomicUsize>,
+    /// Active subscriptions per kind (by [`Kind::index`]): the feed and the admin endpoints
+    /// ask often, and counting through the map would visit every subscription each time.
+    by_kind: [AtomicUsize; 4],
     id_base: u128,
     id_counter: AtomicU64,
 }
@@ -131,6 +134,7 @@ impl Hub {
             filters: Mutex::new(HashMap::new()),
             limits,
             total: Arc::new(AtomicUsize::new(0)),
+            by_kind: Default::default(),
             id_base: (high << 64) | low,
             id_counter: AtomicU64::new(0),
         }
@@ -199,6 +203,7 @@ impl Hub {
         });
         let session = pending.slot.session.clone();
         session.remember(&pending.id);
+        self.by_kind[pending.kind.index()].fetch_add(1, Ordering::AcqRel);
         let subscription = Subscription {
             kind: pending.kind,
             session,
@@ -236,8 +241,9 @@ impl Hub {
         }
     }
 
-    /// Frees a filter's state with its last subscriber.
+    /// Uncounts a removed subscription and frees a filter's state with its last subscriber.
     fn release(&self, subscription: &Subscription) {
+        self.by_kind[subscription.kind.index()].fetch_sub(1, Ordering::AcqRel);
         let Some(key) = &subscription.filter_key else {
             return;
         };
@@ -265,7 +271,7 @@ impl Hub {
 
     /// Number of subscriptions of `kind`.
     pub fn count(&self, kind: Kind) -> usize {
-        self.subscriptions.iter().filter(|s| s.kind == kind).count()
+        self.by_kind[kind.index()].load(Ordering::Acquire)
     }
 
     /// Number of subscriptions of every kind, the process-wide cap's measure.

@@ -7,11 +7,17 @@
 //! client that pipelines calls is slowed down (its reader pauses) rather than closed, and its
 //! large answers never count against its notifications.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+mod queue;
 
-use tokio::sync::{mpsc, Notify};
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+use queue::{Queue, Refused};
 
 /// Close code for a client whose queue overflowed.
 pub const CLOSE_POLICY: u16 = 1008;
@@ -45,10 +51,13 @@ pub enum Body {
     },
 }
 
-const NOTIFICATION_HEAD: &str =
+/// A notification's text up to its subscription id.
+pub const NOTIFICATION_HEAD: &str =
     r#"{"jsonrpc":"2.0","method":"eth_subscription","params":{"subscription":""#;
-const NOTIFICATION_MIDDLE: &str = r#"","result":"#;
-const NOTIFICATION_TAIL: &str = "}}";
+/// A notification's text between its subscription id and its result.
+pub const NOTIFICATION_MIDDLE: &str = r#"","result":"#;
+/// A notification's text after its result.
+pub const NOTIFICATION_TAIL: &str = "}}";
 
 impl Body {
     /// The length of the JSON text, without building it.
@@ -131,6 +140,16 @@ impl Outgoing {
         self.body.into_text()
     }
 
+    /// What the message holds, for a writer that frames its parts itself.
+    pub fn into_body(self) -> Body {
+        self.body
+    }
+
+    /// What the message holds.
+    pub fn body(&self) -> &Body {
+        &self.body
+    }
+
     /// The length of the JSON text.
     pub fn len(&self) -> usize {
         self.body.len()
@@ -181,12 +200,17 @@ impl Receipts {
 /// Handle to one client session's outgoing side.
 pub struct SessionHandle {
     id: u64,
-    queue: mpsc::Sender<Outgoing>,
+    queue: Queue,
     limits: QueueLimits,
     notification_bytes: AtomicUsize,
     answer_bytes: AtomicUsize,
-    /// Signalled by the writer each time it has sent an answer.
+    /// Signalled by the writer each time it has sent an answer while one waits for room, or
+    /// taken a message from a queue an answer found full.
     room: Notify,
+    /// Answers waiting for room (most never do: the writer then skips the signal's lock).
+    answers_waiting: AtomicUsize,
+    /// Set with the first close: checked on every answer, cheaper than the token's lock.
+    closing_now: AtomicBool,
     /// Messages the writer has taken from the queue as one batch, past the first, and not
     /// written yet: they still count against the message bound (the queue alone would let
     /// that many more in while a slow client holds the batch).
@@ -201,20 +225,24 @@ pub struct SessionHandle {
 
 impl SessionHandle {
     /// A handle and the receiving end of its queue.
-    pub fn new(limits: QueueLimits) -> (SessionHandle, mpsc::Receiver<Outgoing>) {
-        let (queue, receiver) = mpsc::channel(limits.messages.max(1));
-        let handle = SessionHandle {
+    pub fn new(limits: QueueLimits) -> (Arc<SessionHandle>, Receiver) {
+        let handle = Arc::new(SessionHandle {
             id: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
-            queue,
+            queue: Queue::default(),
             limits,
             notification_bytes: AtomicUsize::new(0),
             answer_bytes: AtomicUsize::new(0),
             room: Notify::new(),
+            answers_waiting: AtomicUsize::new(0),
+            closing_now: AtomicBool::new(false),
             held: AtomicUsize::new(0),
             closing: CancellationToken::new(),
             close_reason: Mutex::new(None),
             subscriptions: Mutex::new(Vec::new()),
             slots: AtomicUsize::new(0),
+        });
+        let receiver = Receiver {
+            handle: handle.clone(),
         };
         (handle, receiver)
     }
@@ -238,18 +266,17 @@ impl SessionHandle {
             self.close(CLOSE_POLICY, "client too slow: outgoing queue full");
             return false;
         }
-        let in_queue = self.queue.max_capacity() - self.queue.capacity();
-        if in_queue + self.held.load(Ordering::Acquire) >= self.limits.messages.max(1) {
-            self.notification_bytes.fetch_sub(len, Ordering::AcqRel);
-            self.close(CLOSE_POLICY, "client too slow: outgoing queue full");
-            return false;
-        }
-        let outgoing = Outgoing { body };
-        match self.queue.try_send(outgoing) {
+        // The batch the writer holds still counts against the message bound.
+        let bound = self
+            .limits
+            .messages
+            .max(1)
+            .saturating_sub(self.held.load(Ordering::Acquire));
+        match self.queue.push(Outgoing { body }, bound) {
             Ok(()) => true,
-            Err(error) => {
+            Err(refused) => {
                 self.notification_bytes.fetch_sub(len, Ordering::AcqRel);
-                if matches!(error, mpsc::error::TrySendError::Full(_)) {
+                if let Refused::Full(_) = refused {
                     self.close(CLOSE_POLICY, "client too slow: outgoing queue full");
                 }
                 false
@@ -261,31 +288,52 @@ impl SessionHandle {
     /// session closes first.
     pub async fn push_answer(&self, text: String) -> bool {
         let len = text.len();
+        let mut outgoing = Outgoing {
+            body: Body::Text(text),
+        };
         loop {
+            outgoing = match self.try_push_answer(outgoing, len) {
+                Ok(queued) => return queued,
+                Err(back) => back,
+            };
+            // No room: registered (and counted as waiting) before looking again, so room
+            // made meanwhile is not missed.
             let room = self.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            let queued = self.answer_bytes.load(Ordering::Acquire);
-            if queued == 0 || queued + len <= self.limits.bytes {
-                break;
-            }
+            let _waiting = Waiting::enter(&self.answers_waiting);
+            outgoing = match self.try_push_answer(outgoing, len) {
+                Ok(queued) => return queued,
+                Err(back) => back,
+            };
             tokio::select! {
                 _ = room => {}
                 _ = self.closing.cancelled() => return false,
             }
         }
+    }
+
+    /// Queues an answer if there is room: `Ok(false)` when the session is closing, the answer
+    /// handed back when it must wait.
+    fn try_push_answer(&self, outgoing: Outgoing, len: usize) -> Result<bool, Outgoing> {
+        if self.is_closing() {
+            return Ok(false);
+        }
+        let queued = self.answer_bytes.load(Ordering::SeqCst);
+        if queued != 0 && queued + len > self.limits.bytes {
+            return Err(outgoing);
+        }
+        // Counted before it is queued: the writer may write it and give it back at once.
         self.answer_bytes.fetch_add(len, Ordering::AcqRel);
-        let outgoing = Outgoing {
-            body: Body::Text(text),
-        };
-        let sent = tokio::select! {
-            sent = self.queue.send(outgoing) => sent.is_ok(),
-            _ = self.closing.cancelled() => false,
-        };
-        if !sent {
+        let pushed = self.queue.push(outgoing, self.limits.messages.max(1));
+        if pushed.is_err() {
             self.answer_bytes.fetch_sub(len, Ordering::AcqRel);
         }
-        sent
+        match pushed {
+            Ok(()) => Ok(true),
+            Err(Refused::Closed) => Ok(false),
+            Err(Refused::Full(back)) => Err(back),
+        }
     }
 
     /// Called by the writer once a message has left the queue and gone to the socket.
@@ -316,18 +364,21 @@ impl SessionHandle {
         // Only answers wait for room, and only for answer bytes: written notifications
         // wake nobody (notify_waiters takes a lock).
         if receipts.answer_bytes > 0 {
+            // SeqCst with the waiter's count then look (see `Waiting`): one of the two sees
+            // the other, so no waiter misses this room.
             self.answer_bytes
-                .fetch_sub(receipts.answer_bytes, Ordering::AcqRel);
-            self.room.notify_waiters();
+                .fetch_sub(receipts.answer_bytes, Ordering::SeqCst);
+            if self.answers_waiting.load(Ordering::SeqCst) > 0 {
+                self.room.notify_waiters();
+            }
         }
     }
 
     /// How full the queue is for notifications: the larger of its message (batch held by the
     /// writer included) and notification byte fractions (0.0–1.0).
     pub fn fill(&self) -> f64 {
-        let messages =
-            self.queue.max_capacity() - self.queue.capacity() + self.held.load(Ordering::Acquire);
-        let by_messages = messages as f64 / self.queue.max_capacity() as f64;
+        let messages = self.queue.len() + self.held.load(Ordering::Acquire);
+        let by_messages = messages as f64 / self.limits.messages.max(1) as f64;
         let by_bytes =
             self.notification_bytes.load(Ordering::Acquire) as f64 / self.limits.bytes as f64;
         by_messages.max(by_bytes)
@@ -349,6 +400,7 @@ impl SessionHandle {
     pub fn close(&self, code: u16, reason: &'static str) {
         let mut slot = lock(&self.close_reason);
         slot.get_or_insert((code, reason));
+        self.closing_now.store(true, Ordering::Release);
         self.closing.cancel();
     }
 
@@ -359,12 +411,82 @@ impl SessionHandle {
 
     /// Whether someone asked the session to close.
     pub fn is_closing(&self) -> bool {
-        self.closing.is_cancelled()
+        self.closing_now.load(Ordering::Acquire)
     }
 
     /// The code and reason the session was asked to close with.
     pub fn close_reason(&self) -> Option<(u16, &'static str)> {
         *lock(&self.close_reason)
+    }
+}
+
+/// One answer counted among those waiting for room while it exists.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    /// Counts one more waiter. SeqCst, then the waiter looks at the room again: either it
+    /// sees the room the writer made, or the writer (which gives room back, then looks at
+    /// this count) sees it and signals.
+    fn enter(count: &'a AtomicUsize) -> Waiting<'a> {
+        count.fetch_add(1, Ordering::SeqCst);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The receiving end of a session's queue, held by its writer; dropping it ends the queue.
+pub struct Receiver {
+    handle: Arc<SessionHandle>,
+}
+
+impl Receiver {
+    /// The next message, or pending until one is pushed.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Outgoing> {
+        self.handle
+            .queue
+            .poll_pop(cx)
+            .map(|(item, wanted_room)| self.taken(item, wanted_room))
+    }
+
+    /// Waits for the next message.
+    pub async fn recv(&mut self) -> Outgoing {
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// The next message if one is queued.
+    pub fn try_recv(&mut self) -> Option<Outgoing> {
+        let (item, wanted_room) = self.handle.queue.try_pop()?;
+        Some(self.taken(item, wanted_room))
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.handle.queue.len() == 0
+    }
+
+    /// The session task is about to look at the queue again before it waits, so messages
+    /// it pushes itself until then need not wake it.
+    pub fn unpark(&self) {
+        self.handle.queue.unpark();
+    }
+
+    fn taken(&self, item: Outgoing, wanted_room: bool) -> Outgoing {
+        if wanted_room {
+            // An answer found the queue full and waits for a free place.
+            self.handle.room.notify_waiters();
+        }
+        item
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.handle.queue.close();
     }
 }
 
@@ -378,7 +500,7 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn session(messages: usize, bytes: usize) -> (SessionHandle, mpsc::Receiver<Outgoing>) {
+    fn session(messages: usize, bytes: usize) -> (Arc<SessionHandle>, Receiver) {
         SessionHandle::new(QueueLimits { messages, bytes })
     }
 
@@ -394,7 +516,7 @@ mod tests {
 
     #[test]
     fn a_queued_message_stays_as_small_as_a_string() {
-        // Each session's queue allocates a block of slots up front: a larger message type
+        // Each session's queue keeps its ring of slots once grown: a larger message type
         // would cost every idle client memory.
         assert!(std::mem::size_of::<Outgoing>() <= 32);
     }
@@ -448,7 +570,6 @@ mod tests {
         // Room for exactly one notification, and for the first answer but not the second.
         let bound = len_of("note");
         let (s, mut queue) = session(100, bound);
-        let s = std::sync::Arc::new(s);
         assert!(s.push_answer("a".repeat(bound - 2)).await);
         let waiting = tokio::spawn({
             let s = s.clone();
@@ -457,16 +578,11 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiting.is_finished(), "no room yet: the answer waits");
         assert!(push(&s, "note"), "answers never crowd out notifications");
-        let first = queue.recv().await.unwrap();
+        let first = queue.recv().await;
         s.sent(first.receipt());
         assert!(waiting.await.unwrap());
-        assert!(queue
-            .recv()
-            .await
-            .unwrap()
-            .into_text()
-            .contains(r#""result":note}"#));
-        assert_eq!(queue.recv().await.unwrap().into_text(), "answer");
+        assert!(queue.recv().await.into_text().contains(r#""result":note}"#));
+        assert_eq!(queue.recv().await.into_text(), "answer");
         assert!(
             s.close_reason().is_none(),
             "never closed for its own answers"
@@ -477,14 +593,48 @@ mod tests {
     async fn an_answer_larger_than_the_byte_bound_passes_an_empty_queue() {
         let (s, mut queue) = session(4, 4);
         assert!(s.push_answer("a long answer".into()).await);
-        assert_eq!(queue.recv().await.unwrap().into_text(), "a long answer");
+        assert_eq!(queue.recv().await.into_text(), "a long answer");
+    }
+
+    #[tokio::test]
+    async fn an_answer_waits_for_a_free_place_when_the_queue_holds_its_bound() {
+        let (s, mut queue) = session(2, 1 << 20);
+        assert!(push(&s, "a") && push(&s, "b"));
+        let waiting = tokio::spawn({
+            let s = s.clone();
+            async move { s.push_answer("answer".into()).await }
+        });
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            !waiting.is_finished(),
+            "two messages queued: the answer waits"
+        );
+        assert!(queue.recv().await.into_text().contains(r#""result":a}"#));
+        assert!(waiting.await.unwrap(), "queued once the writer took one");
+        assert!(queue.recv().await.into_text().contains(r#""result":b}"#));
+        assert_eq!(queue.recv().await.into_text(), "answer");
+        assert!(s.close_reason().is_none());
+    }
+
+    #[tokio::test]
+    async fn nothing_is_queued_once_the_writer_is_gone() {
+        let (s, queue) = session(4, 1 << 20);
+        drop(queue);
+        assert!(!push(&s, "late"));
+        assert!(
+            s.close_reason().is_none(),
+            "a session already gone is not 1008"
+        );
+        assert_eq!(s.fill(), 0.0, "its bytes are not counted");
+        assert!(!s.push_answer("late".into()).await);
     }
 
     #[tokio::test]
     async fn a_waiting_answer_gives_up_when_the_session_closes() {
         let (s, _queue) = session(1, 1 << 20);
         assert!(push(&s, "x"));
-        let s = std::sync::Arc::new(s);
         let waiting = tokio::spawn({
             let s = s.clone();
             async move { s.push_answer("y".into()).await }

@@ -2,19 +2,18 @@ use std::sync::Arc;
 
 use serde_json::value::RawValue;
 
-use super::session::Outgoing;
+use super::session::Receiver;
 use super::*;
 
 fn params(json: &str) -> Box<RawValue> {
     RawValue::from_string(json.to_string()).unwrap()
 }
 
-fn session() -> (Arc<SessionHandle>, tokio::sync::mpsc::Receiver<Outgoing>) {
-    let (handle, queue) = SessionHandle::new(QueueLimits {
+fn session() -> (Arc<SessionHandle>, Receiver) {
+    SessionHandle::new(QueueLimits {
         messages: 8,
         bytes: 1 << 20,
-    });
-    (Arc::new(handle), queue)
+    })
 }
 
 fn subscribe(hub: &Hub, s: &Arc<SessionHandle>, json: &str) -> Result<String, RpcError> {
@@ -88,7 +87,7 @@ fn nothing_is_delivered_before_activation_and_after_unsubscribe() {
     let pending = hub.prepare(Some(&params(r#"["newHeads"]"#)), &s).unwrap();
     let id = pending.id().to_string();
     hub.deliver_block(Some("{}"), &[]);
-    assert!(queue.try_recv().is_err(), "not yet active");
+    assert!(queue.try_recv().is_none(), "not yet active");
     hub.activate(pending);
     hub.deliver_block(Some(r#"{"n":1}"#), &[]);
     let text = queue.try_recv().unwrap().into_text();
@@ -102,7 +101,7 @@ fn nothing_is_delivered_before_activation_and_after_unsubscribe() {
         "second unsubscribe finds nothing"
     );
     hub.deliver_block(Some("{}"), &[]);
-    assert!(queue.try_recv().is_err());
+    assert!(queue.try_recv().is_none());
 }
 
 #[test]
@@ -139,7 +138,7 @@ fn logs_go_only_to_subscribers_of_that_filter() {
     subscribe(&hub, &s, FILTER).unwrap();
     let (key, _) = hub.active_filters().pop().unwrap();
     hub.deliver_block(None, &[("other".into(), vec!["1".into()])]);
-    assert!(queue.try_recv().is_err());
+    assert!(queue.try_recv().is_none());
     hub.deliver_block(None, &[(key, vec!["2".into(), "3".into()])]);
     assert!(queue
         .try_recv()
@@ -245,4 +244,31 @@ fn closing_a_filters_subscribers_spares_everyone_else() {
     hub.close_filter_subscribers(&keys, 1011, "logs unavailable");
     assert_eq!(logs_client.close_reason().map(|r| r.0), Some(1011));
     assert!(heads_client.close_reason().is_none());
+}
+
+#[test]
+fn counts_per_kind_follow_activation_unsubscribe_and_session_end() {
+    let hub = Hub::default();
+    let (a, _qa) = session();
+    let (b, _qb) = session();
+    let heads = subscribe(&hub, &a, r#"["newHeads"]"#).unwrap();
+    subscribe(&hub, &a, r#"["newHeads"]"#).unwrap();
+    subscribe(&hub, &a, r#"["newPendingTransactions"]"#).unwrap();
+    subscribe(&hub, &b, FILTER).unwrap();
+    // Prepared but never activated: not counted.
+    let pending = hub.prepare(Some(&params(r#"["syncing"]"#)), &b).unwrap();
+    let counts = |hub: &Hub| Kind::ALL.map(|kind| hub.count(kind));
+    assert_eq!(counts(&hub), [2, 1, 1, 0]);
+    drop(pending);
+    assert!(hub.unsubscribe(a.id(), &heads));
+    assert!(
+        !hub.unsubscribe(a.id(), &heads),
+        "gone already: counted once"
+    );
+    assert_eq!(counts(&hub), [1, 1, 1, 0]);
+    hub.drop_session(&a);
+    assert_eq!(counts(&hub), [0, 1, 0, 0]);
+    hub.drop_session(&b);
+    assert_eq!(counts(&hub), [0, 0, 0, 0]);
+    assert_eq!(hub.total(), 0);
 }

@@ -4,8 +4,11 @@
 //! Through tungstenite each message was turned into a `String`, then a frame, then copied into
 //! tungstenite's write buffer, which then kept the size of the largest message ever sent for
 //! the life of the client. A server frame is unmasked (RFC 6455 §5.1): a header, then the
-//! payload. So the writer appends header and JSON of every message it takes straight into one
-//! buffer, from the notification's shared parts, and frees the buffer once it is written.
+//! payload. So the writer appends each message's header and the text around its large part
+//! into one buffer, and hands the socket the large parts where they are, in one vectored write:
+//! a head fanned out to thousands of clients is never copied per client (profiling showed the
+//! copy of its ~1.6 KB header text to be the largest part of framing), and a large answer is
+//! never copied at all. Small messages are copied whole; cheaper than another piece.
 //!
 //! tungstenite still reads, and while reading it writes control frames of its own (a pong, the
 //! reply to a close). Those are never cut into one of these frames: the session polls the
@@ -13,55 +16,100 @@
 //! byte whenever the reader ran since the last batch (see `write_batch` in the parent).
 
 use std::cell::Cell;
-use std::io;
+use std::io::{self, IoSlice};
+use std::ops::Range;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use tokio::io::AsyncWrite;
-use tokio::sync::mpsc;
 
-use crate::subscription::session::{Outgoing, Receipts, SessionHandle};
+use super::single::Single;
+use crate::subscription::session::{
+    Body, Outgoing, Receipts, Receiver, SessionHandle, NOTIFICATION_HEAD, NOTIFICATION_MIDDLE,
+    NOTIFICATION_TAIL,
+};
 
 /// Bytes one write takes from the queue at most, so a long backlog goes out in pieces of a
 /// bounded size (the message that crosses the bound still joins; a larger one goes alone).
 const BATCH_BYTES: usize = 64 * 1024;
 
+/// A result or answer at least this long is written from where it is rather than copied.
+const PIECE_MIN: usize = 256;
+
+/// Pieces handed to one vectored write at most (the kernel's limit is 1,024).
+const MAX_SLICES: usize = 64;
+
 /// First header byte of a text message in one frame: FIN, opcode 1.
 const FIN_TEXT: u8 = 0x81;
 
 /// Longest frame header: 2 bytes and a 64-bit length, no mask.
-const MAX_HEADER: usize = 10;
+pub(super) const MAX_HEADER: usize = 10;
 
 /// Largest framing buffer a thread keeps for the next batch; one grown past this by a large
 /// answer is freed instead.
 const SPARE_MAX: usize = 2 * BATCH_BYTES;
 
+/// A batch's buffers, lent by the thread between batches.
+#[derive(Default)]
+struct Buffers {
+    bytes: Vec<u8>,
+    parts: Vec<Part>,
+}
+
 thread_local! {
-    /// Each thread's framing buffer for the next batch. A batch borrows it and hands it back
+    /// Each thread's buffers for the next batch. A batch borrows them and hands them back
     /// once written, which nearly every batch is at once: fanning a head out to thousands of
-    /// clients then allocates no buffer at all, and an idle client holds none.
-    static SPARE: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+    /// clients then allocates nothing, and an idle client holds no buffer.
+    static SPARE: Cell<Buffers> = Cell::new(Buffers::default());
 }
 
 /// Appends the header of an unmasked, final text frame carrying `len` payload bytes.
 pub fn text_header(len: usize, out: &mut Vec<u8>) {
-    out.push(FIN_TEXT);
+    let (header, used) = header_bytes(len);
+    out.extend_from_slice(&header[..used]);
+}
+
+/// The header of an unmasked, final text frame carrying `len` payload bytes, and its length.
+pub(super) fn header_bytes(len: usize) -> ([u8; MAX_HEADER], usize) {
+    let mut header = [0; MAX_HEADER];
+    header[0] = FIN_TEXT;
     if len <= 125 {
-        out.push(len as u8);
+        header[1] = len as u8;
+        (header, 2)
     } else if let Ok(short) = u16::try_from(len) {
-        out.push(126);
-        out.extend_from_slice(&short.to_be_bytes());
+        header[1] = 126;
+        header[2..4].copy_from_slice(&short.to_be_bytes());
+        (header, 4)
     } else {
-        out.push(127);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
+        header[1] = 127;
+        header[2..].copy_from_slice(&(len as u64).to_be_bytes());
+        (header, MAX_HEADER)
     }
 }
 
-/// Messages taken from the queue together, framed into one buffer, and how far it is written.
+/// One piece of a batch, in writing order.
+enum Part {
+    /// A range of the batch's own buffer.
+    Own(Range<usize>),
+    /// A notification result shared with every subscriber.
+    Shared(Arc<String>),
+    /// An answer, written from its own allocation.
+    Answer(String),
+}
+
+/// Messages taken from the queue together, framed into pieces, and how far they are written.
 #[derive(Default)]
 pub struct Batch {
+    /// A notification alone, written without the buffers below.
+    single: Option<Single>,
+    /// Frame headers and the text around the large pieces.
     bytes: Vec<u8>,
-    written: usize,
+    parts: Vec<Part>,
+    /// The part being written and the bytes of it written already.
+    at: (usize, usize),
+    /// Payload and header bytes in the batch.
+    len: usize,
     /// Queue space the batch gives back; empty once given back.
     receipts: Receipts,
 }
@@ -69,60 +117,169 @@ pub struct Batch {
 impl Batch {
     /// Frames `first` and what is queued behind it already, up to [`BATCH_BYTES`]; the
     /// messages past the first stay counted against the queue's bound until written.
+    /// `vectored`: whether the socket writes several pieces at once (else all is copied).
     pub fn take(
         &mut self,
         first: Outgoing,
-        queue: &mut mpsc::Receiver<Outgoing>,
+        queue: &mut Receiver,
         handle: &SessionHandle,
+        vectored: bool,
     ) {
-        // A batch cut short keeps its own buffer; this one was handed back when written.
-        self.bytes = SPARE.with(Cell::take);
-        self.bytes.clear();
-        self.written = 0;
-        self.frame(first);
-        while self.bytes.len() < BATCH_BYTES {
-            match queue.try_recv() {
-                Ok(next) => self.frame(next),
-                Err(_) => break,
-            }
+        // Alone in the queue: written without a buffer (see `Single`).
+        if vectored && queue.is_empty() && Single::fits(first.body()) {
+            self.receipts.add(first.receipt());
+            self.single = Some(Single::new(first.into_body()));
+        } else {
+            self.take_many(first, queue, vectored);
         }
         handle.taken(&self.receipts);
     }
 
-    fn frame(&mut self, message: Outgoing) {
-        self.bytes.reserve(message.len() + MAX_HEADER);
-        text_header(message.len(), &mut self.bytes);
-        message.write_to(&mut self.bytes);
+    /// [`Batch::take`] into the batch's own buffer and pieces.
+    fn take_many(&mut self, first: Outgoing, queue: &mut Receiver, vectored: bool) {
+        // A batch cut short keeps its own buffers; these were handed back when written.
+        let Buffers { bytes, parts } = SPARE.with(Cell::take);
+        (self.bytes, self.parts) = (bytes, parts);
+        self.bytes.clear();
+        self.parts.clear();
+        self.at = (0, 0);
+        self.len = 0;
+        let piece_min = if vectored { PIECE_MIN } else { usize::MAX };
+        self.frame(first, piece_min);
+        while self.len < BATCH_BYTES {
+            match queue.try_recv() {
+                Some(next) => self.frame(next, piece_min),
+                None => break,
+            }
+        }
+        self.own_up_to_end();
+    }
+
+    fn frame(&mut self, message: Outgoing, piece_min: usize) {
+        let len = message.len();
         self.receipts.add(message.receipt());
+        self.len += len + MAX_HEADER;
+        self.bytes.reserve(MAX_HEADER + len.min(piece_min));
+        text_header(len, &mut self.bytes);
+        match message.into_body() {
+            Body::Notification { id, result } => {
+                for part in [NOTIFICATION_HEAD, &*id, NOTIFICATION_MIDDLE] {
+                    self.bytes.extend_from_slice(part.as_bytes());
+                }
+                match result.len() >= piece_min {
+                    true => self.piece(Part::Shared(result)),
+                    false => self.bytes.extend_from_slice(result.as_bytes()),
+                }
+                self.bytes.extend_from_slice(NOTIFICATION_TAIL.as_bytes());
+            }
+            Body::Text(text) if text.len() >= piece_min => self.piece(Part::Answer(text)),
+            Body::Text(text) => self.bytes.extend_from_slice(text.as_bytes()),
+        }
+    }
+
+    /// Ends the current run of own bytes, then adds `piece` after it.
+    fn piece(&mut self, piece: Part) {
+        self.own_up_to_end();
+        self.parts.push(piece);
+    }
+
+    /// Adds the own bytes not in a part yet as one.
+    fn own_up_to_end(&mut self) {
+        let start = self
+            .parts
+            .iter()
+            .rev()
+            .find_map(|part| match part {
+                Part::Own(range) => Some(range.end),
+                _ => None,
+            })
+            .unwrap_or(0);
+        if start < self.bytes.len() {
+            self.parts.push(Part::Own(start..self.bytes.len()));
+        }
+    }
+
+    fn part_bytes<'a>(&'a self, part: &'a Part) -> &'a [u8] {
+        match part {
+            Part::Own(range) => &self.bytes[range.clone()],
+            Part::Shared(text) => text.as_bytes(),
+            Part::Answer(text) => text.as_bytes(),
+        }
     }
 
     /// Whether bytes of the batch remain to be written.
     pub fn unwritten(&self) -> bool {
-        self.written < self.bytes.len()
+        self.single.is_some() || self.at.0 < self.parts.len()
+    }
+
+    /// The next pieces to write, from where writing stands.
+    fn slices<'a>(&'a self, out: &mut [IoSlice<'a>; MAX_SLICES]) -> usize {
+        let (first, offset) = self.at;
+        let mut n = 0;
+        for part in self.parts[first..].iter().take(MAX_SLICES) {
+            let skip = if n == 0 { offset } else { 0 };
+            out[n] = IoSlice::new(&self.part_bytes(part)[skip..]);
+            n += 1;
+        }
+        n
+    }
+
+    /// Moves the writing position `n` bytes on.
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 && self.unwritten() {
+            let (part, offset) = self.at;
+            let left = self.part_bytes(&self.parts[part]).len() - offset;
+            if n < left {
+                self.at.1 += n;
+                return;
+            }
+            n -= left;
+            self.at = (part + 1, 0);
+        }
     }
 
     /// Writes the rest of the batch to `io`, then flushes it (a TLS stream holds records
-    /// back until flushed); the buffer is freed once all of it is written.
+    /// back until flushed); the buffers are handed back once all of it is written.
     pub fn poll_write<W: AsyncWrite + Unpin>(
         &mut self,
         io: &mut W,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
+        if let Some(single) = &mut self.single {
+            ready!(single.poll_write(io, cx))?;
+            self.single = None;
+        }
         while self.unwritten() {
-            let n = ready!(Pin::new(&mut *io).poll_write(cx, &self.bytes[self.written..]))?;
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let count = self.slices(&mut slices);
+            let written = Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]);
+            let n = ready!(written)?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            self.written += n;
+            self.advance(n);
         }
-        // Written: the buffer goes back to the thread for the next batch of any session.
-        let mut spare = std::mem::take(&mut self.bytes);
-        self.written = 0;
-        if spare.capacity() <= SPARE_MAX {
-            spare.clear();
+        self.hand_back();
+        Pin::new(io).poll_flush(cx)
+    }
+
+    /// Written: the buffers go back to the thread for the next batch of any session, and the
+    /// shared pieces are let go at once.
+    fn hand_back(&mut self) {
+        if self.bytes.capacity() == 0 && self.parts.capacity() == 0 {
+            // Handed back already (this is a flush polled again): keep the thread's spare.
+            return;
+        }
+        let mut spare = Buffers {
+            bytes: std::mem::take(&mut self.bytes),
+            parts: std::mem::take(&mut self.parts),
+        };
+        self.at = (0, 0);
+        spare.parts.clear();
+        if spare.bytes.capacity() <= SPARE_MAX {
+            spare.bytes.clear();
             SPARE.with(|cell| cell.set(spare));
         }
-        Pin::new(io).poll_flush(cx)
     }
 
     /// Gives the batch's queue space back to `handle`, once written or when the session ends
@@ -139,7 +296,6 @@ impl Batch {
 mod tests {
     use super::*;
     use crate::subscription::session::{QueueLimits, CLOSE_POLICY};
-    use std::sync::Arc;
 
     fn header(len: usize) -> Vec<u8> {
         let mut out = Vec::new();
@@ -161,13 +317,12 @@ mod tests {
     }
 
     /// A session whose queue holds `messages` at most, and plenty of bytes.
-    fn session(messages: usize) -> (Arc<SessionHandle>, mpsc::Receiver<Outgoing>) {
+    fn session(messages: usize) -> (Arc<SessionHandle>, Receiver) {
         let limits = QueueLimits {
             messages,
             bytes: 1 << 24,
         };
-        let (handle, queue) = SessionHandle::new(limits);
-        (Arc::new(handle), queue)
+        SessionHandle::new(limits)
     }
 
     fn push(handle: &SessionHandle, result: &str) -> bool {
@@ -214,7 +369,7 @@ mod tests {
             let result = format!("\"{}\"", "x".repeat(result_len));
             assert!(push(&handle, &result));
             let mut batch = Batch::default();
-            batch.take(queue.recv().await.unwrap(), &mut queue, &handle);
+            batch.take(queue.recv().await, &mut queue, &handle, true);
             let text = notification(&result);
             let mut expected = header(text.len());
             expected.extend_from_slice(text.as_bytes());
@@ -230,8 +385,8 @@ mod tests {
         assert!(handle.push_answer(answer.clone()).await);
         assert!(push(&handle, "3"));
         let mut batch = Batch::default();
-        batch.take(queue.recv().await.unwrap(), &mut queue, &handle);
-        assert!(queue.try_recv().is_err(), "all four taken at once");
+        batch.take(queue.recv().await, &mut queue, &handle, true);
+        assert!(queue.try_recv().is_none(), "all four taken at once");
         let expected = [
             notification("1"),
             notification("2"),
@@ -249,11 +404,11 @@ mod tests {
             assert!(push(&handle, &big));
         }
         let mut batch = Batch::default();
-        batch.take(queue.recv().await.unwrap(), &mut queue, &handle);
+        batch.take(queue.recv().await, &mut queue, &handle, true);
         // Two stay under the bound, the third crosses it and joins; the rest wait.
         assert_eq!(frames(&written(&mut batch).await).len(), 3);
-        assert!(queue.try_recv().is_ok() && queue.try_recv().is_ok());
-        assert!(queue.try_recv().is_err());
+        assert!(queue.try_recv().is_some() && queue.try_recv().is_some());
+        assert!(queue.try_recv().is_none());
     }
 
     #[tokio::test]
@@ -261,7 +416,7 @@ mod tests {
         let (handle, mut queue) = session(3);
         assert!(push(&handle, "1") && push(&handle, "2") && push(&handle, "3"));
         let mut batch = Batch::default();
-        batch.take(queue.recv().await.unwrap(), &mut queue, &handle);
+        batch.take(queue.recv().await, &mut queue, &handle, true);
         // The queue is empty, but the writer holds three unwritten messages: as before
         // batching (one message in the writer, the rest queued), one more fits, not two.
         assert!(push(&handle, "4"));
@@ -275,7 +430,7 @@ mod tests {
         let mut batch = Batch::default();
         for round in 0..3 {
             assert!(push(&handle, "1") && push(&handle, "2"), "round {round}");
-            batch.take(queue.recv().await.unwrap(), &mut queue, &handle);
+            batch.take(queue.recv().await, &mut queue, &handle, true);
             assert_eq!(frames(&written(&mut batch).await).len(), 2);
             batch.release(&handle);
             assert_eq!(handle.fill(), 0.0);
@@ -287,21 +442,213 @@ mod tests {
     async fn a_written_batch_hands_its_buffer_back_and_keeps_none() {
         let (handle, mut queue) = session(4);
         let mut batch = Batch::default();
+        // Not vectored: a lone message too is framed into the buffer.
         assert!(push(&handle, "1"));
-        batch.take(queue.recv().await.unwrap(), &mut queue, &handle);
+        batch.take(queue.recv().await, &mut queue, &handle, false);
+        assert!(batch.bytes.capacity() > 0);
         let first = batch.bytes.as_ptr();
         written(&mut batch).await;
         assert_eq!(batch.bytes.capacity(), 0, "an idle session holds no buffer");
         assert!(push(&handle, "2"));
-        batch.take(queue.recv().await.unwrap(), &mut queue, &handle);
+        batch.take(queue.recv().await, &mut queue, &handle, false);
         assert_eq!(batch.bytes.as_ptr(), first, "the thread's buffer is reused");
         assert_eq!(frames(&written(&mut batch).await), [notification("2")]);
-        // A buffer grown past SPARE_MAX by one large message is not kept.
+        // A buffer grown past SPARE_MAX by one large message copied whole is not kept.
         let huge = format!("\"{}\"", "z".repeat(SPARE_MAX));
         assert!(push(&handle, &huge));
-        batch.take(queue.recv().await.unwrap(), &mut queue, &handle);
+        batch.take(queue.recv().await, &mut queue, &handle, false);
         written(&mut batch).await;
-        assert_eq!(SPARE.with(Cell::take).capacity(), 0);
+        assert_eq!(SPARE.with(Cell::take).bytes.capacity(), 0);
+    }
+
+    /// A socket that takes at most `step` bytes per write, across pieces.
+    struct Trickle {
+        out: Vec<u8>,
+        step: usize,
+        writes: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            self.writes += 1;
+            let mut n = 0;
+            for buf in bufs {
+                let take = buf.len().min(self.step - n);
+                self.out.extend_from_slice(&buf[..take]);
+                n += take;
+            }
+            Poll::Ready(Ok(n))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_large_result_is_written_from_where_it_is_not_copied() {
+        let (handle, mut queue) = session(8);
+        let result = Arc::new(format!("\"{}\"", "h".repeat(PIECE_MIN)));
+        let answer = "a".repeat(PIECE_MIN);
+        assert!(handle.push(&"0x9".into(), &result) && push(&handle, "1"));
+        assert!(handle.push_answer(answer.clone()).await);
+        let mut batch = Batch::default();
+        batch.take(queue.recv().await, &mut queue, &handle, true);
+        assert_eq!(
+            Arc::strong_count(&result),
+            2,
+            "the queue's reference, not a copy"
+        );
+        let own = batch.bytes.len();
+        assert!(
+            own < 3 * 128,
+            "only headers and the text around pieces: {own} bytes"
+        );
+        let expected = [notification(&result), notification("1"), answer];
+        let mut socket = Trickle {
+            out: Vec::new(),
+            step: usize::MAX,
+            writes: 0,
+        };
+        std::future::poll_fn(|cx| batch.poll_write(&mut socket, cx))
+            .await
+            .unwrap();
+        assert_eq!(socket.writes, 1, "one vectored write for the batch");
+        assert_eq!(frames(&socket.out), expected);
+        assert_eq!(Arc::strong_count(&result), 1, "let go once written");
+    }
+
+    #[tokio::test]
+    async fn a_lone_notification_is_written_without_any_buffer() {
+        let (handle, mut queue) = session(8);
+        let result = Arc::new(format!("\"{}\"", "s".repeat(PIECE_MIN)));
+        assert!(handle.push(&"0x9".into(), &result));
+        let mut batch = Batch::default();
+        batch.take(queue.recv().await, &mut queue, &handle, true);
+        assert!(batch.single.is_some() && batch.unwritten());
+        assert_eq!(batch.bytes.capacity(), 0, "no buffer borrowed");
+        assert_eq!(
+            Arc::strong_count(&result),
+            2,
+            "the queue's reference, not a copy"
+        );
+        let mut socket = Trickle {
+            out: Vec::new(),
+            step: usize::MAX,
+            writes: 0,
+        };
+        std::future::poll_fn(|cx| batch.poll_write(&mut socket, cx))
+            .await
+            .unwrap();
+        assert_eq!(socket.writes, 1);
+        assert_eq!(frames(&socket.out), [notification(&result)]);
+        assert!(!batch.unwritten());
+        assert_eq!(Arc::strong_count(&result), 1, "let go once written");
+        batch.release(&handle);
+        assert_eq!(handle.fill(), 0.0, "its room given back");
+    }
+
+    #[tokio::test]
+    async fn a_lone_answer_is_written_from_its_own_string() {
+        for len in [3, 300, 70_000] {
+            let (handle, mut queue) = session(8);
+            let answer = "a".repeat(len);
+            assert!(handle.push_answer(answer.clone()).await);
+            let mut batch = Batch::default();
+            batch.take(queue.recv().await, &mut queue, &handle, true);
+            assert!(batch.single.is_some());
+            assert_eq!(batch.bytes.capacity(), 0, "no buffer borrowed");
+            for step in [1, 5, usize::MAX] {
+                let mut copy = Batch::default();
+                assert!(handle.push_answer(answer.clone()).await);
+                copy.take(queue.recv().await, &mut queue, &handle, true);
+                let mut socket = Trickle {
+                    out: Vec::new(),
+                    step,
+                    writes: 0,
+                };
+                std::future::poll_fn(|cx| copy.poll_write(&mut socket, cx))
+                    .await
+                    .unwrap();
+                let mut expected = header(len);
+                expected.extend_from_slice(answer.as_bytes());
+                assert_eq!(socket.out, expected, "{len} bytes, {step} per write");
+                copy.release(&handle);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn pieces_written_a_few_bytes_at_a_time_come_out_whole_and_in_order() {
+        let result = format!("\"{}\"", "r".repeat(PIECE_MIN + 3));
+        for (step, alone) in [1, 7, 130, 300]
+            .into_iter()
+            .flat_map(|s| [(s, false), (s, true)])
+        {
+            let (handle, mut queue) = session(8);
+            assert!(push(&handle, &result));
+            if !alone {
+                assert!(push(&handle, "2") && push(&handle, &result));
+            }
+            let mut batch = Batch::default();
+            batch.take(queue.recv().await, &mut queue, &handle, true);
+            assert_eq!(batch.single.is_some(), alone);
+            let mut socket = Trickle {
+                out: Vec::new(),
+                step,
+                writes: 0,
+            };
+            std::future::poll_fn(|cx| batch.poll_write(&mut socket, cx))
+                .await
+                .unwrap();
+            let expected = match alone {
+                true => vec![notification(&result)],
+                false => vec![
+                    notification(&result),
+                    notification("2"),
+                    notification(&result),
+                ],
+            };
+            assert_eq!(frames(&socket.out), expected, "{step} bytes per write");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_socket_without_vectored_writes_gets_the_same_bytes_copied() {
+        let result = format!("\"{}\"", "c".repeat(PIECE_MIN * 2));
+        let mut outs = Vec::new();
+        for vectored in [true, false] {
+            let (handle, mut queue) = session(8);
+            assert!(push(&handle, &result) && push(&handle, "3"));
+            let mut batch = Batch::default();
+            batch.take(queue.recv().await, &mut queue, &handle, vectored);
+            if !vectored {
+                assert_eq!(batch.parts.len(), 1, "one piece: all copied");
+            }
+            outs.push(written(&mut batch).await);
+        }
+        assert_eq!(outs[0], outs[1]);
+        assert_eq!(frames(&outs[0]), [notification(&result), notification("3")]);
     }
 
     #[tokio::test]
@@ -309,7 +656,7 @@ mod tests {
         let (handle, mut queue) = session(4);
         assert!(push(&handle, "\"abc\"") && push(&handle, "\"def\""));
         let mut batch = Batch::default();
-        batch.take(queue.recv().await.unwrap(), &mut queue, &handle);
+        batch.take(queue.recv().await, &mut queue, &handle, true);
         // A peer that takes 7 bytes per write.
         let (mut near, mut far) = tokio::io::duplex(7);
         let reader = tokio::spawn(async move {

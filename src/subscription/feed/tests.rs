@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::*;
 use crate::subscription::pool::{Connection, SourcePool};
 use crate::subscription::select::Candidate;
-use crate::subscription::session::Outgoing;
+use crate::subscription::session::Receiver;
 use crate::subscription::source::Notification;
 use crate::subscription::{Limits, QueueLimits, SessionHandle};
 
@@ -269,7 +269,6 @@ impl Harness {
             messages: 64,
             bytes: 1 << 20,
         });
-        let session = Arc::new(session);
         let params = raw(kind);
         let pending = self.hub.prepare(Some(&params), &session).unwrap();
         self.hub.activate(pending);
@@ -285,14 +284,14 @@ impl Drop for Harness {
 
 struct Client {
     session: Arc<SessionHandle>,
-    queue: mpsc::Receiver<Outgoing>,
+    queue: Receiver,
 }
 
 impl Client {
     /// Every notification result queued so far.
     fn results(&mut self) -> Vec<serde_json::Value> {
         let mut out = Vec::new();
-        while let Ok(message) = self.queue.try_recv() {
+        while let Some(message) = self.queue.try_recv() {
             let frame: serde_json::Value = serde_json::from_str(&message.into_text()).unwrap();
             out.push(frame["params"]["result"].clone());
         }

@@ -284,4 +284,6 @@ pub fn error_body(id: Option<&RawValue>, error: &RpcError) -> Vec<u8> {
 #[cfg(test)]
 mod decode_tests;
 #[cfg(test)]
+mod edits;
+#[cfg(test)]
 mod tests;

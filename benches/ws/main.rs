@@ -149,14 +149,13 @@ fn run() -> anyhow::Result<()> {
     // ethgate in front of it, as a child process.
     let workers = if pin { 1 } else { 2 };
     mark("ethgate starting");
-    let gate = Gate::start(http_addr, ws_addr, workers, pin, "http")?;
-    upstream
-        .feeds
-        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    client_rt
-        .rt
-        .block_on(gate.wait_ready(&upstream))
-        .context("ethgate did not become ready")?;
+    let gate = start_gate(
+        &client_rt,
+        &upstream,
+        (http_addr, ws_addr),
+        (workers, pin),
+        "http",
+    )?;
     // Two heads so ethgate's chain view has started before anything is measured.
     client_rt.rt.block_on(async {
         for _ in 0..2 {
@@ -219,6 +218,26 @@ fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Starts ethgate with its calls over `calls` in front of the upstream's `http` and `ws`
+/// addresses, counts its feed among those the upstream expects, and waits for `/readyz`.
+fn start_gate(
+    client_rt: &Pinned,
+    upstream: &Arc<Upstream>,
+    (http_addr, ws_addr): (std::net::SocketAddr, std::net::SocketAddr),
+    (workers, pin): (usize, bool),
+    calls: &str,
+) -> anyhow::Result<Gate> {
+    let gate = Gate::start(http_addr, ws_addr, workers, pin, calls)?;
+    upstream
+        .feeds
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    client_rt
+        .rt
+        .block_on(gate.wait_ready(upstream))
+        .with_context(|| format!("ethgate with calls = {calls:?} did not become ready"))?;
+    Ok(gate)
+}
+
 /// Request/response against direct, HAProxy (when installed), ethgate with its calls over
 /// HTTP (the default) and a second ethgate with `calls = "ws"`; returns each ethgate's and
 /// HAProxy's msg/s at c=16.
@@ -239,14 +258,13 @@ fn rr_phase(
         Err(error) => (None, Some(format!("{error:#}"))),
     };
     // Started only for this phase, so fan-out and memory see one ethgate.
-    let gate_ws = Gate::start(http_addr, ws_addr, workers, pin, "ws")?;
-    upstream
-        .feeds
-        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    client_rt
-        .rt
-        .block_on(gate_ws.wait_ready(upstream))
-        .context("ethgate with calls = \"ws\" did not become ready")?;
+    let gate_ws = start_gate(
+        client_rt,
+        upstream,
+        (http_addr, ws_addr),
+        (workers, pin),
+        "ws",
+    )?;
     let mut targets = vec![RrTarget {
         name: "direct",
         url: format!("ws://{ws_addr}/"),

@@ -149,28 +149,7 @@ fn answer_scanner_agrees_on_every_truncation() {
 #[test]
 fn answer_scanner_agrees_on_edited_answers() {
     let seed = r#"[{"jsonrpc":"2.0","id":1,"result":{"hash":"0xab","txs":[]}},{"id":0,"error":{"code":-32000,"message":"a\"b"}},{"jsonrpc":"2.0","id":2,"result":null}]"#;
-    let alphabet = b"{}[],:\"\\ u0123456789.eE+-abcdefnrtlsx\t\n\x01";
-    let mut state: u64 = 0x2545_F491_4F6C_DD1D;
-    let mut next = |bound: usize| {
-        // xorshift64: deterministic and dependency-free.
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state % bound as u64) as usize
-    };
-    for _ in 0..4000 {
-        let mut body = seed.as_bytes().to_vec();
-        for _ in 0..1 + next(2) {
-            let at = next(body.len());
-            let byte = alphabet[next(alphabet.len())];
-            match next(3) {
-                0 => body[at] = byte,
-                1 => body.insert(at, byte),
-                _ => {
-                    body.remove(at);
-                }
-            }
-        }
+    for body in crate::jsonrpc::edits::edited(seed.as_bytes(), 0x2545_F491_4F6C_DD1D, 4000) {
         let body = String::from_utf8(body).expect("the alphabet is ASCII");
         agree(&body, 3);
     }

@@ -254,28 +254,7 @@ fn a_member_name_the_single_pass_refuses_is_decoded_exactly() {
 #[test]
 fn single_pass_decoder_agrees_on_edited_batches() {
     let seed = br#"[{"jsonrpc":"2.0","id":"a\"\u00e9","method":"eth_call","params":[{"to":"0x1"},"latest"]}, {"id":-1.5e2,"method":"m","jsonrpc":"2.0"},null]"#;
-    let alphabet = b"{}[],:\"\\ u0123456789.eE+-abcdefnrtlsx\t\n\x01";
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut next = |bound: usize| {
-        // xorshift64: deterministic and dependency-free.
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state % bound as u64) as usize
-    };
-    for _ in 0..4000 {
-        let mut body = seed.to_vec();
-        for _ in 0..1 + next(2) {
-            let at = next(body.len());
-            let byte = alphabet[next(alphabet.len())];
-            match next(3) {
-                0 => body[at] = byte,
-                1 => body.insert(at, byte),
-                _ => {
-                    body.remove(at);
-                }
-            }
-        }
+    for body in crate::jsonrpc::edits::edited(seed, 0x9E37_79B9_7F4A_7C15, 4000) {
         agree(&body);
     }
 }

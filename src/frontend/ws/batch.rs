@@ -468,6 +468,19 @@ mod tests {
         writes: usize,
     }
 
+    /// What `batch` writes to a socket that takes `step` bytes per write, and in how many.
+    async fn trickled(batch: &mut Batch, step: usize) -> Trickle {
+        let mut socket = Trickle {
+            out: Vec::new(),
+            step,
+            writes: 0,
+        };
+        std::future::poll_fn(|cx| batch.poll_write(&mut socket, cx))
+            .await
+            .unwrap();
+        socket
+    }
+
     impl AsyncWrite for Trickle {
         fn poll_write(
             self: Pin<&mut Self>,
@@ -525,14 +538,7 @@ mod tests {
             "only headers and the text around pieces: {own} bytes"
         );
         let expected = [notification(&result), notification("1"), answer];
-        let mut socket = Trickle {
-            out: Vec::new(),
-            step: usize::MAX,
-            writes: 0,
-        };
-        std::future::poll_fn(|cx| batch.poll_write(&mut socket, cx))
-            .await
-            .unwrap();
+        let socket = trickled(&mut batch, usize::MAX).await;
         assert_eq!(socket.writes, 1, "one vectored write for the batch");
         assert_eq!(frames(&socket.out), expected);
         assert_eq!(Arc::strong_count(&result), 1, "let go once written");
@@ -552,14 +558,7 @@ mod tests {
             2,
             "the queue's reference, not a copy"
         );
-        let mut socket = Trickle {
-            out: Vec::new(),
-            step: usize::MAX,
-            writes: 0,
-        };
-        std::future::poll_fn(|cx| batch.poll_write(&mut socket, cx))
-            .await
-            .unwrap();
+        let socket = trickled(&mut batch, usize::MAX).await;
         assert_eq!(socket.writes, 1);
         assert_eq!(frames(&socket.out), [notification(&result)]);
         assert!(!batch.unwritten());
@@ -582,14 +581,7 @@ mod tests {
                 let mut copy = Batch::default();
                 assert!(handle.push_answer(answer.clone()).await);
                 copy.take(queue.recv().await, &mut queue, &handle, true);
-                let mut socket = Trickle {
-                    out: Vec::new(),
-                    step,
-                    writes: 0,
-                };
-                std::future::poll_fn(|cx| copy.poll_write(&mut socket, cx))
-                    .await
-                    .unwrap();
+                let socket = trickled(&mut copy, step).await;
                 let mut expected = header(len);
                 expected.extend_from_slice(answer.as_bytes());
                 assert_eq!(socket.out, expected, "{len} bytes, {step} per write");
@@ -613,14 +605,7 @@ mod tests {
             let mut batch = Batch::default();
             batch.take(queue.recv().await, &mut queue, &handle, true);
             assert_eq!(batch.single.is_some(), alone);
-            let mut socket = Trickle {
-                out: Vec::new(),
-                step,
-                writes: 0,
-            };
-            std::future::poll_fn(|cx| batch.poll_write(&mut socket, cx))
-                .await
-                .unwrap();
+            let socket = trickled(&mut batch, step).await;
             let expected = match alone {
                 true => vec![notification(&result)],
                 false => vec![

@@ -35,8 +35,9 @@ impl Calls {
         self.waiting.len() == 1 && self.abandoned.is_empty()
     }
 
-    fn place(&mut self, answer: &[u8]) -> Placed {
-        let Some(id) = first_numeric_id(answer) else {
+    /// Where the answer whose first numeric id is `id` goes.
+    fn place(&mut self, id: Option<u64>) -> Placed {
+        let Some(id) = id else {
             return match self.alone() {
                 true => self
                     .waiting
@@ -102,7 +103,9 @@ impl Pending {
     /// without a usable id goes to the only call waiting, whose caller judges it; with more
     /// than one, nobody can tell whose it is. The answers of calls that gave up are dropped.
     pub(in super::super) fn deliver(&self, answer: Bytes, upstream: &str) {
-        let placed = self.lock().place(&answer);
+        // Read before the lock: an answer in an unusual layout is parsed to find its id.
+        let id = first_numeric_id(&answer);
+        let placed = self.lock().place(id);
         match placed {
             Placed::To(waiting) => {
                 let _ = waiting.answer.send(Ok(answer));

@@ -53,6 +53,7 @@ pub mod config;
 pub mod connection;
 pub mod descriptors;
 pub mod frontend;
+mod gate;
 pub mod http1;
 pub mod jsonrpc;
 pub mod metrics;

@@ -133,10 +133,15 @@ impl Settings {
             let settings = self.clone();
             let guard = Arc::new(ConnectionGuard::new(settings.connections.clone(), permit));
             self.drain.tracker.spawn(async move {
-                tokio::select! {
-                    _ = settings.serve(stream, Peer { addr: peer, client: peer, guard }) => {}
-                    _ = settings.drain.force_close.cancelled() => {}
-                }
+                let serve = settings.serve(
+                    stream,
+                    Peer {
+                        addr: peer,
+                        client: peer,
+                        guard,
+                    },
+                );
+                crate::gate::unless(serve, settings.drain.force_close.cancelled()).await;
             });
         }
     }

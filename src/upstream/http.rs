@@ -174,7 +174,7 @@ impl HttpPool {
             return Err(SendError::NotSent(reason.to_string()));
         }
         let target = self.target(uri)?;
-        let request = exchange::request(&target.path, &target.host, &self.headers, body);
+        let request = (&target.head_start[..], body);
         loop {
             let (mut conn, reused) = match self.checkout(&target.origin) {
                 Some(conn) => (conn, true),
@@ -184,7 +184,7 @@ impl HttpPool {
             };
             let limit = self.max_response_bytes;
             let answer =
-                match exchange::exchange(&mut conn.stream, &mut conn.buf, &request, limit).await {
+                match exchange::exchange(&mut conn.stream, &mut conn.buf, request, limit).await {
                     Ok(answer) => answer,
                     // A kept-alive connection the node closed meanwhile: the request never left,
                     // so it goes out on another connection.
@@ -209,7 +209,7 @@ impl HttpPool {
         if let Some(target) = self.target.get().filter(|t| same_uri(&t.uri, uri)) {
             return Ok(target.clone());
         }
-        let target = Arc::new(Target::of(uri, &self.tls)?);
+        let target = Arc::new(Target::of(uri, &self.tls, &self.headers)?);
         let _ = self.target.set(target.clone());
         Ok(target)
     }
@@ -279,13 +279,16 @@ struct Target {
     endpoint: Endpoint,
     /// `scheme://authority`: the key of idle connections.
     origin: Arc<str>,
-    /// Request target (origin form) and Host header.
-    path: String,
-    host: String,
+    /// Every request's head up to its length, credentials included (so never logged).
+    head_start: Vec<u8>,
 }
 
 impl Target {
-    fn of(uri: &http::Uri, tls: &Arc<ClientConfig>) -> Result<Target, SendError> {
+    fn of(
+        uri: &http::Uri,
+        tls: &Arc<ClientConfig>,
+        headers: &[(HeaderName, HeaderValue)],
+    ) -> Result<Target, SendError> {
         let (Some(endpoint), Some(authority)) = (Endpoint::of(uri, tls), uri.authority()) else {
             return Err(SendError::NotSent(format!("not an http(s) URL: {uri}")));
         };
@@ -293,8 +296,11 @@ impl Target {
             uri: uri.clone(),
             endpoint,
             origin: format!("{}://{authority}", uri.scheme_str().unwrap_or("http")).into(),
-            path: uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
-            host: authority.to_string(),
+            head_start: exchange::head_start(
+                uri.path_and_query().map_or("/", |p| p.as_str()),
+                authority.as_str(),
+                headers,
+            ),
         })
     }
 }

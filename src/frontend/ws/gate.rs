@@ -1,67 +1,12 @@
-//! Wrappers that poll what they wrap only when its own waker fired: the session task wakes for
-//! every outgoing message, and re-polling everything it waits on each time costs more than the
-//! message itself.
+//! The client's stream behind a [`Gate`]: the session task wakes for every outgoing message,
+//! and re-polling the stream each time costs more than the message itself.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures_util::task::{waker_ref, ArcWake, AtomicWaker};
 use futures_util::{Stream, StreamExt};
 
-/// Polls what it wraps only when that asked to be polled again (its own waker fired) or
-/// last returned something. The session task wakes for every outgoing message; re-polling
-/// everything it waits on each time costs more than the message itself.
-pub(super) struct Gate {
-    woken: Arc<Woken>,
-}
-
-/// The wrapped future's or stream's own waker: notes that it fired, then wakes the session.
-struct Woken {
-    fired: AtomicBool,
-    task: AtomicWaker,
-}
-
-impl ArcWake for Woken {
-    fn wake_by_ref(arc_self: &Arc<Self>) {
-        arc_self.fired.store(true, Ordering::Release);
-        arc_self.task.wake();
-    }
-}
-
-impl Default for Gate {
-    fn default() -> Self {
-        // Fired at first: what it wraps has never been polled.
-        let woken = Woken {
-            fired: AtomicBool::new(true),
-            task: AtomicWaker::new(),
-        };
-        Gate {
-            woken: Arc::new(woken),
-        }
-    }
-}
-
-impl Gate {
-    /// `poll` with the gate's own waker when that fired or `poll` was last ready, else pending.
-    pub(super) fn poll<T>(
-        &self,
-        cx: &mut Context<'_>,
-        poll: impl FnOnce(&mut Context<'_>) -> Poll<T>,
-    ) -> Poll<T> {
-        self.woken.task.register(cx.waker());
-        if !self.woken.fired.swap(false, Ordering::AcqRel) {
-            return Poll::Pending;
-        }
-        let waker = waker_ref(&self.woken);
-        let polled = poll(&mut Context::from_waker(&waker));
-        if polled.is_ready() {
-            // More may be ready already (buffered frames): the next call polls again.
-            self.woken.fired.store(true, Ordering::Release);
-        }
-        polled
-    }
-}
+pub(super) use crate::gate::Gate;
 
 /// The client's stream behind a [`Gate`]: re-polling it for every outgoing message would make
 /// tungstenite zero its whole read buffer and try a read each time, which profiling showed to
@@ -95,6 +40,7 @@ impl ReadGate {
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
 
     /// A stream that counts its polls and is pending until `ready` frames are let through.
     struct Counted {

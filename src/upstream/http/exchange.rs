@@ -6,7 +6,7 @@
 //! `max_response_bytes`. Driving the exchange inline saves the task hop, channel and pool
 //! machinery of a general-purpose client on every call.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -41,40 +41,34 @@ pub(super) struct Answer {
     pub reusable: bool,
 }
 
-/// The request head and body, written with as few system calls as the sizes allow.
-pub(super) fn request(
-    path: &str,
-    host: &str,
-    headers: &[(HeaderName, HeaderValue)],
-    body: &[u8],
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(160 + path.len() + body.len());
+/// A request's head up to its `content-length` value, the same for every request of a pool:
+/// worked out once, so a request costs no allocation and no copy of its body.
+pub(super) fn head_start(path: &str, host: &str, headers: &[(HeaderName, HeaderValue)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(160 + path.len());
     out.extend_from_slice(b"POST ");
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     out.extend_from_slice(host.as_bytes());
-    out.extend_from_slice(b"\r\ncontent-type: application/json\r\ncontent-length: ");
-    out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
-    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(b"\r\ncontent-type: application/json\r\n");
     for (name, value) in headers {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
+    out.extend_from_slice(b"content-length: ");
     out
 }
 
-/// Writes `request` and reads the answer, reading at most `limit` body bytes.
+/// Writes a request (`head_start` from [`head_start`], then `body`) and reads the answer,
+/// reading at most `limit` body bytes.
 pub(super) async fn exchange(
     stream: &mut Stream,
     buf: &mut BytesMut,
-    request: &[u8],
+    (head_start, body): (&[u8], &[u8]),
     limit: usize,
 ) -> Result<Answer, Failure> {
-    write(stream, request).await?;
+    write(stream, head_start, body).await?;
     let head = loop {
         let head = read_head(stream, buf).await?;
         // Interim answers (100 Continue, 103 Early Hints) precede the real one.
@@ -113,12 +107,29 @@ pub(super) fn is_retry_status(status: u16) -> bool {
     status >= 500 || status == 429
 }
 
-async fn write(stream: &mut Stream, request: &[u8]) -> Result<(), Failure> {
+/// Writes the head's start, the length and blank line, and the body in one vectored write
+/// when the socket takes it all (it almost always does).
+async fn write(stream: &mut Stream, head_start: &[u8], body: &[u8]) -> Result<(), Failure> {
+    let mut length = itoa::Buffer::new();
+    let mut head_end = [0u8; 24];
+    let digits = length.format(body.len()).as_bytes();
+    head_end[..digits.len()].copy_from_slice(digits);
+    head_end[digits.len()..digits.len() + 4].copy_from_slice(b"\r\n\r\n");
+    let head_end = &head_end[..digits.len() + 4];
+    let mut parts = [
+        IoSlice::new(head_start),
+        IoSlice::new(head_end),
+        IoSlice::new(body),
+    ];
+    let mut parts = &mut parts[..];
     let mut written = 0;
-    while written < request.len() {
-        match stream.write(&request[written..]).await {
+    while !parts.is_empty() {
+        match stream.write_vectored(parts).await {
             Ok(0) => return Err(lost(written, "connection closed while writing")),
-            Ok(n) => written += n,
+            Ok(n) => {
+                written += n;
+                IoSlice::advance_slices(&mut parts, n);
+            }
             Err(e) if written == 0 => return Err(Failure::NotWritten(e)),
             Err(e) => return Err(Failure::NoAnswer(format!("writing the request: {e}"))),
         }

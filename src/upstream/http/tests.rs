@@ -116,6 +116,23 @@ async fn a_content_length_answer_is_read_and_the_connection_reused() {
 }
 
 #[tokio::test]
+async fn a_body_larger_than_the_socket_takes_at_once_arrives_whole_after_its_head() {
+    let server = serve(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n{\"result\":1}",
+        false,
+    )
+    .await;
+    // Megabytes: the vectored write returns part-way, inside the body, several times.
+    let body: Vec<u8> = (0..6_000_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let answer = pool().post(&server.uri, &body).await.unwrap();
+    assert_eq!(&answer[..], b"{\"result\":1}");
+    let requests = server.requests.lock().unwrap().clone();
+    let (head, sent) = requests[0].split_once("\r\n\r\n").unwrap();
+    assert!(head.contains("content-length: 6000000"), "{head}");
+    assert!(sent.as_bytes() == body, "the body arrived altered");
+}
+
+#[tokio::test]
 async fn a_connection_with_bytes_beyond_the_answer_is_not_reused() {
     // One byte more than Content-Length: whatever it is, the next answer would start wrong.
     let server = serve(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}}", false).await;

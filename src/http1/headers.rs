@@ -24,6 +24,13 @@ pub fn ends_chunked(value: &[u8]) -> bool {
 
 /// The `close` and `keep-alive` tokens of a `Connection` value.
 pub fn connection_tokens(value: &[u8]) -> (bool, bool) {
+    // Nearly every value is one of the two alone.
+    if value.eq_ignore_ascii_case(b"keep-alive") {
+        return (false, true);
+    }
+    if value.eq_ignore_ascii_case(b"close") {
+        return (true, false);
+    }
     let (mut close, mut keep_alive) = (false, false);
     for token in value.split(|&b| b == b',').map(trim) {
         close |= token.eq_ignore_ascii_case(b"close");

@@ -90,11 +90,7 @@ fn run(
         eprintln!("ethgate: --log-level: {error}");
         return ExitCode::FAILURE;
     }
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(workers) = workers.filter(|&w| w > 0) {
-        builder.worker_threads(workers);
-    }
-    let runtime = match builder.enable_all().build() {
+    let runtime = match runtime_builder(workers).enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("ethgate: cannot start the runtime: {error}");
@@ -115,6 +111,21 @@ fn run(
             eprintln!("ethgate: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// One worker runs on tokio's single-threaded scheduler: the same work on one thread, without
+/// the work-stealing machinery every wake pays on the multi-threaded one (measured: fewer
+/// instructions per proxied call). More workers, or the default of one per core, share work.
+fn runtime_builder(workers: Option<usize>) -> tokio::runtime::Builder {
+    match workers.filter(|&w| w > 0) {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(workers) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(workers);
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
     }
 }
 
@@ -160,4 +171,22 @@ fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
         LogFormat::Text => builder.init(),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runtime_builder;
+    use tokio::runtime::RuntimeFlavor;
+
+    #[test]
+    fn one_worker_runs_the_single_threaded_scheduler_and_more_share_work() {
+        let flavor = |workers| {
+            let runtime = runtime_builder(workers).enable_all().build().unwrap();
+            runtime.handle().runtime_flavor()
+        };
+        assert_eq!(flavor(Some(1)), RuntimeFlavor::CurrentThread);
+        assert_eq!(flavor(Some(2)), RuntimeFlavor::MultiThread);
+        assert_eq!(flavor(Some(0)), RuntimeFlavor::MultiThread);
+        assert_eq!(flavor(None), RuntimeFlavor::MultiThread);
+    }
 }

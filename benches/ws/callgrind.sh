@@ -7,7 +7,7 @@
 #   benches/ws/callgrind.sh [ETHGATE_BINARY]    # default target/release/ethgate
 #
 # Build first: cargo bench --bench ws --no-run. Takes about two minutes. Prints, per
-# notification, the whole process (the tokio worker's inclusive cost) and the session tasks.
+# notification, the whole process (all its threads, whichever scheduler) and the session tasks.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -31,7 +31,7 @@ inclusive() {
 }
 h2="$(ls "$out"/h2.[0-9]*)"
 h12="$(ls "$out"/h12.[0-9]*)"
-for what in "worker::Context::run \[|whole process" "src/frontend/ws.rs:<tokio_util::task::task_tracker::TrackedFuture|session tasks"; do
+for what in "PROGRAM TOTALS|whole process" "src/frontend/ws.rs:<tokio_util::task::task_tracker::TrackedFuture|session tasks"; do
   pattern="${what%%|*}"
   label="${what##*|}"
   a="$(inclusive "$h2" "$pattern")"

@@ -14,11 +14,9 @@ mod set;
 pub mod ws;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::watch;
 
 use crate::config::{CallTransport, UpstreamConfig};
 use health::State;
@@ -47,8 +45,8 @@ pub struct Upstream {
     latency_micros: AtomicU64,
     attempts: [AtomicU64; AttemptResult::ALL.len()],
     latency: crate::metrics::Histogram,
-    /// `None` while in rotation, else why not: calls in flight here wait on it to move away.
-    rotation: watch::Sender<Option<Arc<str>>>,
+    /// Whether it is out of rotation and why: calls in flight here wait on it to move away.
+    rotation: rotation::Rotation,
     /// This upstream's own HTTP pool: its TLS settings and headers are its own.
     pool: HttpPool,
     /// Calls, batches and probes over the WebSocket, when `calls = "ws"` (the default of an
@@ -87,7 +85,7 @@ impl Upstream {
             latency_micros: AtomicU64::new(0),
             attempts: Default::default(),
             latency: Default::default(),
-            rotation: watch::Sender::new(Some("not probed yet".into())),
+            rotation: rotation::Rotation::out_for("not probed yet"),
         }
     }
 

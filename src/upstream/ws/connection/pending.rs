@@ -77,7 +77,7 @@ enum Placed {
 
 /// Why a connection ended, as its waiting calls will hear it.
 pub(in super::super) enum Reason {
-    /// An answer over `max_response_bytes`: the socket cannot be read past it.
+    /// An answer over `max_response_bytes` that names no call while several wait.
     TooLarge(usize),
     Other(String),
 }
@@ -120,6 +120,30 @@ impl Pending {
                 );
             }
         }
+    }
+
+    /// Fails the call an answer over `limit` (skipped unread) belongs to, placed by the id
+    /// its opening names, or, without one, charged to the lone call waiting. `false` when
+    /// nobody can tell whose it was: the connection must go, as with [`Reason::TooLarge`].
+    pub(in super::super) fn reject(&self, id: Option<u64>, limit: usize, upstream: &str) -> bool {
+        let mut calls = self.lock();
+        if id.is_none() && !calls.alone() {
+            return false;
+        }
+        let placed = calls.place(id);
+        drop(calls);
+        match placed {
+            Placed::To(waiting) => {
+                let _ = waiting.answer.send(Err(SendError::TooLarge(limit)));
+            }
+            Placed::Late => {}
+            Placed::Nowhere => tracing::warn!(
+                upstream,
+                id,
+                "an answer over {limit} bytes on the upstream WebSocket matches no call: dropped"
+            ),
+        }
+        true
     }
 
     /// Fails every call still waiting. An over-large answer is charged to the call it belongs

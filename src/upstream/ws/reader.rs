@@ -2,7 +2,8 @@
 //! buffer the connection's task fills: no I/O here, so every rule is tested byte by byte.
 //!
 //! The buffer is never zeroed (the socket reads into its spare capacity), a message is
-//! validated once, and a single-frame message leaves as a slice of the buffer. A message over
+//! validated once, and a single-frame message leaves as a slice of the buffer (no copy, and
+//! no allocation per message). A message over
 //! `max_response_bytes` is skipped as it streams in: only its opening is kept, to name the
 //! call it answers, so one huge answer costs that call alone and never more memory than the
 //! limit.
@@ -17,8 +18,8 @@ pub(super) const READ_CHUNK: usize = 16 * 1024;
 /// Bytes of a skipped message kept to find its id: `{"jsonrpc":"2.0","id":` and 20 digits.
 const OPENING: usize = 64;
 
-/// A payload at least this long leaves as a slice of the read buffer rather than a copy.
-const SHARE_FROM: usize = 4 * 1024;
+/// Room below which the buffer is grown (by [`READ_CHUNK`]) before the next read.
+const MIN_ROOM: usize = READ_CHUNK / 4;
 
 const CONTINUATION: u8 = 0x0;
 const TEXT: u8 = 0x1;
@@ -113,11 +114,13 @@ impl Reader {
     /// The buffer the next read appends to, with room for it; and how much that read may
     /// bring (one chunk, or all a frame within the limit still lacks).
     pub(super) fn space(&mut self) -> (&mut BytesMut, usize) {
-        let want = self.lacking.max(READ_CHUNK);
-        if self.buf.capacity() - self.buf.len() < want {
-            self.buf.reserve(want);
+        let room = self.buf.capacity() - self.buf.len();
+        if room < self.lacking {
+            self.buf.reserve(self.lacking);
+        } else if room < MIN_ROOM {
+            self.buf.reserve(READ_CHUNK);
         }
-        (&mut self.buf, want)
+        (&mut self.buf, self.lacking.max(READ_CHUNK))
     }
 
     /// Bytes held for messages not yet complete (the memory a connection's reading costs).
@@ -246,13 +249,9 @@ impl Reader {
         }
         self.lacking = 0;
         self.buf.advance(header.size);
-        if len >= SHARE_FROM {
-            return Some(self.buf.split_to(len).freeze());
-        }
-        // Copied: a small answer sharing the buffer would make the next read reallocate it.
-        let payload = Bytes::copy_from_slice(&self.buf[..len]);
-        self.buf.advance(len);
-        Some(payload)
+        // A slice of the buffer, not a copy: later reads fill the rest of its allocation, and
+        // a new one is made only once that is used up while answers still hold the old.
+        Some(self.buf.split_to(len).freeze())
     }
 }
 

@@ -419,3 +419,18 @@ fn an_answer_is_routed_by_its_first_numeric_id() {
     );
     assert_eq!(first(br#"{"jsonrpc":"2.0","id":7}"#), Some(7));
 }
+
+#[test]
+fn an_answer_too_large_to_read_is_named_by_its_opening() {
+    let opening = ids::opening_id;
+    assert_eq!(opening(br#"{"jsonrpc":"2.0","id":42,"result":"0xaaaa"#), Some(42));
+    assert_eq!(opening(br#"{"id":42,"jsonrpc":"2.0","res"#), Some(42));
+    assert_eq!(opening(br#" [ {"jsonrpc":"2.0","id":5,"result":"#), Some(5));
+    assert_eq!(opening(br#"[{"id":6,"result":"#), Some(6));
+    // The id not yet in, not first, or not one of ours: nobody.
+    assert_eq!(opening(br#"{"jsonrpc":"2.0","id":42"#), None);
+    assert_eq!(opening(br#"{"jsonrpc":"2.0","result":"0x1","id":4"#), None);
+    assert_eq!(opening(br#"{"jsonrpc":"2.0","id":"42","result":1"#), None);
+    assert_eq!(opening(br#"{"jsonrpc":"2.0","id":null,"error":{"#), None);
+    assert_eq!(opening(b""), None);
+}

@@ -256,6 +256,27 @@ mod tests {
     }
 
     #[test]
+    fn a_skipped_answer_fails_the_call_it_names_or_else_a_lone_one() {
+        let pending = Pending::default();
+        let (_a, mut a_rx) = waiting(&pending, 10, 2);
+        let (_b, mut b_rx) = waiting(&pending, 12, 1);
+        assert!(pending.reject(Some(11), 64, "u"), "named: the connection goes on");
+        assert!(matches!(a_rx.try_recv(), Ok(Err(SendError::TooLarge(64)))));
+        assert!(b_rx.try_recv().is_err(), "the other call still waits");
+        // Nobody named while another answer may be due: nobody can tell.
+        let (c, _) = waiting(&pending, 20, 1);
+        drop(c);
+        assert!(!pending.reject(None, 64, "u"));
+        assert!(b_rx.try_recv().is_err());
+        // A late answer of a call that gave up is dropped; then b is alone.
+        assert!(pending.reject(Some(20), 64, "u"));
+        assert!(pending.reject(None, 64, "u"));
+        assert!(matches!(b_rx.try_recv(), Ok(Err(SendError::TooLarge(64)))));
+        // Naming nobody waiting: dropped, the connection goes on.
+        assert!(pending.reject(Some(99), 64, "u"));
+    }
+
+    #[test]
     fn abandoned_calls_are_remembered_up_to_a_bound() {
         let pending = Pending::default();
         for base in 0..(MAX_ABANDONED as u64 + 10) {

@@ -149,7 +149,11 @@ async fn an_over_large_answer_among_calls_in_flight_does_not_take_the_node_out()
     let (held, large) = tokio::join!(held, large);
     assert_eq!(large["error"]["code"], json!(-32003), "{large}");
     for answer in &held {
-        assert_eq!(result_of(answer), json!("0x2a"), "not caught in it: {answer}");
+        assert_eq!(
+            result_of(answer),
+            json!("0x2a"),
+            "not caught in it: {answer}"
+        );
     }
     let status = gw.status().await;
     assert_eq!(status["upstreams"][0]["state"], "healthy", "{status}");

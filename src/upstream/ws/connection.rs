@@ -132,7 +132,8 @@ async fn run(mut socket: Stream, mut task: Task) {
         }
     }
     task.queue.close();
-    task.pending.fail_all(&ended.unwrap_or(Reason::Other("ended".into())));
+    task.pending
+        .fail_all(&ended.unwrap_or(Reason::Other("ended".into())));
     if !task.closed {
         // Whatever is left is the rest of a write that failed: not to be finished.
         task.writer.written();

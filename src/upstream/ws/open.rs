@@ -126,8 +126,7 @@ fn accepted(answer: &[u8], key: &str) -> Result<Option<usize>, String> {
         return Err("handshake answer has the wrong Sec-WebSocket-Accept".into());
     }
     // Nothing was asked for: an extension (compression) or subprotocol would change the frames.
-    if header("Sec-WebSocket-Extensions").is_some() || header("Sec-WebSocket-Protocol").is_some()
-    {
+    if header("Sec-WebSocket-Extensions").is_some() || header("Sec-WebSocket-Protocol").is_some() {
         return Err("handshake answer names an extension or protocol not asked for".into());
     }
     Ok(Some(size))
@@ -148,7 +147,11 @@ mod tests {
     fn a_handshake_answer_is_accepted_only_when_it_upgrades_with_the_right_key() {
         let key = "dGhlIHNhbXBsZSBub25jZQ==";
         // RFC 6455's own example key and accept value.
-        let good = answer("101 Switching Protocols", "", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        let good = answer(
+            "101 Switching Protocols",
+            "",
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=",
+        );
         let with_frame = format!("{good}\u{81}\u{1}x");
         assert_eq!(accepted(with_frame.as_bytes(), key), Ok(Some(good.len())));
         assert_eq!(accepted(&good.as_bytes()[..20], key), Ok(None), "partial");

@@ -186,7 +186,9 @@ impl Reader {
         }
         let so_far = self.partial.as_ref().map_or(0, |(data, _)| data.len());
         if header.len > (self.max - so_far) as u64 {
-            return Ok(self.too_large(header, so_far).map_or(Step::More, Step::Done));
+            return Ok(self
+                .too_large(header, so_far)
+                .map_or(Step::More, Step::Done));
         }
         let Some(payload) = self.take(header) else {
             return Ok(Step::More);

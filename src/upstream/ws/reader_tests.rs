@@ -80,10 +80,17 @@ fn every_split_point_of_a_few_frames_gives_the_same_events() {
     assert_eq!(whole.len(), 5, "{whole:?}");
     for split in 0..bytes.len() {
         let (a, b) = bytes.split_at(split);
-        assert_eq!(read_in(1 << 20, &[a, b]), Ok(whole.clone_events()), "{split}");
+        assert_eq!(
+            read_in(1 << 20, &[a, b]),
+            Ok(whole.clone_events()),
+            "{split}"
+        );
     }
     let bytes_one_by_one: Vec<&[u8]> = bytes.chunks(1).collect();
-    assert_eq!(read_in(1 << 20, &bytes_one_by_one), Ok(whole.clone_events()));
+    assert_eq!(
+        read_in(1 << 20, &bytes_one_by_one),
+        Ok(whole.clone_events())
+    );
 }
 
 trait CloneEvents {
@@ -282,7 +289,10 @@ fn a_huge_message_is_read_in_linear_time() {
             .min()
             .expect("runs")
     };
-    let (chunked, at_once) = (best(60 << 20, 64 << 10, false), best(60 << 20, 61 << 20, false));
+    let (chunked, at_once) = (
+        best(60 << 20, 64 << 10, false),
+        best(60 << 20, 61 << 20, false),
+    );
     assert!(
         chunked < 10 * at_once,
         "read in chunks took {:.1}x as long ({chunked:?} against {at_once:?})",
@@ -290,7 +300,10 @@ fn a_huge_message_is_read_in_linear_time() {
     );
     // ...and ten times the size takes about ten times as long: more, as 60 MB falls out of
     // the caches where 6 MB does not, but far from the hundred times of quadratic work.
-    let (large, small) = (best(60 << 20, 64 << 10, true), best(6 << 20, 64 << 10, true));
+    let (large, small) = (
+        best(60 << 20, 64 << 10, true),
+        best(6 << 20, 64 << 10, true),
+    );
     assert!(
         large < 60 * small,
         "10x the size took {:.1}x as long ({large:?} against {small:?})",

@@ -172,7 +172,10 @@ async fn an_answer_over_the_limit_naming_no_call_among_several_fails_them_all_as
     // The id comes last: the opening names nobody, and two calls wait.
     let (url, _, node) = node(2, |request| {
         let big = "ab".repeat(4096);
-        format!(r#"{{"jsonrpc":"2.0","result":"{big}","id":{}}}"#, request["id"])
+        format!(
+            r#"{{"jsonrpc":"2.0","result":"{big}","id":{}}}"#,
+            request["id"]
+        )
     })
     .await;
     let mux = mux_to(&url, 1024);
@@ -265,8 +268,7 @@ async fn post_to_raw(
     drop(mux);
     let mut sent = Vec::new();
     // The node's task passes on what it reads until the mux's side is shut.
-    while let Ok(Some(bytes)) = tokio::time::timeout(Duration::from_secs(10), frames.recv()).await
-    {
+    while let Ok(Some(bytes)) = tokio::time::timeout(Duration::from_secs(10), frames.recv()).await {
         sent.extend(bytes);
     }
     (outcome, client_frames(&sent))
@@ -281,7 +283,11 @@ async fn a_ping_that_came_with_the_handshake_is_answered_with_its_payload() {
     let (outcome, sent) = post_to_raw(&url, &mut frames).await;
     let outcome: Value = serde_json::from_slice(&outcome.expect("answered")).expect("json");
     assert_eq!(outcome, json!({"jsonrpc": "2.0", "id": 1, "result": "0x1"}));
-    assert_eq!(sent[0], (0x8A, b"hi".to_vec()), "a pong with the ping's payload");
+    assert_eq!(
+        sent[0],
+        (0x8A, b"hi".to_vec()),
+        "a pong with the ping's payload"
+    );
     assert_eq!(sent[1].0, 0x81, "then the request");
 }
 
@@ -297,7 +303,11 @@ async fn a_close_is_echoed_and_the_call_waiting_hears_of_it() {
         "{outcome:?}"
     );
     assert_eq!(sent.len(), 2, "the request and one close: {sent:?}");
-    assert_eq!(sent[1], (0x88, 1001u16.to_be_bytes().to_vec()), "the code echoed");
+    assert_eq!(
+        sent[1],
+        (0x88, 1001u16.to_be_bytes().to_vec()),
+        "the code echoed"
+    );
 }
 
 #[tokio::test]
@@ -423,7 +433,10 @@ fn an_answer_is_routed_by_its_first_numeric_id() {
 #[test]
 fn an_answer_too_large_to_read_is_named_by_its_opening() {
     let opening = ids::opening_id;
-    assert_eq!(opening(br#"{"jsonrpc":"2.0","id":42,"result":"0xaaaa"#), Some(42));
+    assert_eq!(
+        opening(br#"{"jsonrpc":"2.0","id":42,"result":"0xaaaa"#),
+        Some(42)
+    );
     assert_eq!(opening(br#"{"id":42,"jsonrpc":"2.0","res"#), Some(42));
     assert_eq!(opening(br#" [ {"jsonrpc":"2.0","id":5,"result":"#), Some(5));
     assert_eq!(opening(br#"[{"id":6,"result":"#), Some(6));

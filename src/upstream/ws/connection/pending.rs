@@ -260,7 +260,10 @@ mod tests {
         let pending = Pending::default();
         let (_a, mut a_rx) = waiting(&pending, 10, 2);
         let (_b, mut b_rx) = waiting(&pending, 12, 1);
-        assert!(pending.reject(Some(11), 64, "u"), "named: the connection goes on");
+        assert!(
+            pending.reject(Some(11), 64, "u"),
+            "named: the connection goes on"
+        );
         assert!(matches!(a_rx.try_recv(), Ok(Err(SendError::TooLarge(64)))));
         assert!(b_rx.try_recv().is_err(), "the other call still waits");
         // Nobody named while another answer may be due: nobody can tell.

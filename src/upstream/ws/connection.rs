@@ -12,10 +12,9 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_tungstenite::MaybeTlsStream;
 
 use super::open::Stream;
-use super::reader::{Event, Reader, READ_CHUNK};
+use super::reader::{Event, Reader};
 use super::writer::Writer;
 use pending::{Pending, Reason};
 pub(super) use pending::{WaitGuard, Waiting};
@@ -99,10 +98,8 @@ async fn run(mut socket: Stream, mut task: Task) {
     // Frames that came with the handshake's answer.
     let mut ended = task.on_read(&mut socket).await.err();
     while ended.is_none() {
-        // TLS zeroes the room it reads into: offered one chunk at a time there.
-        let tls = matches!(socket, MaybeTlsStream::Rustls(_));
-        let (buf, want) = task.reader.space();
-        let limit = if tls { READ_CHUNK } else { want } as u64;
+        // Neither TCP nor tokio-rustls zeroes the room a read may fill: it can be large.
+        let (buf, limit) = task.reader.space();
         tokio::select! {
             _ = ticker.tick() => {
                 if let Err(reason) = task.keep_alive(&mut socket, last_seen).await {
@@ -121,7 +118,7 @@ async fn run(mut socket: Stream, mut task: Task) {
                     }
                 }
             },
-            read = read_some(&mut socket, buf, limit) => {
+            read = read_some(&mut socket, buf, limit as u64) => {
                 last_seen = Instant::now();
                 ended = match read {
                     Ok(0) => Some(Reason::Other("closed by the upstream".into())),

@@ -137,12 +137,17 @@ fn trim_start(text: &[u8]) -> &[u8] {
 /// The number `rest` opens with when a `,` follows it.
 fn id_then_comma(rest: &[u8]) -> Option<u64> {
     let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-    // Ours have no leading zero (JSON allows none) and fit in a u64.
+    // Ours have no leading zero (JSON allows none) and fit in a u64: 19 digits always do.
     let plausible = (1..=19).contains(&digits) && (rest[0] != b'0' || digits == 1);
     if !plausible || rest.get(digits) != Some(&b',') {
         return None;
     }
-    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+    // Read in place: this runs on every answer the connection carries.
+    Some(
+        rest[..digits]
+            .iter()
+            .fold(0, |id, digit| id * 10 + u64::from(digit - b'0')),
+    )
 }
 
 fn numeric(id: Option<&RawValue>) -> Option<u64> {

@@ -428,6 +428,11 @@ fn an_answer_is_routed_by_its_first_numeric_id() {
         None
     );
     assert_eq!(first(br#"{"jsonrpc":"2.0","id":7}"#), Some(7));
+    assert_eq!(
+        first(br#"{"jsonrpc":"2.0","id":9999999999999999999,"result":1}"#),
+        Some(9_999_999_999_999_999_999),
+        "the longest id read in place"
+    );
 }
 
 #[test]

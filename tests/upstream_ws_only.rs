@@ -222,6 +222,11 @@ async fn a_wss_only_upstream_with_a_header_serves_calls() {
     gw.wait_state("wss-only", "healthy").await;
     let answer = gw.call("eth_chainId", json!([])).await;
     assert_eq!(result_of(&answer), json!("0x1"));
+    // An answer of many TLS records and reads is assembled whole.
+    let large = "ab".repeat(1 << 20);
+    mock.set_result("eth_getLogs", json!(large));
+    let answer = gw.call("eth_getLogs", json!([{}])).await;
+    assert_eq!(result_of(&answer), json!(large), "2 MiB over wss");
     let seen = relay.seen().to_ascii_lowercase();
     assert!(seen.contains("authorization: bearer wss-token-1"), "{seen}");
     let status = gw.status().await.to_string();

@@ -114,40 +114,78 @@ async fn calls_ws_moves_probes_calls_batches_and_writes_off_http() {
     );
 }
 
-/// One client's answer over `max_response_bytes` drops the connection every call shares; the
-/// calls caught in it fail, but the node is not held responsible: it stays in rotation.
-#[tokio::test]
-async fn an_over_large_answer_among_calls_in_flight_does_not_take_the_node_out() {
-    let mock = MockUpstream::start().await;
-    let toml = format!(
+fn config_with_max_response(mock: &MockUpstream, max_response_bytes: usize) -> String {
+    format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nrequest_timeout = \"5s\"\ndrain_delay = \"0s\"\n\
-         max_response_bytes = 4096\n\
+         max_response_bytes = {max_response_bytes}\n\
          [health]\ninterval = \"300ms\"\ntimeout = \"250ms\"\nfailure_threshold = 1\nrecovery_threshold = 1\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n\
          [[upstream]]\nname = \"both\"\nhttp = \"{}\"\nws = \"{}\"\ncalls = \"ws\"\n",
         mock.http_url(),
         mock.ws_url()
-    );
+    )
+}
+
+/// One client's answer over `max_response_bytes` is skipped as it streams in and charged to
+/// its own call (named by the answer's opening): the calls sharing the connection get their
+/// answers, and the node is not held responsible: it stays in rotation.
+#[tokio::test]
+async fn an_over_large_answer_among_calls_in_flight_does_not_take_the_node_out() {
+    let mock = MockUpstream::start().await;
     mock.set_result("eth_getLogs", json!("ab".repeat(5000)));
-    let gw = Gateway::start_toml(&toml).await;
+    mock.set_result("eth_gasPrice", json!("0x2a"));
+    let gw = Gateway::start_toml(&config_with_max_response(&mock, 4096)).await;
     gw.wait_state("both", "healthy").await;
     mock.hold("eth_gasPrice");
     let held = (0..3).map(|_| gw.call("eth_gasPrice", json!([])));
     let held = futures_util::future::join_all(held);
-    tokio::pin!(held);
     let large = async {
         mock.wait_for_calls("eth_gasPrice", 3).await;
-        gw.call("eth_getLogs", json!([{}])).await
+        let large = gw.call("eth_getLogs", json!([{}])).await;
+        // Only once the large answer was dealt with do the held ones come.
+        mock.release("eth_gasPrice");
+        large
     };
     let (held, large) = tokio::join!(held, large);
-    for answer in held.iter().chain([&large]) {
-        assert!(answer["error"].is_object(), "caught in the drop: {answer}");
+    assert_eq!(large["error"]["code"], json!(-32003), "{large}");
+    for answer in &held {
+        assert_eq!(
+            result_of(answer),
+            json!("0x2a"),
+            "not caught in it: {answer}"
+        );
     }
-    mock.release("eth_gasPrice");
     let status = gw.status().await;
     assert_eq!(status["upstreams"][0]["state"], "healthy", "{status}");
     let answer = gw.call("eth_blockNumber", json!([])).await;
     assert_eq!(result_of(&answer), json!("0x64"), "served again: {answer}");
+}
+
+/// An answer far over the limit (hundreds of read chunks) streams past: its call fails alone,
+/// and a call on the same connection that was waiting meanwhile is answered.
+#[tokio::test]
+async fn a_huge_answer_fails_only_its_call_while_the_other_calls_go_on() {
+    let mock = MockUpstream::start().await;
+    mock.set_result("eth_getLogs", json!("a".repeat(16 << 20)));
+    mock.set_result("eth_gasPrice", json!("0x2a"));
+    let gw = Gateway::start_toml(&config_with_max_response(&mock, 64 * 1024)).await;
+    gw.wait_state("both", "healthy").await;
+    mock.hold("eth_gasPrice");
+    let held = gw.call("eth_gasPrice", json!([]));
+    let large = async {
+        mock.wait_for_calls("eth_gasPrice", 1).await;
+        let large = gw.call("eth_getLogs", json!([{}])).await;
+        mock.release("eth_gasPrice");
+        large
+    };
+    let (held, large) = tokio::join!(held, large);
+    assert_eq!(large["error"]["code"], json!(-32003), "{large}");
+    assert_eq!(result_of(&held), json!("0x2a"), "{held}");
+    assert_eq!(
+        mock.calls_over(Transport::Ws, "eth_gasPrice"),
+        1,
+        "answered, not retried"
+    );
 }
 
 #[tokio::test]
@@ -184,6 +222,11 @@ async fn a_wss_only_upstream_with_a_header_serves_calls() {
     gw.wait_state("wss-only", "healthy").await;
     let answer = gw.call("eth_chainId", json!([])).await;
     assert_eq!(result_of(&answer), json!("0x1"));
+    // An answer of many TLS records and reads is assembled whole.
+    let large = "ab".repeat(1 << 20);
+    mock.set_result("eth_getLogs", json!(large));
+    let answer = gw.call("eth_getLogs", json!([{}])).await;
+    assert_eq!(result_of(&answer), json!(large), "2 MiB over wss");
     let seen = relay.seen().to_ascii_lowercase();
     assert!(seen.contains("authorization: bearer wss-token-1"), "{seen}");
     let status = gw.status().await.to_string();

@@ -10,8 +10,11 @@
 
 mod connection;
 mod ids;
+mod open;
+mod reader;
 #[cfg(test)]
 mod tests;
+mod writer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -20,11 +23,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use self::connection::{Live, Waiting};
-use super::dial::dial_ws_with;
 use super::SendError;
 use crate::config::UpstreamConfig;
 
@@ -37,11 +37,6 @@ const PING_AFTER: Duration = Duration::from_secs(5);
 /// Silence after which the connection counts as dead (a half-open socket never errors): it is
 /// dropped, its calls get "no answer", and the next call dials again.
 const DEAD_AFTER: Duration = Duration::from_secs(15);
-
-/// Read chunk of the connection. tungstenite zeroes it before every read attempt, including
-/// the one that finds nothing each time the connection's task wakes to write: small is cheaper
-/// per call than the extra reads a large answer takes.
-const READ_BUFFER_BYTES: usize = 4 * 1024;
 
 /// Failed dials and when the next may be tried.
 #[derive(Default)]
@@ -100,8 +95,11 @@ impl WsMux {
         encode: impl FnOnce(u64) -> Vec<u8>,
     ) -> Result<(Bytes, u64), SendError> {
         let base = self.next_id.fetch_add(n.max(1), Ordering::Relaxed);
-        let text = Utf8Bytes::try_from(encode(base))
-            .map_err(|e| SendError::NotSent(format!("invalid request: {e}")))?;
+        let text = encode(base);
+        // Sent as a text frame, which must be UTF-8 (ethgate's encoder makes nothing else).
+        if let Err(e) = std::str::from_utf8(&text) {
+            return Err(SendError::NotSent(format!("invalid request: {e}")));
+        }
         let answer = self.exchange(text, base, n).await?;
         Ok((answer, base))
     }
@@ -110,18 +108,18 @@ impl WsMux {
     pub async fn post(&self, body: Bytes) -> Result<Bytes, SendError> {
         let (request, original) = ids::rewrite(&body, &self.next_id)?;
         let answer = self
-            .exchange(request.text.into(), request.base, request.len)
+            .exchange(request.text.into_bytes(), request.base, request.len)
             .await?;
         ids::restore(&answer, request.base, &original)
     }
 
     /// Writes `text` (ids `base..base + len`) and waits for the answer that carries them.
-    async fn exchange(&self, text: Utf8Bytes, base: u64, len: u64) -> Result<Bytes, SendError> {
+    async fn exchange(&self, text: Vec<u8>, base: u64, len: u64) -> Result<Bytes, SendError> {
         let live = self.connection().await?;
         let (answer, answered) = oneshot::channel();
         // Removed however this call ends (answer, timeout, cancellation).
         let _waiting = live.wait(base, Waiting { len, answer });
-        if live.send(Message::Text(text)).await.is_err() {
+        if live.send(text).await.is_err() {
             // The connection's task ended before taking the message: it was never written.
             return Err(SendError::NotSent("upstream WebSocket closed".into()));
         }
@@ -146,24 +144,14 @@ impl WsMux {
                 backoff.last_error
             )));
         }
-        // tungstenite's 128 KiB default read chunk, zeroed per read, cost more than the rest
-        // of a call.
-        let ws_config = WebSocketConfig::default()
-            .read_buffer_size(READ_BUFFER_BYTES)
-            .max_message_size(Some(self.max_response_bytes))
-            .max_frame_size(Some(self.max_response_bytes));
         // Boxed: the dial (TCP, TLS, handshake) is a future of several KiB that would otherwise
         // be part of every call's state, even calls over HTTP (`Upstream::post`), which are
         // then moved and copied at each await.
-        let dial = Box::pin(dial_ws_with(
-            &self.config,
-            self.connect_timeout,
-            Some(ws_config),
-        ));
+        let dial = Box::pin(open::open(&self.config, self.connect_timeout));
         match dial.await {
-            Ok(socket) => {
+            Ok(opened) => {
                 let name = self.config.name.as_str().into();
-                let live = connection::spawn(socket, name, self.liveness, self.max_response_bytes);
+                let live = connection::spawn(opened, name, self.liveness, self.max_response_bytes);
                 *backoff = Backoff::default();
                 *self.live.lock().unwrap_or_else(|e| e.into_inner()) = Some(live.clone());
                 Ok(live)

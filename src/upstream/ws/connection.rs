@@ -1,19 +1,21 @@
 //! The task that owns one multiplexed upstream WebSocket: it writes queued requests, several
-//! per write when calls arrive together, and routes each answer to the call whose ids it
-//! carries. When it ends (socket lost, or every handle dropped), every waiting call is told.
+//! per write when calls arrive together, reads the node's frames itself ([`Reader`]), and
+//! routes each answer to the call whose ids it carries. When it ends (socket lost, protocol
+//! error, or every handle dropped), every waiting call is told.
 
 mod pending;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use super::super::dial::UpstreamSocket;
+use super::open::Stream;
+use super::reader::{Event, Reader};
+use super::writer::Writer;
 use pending::{Pending, Reason};
 pub(super) use pending::{WaitGuard, Waiting};
 
@@ -28,7 +30,7 @@ const MAX_COALESCED_BYTES: usize = 64 * 1024;
 /// A handle on a live connection: the queue its task writes from and the calls it answers.
 #[derive(Clone)]
 pub(super) struct Live {
-    outgoing: mpsc::Sender<Message>,
+    outgoing: mpsc::Sender<Vec<u8>>,
     pending: Pending,
 }
 
@@ -43,25 +45,31 @@ impl Live {
         self.pending.wait(base, waiting)
     }
 
-    /// Queues `message` for writing; an error means the task ended without taking it.
-    pub(super) async fn send(&self, message: Message) -> Result<(), ()> {
-        self.outgoing.send(message).await.map_err(|_| ())
+    /// Queues a text message (valid UTF-8) for writing; an error means the task ended
+    /// without taking it.
+    pub(super) async fn send(&self, text: Vec<u8>) -> Result<(), ()> {
+        self.outgoing.send(text).await.map_err(|_| ())
     }
 }
 
 /// What the connection's task works with besides its socket.
 struct Task {
-    queue: mpsc::Receiver<Message>,
+    queue: mpsc::Receiver<Vec<u8>>,
     pending: Pending,
     upstream: Arc<str>,
     max_response_bytes: usize,
     /// Silence after which the connection is pinged, and after which it counts as dead.
     liveness: (Duration, Duration),
+    reader: Reader,
+    writer: Writer,
+    /// Whether a close frame went out (the node's, echoed): no second one at the end.
+    closed: bool,
 }
 
-/// Starts the task that owns `socket` (to upstream `name`) and returns the handle calls use.
+/// Starts the task that owns `socket` (to upstream `name`; `start` is what the node sent
+/// after its handshake answer) and returns the handle calls use.
 pub(super) fn spawn(
-    socket: UpstreamSocket,
+    (socket, start): (Stream, BytesMut),
     upstream: Arc<str>,
     liveness: (Duration, Duration),
     max_response_bytes: usize,
@@ -74,101 +82,159 @@ pub(super) fn spawn(
         upstream,
         max_response_bytes,
         liveness,
+        reader: Reader::new(max_response_bytes, start),
+        writer: Writer::new(),
+        closed: false,
     };
     tokio::spawn(run(socket, task));
     Live { outgoing, pending }
 }
 
-async fn run(mut socket: UpstreamSocket, mut task: Task) {
+async fn run(mut socket: Stream, mut task: Task) {
     let (ping_after, dead_after) = task.liveness;
     let mut last_seen = Instant::now();
     let mut ticker = tokio::time::interval(ping_after);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let reason = loop {
+    // Frames that came with the handshake's answer.
+    let mut ended = task.on_read(&mut socket).await.err();
+    while ended.is_none() {
+        // Neither TCP nor tokio-rustls zeroes the room a read may fill: it can be large.
+        let (buf, limit) = task.reader.space();
         tokio::select! {
             _ = ticker.tick() => {
-                if let Err(reason) = keep_alive(&mut socket, last_seen, task.liveness).await {
-                    break Reason::Other(reason);
+                if let Err(reason) = task.keep_alive(&mut socket, last_seen).await {
+                    ended = Some(Reason::Other(reason));
                 }
             }
             outgoing = task.queue.recv() => match outgoing {
-                None => break Reason::Other("transport dropped".into()),
+                None => ended = Some(Reason::Other("transport dropped".into())),
                 Some(first) => {
                     // Woken by the first call, this task would run right after it and write
                     // each call alone; yielding lets every call ready in this scheduler pass
                     // queue its request, so one write (and one read on the node) carries them.
                     tokio::task::yield_now().await;
-                    if let Err(reason) = write(&mut socket, first, &mut task.queue, dead_after).await {
-                        break Reason::Other(reason);
+                    if let Err(reason) = task.write(&mut socket, first).await {
+                        ended = Some(Reason::Other(reason));
                     }
                 }
             },
-            incoming = socket.next() => {
+            read = read_some(&mut socket, buf, limit as u64) => {
                 last_seen = Instant::now();
-                match incoming {
-                    None => break Reason::Other("closed by the upstream".into()),
-                    Some(Err(WsError::Capacity(_))) => break Reason::TooLarge(task.max_response_bytes),
-                    Some(Err(error)) => break Reason::Other(format!("read failed: {error}")),
-                    Some(Ok(Message::Text(text))) => task.pending.deliver(text.into(), &task.upstream),
-                    Some(Ok(Message::Binary(data))) => task.pending.deliver(data, &task.upstream),
-                    Some(Ok(Message::Close(_))) => break Reason::Other("closed by the upstream".into()),
-                    Some(Ok(_)) => {}
+                ended = match read {
+                    Ok(0) => Some(Reason::Other("closed by the upstream".into())),
+                    Err(error) => Some(Reason::Other(format!("read failed: {error}"))),
+                    Ok(_) => task.on_read(&mut socket).await.err(),
+                };
+            }
+        }
+    }
+    task.queue.close();
+    task.pending
+        .fail_all(&ended.unwrap_or(Reason::Other("ended".into())));
+    if !task.closed {
+        // Whatever is left is the rest of a write that failed: not to be finished.
+        task.writer.written();
+        task.writer.close(&[]);
+    }
+    let _ = tokio::time::timeout(dead_after, async {
+        let _ = task.flush(&mut socket).await;
+        socket.shutdown().await
+    })
+    .await;
+}
+
+/// Reads what has come, up to `limit` bytes, into `buf`'s spare room (never zeroed by us).
+async fn read_some(socket: &mut Stream, buf: &mut BytesMut, limit: u64) -> std::io::Result<usize> {
+    socket.take(limit).read_buf(buf).await
+}
+
+impl Task {
+    /// Handles every complete frame read so far: answers go to their calls, pings get their
+    /// pong (written with any other). The error is why the connection ends.
+    async fn on_read(&mut self, socket: &mut Stream) -> Result<(), Reason> {
+        loop {
+            let event = self
+                .reader
+                .next()
+                .map_err(|error| Reason::Other(format!("read failed: {error}")))?;
+            match event {
+                None => break,
+                Some(Event::Message(answer)) => self.pending.deliver(answer, &self.upstream),
+                Some(Event::Ping(payload)) => self.writer.pong(&payload),
+                Some(Event::Pong) => {}
+                Some(Event::Close(payload)) => {
+                    // Echo the status code, as RFC 6455 asks; the reason is the node's own.
+                    self.writer.close(&payload[..payload.len().min(2)]);
+                    self.closed = true;
+                    return Err(Reason::Other("closed by the upstream".into()));
+                }
+                Some(Event::TooLarge(id)) => {
+                    let limit = self.max_response_bytes;
+                    if !self.pending.reject(id, limit, &self.upstream) {
+                        return Err(Reason::TooLarge(limit));
+                    }
                 }
             }
         }
-    };
-    task.queue.close();
-    task.pending.fail_all(&reason);
-    let _ = tokio::time::timeout(dead_after, socket.close(None)).await;
-}
-
-/// On each liveness tick: gives up a connection silent for `dead_after`, pings one silent
-/// for `ping_after`. The error is why the connection ended.
-async fn keep_alive(
-    socket: &mut UpstreamSocket,
-    last_seen: Instant,
-    (ping_after, dead_after): (Duration, Duration),
-) -> Result<(), String> {
-    let silent = last_seen.elapsed();
-    if silent >= dead_after {
-        return Err(format!("silent for {silent:?}"));
-    }
-    if silent >= ping_after {
-        // Bounded: a node that stops reading must not stall the task past `dead_after`.
-        let ping = socket.send(Message::Ping(Bytes::new()));
-        match tokio::time::timeout(dead_after - silent, ping).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => return Err(format!("write failed: {error}")),
-            Err(_) => return Err(format!("ping stuck for {:?}", dead_after - silent)),
+        if self.writer.pending().is_empty() {
+            return Ok(());
+        }
+        let dead_after = self.liveness.1;
+        match tokio::time::timeout(dead_after, self.flush(socket)).await {
+            Ok(written) => written.map_err(Reason::Other),
+            Err(_) => Err(Reason::Other(format!("pong stuck for {dead_after:?}"))),
         }
     }
-    Ok(())
-}
 
-/// Writes `first` and whatever else is queued by now, up to [`MAX_COALESCED_BYTES`], in one
-/// flush, bounded: a peer that stops reading must not wedge the connection. The error is why
-/// the connection ended.
-async fn write(
-    socket: &mut UpstreamSocket,
-    first: Message,
-    queue: &mut mpsc::Receiver<Message>,
-    dead_after: Duration,
-) -> Result<(), String> {
-    let written = async {
+    /// On each liveness tick: gives up a connection silent for `dead_after`, pings one silent
+    /// for `ping_after`. The error is why the connection ended.
+    async fn keep_alive(&mut self, socket: &mut Stream, last_seen: Instant) -> Result<(), String> {
+        let (ping_after, dead_after) = self.liveness;
+        let silent = last_seen.elapsed();
+        if silent >= dead_after {
+            return Err(format!("silent for {silent:?}"));
+        }
+        if silent >= ping_after {
+            self.writer.ping();
+            // Bounded: a node that stops reading must not stall the task past `dead_after`.
+            return match tokio::time::timeout(dead_after - silent, self.flush(socket)).await {
+                Ok(written) => written,
+                Err(_) => Err(format!("ping stuck for {:?}", dead_after - silent)),
+            };
+        }
+        Ok(())
+    }
+
+    /// Writes `first` and whatever else is queued by now, up to [`MAX_COALESCED_BYTES`], in one
+    /// write, bounded: a peer that stops reading must not wedge the connection. The error is
+    /// why the connection ended.
+    async fn write(&mut self, socket: &mut Stream, first: Vec<u8>) -> Result<(), String> {
         let mut bytes = first.len();
-        socket.feed(first).await?;
+        self.writer.text(&first);
         while bytes < MAX_COALESCED_BYTES {
-            let Ok(message) = queue.try_recv() else {
+            let Ok(text) = self.queue.try_recv() else {
                 break;
             };
-            bytes += message.len();
-            socket.feed(message).await?;
+            bytes += text.len();
+            self.writer.text(&text);
         }
-        socket.flush().await
-    };
-    match tokio::time::timeout(dead_after, written).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(error)) => Err(format!("write failed: {error}")),
-        Err(_) => Err(format!("write stuck for {dead_after:?}")),
+        let dead_after = self.liveness.1;
+        match tokio::time::timeout(dead_after, self.flush(socket)).await {
+            Ok(written) => written,
+            Err(_) => Err(format!("write stuck for {dead_after:?}")),
+        }
+    }
+
+    /// Writes every frame waiting in the writer.
+    async fn flush(&mut self, socket: &mut Stream) -> Result<(), String> {
+        let written = async {
+            socket.write_all(self.writer.pending()).await?;
+            socket.flush().await
+        };
+        written
+            .await
+            .map_err(|error| format!("write failed: {error}"))?;
+        self.writer.written();
+        Ok(())
     }
 }

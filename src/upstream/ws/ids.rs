@@ -116,14 +116,38 @@ pub(super) fn first_numeric_id(answer: &[u8]) -> Option<u64> {
 /// The id of an answer in the usual layout, read without parsing the rest: most answers on a
 /// connection that carries every call.
 fn usual_id(answer: &[u8]) -> Option<u64> {
-    let rest = answer.strip_prefix(USUAL_OPENING)?;
+    id_then_comma(answer.strip_prefix(USUAL_OPENING)?)
+}
+
+/// The id named by the opening bytes of an answer too large to read whole: a single answer or
+/// a batch's first, in the usual layout or with `id` first. `None` for any other layout.
+pub(super) fn opening_id(opening: &[u8]) -> Option<u64> {
+    let mut rest = trim_start(opening);
+    if let Some(inner) = rest.strip_prefix(b"[") {
+        rest = trim_start(inner);
+    }
+    usual_id(rest).or_else(|| id_then_comma(rest.strip_prefix(br#"{"id":"#)?))
+}
+
+fn trim_start(text: &[u8]) -> &[u8] {
+    let start = text.iter().take_while(|b| b.is_ascii_whitespace()).count();
+    &text[start..]
+}
+
+/// The number `rest` opens with when a `,` follows it.
+fn id_then_comma(rest: &[u8]) -> Option<u64> {
     let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-    // Ours have no leading zero (JSON allows none) and fit in a u64.
+    // Ours have no leading zero (JSON allows none) and fit in a u64: 19 digits always do.
     let plausible = (1..=19).contains(&digits) && (rest[0] != b'0' || digits == 1);
     if !plausible || rest.get(digits) != Some(&b',') {
         return None;
     }
-    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+    // Read in place: this runs on every answer the connection carries.
+    Some(
+        rest[..digits]
+            .iter()
+            .fold(0, |id, digit| id * 10 + u64::from(digit - b'0')),
+    )
 }
 
 fn numeric(id: Option<&RawValue>) -> Option<u64> {

@@ -4,6 +4,9 @@ use std::sync::Arc;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use tokio_tungstenite::tungstenite::Message;
 
 use super::*;
 use crate::config::CallTransport;
@@ -125,7 +128,7 @@ fn huge(request: &Value) -> String {
 }
 
 #[tokio::test]
-async fn an_answer_over_the_limit_fails_its_lone_call_as_too_large_and_the_next_call_redials() {
+async fn an_answer_over_the_limit_fails_its_call_as_too_large_and_the_connection_goes_on() {
     let (url, accepted, node) = node(1, |request| match request["params"][0].as_u64() {
         Some(0) => huge(request),
         _ => echo_param(request),
@@ -138,16 +141,43 @@ async fn an_answer_over_the_limit_fails_its_lone_call_as_too_large_and_the_next_
     assert!(String::from_utf8_lossy(&second).contains(r#""result":1"#));
     assert_eq!(
         accepted.load(Ordering::Relaxed),
-        2,
-        "the socket was given up"
+        1,
+        "skipped, not dropped: the socket goes on"
     );
     node.abort();
 }
 
 #[tokio::test]
-async fn an_answer_over_the_limit_among_several_calls_fails_them_all_as_collateral() {
+async fn an_answer_over_the_limit_among_several_calls_fails_only_the_call_its_opening_names() {
     // Both calls are held, then the second's answer (sent first) is too large.
-    let (url, _, node) = node(2, huge).await;
+    let (url, accepted, node) = node(2, |request| match request["params"][0].as_u64() {
+        Some(1) => huge(request),
+        _ => echo_param(request),
+    })
+    .await;
+    let mux = mux_to(&url, 1024);
+    let (a, b) = tokio::join!(
+        mux.call(1, |base| encode_one(base, 0)),
+        mux.call(1, |base| encode_one(base, 1)),
+    );
+    let (a, _) = a.expect("answered despite the other's");
+    assert!(String::from_utf8_lossy(&a).contains(r#""result":0"#));
+    assert!(matches!(b, Err(SendError::TooLarge(1024))), "{b:?}");
+    assert_eq!(accepted.load(Ordering::Relaxed), 1);
+    node.abort();
+}
+
+#[tokio::test]
+async fn an_answer_over_the_limit_naming_no_call_among_several_fails_them_all_as_collateral() {
+    // The id comes last: the opening names nobody, and two calls wait.
+    let (url, _, node) = node(2, |request| {
+        let big = "ab".repeat(4096);
+        format!(
+            r#"{{"jsonrpc":"2.0","result":"{big}","id":{}}}"#,
+            request["id"]
+        )
+    })
+    .await;
     let mux = mux_to(&url, 1024);
     let (a, b) = tokio::join!(
         mux.call(1, |base| encode_one(base, 0)),
@@ -160,6 +190,135 @@ async fn an_answer_over_the_limit_among_several_calls_fails_them_all_as_collater
         );
     }
     node.abort();
+}
+
+/// A node speaking raw frames after a hand-made handshake: `at_handshake` is written in the
+/// same write as the handshake's answer, `at_request` once the first bytes after it come;
+/// everything the mux sends is passed on.
+async fn raw_node(
+    at_handshake: Vec<u8>,
+    at_request: Vec<u8>,
+) -> (String, mpsc::UnboundedReceiver<Vec<u8>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (seen, frames) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.expect("accept");
+        let mut request = Vec::new();
+        while !request.ends_with(b"\r\n\r\n") {
+            let mut byte = [0];
+            tcp.read_exact(&mut byte).await.expect("request");
+            request.push(byte[0]);
+        }
+        let request = String::from_utf8(request).expect("utf8");
+        let key = request
+            .lines()
+            .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+            .expect("key");
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+        let mut answer = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        )
+        .into_bytes();
+        answer.extend(at_handshake);
+        tcp.write_all(&answer).await.expect("answer");
+        let mut at_request = Some(at_request);
+        let mut buf = vec![0; 4096];
+        while let Ok(n @ 1..) = tcp.read(&mut buf).await {
+            let _ = seen.send(buf[..n].to_vec());
+            if let Some(reply) = at_request.take() {
+                let _ = tcp.write_all(&reply).await;
+            }
+        }
+    });
+    (format!("ws://{addr}"), frames)
+}
+
+/// The frames a client sent (masked), each as its first byte and unmasked payload.
+fn client_frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut frames = Vec::new();
+    while bytes.len() >= 6 {
+        assert_eq!(bytes[1] & 0x80, 0x80, "masked");
+        let len = usize::from(bytes[1] & 0x7F);
+        assert!(len < 126, "short frames only here");
+        let mask = &bytes[2..6];
+        let payload = bytes[6..6 + len]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ mask[i % 4])
+            .collect();
+        frames.push((bytes[0], payload));
+        bytes = &bytes[6 + len..];
+    }
+    frames
+}
+
+/// Posts one request to the raw node at `url`; its outcome and every frame the mux sent.
+async fn post_to_raw(
+    url: &str,
+    frames: &mut mpsc::UnboundedReceiver<Vec<u8>>,
+) -> (Result<Bytes, SendError>, Vec<(u8, Vec<u8>)>) {
+    let mux = mux_to(url, 1024);
+    let body = Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"method":"m"}"#);
+    let outcome = tokio::time::timeout(Duration::from_secs(10), mux.post(body))
+        .await
+        .expect("ended well before 10 s");
+    drop(mux);
+    let mut sent = Vec::new();
+    // The node's task passes on what it reads until the mux's side is shut.
+    while let Ok(Some(bytes)) = tokio::time::timeout(Duration::from_secs(10), frames.recv()).await {
+        sent.extend(bytes);
+    }
+    (outcome, client_frames(&sent))
+}
+
+#[tokio::test]
+async fn a_ping_that_came_with_the_handshake_is_answered_with_its_payload() {
+    let answer = br#"{"jsonrpc":"2.0","id":1,"result":"0x1"}"#;
+    let mut reply = vec![0x81, answer.len() as u8];
+    reply.extend_from_slice(answer);
+    let (url, mut frames) = raw_node(vec![0x89, 2, b'h', b'i'], reply).await;
+    let (outcome, sent) = post_to_raw(&url, &mut frames).await;
+    let outcome: Value = serde_json::from_slice(&outcome.expect("answered")).expect("json");
+    assert_eq!(outcome, json!({"jsonrpc": "2.0", "id": 1, "result": "0x1"}));
+    assert_eq!(
+        sent[0],
+        (0x8A, b"hi".to_vec()),
+        "a pong with the ping's payload"
+    );
+    assert_eq!(sent[1].0, 0x81, "then the request");
+}
+
+#[tokio::test]
+async fn a_close_is_echoed_and_the_call_waiting_hears_of_it() {
+    let mut close = vec![0x88, 4];
+    close.extend(1001u16.to_be_bytes());
+    close.extend(b"by");
+    let (url, mut frames) = raw_node(Vec::new(), close).await;
+    let (outcome, sent) = post_to_raw(&url, &mut frames).await;
+    assert!(
+        matches!(&outcome, Err(SendError::NoAnswer(m)) if m.contains("closed by the upstream")),
+        "{outcome:?}"
+    );
+    assert_eq!(sent.len(), 2, "the request and one close: {sent:?}");
+    assert_eq!(
+        sent[1],
+        (0x88, 1001u16.to_be_bytes().to_vec()),
+        "the code echoed"
+    );
+}
+
+#[tokio::test]
+async fn a_masked_frame_from_the_node_ends_the_connection() {
+    let (url, mut frames) = raw_node(Vec::new(), vec![0x81, 0x81, 1, 2, 3, 4, b'x' ^ 1]).await;
+    let (outcome, sent) = post_to_raw(&url, &mut frames).await;
+    assert!(
+        matches!(&outcome, Err(SendError::NoAnswer(m)) if m.contains("masked")),
+        "{outcome:?}"
+    );
+    assert_eq!(sent.last().map(|f| f.0), Some(0x88), "closed: {sent:?}");
 }
 
 #[tokio::test]
@@ -269,4 +428,27 @@ fn an_answer_is_routed_by_its_first_numeric_id() {
         None
     );
     assert_eq!(first(br#"{"jsonrpc":"2.0","id":7}"#), Some(7));
+    assert_eq!(
+        first(br#"{"jsonrpc":"2.0","id":9999999999999999999,"result":1}"#),
+        Some(9_999_999_999_999_999_999),
+        "the longest id read in place"
+    );
+}
+
+#[test]
+fn an_answer_too_large_to_read_is_named_by_its_opening() {
+    let opening = ids::opening_id;
+    assert_eq!(
+        opening(br#"{"jsonrpc":"2.0","id":42,"result":"0xaaaa"#),
+        Some(42)
+    );
+    assert_eq!(opening(br#"{"id":42,"jsonrpc":"2.0","res"#), Some(42));
+    assert_eq!(opening(br#" [ {"jsonrpc":"2.0","id":5,"result":"#), Some(5));
+    assert_eq!(opening(br#"[{"id":6,"result":"#), Some(6));
+    // The id not yet in, not first, or not one of ours: nobody.
+    assert_eq!(opening(br#"{"jsonrpc":"2.0","id":42"#), None);
+    assert_eq!(opening(br#"{"jsonrpc":"2.0","result":"0x1","id":4"#), None);
+    assert_eq!(opening(br#"{"jsonrpc":"2.0","id":"42","result":1"#), None);
+    assert_eq!(opening(br#"{"jsonrpc":"2.0","id":null,"error":{"#), None);
+    assert_eq!(opening(b""), None);
 }

@@ -77,7 +77,7 @@ enum Placed {
 
 /// Why a connection ended, as its waiting calls will hear it.
 pub(in super::super) enum Reason {
-    /// An answer over `max_response_bytes`: the socket cannot be read past it.
+    /// An answer over `max_response_bytes` that names no call while several wait.
     TooLarge(usize),
     Other(String),
 }
@@ -120,6 +120,30 @@ impl Pending {
                 );
             }
         }
+    }
+
+    /// Fails the call an answer over `limit` (skipped unread) belongs to, placed by the id
+    /// its opening names, or, without one, charged to the lone call waiting. `false` when
+    /// nobody can tell whose it was: the connection must go, as with [`Reason::TooLarge`].
+    pub(in super::super) fn reject(&self, id: Option<u64>, limit: usize, upstream: &str) -> bool {
+        let mut calls = self.lock();
+        if id.is_none() && !calls.alone() {
+            return false;
+        }
+        let placed = calls.place(id);
+        drop(calls);
+        match placed {
+            Placed::To(waiting) => {
+                let _ = waiting.answer.send(Err(SendError::TooLarge(limit)));
+            }
+            Placed::Late => {}
+            Placed::Nowhere => tracing::warn!(
+                upstream,
+                id,
+                "an answer over {limit} bytes on the upstream WebSocket matches no call: dropped"
+            ),
+        }
+        true
     }
 
     /// Fails every call still waiting. An over-large answer is charged to the call it belongs
@@ -229,6 +253,30 @@ mod tests {
         let (_b, mut b_rx) = waiting(&pending, 2, 1);
         pending.fail_all(&Reason::TooLarge(64));
         assert!(matches!(b_rx.try_recv(), Ok(Err(SendError::Collateral(_)))));
+    }
+
+    #[test]
+    fn a_skipped_answer_fails_the_call_it_names_or_else_a_lone_one() {
+        let pending = Pending::default();
+        let (_a, mut a_rx) = waiting(&pending, 10, 2);
+        let (_b, mut b_rx) = waiting(&pending, 12, 1);
+        assert!(
+            pending.reject(Some(11), 64, "u"),
+            "named: the connection goes on"
+        );
+        assert!(matches!(a_rx.try_recv(), Ok(Err(SendError::TooLarge(64)))));
+        assert!(b_rx.try_recv().is_err(), "the other call still waits");
+        // Nobody named while another answer may be due: nobody can tell.
+        let (c, _) = waiting(&pending, 20, 1);
+        drop(c);
+        assert!(!pending.reject(None, 64, "u"));
+        assert!(b_rx.try_recv().is_err());
+        // A late answer of a call that gave up is dropped; then b is alone.
+        assert!(pending.reject(Some(20), 64, "u"));
+        assert!(pending.reject(None, 64, "u"));
+        assert!(matches!(b_rx.try_recv(), Ok(Err(SendError::TooLarge(64)))));
+        // Naming nobody waiting: dropped, the connection goes on.
+        assert!(pending.reject(Some(99), 64, "u"));
     }
 
     #[test]

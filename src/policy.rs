@@ -57,8 +57,13 @@ impl DenyList {
 
     /// Whether `method` is denied; matching is case-sensitive, as geth's dispatch is.
     pub fn denies(&self, method: &str) -> bool {
+        // The first byte settles most prefixes without a call to compare the rest.
+        let first = method.as_bytes().first();
         self.exact.iter().any(|m| m == method)
-            || self.prefixes.iter().any(|p| method.starts_with(p.as_str()))
+            || self.prefixes.iter().any(|p| match p.as_bytes().first() {
+                None => true,
+                Some(byte) => first == Some(byte) && method.starts_with(p.as_str()),
+            })
     }
 }
 
@@ -120,6 +125,19 @@ mod tests {
         assert!(list.denies("eth_sign"));
         assert!(!list.denies("eth_signTransaction"));
         assert!(!list.denies("Admin_peers"));
+    }
+
+    #[test]
+    fn a_lone_star_denies_every_method_and_prefixes_sharing_a_first_byte_stay_apart() {
+        let everything = DenyList::new(&["*".to_string()]);
+        assert!(everything.denies("eth_call"));
+        assert!(everything.denies(""));
+        let list = DenyList::new(&["eth_sign*".to_string(), "engine_*".to_string()]);
+        assert!(list.denies("eth_signTypedData"));
+        assert!(list.denies("engine_getPayloadV3"));
+        assert!(!list.denies("eth_call"));
+        assert!(!list.denies("e"));
+        assert!(!list.denies(""));
     }
 
     #[test]

@@ -168,11 +168,7 @@ pub(super) fn validate(m: Members<'_>) -> Decoded<'_> {
             return invalid();
         }
     }
-    Ok(Call {
-        id: m.id,
-        method,
-        params: m.params,
-    })
+    Ok(Call::new(m.id, method, m.params))
 }
 
 /// Whether `id` is of a type JSON-RPC allows for an id: string, number or null.

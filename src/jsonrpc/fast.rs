@@ -106,6 +106,7 @@ fn compact_request<'a>(cursor: &mut Cursor<'a>) -> Option<Decoded<'a>> {
         Some((_, id)) => id,
         None => cursor.raw()?,
     };
+    let tail = cursor.mark();
     if !cursor.eat_word(b",\"method\":") {
         return None;
     }
@@ -118,14 +119,17 @@ fn compact_request<'a>(cursor: &mut Cursor<'a>) -> Option<Decoded<'a>> {
     if !cursor.eat(b'}') {
         return None;
     }
-    Some(validate(Members {
+    let tail = cursor.since(tail)?;
+    let decoded = validate(Members {
         jsonrpc: Some(Text::Str(Cow::Borrowed("2.0"))),
         id: Some(id),
         method: Some(Text::Str(Cow::Borrowed(method))),
         params,
         repeated: false,
         repeated_id: false,
-    }))
+    });
+    // Written exactly as `encode_request` writes a method without escapes and raw params.
+    Some(decoded.map(|call| call.with_tail(tail)))
 }
 
 /// The members of a request ethgate reads, in the order clients write them.
@@ -135,7 +139,7 @@ const REQUEST_NAMES: [&[u8]; 4] = [b"\"jsonrpc\"", b"\"id\"", b"\"method\"", b"\
 const RESPONSE_NAMES: [&[u8]; 4] = [b"\"jsonrpc\"", b"\"id\"", b"\"result\"", b"\"error\""];
 
 /// The version every request and response carries, as written.
-const VERSION: &[u8] = b"\"2.0\"";
+const VERSION: &[u8; 5] = b"\"2.0\"";
 
 /// A member that must be a string: borrowed when it has no escapes (one that has is left to
 /// serde, which unescapes it), `null`, or any other value.

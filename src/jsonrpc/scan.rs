@@ -40,6 +40,11 @@ impl<'a> Cursor<'a> {
         self.pos
     }
 
+    /// The text from a position from [`Cursor::mark`] to the cursor.
+    pub(super) fn since(&self, mark: usize) -> Option<&'a str> {
+        self.text.get(mark..self.pos)
+    }
+
     /// Goes back to a position from [`Cursor::mark`].
     pub(super) fn reset(&mut self, mark: usize) {
         self.pos = mark;
@@ -106,22 +111,23 @@ impl<'a> Cursor<'a> {
     #[inline(always)]
     pub(super) fn small_uint(&mut self) -> Option<(u64, &'a RawValue)> {
         let rest = self.bytes().get(self.pos..)?;
-        let len = rest
-            .iter()
-            .take(20)
-            .take_while(|b| b.is_ascii_digit())
-            .count();
+        // Read and summed in one pass; 19 digits cannot overflow a u64, a 20th declines.
+        let mut n: u64 = 0;
+        let mut len = 0;
+        while let Some(&digit @ b'0'..=b'9') = rest.get(len) {
+            if len == 19 {
+                return None;
+            }
+            n = n * 10 + u64::from(digit - b'0');
+            len += 1;
+        }
         // A leading zero must stand alone, and a fraction or exponent makes another number.
-        let valid = (1..=19).contains(&len)
+        let valid = len > 0
             && (rest.first() != Some(&b'0') || len == 1)
             && !matches!(rest.get(len), Some(b'.' | b'e' | b'E'));
         if !valid {
             return None;
         }
-        let digits = rest.get(..len)?;
-        let n = digits
-            .iter()
-            .fold(0, |n, digit| n * 10 + u64::from(digit - b'0'));
         let raw = mint(self.text.get(self.pos..self.pos + len)?)?;
         self.pos += len;
         Some((n, raw))
@@ -143,8 +149,31 @@ impl<'a> Cursor<'a> {
     /// The value at the cursor as a raw span of the text, checked as serde_json checks it.
     pub(super) fn raw(&mut self) -> Option<&'a RawValue> {
         let start = self.pos;
-        self.skip_value()?;
+        // Most relayed values are strings without escapes (quantities, hashes): one scan
+        // to the closing quote; anything else is read by the general skip.
+        if !self.skip_plain_str() {
+            self.skip_value()?;
+        }
         mint(self.text.get(start..self.pos)?)
+    }
+
+    /// Skips a string without escapes or control bytes at the cursor; `false`, the cursor
+    /// unmoved, for anything else.
+    #[inline(always)]
+    fn skip_plain_str(&mut self) -> bool {
+        if self.peek() != Some(b'"') {
+            return false;
+        }
+        let start = self.pos + 1;
+        let Some(stop) = self.bytes().get(start..).and_then(string_stop) else {
+            return false;
+        };
+        let end = start + stop;
+        if self.bytes().get(end) != Some(&b'"') {
+            return false;
+        }
+        self.pos = end + 1;
+        true
     }
 
     /// Reads an object, calling `member` for each member (the cursor then at the value, which
@@ -200,15 +229,14 @@ impl<'a> Cursor<'a> {
         None
     }
 
-    /// Consumes `word` if it is written at the cursor (a literal value, say `"2.0"`).
-    #[inline]
-    pub(super) fn eat_word(&mut self, word: &[u8]) -> bool {
-        let next = self
-            .bytes()
-            .get(self.pos..)
-            .is_some_and(|rest| rest.starts_with(word));
+    /// Consumes `word` if it is written at the cursor (a literal value, say `"2.0"`). Its
+    /// length is a constant in every caller, so the comparison is a few word loads, not a
+    /// `memcmp` call.
+    #[inline(always)]
+    pub(super) fn eat_word<const N: usize>(&mut self, word: &[u8; N]) -> bool {
+        let next = self.bytes().get(self.pos..self.pos + N) == Some(&word[..]);
         if next {
-            self.pos += word.len();
+            self.pos += N;
         }
         next
     }
@@ -370,16 +398,14 @@ impl<'a> Cursor<'a> {
 /// are most of what a request body is.
 #[inline]
 pub(super) fn string_stop(text: &[u8]) -> Option<usize> {
-    let mut chunks = text.chunks_exact(8);
     let mut offset = 0;
-    for chunk in &mut chunks {
+    while let Some(chunk) = text.get(offset..offset + 8) {
         if let Some(at) = word_stop(chunk) {
             return Some(offset + at);
         }
         offset += 8;
     }
-    let rest = chunks.remainder();
-    if rest.is_empty() {
+    if offset == text.len() {
         return None;
     }
     if offset > 0 {
@@ -388,7 +414,7 @@ pub(super) fn string_stop(text: &[u8]) -> Option<usize> {
         let last = text.len() - 8;
         return word_stop(text.get(last..)?).map(|at| last + at);
     }
-    rest.iter()
+    text.iter()
         .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
 }
 

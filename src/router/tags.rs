@@ -89,17 +89,31 @@ const BLOCK_PARAM: &[(&str, usize, bool)] = &[
 const DEFAULTS_TO_LATEST: &[&str] = &["eth_call", "eth_estimateGas"];
 
 /// Classifies one call.
+#[inline]
 pub fn classify(method: &str, params: Option<&RawValue>) -> Use {
+    // Every call of a request is classified: the common answers need no params read and
+    // stay inline, the rest (a parse of the params) is called.
     if method == "eth_blockNumber" {
         return Use::BlockNumber;
     }
     if method == "eth_getLogs" {
         return classify_filter(params);
     }
-    let Some(&(_, position, null_means_missing)) = BLOCK_PARAM.iter().find(|(m, ..)| *m == method)
-    else {
-        return Use::Plain;
-    };
+    match BLOCK_PARAM.iter().find(|(m, ..)| *m == method) {
+        Some(&(_, position, null_means_missing)) => {
+            classify_block_param(method, params, position, null_means_missing)
+        }
+        None => Use::Plain,
+    }
+}
+
+/// [`classify`] for a method whose param at `position` names a block.
+fn classify_block_param(
+    method: &str,
+    params: Option<&RawValue>,
+    position: usize,
+    null_means_missing: bool,
+) -> Use {
     let list: Vec<Value> = params
         .and_then(|p| serde_json::from_str(p.get()).ok())
         .unwrap_or_default();
@@ -182,15 +196,28 @@ fn parse_hex(text: &str) -> Option<u64> {
         return u64::from_str_radix(digits, 16).ok();
     }
     digits.bytes().try_fold(0u64, |n, digit| {
-        let value = match digit {
-            b'0'..=b'9' => digit - b'0',
-            b'a'..=b'f' => digit - b'a' + 10,
-            b'A'..=b'F' => digit - b'A' + 10,
-            _ => return None,
-        };
-        Some(n << 4 | u64::from(value))
+        let value = HEX[usize::from(digit)];
+        (value < 16).then_some(n << 4 | u64::from(value))
     })
 }
+
+/// The value of each hex digit by byte, 16 or more for a byte that is not one: a load per
+/// digit instead of three range tests.
+const HEX: [u8; 256] = {
+    let mut table = [0xff; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        table[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
 
 /// The `number` of a block object answer (`None` for `null` or anything else).
 pub fn block_number(result: &RawValue) -> Option<u64> {
@@ -204,6 +231,7 @@ pub fn block_number(result: &RawValue) -> Option<u64> {
 }
 
 /// A hex quantity answer such as `eth_blockNumber`'s.
+#[inline]
 pub fn quantity(result: &RawValue) -> Option<u64> {
     let raw = result.get();
     // A raw value that opens with a quote is a whole JSON string; without a backslash its

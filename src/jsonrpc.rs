@@ -83,7 +83,7 @@ pub struct Call<'a> {
     /// What follows the id in the client's text when that is exactly what
     /// [`encode_request`] writes after its id (`,"method":"M","params":P}`), so
     /// [`encode_call`] forwards it in one copy. Set only by the decoder, which checked it.
-    tail: Option<&'a str>,
+    tail: Option<&'a [u8]>,
 }
 
 impl<'a> Call<'a> {
@@ -102,7 +102,7 @@ impl<'a> Call<'a> {
     }
 
     /// The call with `tail`, the client's text after its id (see the field).
-    fn with_tail(mut self, tail: &'a str) -> Self {
+    fn with_tail(mut self, tail: &'a [u8]) -> Self {
         self.tail = Some(tail);
         self
     }
@@ -196,7 +196,7 @@ pub fn encode_call(out: &mut Vec<u8>, id: u64, call: &Call<'_>, pin: Option<&Raw
             opening.copy_from_slice(OPENING);
             let len = OPENING.len() + write_u64(digits, id);
             out.extend_from_slice(&head[..len]);
-            out.extend_from_slice(tail.as_bytes());
+            out.extend_from_slice(tail);
             return;
         }
     }

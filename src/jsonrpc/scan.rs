@@ -40,9 +40,9 @@ impl<'a> Cursor<'a> {
         self.pos
     }
 
-    /// The text from a position from [`Cursor::mark`] to the cursor.
-    pub(super) fn since(&self, mark: usize) -> Option<&'a str> {
-        self.text.get(mark..self.pos)
+    /// The bytes from a position from [`Cursor::mark`] to the cursor.
+    pub(super) fn since(&self, mark: usize) -> Option<&'a [u8]> {
+        self.bytes().get(mark..self.pos)
     }
 
     /// Goes back to a position from [`Cursor::mark`].

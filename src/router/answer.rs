@@ -71,20 +71,49 @@ enum Value {
 impl Value {
     /// `value`, a part of `answer`: copied when short, else a slice of it.
     fn relayed(answer: &Bytes, value: &[u8]) -> Value {
-        match u8::try_from(value.len()) {
-            Ok(len) if value.len() <= INLINE => {
+        let Ok(len) = u8::try_from(value.len()) else {
+            return Value::Shared(answer.slice_ref(value));
+        };
+        if value.len() > INLINE {
+            return Value::Shared(answer.slice_ref(value));
+        }
+        // The whole window of INLINE bytes where the value starts in `answer` is copied when
+        // the answer holds it (a fixed-size copy, no `memcpy` call); only `len` are used.
+        let (base, at) = (answer.as_ptr() as usize, value.as_ptr() as usize);
+        let within = at >= base && at - base + value.len() <= answer.len();
+        let window = answer
+            .get(at.wrapping_sub(base)..)
+            .filter(|_| within)
+            .and_then(|rest| rest.first_chunk::<INLINE>());
+        let bytes = match window {
+            Some(window) => *window,
+            None => {
                 let mut bytes = [0; INLINE];
                 bytes[..value.len()].copy_from_slice(value);
-                Value::Inline { len, bytes }
+                bytes
             }
-            _ => Value::Shared(answer.slice_ref(value)),
-        }
+        };
+        Value::Inline { len, bytes }
     }
 
     fn as_bytes(&self) -> &[u8] {
         match self {
             Value::Inline { len, bytes } => &bytes[..usize::from(*len)],
             Value::Shared(bytes) => bytes,
+        }
+    }
+
+    /// Appends the value to `out`.
+    #[inline(always)]
+    fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            Value::Inline { len, bytes } => {
+                // All INLINE bytes at a fixed size, then cut back to the value.
+                let end = out.len() + usize::from(*len);
+                out.extend_from_slice(bytes);
+                out.truncate(end);
+            }
+            Value::Shared(bytes) => out.extend_from_slice(bytes),
         }
     }
 }
@@ -137,7 +166,7 @@ impl Answer {
         out.extend_from_slice(OPENING);
         out.extend_from_slice(id.get().as_bytes());
         out.extend_from_slice(self.member_name());
-        out.extend_from_slice(self.value.as_bytes());
+        self.value.write(out);
         out.push(b'}');
     }
 

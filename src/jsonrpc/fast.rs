@@ -221,7 +221,7 @@ fn compact_response<'a>(cursor: &mut Cursor<'a>) -> Option<(UpstreamResponse<'a>
         error: None,
     };
     if cursor.eat_word(b",\"result\":") {
-        answer.result = Some(cursor.raw()?);
+        answer.result = Some(cursor.raw_value()?);
     } else if cursor.eat_word(b",\"error\":") {
         answer.error = Some(cursor.raw()?);
     } else {

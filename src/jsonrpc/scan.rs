@@ -157,6 +157,17 @@ impl<'a> Cursor<'a> {
         mint(self.text.get(start..self.pos)?)
     }
 
+    /// [`Cursor::raw`] with its common case, a plain string, inlined into the caller: for the
+    /// one value each response carries.
+    #[inline(always)]
+    pub(super) fn raw_value(&mut self) -> Option<&'a RawValue> {
+        let start = self.pos;
+        if self.skip_plain_str() {
+            return mint(self.text.get(start..self.pos)?);
+        }
+        self.raw()
+    }
+
     /// Skips a string without escapes or control bytes at the cursor; `false`, the cursor
     /// unmoved, for anything else.
     #[inline(always)]

@@ -107,12 +107,14 @@ impl Value {
     #[inline(always)]
     fn write(&self, out: &mut Vec<u8>) {
         match self {
-            Value::Inline { len, bytes } => {
-                // All INLINE bytes at a fixed size, then cut back to the value.
+            // All INLINE bytes at a fixed size, then cut back to the value, where that
+            // needs no more room than `out` has (a body sized exactly must not grow).
+            Value::Inline { len, bytes } if out.capacity() - out.len() >= INLINE => {
                 let end = out.len() + usize::from(*len);
                 out.extend_from_slice(bytes);
                 out.truncate(end);
             }
+            Value::Inline { .. } => out.extend_from_slice(self.as_bytes()),
             Value::Shared(bytes) => out.extend_from_slice(bytes),
         }
     }
@@ -385,6 +387,9 @@ mod tests {
         assert!(matches!(answers[1].value, Value::Shared(_)));
         assert!(matches!(answers[2].value, Value::Inline { .. }));
         assert_eq!(*answers[0], Answer::result("\"0x1234\""));
+        // A single answer's body is allocated at its exact size, never grown.
+        let single = answers[0].body(&id);
+        assert_eq!(single.capacity(), single.len());
         assert_ne!(*answers[0], Answer::result("\"0x1235\""));
     }
 }

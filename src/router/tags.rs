@@ -195,7 +195,16 @@ fn parse_hex(text: &str) -> Option<u64> {
     if digits.is_empty() || digits.len() > 16 || digits.starts_with('+') {
         return u64::from_str_radix(digits, 16).ok();
     }
-    digits.bytes().try_fold(0u64, |n, digit| {
+    short_hex(digits.as_bytes())
+}
+
+/// 1 to 16 hex digits read directly; `None` for anything else.
+#[inline(always)]
+fn short_hex(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 16 {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &digit| {
         let value = HEX[usize::from(digit)];
         (value < 16).then_some(n << 4 | u64::from(value))
     })
@@ -234,6 +243,12 @@ pub fn block_number(result: &RawValue) -> Option<u64> {
 #[inline]
 pub fn quantity(result: &RawValue) -> Option<u64> {
     let raw = result.get();
+    // `"0x` and up to 16 hex digits: nearly every answer read here, read inline.
+    if let [b'"', b'0', b'x', digits @ .., b'"'] = raw.as_bytes() {
+        if let Some(number) = short_hex(digits) {
+            return Some(number);
+        }
+    }
     // A raw value that opens with a quote is a whole JSON string; without a backslash its
     // text is what lies between the quotes, so the common answer skips a parser round. Hex
     // digits hold no backslash: the text is tried first, the backslash looked for only if
@@ -485,6 +500,37 @@ mod tests {
             1
         )
         .is_none());
+    }
+
+    /// Quantity answers, read inline or not, as the library's reading of the string and
+    /// [`parse_hex`] read them.
+    #[test]
+    fn quantities_read_as_the_string_they_hold() {
+        for text in [
+            r#""0x1234""#,
+            r#""0x0""#,
+            r#""0x""#,
+            r#""0xffffffffffffffff""#,
+            r#""0x10000000000000000""#,
+            r#""0x0000000000000000001""#,
+            r#""0xABCdef""#,
+            r#""0x12g4""#,
+            r#""0X12""#,
+            r#""0x+1""#,
+            r#""0x-1""#,
+            r#""0x 1""#,
+            r#""0x1\u0030""#,
+            r#""\u0030x10""#,
+            r#""""#,
+            r#""0xé""#,
+            "\"0x1\"",
+            "16",
+            "null",
+            "[\"0x1\"]",
+        ] {
+            let expected = serde_json::from_str::<&str>(text).ok().and_then(parse_hex);
+            assert_eq!(quantity(&raw(text)), expected, "{text}");
+        }
     }
 
     #[test]

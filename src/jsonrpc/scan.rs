@@ -407,7 +407,7 @@ impl<'a> Cursor<'a> {
 /// The index of the first byte in `text` that ends or interrupts a JSON string: a quote, a
 /// backslash or a control byte. Eight bytes at a time (serde_json's own trick), as strings
 /// are most of what a request body is.
-#[inline]
+#[inline(always)]
 pub(super) fn string_stop(text: &[u8]) -> Option<usize> {
     let mut offset = 0;
     while let Some(chunk) = text.get(offset..offset + 8) {

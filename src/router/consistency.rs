@@ -157,7 +157,31 @@ impl Plan {
     }
 
     /// Judges answer `i`; `pinned` says whether its tag was replaced by the served number.
+    #[inline]
     pub fn judge(
+        &self,
+        i: usize,
+        pinned: bool,
+        answer: &UpstreamResponse<'_>,
+        marks: &Marks,
+    ) -> Verdict {
+        // The answers judged most, inline: a plain read, or a block number without an error.
+        match (self.uses.get(i), answer.error, answer.result) {
+            (Some(Use::Plain), None, Some(result)) if result.get() != "null" => {
+                return Verdict::Fine
+            }
+            (Some(Use::BlockNumber), None, Some(result)) => {
+                if let Some(n) = tags::quantity(result) {
+                    return self.observed(Tag::Latest, n, None);
+                }
+            }
+            _ => {}
+        }
+        self.judge_any(i, pinned, answer, marks)
+    }
+
+    /// [`Plan::judge`] for every answer.
+    fn judge_any(
         &self,
         i: usize,
         pinned: bool,

@@ -304,3 +304,46 @@ fn a_batch_records_the_highest_number_per_tag_and_each_block() {
     plan.record(&[Verdict::Fine, Verdict::Lacking], &marks);
     assert_eq!(marks.snapshot(), [100, 0, 80]);
 }
+
+/// The inlined judgement of plain reads and block numbers gives the general one's verdict on
+/// every kind of answer.
+#[test]
+fn the_quick_judgement_agrees_with_the_general_one() {
+    let set = upstreams(&[(100, Some(90), Some(80))]);
+    let marks = Marks::default();
+    marks.observe(Tag::Latest, 50);
+    let fin = raw(r#"["finalized",false]"#);
+    let by_number = raw(r#"["0x10",false]"#);
+    let calls = [
+        call("eth_blockNumber", None),
+        call("eth_chainId", None),
+        call("eth_getBlockByNumber", Some(&fin)),
+        call("eth_getBlockByNumber", Some(&by_number)),
+    ];
+    let calls: Vec<&Call<'_>> = calls.iter().collect();
+    let plan = Plan::new(&calls, &marks, &set, 5);
+    for text in [
+        r#"{"id":0,"result":"0x40"}"#,
+        r#"{"id":0,"result":"0x20"}"#,
+        r#"{"id":0,"result":"0x"}"#,
+        r#"{"id":0,"result":"\u0030x40"}"#,
+        r#"{"id":0,"result":64}"#,
+        r#"{"id":0,"result":null}"#,
+        r#"{"id":0,"result":{"number":"0x40"}}"#,
+        r#"{"id":0,"error":{"code":-32000,"message":"header not found"}}"#,
+        r#"{"id":0,"error":{"code":-32000,"message":"execution reverted"}}"#,
+        r#"{"id":0,"error":null,"result":"0x40"}"#,
+        r#"{"id":0}"#,
+    ] {
+        let response = answer(text);
+        for i in 0..calls.len() {
+            for pinned in [false, true] {
+                assert_eq!(
+                    plan.judge(i, pinned, &response, &marks),
+                    plan.judge_any(i, pinned, &response, &marks),
+                    "call {i} pinned {pinned} on {text}"
+                );
+            }
+        }
+    }
+}

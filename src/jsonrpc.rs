@@ -195,7 +195,14 @@ pub fn encode_call(out: &mut Vec<u8>, id: u64, call: &Call<'_>, pin: Option<&Raw
         if let Some(digits) = digits.first_chunk_mut::<20>() {
             opening.copy_from_slice(OPENING);
             let len = OPENING.len() + write_u64(digits, id);
-            out.extend_from_slice(&head[..len]);
+            if out.capacity() - out.len() >= head.len() {
+                // The whole buffer at its fixed size (stores, no `memcpy` call), cut back.
+                let end = out.len() + len;
+                out.extend_from_slice(&head);
+                out.truncate(end);
+            } else {
+                out.extend_from_slice(&head[..len]);
+            }
             out.extend_from_slice(tail);
             return;
         }

@@ -332,11 +332,15 @@ fn compact_calls_are_forwarded_from_the_clients_text() {
         forwarded(calls[0], Some(&pin)),
         r#"{"jsonrpc":"2.0","id":7,"method":"eth_getBalance","params":["0x01","0x5"]}"#
     );
+    // Into a buffer without room to spare and into one with room (written differently).
     for id in [0, 9, 10, 99, 12345, u64::MAX] {
-        let mut tail = Vec::new();
-        encode_call(&mut tail, id, calls[1], None);
-        let mut exact = Vec::new();
-        encode_request(&mut exact, id, "eth_chainId", None);
-        assert_eq!(tail, exact, "id {id}");
+        for room in [0, 256] {
+            let mut tail = Vec::with_capacity(room);
+            tail.extend_from_slice(b"[");
+            encode_call(&mut tail, id, calls[1], None);
+            let mut exact = b"[".to_vec();
+            encode_request(&mut exact, id, "eth_chainId", None);
+            assert_eq!(tail, exact, "id {id}, room {room}");
+        }
     }
 }

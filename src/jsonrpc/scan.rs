@@ -40,6 +40,16 @@ impl<'a> Cursor<'a> {
         self.pos
     }
 
+    /// The text from `start` to `end`, `None` unless both are character boundaries (every
+    /// caller's are, at ASCII bytes). Written with `split_at_checked`, which inlines, where
+    /// `str::get` with a range was a call per span.
+    #[inline(always)]
+    fn span(&self, start: usize, end: usize) -> Option<&'a str> {
+        let (head, _) = self.text.split_at_checked(end)?;
+        let (_, span) = head.split_at_checked(start)?;
+        Some(span)
+    }
+
     /// The bytes from a position from [`Cursor::mark`] to the cursor.
     pub(super) fn since(&self, mark: usize) -> Option<&'a [u8]> {
         self.bytes().get(mark..self.pos)
@@ -103,7 +113,7 @@ impl<'a> Cursor<'a> {
         }
         self.pos = end + 1;
         // Both ends are at an ASCII quote, so both are character boundaries.
-        self.text.get(start..end)
+        self.span(start, end)
     }
 
     /// A non-negative integer of up to 19 digits at the cursor (every id ethgate sends, most
@@ -128,7 +138,7 @@ impl<'a> Cursor<'a> {
         if !valid {
             return None;
         }
-        let raw = mint(self.text.get(self.pos..self.pos + len)?)?;
+        let raw = mint(self.span(self.pos, self.pos + len)?)?;
         self.pos += len;
         Some((n, raw))
     }
@@ -141,7 +151,7 @@ impl<'a> Cursor<'a> {
         if self.bytes().get(self.pos..end) != Some(b"[]") {
             return None;
         }
-        let raw = mint(self.text.get(self.pos..end)?)?;
+        let raw = mint(self.span(self.pos, end)?)?;
         self.pos = end;
         Some(raw)
     }
@@ -154,7 +164,7 @@ impl<'a> Cursor<'a> {
         if !self.skip_plain_str() {
             self.skip_value()?;
         }
-        mint(self.text.get(start..self.pos)?)
+        mint(self.span(start, self.pos)?)
     }
 
     /// [`Cursor::raw`] with its common case, a plain string, inlined into the caller: for the
@@ -163,7 +173,7 @@ impl<'a> Cursor<'a> {
     pub(super) fn raw_value(&mut self) -> Option<&'a RawValue> {
         let start = self.pos;
         if self.skip_plain_str() {
-            return mint(self.text.get(start..self.pos)?);
+            return mint(self.span(start, self.pos)?);
         }
         self.raw()
     }

@@ -256,6 +256,7 @@ impl Plan {
         flush(&mut highest);
     }
 
+    #[inline]
     fn observed(&self, tag: Tag, number: u64, block: Option<Arc<str>>) -> Verdict {
         if number < self.marks[tag as usize] {
             Verdict::Behind(tag)

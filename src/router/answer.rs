@@ -70,6 +70,7 @@ enum Value {
 
 impl Value {
     /// `value`, a part of `answer`: copied when short, else a slice of it.
+    #[inline(always)]
     fn relayed(answer: &Bytes, value: &[u8]) -> Value {
         let Ok(len) = u8::try_from(value.len()) else {
             return Value::Shared(answer.slice_ref(value));
@@ -142,7 +143,9 @@ impl Answer {
     }
 
     /// The upstream's `response` (which borrows from `answer`) as relayed: its error when
-    /// that is not `null`, else its result, else a `null` result.
+    /// that is not `null`, else its result, else a `null` result. Inlined into the loop that
+    /// fills the answers, so each is built where it is stored.
+    #[inline(always)]
     fn relayed(answer: &Bytes, response: &UpstreamResponse<'_>) -> Answer {
         let (member, value) = match (response.error, response.result) {
             (Some(error), _) if error.get() != "null" => (Member::Error, error),

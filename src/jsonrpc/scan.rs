@@ -102,6 +102,7 @@ impl<'a> Cursor<'a> {
 
     /// A string without escapes, borrowed, at the cursor; `None` for anything else (an escape
     /// needs unescaping, which is serde's job).
+    #[inline(always)]
     pub(super) fn plain_str(&mut self) -> Option<&'a str> {
         if self.peek() != Some(b'"') {
             return None;

@@ -187,6 +187,7 @@ const OPENING: &[u8; 22] = b"{\"jsonrpc\":\"2.0\",\"id\":";
 /// Appends `call` as [`encode_request`] does, with ethgate's numeric id and `pin` (when set)
 /// in place of its params; a call decoded from the compact layout is its opening, the id and
 /// the client's own text after the id (which is what `encode_request` would write).
+#[inline]
 pub fn encode_call(out: &mut Vec<u8>, id: u64, call: &Call<'_>, pin: Option<&RawValue>) {
     if let (Some(tail), None) = (call.tail, pin) {
         // The opening and the id are assembled on the stack and copied at once.

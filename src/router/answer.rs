@@ -167,6 +167,7 @@ impl Answer {
     }
 
     /// Appends the response object under the client's `id`.
+    #[inline]
     pub fn write(&self, out: &mut Vec<u8>, id: &RawValue) {
         out.extend_from_slice(OPENING);
         out.extend_from_slice(id.get().as_bytes());

@@ -128,17 +128,16 @@ fn compact_request<'a>(cursor: &mut Cursor<'a>) -> Option<Decoded<'a>> {
     if !cursor.eat(b'}') {
         return None;
     }
-    let tail = cursor.since(tail)?;
-    let decoded = validate(Members {
+    Some(validate(Members {
         jsonrpc: Some(Text::Str(Cow::Borrowed("2.0"))),
         id: Some(id),
         method: Some(Text::Str(Cow::Borrowed(method))),
         params,
         repeated: false,
         repeated_id: false,
-    });
-    // Written exactly as `encode_request` writes a method without escapes and raw params.
-    Some(decoded.map(|call| call.with_tail(tail)))
+        // Written exactly as `encode_request` writes a method without escapes and raw params.
+        tail: Some(cursor.since(tail)?),
+    }))
 }
 
 /// The members of a request ethgate reads, in the order clients write them.

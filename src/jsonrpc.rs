@@ -13,7 +13,6 @@ mod element;
 mod exact;
 mod fast;
 mod scan;
-mod text;
 
 pub use fast::{batch_answer, single_answer};
 

@@ -80,6 +80,32 @@ pub struct Call<'a> {
     pub method: Cow<'a, str>,
     /// Parameters, exactly as sent.
     pub params: Option<&'a RawValue>,
+    /// What follows the id in the client's text when that is exactly what
+    /// [`encode_request`] writes after its id (`,"method":"M","params":P}`), so
+    /// [`encode_call`] forwards it in one copy. Set only by the decoder, which checked it.
+    tail: Option<&'a [u8]>,
+}
+
+impl<'a> Call<'a> {
+    /// A call made by ethgate itself (not decoded from a client's body).
+    pub fn new(
+        id: Option<&'a RawValue>,
+        method: Cow<'a, str>,
+        params: Option<&'a RawValue>,
+    ) -> Self {
+        Call {
+            id,
+            method,
+            params,
+            tail: None,
+        }
+    }
+
+    /// The call with `tail`, the client's text after its id (see the field).
+    fn with_tail(mut self, tail: &'a [u8]) -> Self {
+        self.tail = Some(tail);
+        self
+    }
 }
 
 /// -32003: an upstream answer over `server.max_response_bytes` (geth's code and wording).
@@ -155,9 +181,39 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::
     <&RawValue>::deserialize(d).map(Some)
 }
 
+/// How every request and response ethgate writes opens, before the id.
+const OPENING: &[u8; 22] = b"{\"jsonrpc\":\"2.0\",\"id\":";
+
+/// Appends `call` as [`encode_request`] does, with ethgate's numeric id and `pin` (when set)
+/// in place of its params; a call decoded from the compact layout is its opening, the id and
+/// the client's own text after the id (which is what `encode_request` would write).
+#[inline]
+pub fn encode_call(out: &mut Vec<u8>, id: u64, call: &Call<'_>, pin: Option<&RawValue>) {
+    if let (Some(tail), None) = (call.tail, pin) {
+        // The opening and the id are assembled on the stack and copied at once.
+        let mut head = [0u8; OPENING.len() + 20];
+        let (opening, digits) = head.split_at_mut(OPENING.len());
+        if let Some(digits) = digits.first_chunk_mut::<20>() {
+            opening.copy_from_slice(OPENING);
+            let len = OPENING.len() + write_u64(digits, id);
+            if out.capacity() - out.len() >= head.len() {
+                // The whole buffer at its fixed size (stores, no `memcpy` call), cut back.
+                let end = out.len() + len;
+                out.extend_from_slice(&head);
+                out.truncate(end);
+            } else {
+                out.extend_from_slice(&head[..len]);
+            }
+            out.extend_from_slice(tail);
+            return;
+        }
+    }
+    encode_request(out, id, &call.method, pin.or(call.params));
+}
+
 /// Appends `{"jsonrpc":"2.0","id":ID,"method":M,"params":P}` with ethgate's numeric id.
 pub fn encode_request(out: &mut Vec<u8>, id: u64, method: &str, params: Option<&RawValue>) {
-    out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
+    out.extend_from_slice(OPENING);
     push_u64(out, id);
     out.extend_from_slice(b",\"method\":");
     push_json_str(out, method);
@@ -170,20 +226,36 @@ pub fn encode_request(out: &mut Vec<u8>, id: u64, method: &str, params: Option<&
 
 /// Appends `n` in decimal: every forwarded call carries one, and `write!` costs several times
 /// as much through `fmt`.
-fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+fn push_u64(out: &mut Vec<u8>, n: u64) {
     let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        // `n % 10` is below 10, so the cast cannot truncate.
-        digits[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[start..]);
+    let len = write_u64(&mut digits, n);
+    out.extend_from_slice(&digits[..len]);
 }
+
+/// Writes `n` in decimal at the start of `out` (20 bytes hold any u64); returns its length.
+fn write_u64(out: &mut [u8; 20], mut n: u64) -> usize {
+    let mut len = 1;
+    while len < 20 && n >= POWERS[len] {
+        len += 1;
+    }
+    for slot in out[..len].iter_mut().rev() {
+        // `n % 10` is below 10, so the cast cannot truncate.
+        *slot = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    len
+}
+
+/// `10^i`: a u64 of `i` digits or fewer is below `POWERS[i]`.
+const POWERS: [u64; 20] = {
+    let mut powers = [1u64; 20];
+    let mut i = 1;
+    while i < 20 {
+        powers[i] = powers[i - 1] * 10;
+        i += 1;
+    }
+    powers
+};
 
 /// Appends `text` as a JSON string. Method names need no escaping in practice and are copied
 /// as they are; anything that needs escaping takes serde_json's escaper.

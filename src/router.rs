@@ -278,8 +278,7 @@ fn encode(calls: &[&Call<'_>], pins: &Pins, framing: Framing, base: u64) -> Vec<
         if i > 0 {
             out.push(b',');
         }
-        let params = pins.get(i).or(call.params);
-        jsonrpc::encode_request(&mut out, base + i as u64, &call.method, params);
+        jsonrpc::encode_call(&mut out, base + i as u64, call, pins.get(i));
     }
     if batch {
         out.push(b']');

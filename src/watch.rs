@@ -146,11 +146,7 @@ async fn poll(watched: Arc<Watched>, router: Arc<Router>, shutdown: Cancellation
 
 async fn fetch_balance(router: &Router, params: &RawValue) -> Result<u128, String> {
     let id = RawValue::from_string("1".into()).map_err(|e| e.to_string())?;
-    let call = Call {
-        id: Some(&id),
-        method: "eth_getBalance".into(),
-        params: Some(params),
-    };
+    let call = Call::new(Some(&id), "eth_getBalance".into(), Some(params));
     let replies = router
         .forward(&[&call], Framing::Single)
         .await

@@ -9,14 +9,21 @@ use serde_json::value::RawValue;
 
 use super::*;
 
-/// A decoded element as comparable text.
+/// A decoded element as comparable text, a call with the request ethgate forwards for it
+/// (as it stands, and with its params pinned), so the scanner's copy of the client's text
+/// after the id is held to what the exact decoder's call encodes to.
 fn describe(decoded: &Decoded<'_>) -> String {
     match decoded {
         Ok(call) => format!(
-            "call id={:?} method={:?} params={:?}",
+            "call id={:?} method={:?} params={:?} forwarded={} pinned={}",
             call.id.map(RawValue::get),
             call.method,
-            call.params.map(RawValue::get)
+            call.params.map(RawValue::get),
+            forwarded(call, None),
+            forwarded(
+                call,
+                Some(&RawValue::from_string("[\"0x1\"]".into()).unwrap())
+            ),
         ),
         Err(rejected) => format!(
             "rejected id={:?} error={:?}",
@@ -24,6 +31,13 @@ fn describe(decoded: &Decoded<'_>) -> String {
             rejected.error
         ),
     }
+}
+
+/// What [`encode_call`] writes for `call` as ethgate's call 7.
+fn forwarded(call: &Call<'_>, pin: Option<&RawValue>) -> String {
+    let mut out = Vec::new();
+    encode_call(&mut out, 7, call, pin);
+    String::from_utf8(out).expect("JSON text")
 }
 
 fn describe_all(result: &Result<Incoming<'_>, RpcError>) -> String {
@@ -244,7 +258,12 @@ fn a_member_name_the_single_pass_refuses_is_decoded_exactly() {
         items.iter().map(describe).collect::<Vec<_>>(),
         [
             format!("rejected id=None error={INVALID_REQUEST:?}"),
-            r#"call id=Some("2") method="m" params=None"#.to_string(),
+            concat!(
+                r#"call id=Some("2") method="m" params=None"#,
+                r#" forwarded={"jsonrpc":"2.0","id":7,"method":"m"}"#,
+                r#" pinned={"jsonrpc":"2.0","id":7,"method":"m","params":["0x1"]}"#
+            )
+            .to_string(),
         ]
     );
 }
@@ -283,5 +302,45 @@ fn the_scanner_reads_the_layouts_clients_send() {
             panic!("a batch");
         };
         assert!(items.iter().all(Result::is_ok), "every call is valid");
+    }
+}
+
+/// A call in the compact layout is forwarded as a copy of the client's text after its id,
+/// under ethgate's id, byte for byte what `encode_request` writes; a pin, or a layout that
+/// is not the compact one, is encoded member by member.
+#[test]
+fn compact_calls_are_forwarded_from_the_clients_text() {
+    let body = r#"[{"jsonrpc":"2.0","id":"a","method":"eth_getBalance","params":["0x01","latest"]},{"jsonrpc":"2.0","id":18446744073709551615,"method":"eth_chainId"},{"method":"m","id":2,"jsonrpc":"2.0"}]"#;
+    let Some(Ok(Incoming::Batch(items))) = super::fast::decode(body, 10) else {
+        panic!("the scanner reads this batch");
+    };
+    let calls: Vec<&Call<'_>> = items.iter().map(|i| i.as_ref().unwrap()).collect();
+    assert_eq!(
+        calls.iter().map(|c| c.tail.is_some()).collect::<Vec<_>>(),
+        [true, true, false]
+    );
+    assert_eq!(
+        forwarded(calls[0], None),
+        r#"{"jsonrpc":"2.0","id":7,"method":"eth_getBalance","params":["0x01","latest"]}"#
+    );
+    assert_eq!(
+        forwarded(calls[1], None),
+        r#"{"jsonrpc":"2.0","id":7,"method":"eth_chainId"}"#
+    );
+    let pin = RawValue::from_string(r#"["0x01","0x5"]"#.into()).unwrap();
+    assert_eq!(
+        forwarded(calls[0], Some(&pin)),
+        r#"{"jsonrpc":"2.0","id":7,"method":"eth_getBalance","params":["0x01","0x5"]}"#
+    );
+    // Into a buffer without room to spare and into one with room (written differently).
+    for id in [0, 9, 10, 99, 12345, u64::MAX] {
+        for room in [0, 256] {
+            let mut tail = Vec::with_capacity(room);
+            tail.extend_from_slice(b"[");
+            encode_call(&mut tail, id, calls[1], None);
+            let mut exact = b"[".to_vec();
+            encode_request(&mut exact, id, "eth_chainId", None);
+            assert_eq!(tail, exact, "id {id}, room {room}");
+        }
     }
 }

@@ -71,6 +71,8 @@ pub(super) struct Members<'a> {
     pub(super) repeated: bool,
     /// `id` appeared twice: the element is invalid and its id unusable.
     pub(super) repeated_id: bool,
+    /// The text after the id, when the scanner read the compact layout (see `Call::tail`).
+    pub(super) tail: Option<&'a [u8]>,
 }
 
 struct ElementVisitor;
@@ -168,10 +170,10 @@ pub(super) fn validate(m: Members<'_>) -> Decoded<'_> {
             return invalid();
         }
     }
-    Ok(Call {
-        id: m.id,
-        method,
-        params: m.params,
+    let call = Call::new(m.id, method, m.params);
+    Ok(match m.tail {
+        Some(tail) => call.with_tail(tail),
+        None => call,
     })
 }
 

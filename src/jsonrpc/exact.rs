@@ -118,9 +118,5 @@ fn validate(wire: WireRequest<'_>) -> Decoded<'_> {
             return Err(invalid);
         }
     }
-    Ok(Call {
-        id: wire.id,
-        method,
-        params: wire.params,
-    })
+    Ok(Call::new(wire.id, method, wire.params))
 }

@@ -57,6 +57,8 @@ fn batch(
 
 /// One request element, judged by [`validate`] as the single pass judges it; a value that is
 /// not an object is an invalid request without an id.
+/// The compact layout is read inline in the caller's loop; any other, called.
+#[inline(always)]
 fn element<'a>(cursor: &mut Cursor<'a>) -> Option<Decoded<'a>> {
     cursor.ws();
     let start = cursor.mark();
@@ -64,6 +66,12 @@ fn element<'a>(cursor: &mut Cursor<'a>) -> Option<Decoded<'a>> {
         return Some(decoded);
     }
     cursor.reset(start);
+    any_element(cursor)
+}
+
+/// [`element`] in any layout, the cursor at its start.
+#[inline(never)]
+fn any_element<'a>(cursor: &mut Cursor<'a>) -> Option<Decoded<'a>> {
     if cursor.peek() != Some(b'{') {
         cursor.skip_value()?;
         return Some(not_an_object());
@@ -98,6 +106,7 @@ fn element<'a>(cursor: &mut Cursor<'a>) -> Option<Decoded<'a>> {
 /// `jsonrpc` "2.0", `id`, `method` without escapes, then `params` if any, read with a few word
 /// comparisons. `None` at the first difference: the caller then reads the element member by
 /// member. Each member comes once here, so [`validate`] judges it as it would any layout.
+#[inline(always)]
 fn compact_request<'a>(cursor: &mut Cursor<'a>) -> Option<Decoded<'a>> {
     if !cursor.eat_word(b"{\"jsonrpc\":\"2.0\",\"id\":") {
         return None;
@@ -106,6 +115,7 @@ fn compact_request<'a>(cursor: &mut Cursor<'a>) -> Option<Decoded<'a>> {
         Some((_, id)) => id,
         None => cursor.raw()?,
     };
+    let tail = cursor.mark();
     if !cursor.eat_word(b",\"method\":") {
         return None;
     }
@@ -125,6 +135,8 @@ fn compact_request<'a>(cursor: &mut Cursor<'a>) -> Option<Decoded<'a>> {
         params,
         repeated: false,
         repeated_id: false,
+        // Written exactly as `encode_request` writes a method without escapes and raw params.
+        tail: Some(cursor.since(tail)?),
     }))
 }
 
@@ -135,7 +147,7 @@ const REQUEST_NAMES: [&[u8]; 4] = [b"\"jsonrpc\"", b"\"id\"", b"\"method\"", b"\
 const RESPONSE_NAMES: [&[u8]; 4] = [b"\"jsonrpc\"", b"\"id\"", b"\"result\"", b"\"error\""];
 
 /// The version every request and response carries, as written.
-const VERSION: &[u8] = b"\"2.0\"";
+const VERSION: &[u8; 5] = b"\"2.0\"";
 
 /// A member that must be a string: borrowed when it has no escapes (one that has is left to
 /// serde, which unescapes it), `null`, or any other value.
@@ -203,6 +215,7 @@ pub fn single_answer(body: &str) -> Option<UpstreamResponse<'_>> {
 
 /// A response in the layout geth and most servers write: compact, `jsonrpc` "2.0", `id`, then
 /// `result` or `error`; `None` at the first difference (see [`compact_request`]).
+#[inline(always)]
 fn compact_response<'a>(cursor: &mut Cursor<'a>) -> Option<(UpstreamResponse<'a>, Option<u64>)> {
     if !cursor.eat_word(b"{\"jsonrpc\":\"2.0\",\"id\":") {
         return None;
@@ -217,7 +230,7 @@ fn compact_response<'a>(cursor: &mut Cursor<'a>) -> Option<(UpstreamResponse<'a>
         error: None,
     };
     if cursor.eat_word(b",\"result\":") {
-        answer.result = Some(cursor.raw()?);
+        answer.result = Some(cursor.raw_value()?);
     } else if cursor.eat_word(b",\"error\":") {
         answer.error = Some(cursor.raw()?);
     } else {
@@ -228,6 +241,8 @@ fn compact_response<'a>(cursor: &mut Cursor<'a>) -> Option<(UpstreamResponse<'a>
 
 /// One response object's `id`, `result` and `error`, raw, other members skipped; with the
 /// numeric id when it was read on the way.
+/// The compact layout is read inline in the caller's loop; any other, called.
+#[inline(always)]
 fn response<'a>(cursor: &mut Cursor<'a>) -> Option<(UpstreamResponse<'a>, Option<u64>)> {
     cursor.ws();
     let start = cursor.mark();
@@ -235,6 +250,12 @@ fn response<'a>(cursor: &mut Cursor<'a>) -> Option<(UpstreamResponse<'a>, Option
         return Some(answer);
     }
     cursor.reset(start);
+    any_response(cursor)
+}
+
+/// [`response`] in any layout, the cursor at its start.
+#[inline(never)]
+fn any_response<'a>(cursor: &mut Cursor<'a>) -> Option<(UpstreamResponse<'a>, Option<u64>)> {
     let mut answer = UpstreamResponse {
         id: None,
         result: None,

@@ -40,6 +40,21 @@ impl<'a> Cursor<'a> {
         self.pos
     }
 
+    /// The text from `start` to `end`, `None` unless both are character boundaries (every
+    /// caller's are, at ASCII bytes). Written with `split_at_checked`, which inlines, where
+    /// `str::get` with a range was a call per span.
+    #[inline(always)]
+    fn span(&self, start: usize, end: usize) -> Option<&'a str> {
+        let (head, _) = self.text.split_at_checked(end)?;
+        let (_, span) = head.split_at_checked(start)?;
+        Some(span)
+    }
+
+    /// The bytes from a position from [`Cursor::mark`] to the cursor.
+    pub(super) fn since(&self, mark: usize) -> Option<&'a [u8]> {
+        self.bytes().get(mark..self.pos)
+    }
+
     /// Goes back to a position from [`Cursor::mark`].
     pub(super) fn reset(&mut self, mark: usize) {
         self.pos = mark;
@@ -87,6 +102,7 @@ impl<'a> Cursor<'a> {
 
     /// A string without escapes, borrowed, at the cursor; `None` for anything else (an escape
     /// needs unescaping, which is serde's job).
+    #[inline(always)]
     pub(super) fn plain_str(&mut self) -> Option<&'a str> {
         if self.peek() != Some(b'"') {
             return None;
@@ -98,7 +114,7 @@ impl<'a> Cursor<'a> {
         }
         self.pos = end + 1;
         // Both ends are at an ASCII quote, so both are character boundaries.
-        self.text.get(start..end)
+        self.span(start, end)
     }
 
     /// A non-negative integer of up to 19 digits at the cursor (every id ethgate sends, most
@@ -106,23 +122,24 @@ impl<'a> Cursor<'a> {
     #[inline(always)]
     pub(super) fn small_uint(&mut self) -> Option<(u64, &'a RawValue)> {
         let rest = self.bytes().get(self.pos..)?;
-        let len = rest
-            .iter()
-            .take(20)
-            .take_while(|b| b.is_ascii_digit())
-            .count();
+        // Read and summed in one pass; 19 digits cannot overflow a u64, a 20th declines.
+        let mut n: u64 = 0;
+        let mut len = 0;
+        while let Some(&digit @ b'0'..=b'9') = rest.get(len) {
+            if len == 19 {
+                return None;
+            }
+            n = n * 10 + u64::from(digit - b'0');
+            len += 1;
+        }
         // A leading zero must stand alone, and a fraction or exponent makes another number.
-        let valid = (1..=19).contains(&len)
+        let valid = len > 0
             && (rest.first() != Some(&b'0') || len == 1)
             && !matches!(rest.get(len), Some(b'.' | b'e' | b'E'));
         if !valid {
             return None;
         }
-        let digits = rest.get(..len)?;
-        let n = digits
-            .iter()
-            .fold(0, |n, digit| n * 10 + u64::from(digit - b'0'));
-        let raw = mint(self.text.get(self.pos..self.pos + len)?)?;
+        let raw = mint(self.span(self.pos, self.pos + len)?)?;
         self.pos += len;
         Some((n, raw))
     }
@@ -135,7 +152,7 @@ impl<'a> Cursor<'a> {
         if self.bytes().get(self.pos..end) != Some(b"[]") {
             return None;
         }
-        let raw = mint(self.text.get(self.pos..end)?)?;
+        let raw = mint(self.span(self.pos, end)?)?;
         self.pos = end;
         Some(raw)
     }
@@ -143,8 +160,42 @@ impl<'a> Cursor<'a> {
     /// The value at the cursor as a raw span of the text, checked as serde_json checks it.
     pub(super) fn raw(&mut self) -> Option<&'a RawValue> {
         let start = self.pos;
-        self.skip_value()?;
-        mint(self.text.get(start..self.pos)?)
+        // Most relayed values are strings without escapes (quantities, hashes): one scan
+        // to the closing quote; anything else is read by the general skip.
+        if !self.skip_plain_str() {
+            self.skip_value()?;
+        }
+        mint(self.span(start, self.pos)?)
+    }
+
+    /// [`Cursor::raw`] with its common case, a plain string, inlined into the caller: for the
+    /// one value each response carries.
+    #[inline(always)]
+    pub(super) fn raw_value(&mut self) -> Option<&'a RawValue> {
+        let start = self.pos;
+        if self.skip_plain_str() {
+            return mint(self.span(start, self.pos)?);
+        }
+        self.raw()
+    }
+
+    /// Skips a string without escapes or control bytes at the cursor; `false`, the cursor
+    /// unmoved, for anything else.
+    #[inline(always)]
+    fn skip_plain_str(&mut self) -> bool {
+        if self.peek() != Some(b'"') {
+            return false;
+        }
+        let start = self.pos + 1;
+        let Some(stop) = self.bytes().get(start..).and_then(string_stop) else {
+            return false;
+        };
+        let end = start + stop;
+        if self.bytes().get(end) != Some(&b'"') {
+            return false;
+        }
+        self.pos = end + 1;
+        true
     }
 
     /// Reads an object, calling `member` for each member (the cursor then at the value, which
@@ -200,15 +251,14 @@ impl<'a> Cursor<'a> {
         None
     }
 
-    /// Consumes `word` if it is written at the cursor (a literal value, say `"2.0"`).
-    #[inline]
-    pub(super) fn eat_word(&mut self, word: &[u8]) -> bool {
-        let next = self
-            .bytes()
-            .get(self.pos..)
-            .is_some_and(|rest| rest.starts_with(word));
+    /// Consumes `word` if it is written at the cursor (a literal value, say `"2.0"`). Its
+    /// length is a constant in every caller, so the comparison is a few word loads, not a
+    /// `memcmp` call.
+    #[inline(always)]
+    pub(super) fn eat_word<const N: usize>(&mut self, word: &[u8; N]) -> bool {
+        let next = self.bytes().get(self.pos..self.pos + N) == Some(&word[..]);
         if next {
-            self.pos += word.len();
+            self.pos += N;
         }
         next
     }
@@ -368,18 +418,16 @@ impl<'a> Cursor<'a> {
 /// The index of the first byte in `text` that ends or interrupts a JSON string: a quote, a
 /// backslash or a control byte. Eight bytes at a time (serde_json's own trick), as strings
 /// are most of what a request body is.
-#[inline]
+#[inline(always)]
 pub(super) fn string_stop(text: &[u8]) -> Option<usize> {
-    let mut chunks = text.chunks_exact(8);
     let mut offset = 0;
-    for chunk in &mut chunks {
+    while let Some(chunk) = text.get(offset..offset + 8) {
         if let Some(at) = word_stop(chunk) {
             return Some(offset + at);
         }
         offset += 8;
     }
-    let rest = chunks.remainder();
-    if rest.is_empty() {
+    if offset == text.len() {
         return None;
     }
     if offset > 0 {
@@ -388,7 +436,7 @@ pub(super) fn string_stop(text: &[u8]) -> Option<usize> {
         let last = text.len() - 8;
         return word_stop(text.get(last..)?).map(|at| last + at);
     }
-    rest.iter()
+    text.iter()
         .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
 }
 

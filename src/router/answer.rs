@@ -33,15 +33,92 @@ enum Member {
 }
 
 /// One response without its id: the front end writes it under the call's id straight into
-/// the reply body ([`Answer::write`]). A relayed value is a slice of the upstream's answer
-/// (a reference count, no copy), so a batch of n calls costs no n allocations here.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// the reply body ([`Answer::write`]). A relayed value is copied when short, else a slice of
+/// the upstream's answer (a reference count, no copy), so a batch of n calls costs no n
+/// allocations here.
+#[derive(Debug, Clone)]
 pub struct Answer {
     member: Member,
     /// The member's JSON value, exactly as the upstream wrote it or as ethgate made it.
-    value: Bytes,
+    value: Value,
     /// Whether it carries a JSON-RPC error.
     pub is_error: bool,
+}
+
+impl PartialEq for Answer {
+    fn eq(&self, other: &Answer) -> bool {
+        (self.member, self.value.as_bytes(), self.is_error)
+            == (other.member, other.value.as_bytes(), other.is_error)
+    }
+}
+
+impl Eq for Answer {}
+
+/// Values up to this long are copied out of the upstream's answer: a full 64-bit quantity
+/// (`"0x` and 16 digits `"`), `true`, `false`, `null` and small numbers.
+const INLINE: usize = 22;
+
+/// The bytes of an answer's value.
+#[derive(Debug, Clone)]
+enum Value {
+    /// A short relayed value, copied: cheaper than a reference count taken and released per
+    /// call, and the upstream's answer is not kept alive for it.
+    Inline { len: u8, bytes: [u8; INLINE] },
+    /// A longer relayed value (a slice of the upstream's answer) or one ethgate made.
+    Shared(Bytes),
+}
+
+impl Value {
+    /// `value`, a part of `answer`: copied when short, else a slice of it.
+    #[inline(always)]
+    fn relayed(answer: &Bytes, value: &[u8]) -> Value {
+        let Ok(len) = u8::try_from(value.len()) else {
+            return Value::Shared(answer.slice_ref(value));
+        };
+        if value.len() > INLINE {
+            return Value::Shared(answer.slice_ref(value));
+        }
+        // The whole window of INLINE bytes where the value starts in `answer` is copied when
+        // the answer holds it (a fixed-size copy, no `memcpy` call); only `len` are used.
+        let (base, at) = (answer.as_ptr() as usize, value.as_ptr() as usize);
+        let within = at >= base && at - base + value.len() <= answer.len();
+        let window = answer
+            .get(at.wrapping_sub(base)..)
+            .filter(|_| within)
+            .and_then(|rest| rest.first_chunk::<INLINE>());
+        let bytes = match window {
+            Some(window) => *window,
+            None => {
+                let mut bytes = [0; INLINE];
+                bytes[..value.len()].copy_from_slice(value);
+                bytes
+            }
+        };
+        Value::Inline { len, bytes }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Value::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Value::Shared(bytes) => bytes,
+        }
+    }
+
+    /// Appends the value to `out`.
+    #[inline(always)]
+    fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            // All INLINE bytes at a fixed size, then cut back to the value, where that
+            // needs no more room than `out` has (a body sized exactly must not grow).
+            Value::Inline { len, bytes } if out.capacity() - out.len() >= INLINE => {
+                let end = out.len() + usize::from(*len);
+                out.extend_from_slice(bytes);
+                out.truncate(end);
+            }
+            Value::Inline { .. } => out.extend_from_slice(self.as_bytes()),
+            Value::Shared(bytes) => out.extend_from_slice(bytes),
+        }
+    }
 }
 
 impl Answer {
@@ -49,7 +126,7 @@ impl Answer {
     pub fn result(value: impl Into<Bytes>) -> Answer {
         Answer {
             member: Member::Result,
-            value: value.into(),
+            value: Value::Shared(value.into()),
             is_error: false,
         }
     }
@@ -60,13 +137,15 @@ impl Answer {
         jsonrpc::encode_error_object(&mut value, error);
         Answer {
             member: Member::Error,
-            value: value.into(),
+            value: Value::Shared(value.into()),
             is_error: true,
         }
     }
 
     /// The upstream's `response` (which borrows from `answer`) as relayed: its error when
-    /// that is not `null`, else its result, else a `null` result.
+    /// that is not `null`, else its result, else a `null` result. Inlined into the loop that
+    /// fills the answers, so each is built where it is stored.
+    #[inline(always)]
     fn relayed(answer: &Bytes, response: &UpstreamResponse<'_>) -> Answer {
         let (member, value) = match (response.error, response.result) {
             (Some(error), _) if error.get() != "null" => (Member::Error, error),
@@ -74,7 +153,7 @@ impl Answer {
             _ => {
                 return Answer {
                     member: Member::Result,
-                    value: Bytes::from_static(b"null"),
+                    value: Value::Shared(Bytes::from_static(b"null")),
                     is_error: false,
                 }
             }
@@ -82,17 +161,22 @@ impl Answer {
         Answer {
             member,
             // `value` borrows from `answer` (parsed in place), so this is a sub-slice of it.
-            value: answer.slice_ref(value.get().as_bytes()),
+            value: Value::relayed(answer, value.get().as_bytes()),
             is_error: member == Member::Error,
         }
     }
 
     /// Appends the response object under the client's `id`.
+    #[inline]
     pub fn write(&self, out: &mut Vec<u8>, id: &RawValue) {
         out.extend_from_slice(OPENING);
         out.extend_from_slice(id.get().as_bytes());
-        out.extend_from_slice(self.member_name());
-        out.extend_from_slice(&self.value);
+        // Each name a constant of its own length: stores, not a `memcpy` call.
+        match self.member {
+            Member::Result => out.extend_from_slice(b",\"result\":"),
+            Member::Error => out.extend_from_slice(b",\"error\":"),
+        }
+        self.value.write(out);
         out.push(b'}');
     }
 
@@ -108,7 +192,7 @@ impl Answer {
     pub(super) fn verbatim(text: &str, is_error: bool) -> Answer {
         Answer {
             member: Member::Result,
-            value: Bytes::copy_from_slice(text.as_bytes()),
+            value: Value::Shared(Bytes::copy_from_slice(text.as_bytes())),
             is_error,
         }
     }
@@ -116,13 +200,14 @@ impl Answer {
     /// The member's value.
     #[cfg(test)]
     pub(super) fn value(&self) -> &[u8] {
-        &self.value
+        self.value.as_bytes()
     }
 
     /// The complete response object under the client's `id`.
     pub fn body(&self, id: &RawValue) -> Vec<u8> {
         // Exactly its size: the buffer becomes the answer's bytes without a copy or a grow.
-        let len = OPENING.len() + id.get().len() + self.member_name().len() + self.value.len() + 1;
+        let value = self.value.as_bytes();
+        let len = OPENING.len() + id.get().len() + self.member_name().len() + value.len() + 1;
         let mut out = Vec::with_capacity(len);
         self.write(&mut out, id);
         debug_assert_eq!(out.len(), len);
@@ -275,5 +360,44 @@ impl<'de> Visitor<'de> for BatchAnswer<'_, 'de> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Relayed values are written byte for byte whether short enough to be copied or long
+    /// enough to be shared, and an answer equals another with the same bytes however held.
+    #[test]
+    fn short_and_long_values_are_relayed_exactly() {
+        let long = format!("\"0x{}\"", "ab".repeat(32));
+        let body = Bytes::from(format!(
+            r#"[{{"id":0,"result":"0x1234"}},{{"id":1,"result":{long}}},{{"id":2,"result":"{}"}}]"#,
+            "1".repeat(INLINE - 2)
+        ));
+        let id = RawValue::from_string("\"client\"".into()).unwrap();
+        let calls: Vec<Call<'_>> = (0..3)
+            .map(|_| Call::new(Some(&id), "eth_x".into(), None))
+            .collect();
+        let calls: Vec<&Call<'_>> = calls.iter().collect();
+        let attempted = render(&body, 0, &calls, Framing::Batch, |_, _| Verdict::Fine).unwrap();
+        let bodies: Vec<String> = attempted
+            .rendered
+            .iter()
+            .map(|a| String::from_utf8(a.as_ref().unwrap().body(&id)).unwrap())
+            .collect();
+        let exact = |value: &str| format!(r#"{{"jsonrpc":"2.0","id":"client","result":{value}}}"#);
+        let edge = format!("\"{}\"", "1".repeat(INLINE - 2));
+        assert_eq!(bodies, [exact("\"0x1234\""), exact(&long), exact(&edge)]);
+        let answers: Vec<&Answer> = attempted.rendered.iter().flatten().collect();
+        assert!(matches!(answers[0].value, Value::Inline { .. }));
+        assert!(matches!(answers[1].value, Value::Shared(_)));
+        assert!(matches!(answers[2].value, Value::Inline { .. }));
+        assert_eq!(*answers[0], Answer::result("\"0x1234\""));
+        // A single answer's body is allocated at its exact size, never grown.
+        let single = answers[0].body(&id);
+        assert_eq!(single.capacity(), single.len());
+        assert_ne!(*answers[0], Answer::result("\"0x1235\""));
     }
 }

@@ -249,11 +249,7 @@ mod tests {
     use Acceptance::*;
 
     fn send<'a>(id: &'a RawValue) -> Call<'a> {
-        Call {
-            id: Some(id),
-            method: "eth_sendRawTransaction".into(),
-            params: None,
-        }
+        Call::new(Some(id), "eth_sendRawTransaction".into(), None)
     }
 
     #[test]
@@ -305,11 +301,7 @@ mod tests {
     fn a_send_only_known_already_is_answered_with_its_hash() {
         let id = RawValue::from_string("7".into()).unwrap();
         let raw = RawValue::from_string(r#"["0xf86c098504a817c800825208943535353535353535353535353535353535353535880de0b6b3a76400008025a028ef61340bd939bc2195fe537567866003e1a15d3c71ff63e1590620aa636276a067cbe9d8997f761aecb703304b3800ccf555c9f3dc64214b297fb1966a3b6d83"]"#.into()).unwrap();
-        let call = Call {
-            id: Some(&id),
-            method: "eth_sendRawTransaction".into(),
-            params: Some(&raw),
-        };
+        let call = Call::new(Some(&id), "eth_sendRawTransaction".into(), Some(&raw));
         let picked = choose(
             &[&call],
             vec![
@@ -367,11 +359,7 @@ mod tests {
     fn reads_in_a_batch_with_a_write_take_the_first_answer() {
         let id = RawValue::from_string("1".into()).unwrap();
         let write = send(&id);
-        let read = Call {
-            id: Some(&id),
-            method: "eth_blockNumber".into(),
-            params: None,
-        };
+        let read = Call::new(Some(&id), "eth_blockNumber".into(), None);
         let picked = choose(
             &[&read, &write],
             vec![

@@ -157,6 +157,7 @@ impl Plan {
     }
 
     /// Judges answer `i`; `pinned` says whether its tag was replaced by the served number.
+    #[inline]
     pub fn judge(
         &self,
         i: usize,
@@ -164,10 +165,35 @@ impl Plan {
         answer: &UpstreamResponse<'_>,
         marks: &Marks,
     ) -> Verdict {
-        let lacking = match answer.error_summary() {
-            Some((_, message)) if crate::policy::is_missing_data(&message) => true,
-            Some(_) => return Verdict::Fine,
-            None => answer.result.is_none_or(|r| r.get() == "null"),
+        // The answers judged most, inline: a plain read, or a block number without an error.
+        match (self.uses.get(i), answer.error, answer.result) {
+            (Some(Use::Plain), None, Some(result)) if result.get() != "null" => {
+                return Verdict::Fine
+            }
+            (Some(Use::BlockNumber), None, Some(result)) => {
+                if let Some(n) = tags::quantity(result) {
+                    return self.observed(Tag::Latest, n, None);
+                }
+            }
+            _ => {}
+        }
+        self.judge_any(i, pinned, answer, marks)
+    }
+
+    /// [`Plan::judge`] for every answer.
+    fn judge_any(
+        &self,
+        i: usize,
+        pinned: bool,
+        answer: &UpstreamResponse<'_>,
+        marks: &Marks,
+    ) -> Verdict {
+        let null_result = || answer.result.is_none_or(|r| r.get() == "null");
+        // Most answers carry no error: its summary (a parse) is read only when one is there.
+        let lacking = match answer.error.map(|_| answer.error_summary()) {
+            None | Some(None) => null_result(),
+            Some(Some((_, message))) if crate::policy::is_missing_data(&message) => true,
+            Some(Some(_)) => return Verdict::Fine,
         };
         match (self.uses[i], lacking) {
             // The tag was pinned to the served block: an upstream without it is behind that
@@ -185,30 +211,52 @@ impl Plan {
                 Some(n) => self.observed(Tag::Latest, n, None),
                 None => Verdict::Fine,
             },
-            (Use::BlockByTag { tag, full }, Some(result)) => match tags::block_number(result) {
-                Some(n) => {
-                    let keep = (n >= self.marks[tag as usize] && marks.wants_block(tag, full, n))
-                        .then(|| Arc::from(result.get()));
-                    self.observed(tag, n, keep)
-                }
-                None => Verdict::Fine,
-            },
+            (Use::BlockByTag { tag, full }, Some(result)) => {
+                self.judge_block(tag, full, result, marks)
+            }
             _ => Verdict::Fine,
+        }
+    }
+
+    /// [`Plan::judge`] for the block object answered for `tag`.
+    fn judge_block(&self, tag: Tag, full: bool, result: &RawValue, marks: &Marks) -> Verdict {
+        match tags::block_number(result) {
+            Some(n) => {
+                let keep = (n >= self.marks[tag as usize] && marks.wants_block(tag, full, n))
+                    .then(|| Arc::from(result.get()));
+                self.observed(tag, n, keep)
+            }
+            None => Verdict::Fine,
         }
     }
 
     /// Raises the marks for what the final answer served, keeping block objects.
     pub fn record(&self, verdicts: &[Verdict], marks: &Marks) {
+        // Observing is a max: a run of numbers is observed as its highest, one atomic update
+        // per tag rather than per call, flushed before a block is kept so that keeping sees
+        // the marks as a call-by-call record would.
+        let mut highest: [Option<u64>; 3] = [None; 3];
+        let flush = |highest: &mut [Option<u64>; 3]| {
+            for (tag, number) in Tag::ALL.into_iter().zip(highest.iter_mut()) {
+                if let Some(number) = number.take() {
+                    marks.observe(tag, number);
+                }
+            }
+        };
         for (u, verdict) in self.uses.iter().zip(verdicts) {
             if let Verdict::Observed { tag, number, block } = verdict {
-                marks.observe(*tag, *number);
+                let slot = &mut highest[*tag as usize];
+                *slot = Some(slot.map_or(*number, |h| h.max(*number)));
                 if let (Some(block), Use::BlockByTag { full, .. }) = (block, u) {
+                    flush(&mut highest);
                     marks.keep_block(*tag, *full, *number, block.clone());
                 }
             }
         }
+        flush(&mut highest);
     }
 
+    #[inline]
     fn observed(&self, tag: Tag, number: u64, block: Option<Arc<str>>) -> Verdict {
         if number < self.marks[tag as usize] {
             Verdict::Behind(tag)

@@ -44,11 +44,7 @@ fn raw(text: &str) -> Box<RawValue> {
 }
 
 fn call<'a>(method: &'a str, params: Option<&'a RawValue>) -> Call<'a> {
-    Call {
-        id: None,
-        method: method.into(),
-        params,
-    }
+    Call::new(None, method.into(), params)
 }
 
 fn answer(text: &str) -> UpstreamResponse<'_> {
@@ -272,4 +268,82 @@ fn a_pinned_tag_read_an_upstream_cannot_serve_is_behind_never_null() {
     );
     // Unpinned, a null tagged block is simply relayed.
     assert_eq!(plan.judge(0, false, &null, &marks), Verdict::Fine);
+}
+
+/// A batch's observations raise each tag's mark to its highest number (observed once per
+/// tag), and every block worth keeping is kept, whatever the order of the calls.
+#[test]
+fn a_batch_records_the_highest_number_per_tag_and_each_block() {
+    let set = upstreams(&[(100, Some(90), Some(80))]);
+    let marks = Marks::default();
+    let fin = raw(r#"["finalized",false]"#);
+    let (number, block) = (
+        call("eth_blockNumber", None),
+        call("eth_getBlockByNumber", Some(&fin)),
+    );
+    let calls = [&number, &block, &number, &number];
+    let plan = Plan::new(&calls, &marks, &set, 5);
+    let verdicts: Vec<Verdict> = [
+        r#"{"id":0,"result":"0x63"}"#,
+        r#"{"id":1,"result":{"number":"0x50"}}"#,
+        r#"{"id":2,"result":"0x64"}"#,
+        r#"{"id":3,"result":"0x62"}"#,
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, text)| plan.judge(i, false, &answer(text), &marks))
+    .collect();
+    plan.record(&verdicts, &marks);
+    assert_eq!(marks.get(Tag::Latest), 100);
+    assert_eq!(marks.get(Tag::Finalized), 80);
+    assert_eq!(
+        marks.block(Tag::Finalized, false, 80).as_deref(),
+        Some(r#"{"number":"0x50"}"#)
+    );
+    // Recording nothing observed leaves the marks as they are.
+    plan.record(&[Verdict::Fine, Verdict::Lacking], &marks);
+    assert_eq!(marks.snapshot(), [100, 0, 80]);
+}
+
+/// The inlined judgement of plain reads and block numbers gives the general one's verdict on
+/// every kind of answer.
+#[test]
+fn the_quick_judgement_agrees_with_the_general_one() {
+    let set = upstreams(&[(100, Some(90), Some(80))]);
+    let marks = Marks::default();
+    marks.observe(Tag::Latest, 50);
+    let fin = raw(r#"["finalized",false]"#);
+    let by_number = raw(r#"["0x10",false]"#);
+    let calls = [
+        call("eth_blockNumber", None),
+        call("eth_chainId", None),
+        call("eth_getBlockByNumber", Some(&fin)),
+        call("eth_getBlockByNumber", Some(&by_number)),
+    ];
+    let calls: Vec<&Call<'_>> = calls.iter().collect();
+    let plan = Plan::new(&calls, &marks, &set, 5);
+    for text in [
+        r#"{"id":0,"result":"0x40"}"#,
+        r#"{"id":0,"result":"0x20"}"#,
+        r#"{"id":0,"result":"0x"}"#,
+        r#"{"id":0,"result":"\u0030x40"}"#,
+        r#"{"id":0,"result":64}"#,
+        r#"{"id":0,"result":null}"#,
+        r#"{"id":0,"result":{"number":"0x40"}}"#,
+        r#"{"id":0,"error":{"code":-32000,"message":"header not found"}}"#,
+        r#"{"id":0,"error":{"code":-32000,"message":"execution reverted"}}"#,
+        r#"{"id":0,"error":null,"result":"0x40"}"#,
+        r#"{"id":0}"#,
+    ] {
+        let response = answer(text);
+        for i in 0..calls.len() {
+            for pinned in [false, true] {
+                assert_eq!(
+                    plan.judge(i, pinned, &response, &marks),
+                    plan.judge_any(i, pinned, &response, &marks),
+                    "call {i} pinned {pinned} on {text}"
+                );
+            }
+        }
+    }
 }

@@ -89,17 +89,31 @@ const BLOCK_PARAM: &[(&str, usize, bool)] = &[
 const DEFAULTS_TO_LATEST: &[&str] = &["eth_call", "eth_estimateGas"];
 
 /// Classifies one call.
+#[inline]
 pub fn classify(method: &str, params: Option<&RawValue>) -> Use {
+    // Every call of a request is classified: the common answers need no params read and
+    // stay inline, the rest (a parse of the params) is called.
     if method == "eth_blockNumber" {
         return Use::BlockNumber;
     }
     if method == "eth_getLogs" {
         return classify_filter(params);
     }
-    let Some(&(_, position, null_means_missing)) = BLOCK_PARAM.iter().find(|(m, ..)| *m == method)
-    else {
-        return Use::Plain;
-    };
+    match BLOCK_PARAM.iter().find(|(m, ..)| *m == method) {
+        Some(&(_, position, null_means_missing)) => {
+            classify_block_param(method, params, position, null_means_missing)
+        }
+        None => Use::Plain,
+    }
+}
+
+/// [`classify`] for a method whose param at `position` names a block.
+fn classify_block_param(
+    method: &str,
+    params: Option<&RawValue>,
+    position: usize,
+    null_means_missing: bool,
+) -> Use {
     let list: Vec<Value> = params
         .and_then(|p| serde_json::from_str(p.get()).ok())
         .unwrap_or_default();
@@ -181,16 +195,38 @@ fn parse_hex(text: &str) -> Option<u64> {
     if digits.is_empty() || digits.len() > 16 || digits.starts_with('+') {
         return u64::from_str_radix(digits, 16).ok();
     }
-    digits.bytes().try_fold(0u64, |n, digit| {
-        let value = match digit {
-            b'0'..=b'9' => digit - b'0',
-            b'a'..=b'f' => digit - b'a' + 10,
-            b'A'..=b'F' => digit - b'A' + 10,
-            _ => return None,
-        };
-        Some(n << 4 | u64::from(value))
+    short_hex(digits.as_bytes())
+}
+
+/// 1 to 16 hex digits read directly; `None` for anything else.
+#[inline(always)]
+fn short_hex(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 16 {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &digit| {
+        let value = HEX[usize::from(digit)];
+        (value < 16).then_some(n << 4 | u64::from(value))
     })
 }
+
+/// The value of each hex digit by byte, 16 or more for a byte that is not one: a load per
+/// digit instead of three range tests.
+const HEX: [u8; 256] = {
+    let mut table = [0xff; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        table[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
 
 /// The `number` of a block object answer (`None` for `null` or anything else).
 pub fn block_number(result: &RawValue) -> Option<u64> {
@@ -204,8 +240,15 @@ pub fn block_number(result: &RawValue) -> Option<u64> {
 }
 
 /// A hex quantity answer such as `eth_blockNumber`'s.
+#[inline]
 pub fn quantity(result: &RawValue) -> Option<u64> {
     let raw = result.get();
+    // `"0x` and up to 16 hex digits: nearly every answer read here, read inline.
+    if let [b'"', b'0', b'x', digits @ .., b'"'] = raw.as_bytes() {
+        if let Some(number) = short_hex(digits) {
+            return Some(number);
+        }
+    }
     // A raw value that opens with a quote is a whole JSON string; without a backslash its
     // text is what lies between the quotes, so the common answer skips a parser round. Hex
     // digits hold no backslash: the text is tried first, the backslash looked for only if
@@ -457,6 +500,37 @@ mod tests {
             1
         )
         .is_none());
+    }
+
+    /// Quantity answers, read inline or not, as the library's reading of the string and
+    /// [`parse_hex`] read them.
+    #[test]
+    fn quantities_read_as_the_string_they_hold() {
+        for text in [
+            r#""0x1234""#,
+            r#""0x0""#,
+            r#""0x""#,
+            r#""0xffffffffffffffff""#,
+            r#""0x10000000000000000""#,
+            r#""0x0000000000000000001""#,
+            r#""0xABCdef""#,
+            r#""0x12g4""#,
+            r#""0X12""#,
+            r#""0x+1""#,
+            r#""0x-1""#,
+            r#""0x 1""#,
+            r#""0x1\u0030""#,
+            r#""\u0030x10""#,
+            r#""""#,
+            r#""0xé""#,
+            "\"0x1\"",
+            "16",
+            "null",
+            "[\"0x1\"]",
+        ] {
+            let expected = serde_json::from_str::<&str>(text).ok().and_then(parse_hex);
+            assert_eq!(quantity(&raw(text)), expected, "{text}");
+        }
     }
 
     #[test]

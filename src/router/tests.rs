@@ -5,11 +5,7 @@ use serde_json::value::RawValue;
 use super::*;
 
 fn call<'a>(id: Option<&'a RawValue>, method: &'a str) -> Call<'a> {
-    Call {
-        id,
-        method: method.into(),
-        params: None,
-    }
+    Call::new(id, method.into(), None)
 }
 
 fn raw(text: &str) -> Box<RawValue> {

@@ -119,8 +119,11 @@ pub struct Router {
 /// One upstream's answer to an attempt, rendered, with a verdict per call.
 pub(crate) struct Attempted {
     rendered: Rendered,
-    verdicts: Vec<Verdict>,
+    verdicts: Verdicts,
 }
+
+/// One verdict per call, held inline for a single call: no allocation for the common case.
+type Verdicts = smallvec::SmallVec<[Verdict; 1]>;
 
 impl Attempted {
     fn wants_retry(&self) -> bool {

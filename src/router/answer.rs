@@ -9,8 +9,8 @@ use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
 use super::consistency::Verdict;
-use super::Attempted;
 use super::Framing;
+use super::{Attempted, Verdicts};
 use crate::jsonrpc::{self, Call, RpcError, UpstreamResponse};
 
 /// How every response ethgate writes opens, before the client's id.
@@ -250,7 +250,7 @@ pub(super) fn render(
     mut judge: impl FnMut(usize, &UpstreamResponse<'_>) -> Verdict,
 ) -> Result<Attempted, String> {
     let answers = match_answers(body, base, calls.len(), framing)?;
-    let mut verdicts = Vec::with_capacity(calls.len());
+    let mut verdicts = Verdicts::with_capacity(calls.len());
     let mut rendered = Vec::with_capacity(calls.len());
     for (i, (call, answer)) in calls.iter().zip(&answers).enumerate() {
         if answer.result.is_none() && answer.error.is_none() {
@@ -270,24 +270,27 @@ fn match_answers(
     base: u64,
     n: usize,
     framing: Framing,
-) -> Result<Vec<UpstreamResponse<'_>>, String> {
+) -> Result<Responses<'_>, String> {
     // UTF-8 checked once for the whole answer rather than by serde_json string by string.
     let body = std::str::from_utf8(body).map_err(|e| format!("not a JSON-RPC answer: {e}"))?;
     // The hand-written scanner reads well-formed answers; anything else, serde reads and
     // reports on.
     if framing == Framing::Single {
         if let Some(answer) = jsonrpc::single_answer(body) {
-            return Ok(vec![answer]);
+            return Ok(smallvec::smallvec![answer]);
         }
         let answer =
             serde_json::from_str(body).map_err(|e| format!("not a JSON-RPC answer: {e}"))?;
-        return Ok(vec![answer]);
+        return Ok(smallvec::smallvec![answer]);
     }
     if let Some(answers) = jsonrpc::batch_answer(body, base, n) {
-        return Ok(answers);
+        return Ok(Responses::from_vec(answers));
     }
-    serde_batch_answer(body, base, n)
+    serde_batch_answer(body, base, n).map(Responses::from_vec)
 }
+
+/// The upstream's answers in call order; a single call's is held inline (no allocation).
+type Responses<'a> = smallvec::SmallVec<[UpstreamResponse<'a>; 1]>;
 
 /// [`match_answers`] for a batch answer by serde: the reference the scanner is tested
 /// against, and the reader of every answer the scanner leaves (with the reason it is wrong).

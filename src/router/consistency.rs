@@ -46,9 +46,13 @@ impl Verdict {
     }
 }
 
+/// Candidates in the order to try them; a few held inline, so no allocation per call.
+pub type Ordered<'u> = smallvec::SmallVec<[&'u Arc<Upstream>; 4]>;
+
 /// What the router knows about one request before trying upstreams.
 pub struct Plan {
-    uses: Vec<Use>,
+    /// Held inline for a single call: no allocation for the common case.
+    uses: smallvec::SmallVec<[Use; 1]>,
     /// The marks in force for this request, by [`Tag`] index.
     marks: [u64; 3],
     /// The served head or the best in-rotation head, whichever is higher.
@@ -63,7 +67,7 @@ impl Plan {
     /// Classifies `calls` and reads the marks in force (releasing one no upstream is within
     /// `bound` of; see [`Marks::enforced`]).
     pub fn new(calls: &[&Call<'_>], marks: &Marks, upstreams: &Upstreams, bound: u64) -> Plan {
-        let uses: Vec<Use> = calls
+        let uses: smallvec::SmallVec<[Use; 1]> = calls
             .iter()
             .map(|c| tags::classify(&c.method, c.params))
             .collect();
@@ -114,10 +118,10 @@ impl Plan {
         &self,
         candidates: impl IntoIterator<Item = &'u Arc<Upstream>>,
         upstreams: &Upstreams,
-    ) -> Vec<&'u Arc<Upstream>> {
+    ) -> Ordered<'u> {
         let bound = upstreams.health_config().max_lag_blocks;
         // Each head read once: a probe may move it while the list is sorted.
-        let mut usable: Vec<_> = candidates
+        let mut usable: smallvec::SmallVec<[_; 4]> = candidates
             .into_iter()
             .filter(|u| !self.reads_tags || fit_for_tags(u, self.marks, bound))
             .map(|u| (u.head() < self.wanted_head, u))

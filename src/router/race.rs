@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::consistency::Plan;
+use super::consistency::{Ordered, Plan};
 use super::{final_error, AttemptError, Attempted, Calls, Framing, Rendered, Router};
 use crate::jsonrpc::{Call, RpcError};
 use crate::metrics::{FailoverKind, HedgeResult};
@@ -44,7 +44,7 @@ struct Finished<'r> {
 struct Race<'r> {
     router: &'r Router,
     upstreams: &'r Upstreams,
-    order: std::vec::IntoIter<&'r Arc<Upstream>>,
+    order: <Ordered<'r> as IntoIterator>::IntoIter,
     /// Upstreams with an attempt in flight.
     in_flight: Vec<&'r Arc<Upstream>>,
     failures: Vec<(&'r Upstream, AttemptError)>,

@@ -12,13 +12,14 @@ use std::task::{Context, Poll};
 use futures_util::task::{waker_ref, ArcWake, AtomicWaker};
 
 /// Polls what it wraps only when that asked to be polled again (its own waker fired) or
-/// last returned something. The session task wakes for every outgoing message; re-polling
-/// everything it waits on each time costs more than the message itself.
+/// last returned something. A task that wakes often (a WebSocket session for every outgoing
+/// message, a connection several times per request) would otherwise re-poll everything it
+/// waits on each time, at more cost than the message itself.
 pub(crate) struct Gate {
     woken: Arc<Woken>,
 }
 
-/// The wrapped future's or stream's own waker: notes that it fired, then wakes the session.
+/// The wrapped future's or stream's own waker: notes that it fired, then wakes the task.
 struct Woken {
     fired: AtomicBool,
     task: AtomicWaker,

@@ -96,3 +96,37 @@ async fn reading_pauses_at_32_calls_in_flight_and_resumes_as_they_finish() {
     assert_eq!(ids, (0..sent).collect(), "each call answered once");
     assert_eq!(a.calls("eth_call"), sent as usize);
 }
+
+#[tokio::test]
+async fn messages_far_larger_than_the_read_buffer_whole_or_in_fragments_arrive_intact() {
+    let a = MockUpstream::start().await;
+    a.set_head(10);
+    let gw = single(&a).await;
+    let mut client = WsClient::connect(&gw.ws_url()).await;
+    // The session's read buffer starts at 1 KiB: these are 200 times that and more.
+    let data = |byte: &str| format!("0x{}", byte.repeat(100_000));
+    let call = |id: u64, data: &str| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "eth_call",
+               "params": [{"to": ADDRESS, "data": data}, "latest"]})
+        .to_string()
+    };
+    client.send(&call(1, &data("ab"))).await;
+    client.send_fragmented(&call(2, &data("cd")), 37).await;
+    let mut ids = answer_ids(&mut client, 2).await;
+    ids.sort_unstable();
+    assert_eq!(ids, [1, 2]);
+    let sent: Vec<Value> = a
+        .requests_with("eth_call")
+        .iter()
+        .flat_map(|r| &r.calls)
+        .map(|c| c.params[0]["data"].clone())
+        .collect();
+    assert_eq!(
+        sent,
+        [json!(data("ab")), json!(data("cd"))],
+        "params altered"
+    );
+    // The session goes on reading small calls after the large ones.
+    eth_call(&mut client, 3).await;
+    assert_eq!(answer_ids(&mut client, 1).await, [3]);
+}

@@ -42,6 +42,21 @@ impl WsClient {
             .expect("send");
     }
 
+    /// Sends `text` as one text message cut into `pieces` frames (a start and continuations).
+    pub async fn send_fragmented(&mut self, text: &str, pieces: usize) {
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+        use tokio_tungstenite::tungstenite::protocol::frame::Frame as WireFrame;
+        let bytes = text.as_bytes();
+        let size = bytes.len().div_ceil(pieces);
+        let chunks: Vec<&[u8]> = bytes.chunks(size).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let opcode = OpCode::Data(if i == 0 { Data::Text } else { Data::Continue });
+            let frame = WireFrame::message(chunk.to_vec(), opcode, i + 1 == chunks.len());
+            self.socket.feed(Message::Frame(frame)).await.expect("send");
+        }
+        self.socket.flush().await.expect("flush");
+    }
+
     /// Sends a call with `id`.
     pub async fn call(&mut self, id: Value, method: &str, params: Value) {
         let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});

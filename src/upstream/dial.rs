@@ -30,17 +30,7 @@ pub async fn dial_ws_with(
     connect_timeout: Duration,
     ws_config: Option<WebSocketConfig>,
 ) -> Result<UpstreamSocket, String> {
-    let uri = upstream
-        .ws
-        .as_ref()
-        .ok_or_else(|| "no ws endpoint".to_string())?;
-    let mut request = uri
-        .clone()
-        .into_client_request()
-        .map_err(|e| format!("invalid ws request: {e}"))?;
-    for (name, value) in sensitive_headers(&upstream.headers) {
-        request.headers_mut().insert(name, value);
-    }
+    let (uri, request) = handshake_request(upstream)?;
     let connector = if uri.scheme_str() == Some("wss") {
         // Read per dial rather than once: a renewed client certificate is picked up on the
         // next reconnect, and reconnects are rare.
@@ -55,6 +45,28 @@ pub async fn dial_ws_with(
         Ok(Err(error)) => Err(describe(&error)),
         Ok(Ok((socket, _))) => Ok(socket),
     }
+}
+
+/// The upstream's `ws` URL and the handshake request for it, carrying the upstream's headers
+/// (credentials among them, marked sensitive). Shared by the feed's dial and the call mux's.
+pub(super) fn handshake_request(
+    upstream: &UpstreamConfig,
+) -> Result<
+    (
+        &http::Uri,
+        tokio_tungstenite::tungstenite::handshake::client::Request,
+    ),
+    String,
+> {
+    let uri = upstream.ws.as_ref().ok_or("no ws endpoint")?;
+    let mut request = uri
+        .clone()
+        .into_client_request()
+        .map_err(|e| format!("invalid ws request: {e}"))?;
+    for (name, value) in sensitive_headers(&upstream.headers) {
+        request.headers_mut().insert(name, value);
+    }
+    Ok((uri, request))
 }
 
 /// A handshake error as text, with its sources (the TLS reason sits in a source).

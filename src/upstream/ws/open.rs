@@ -10,12 +10,11 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls::pki_types::ServerName;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::generate_request;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::MaybeTlsStream;
 
-use super::super::http::sensitive_headers;
+use super::super::dial::handshake_request;
 use crate::config::UpstreamConfig;
 
 /// An open upstream WebSocket, past its handshake.
@@ -39,14 +38,7 @@ pub(super) async fn open(
 }
 
 async fn open_now(upstream: &UpstreamConfig) -> Result<(Stream, BytesMut), String> {
-    let uri = upstream.ws.as_ref().ok_or("no ws endpoint")?;
-    let mut request = uri
-        .clone()
-        .into_client_request()
-        .map_err(|e| format!("invalid ws request: {e}"))?;
-    for (name, value) in sensitive_headers(&upstream.headers) {
-        request.headers_mut().insert(name, value);
-    }
+    let (uri, request) = handshake_request(upstream)?;
     let (request, key) =
         generate_request(request).map_err(|e| format!("invalid ws request: {e}"))?;
     let host = uri.host().ok_or("invalid ws request: no host")?;

@@ -15,7 +15,7 @@ use tokio::runtime::Runtime;
 
 pub mod stats;
 #[allow(unused_imports)] // each bench binary uses its own part.
-pub use stats::{closed_loop, rss_kib, Point, Record, Stats, CELLS_HEADER, VERSUS_HEADER};
+pub use stats::{closed_loop, rss_kib, CpuUse, Point, Record, Stats, CELLS_HEADER, VERSUS_HEADER};
 
 pub struct Pinned {
     pub rt: Runtime,
@@ -103,6 +103,29 @@ pub fn task_cpu_time(dir: &str) -> Duration {
         .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<u64>().ok()))
         .sum();
     Duration::from_millis(ticks * 10)
+}
+
+/// Time one task (`/proc/.../task/TID`) spent in the kernel, from `stat` (clock ticks of
+/// 10 ms: over a window of seconds, precise to a few percent).
+pub fn task_kernel_time(dir: &str) -> Duration {
+    let text = std::fs::read_to_string(format!("{dir}/stat")).unwrap_or_default();
+    let stime = text
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(12))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    Duration::from_millis(stime * 10)
+}
+
+/// Kernel time of every current thread of process `pid`.
+pub fn process_kernel_time(pid: u32) -> Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Duration::ZERO;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .map(|t| task_kernel_time(&t.path().to_string_lossy()))
+        .sum()
 }
 
 /// On-CPU time of every current thread of process `pid`.

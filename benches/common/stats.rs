@@ -44,18 +44,46 @@ pub struct Point {
     pub proxy_cpu: Duration,
     /// On-CPU time of the backend during the window.
     pub backend_cpu: Duration,
+    /// The part of `proxy_cpu` spent in the kernel, where measured.
+    pub proxy_kernel: Option<Duration>,
+}
+
+/// CPU used inside a window, or a sample of the counters at its edges.
+#[derive(Clone, Copy, Default)]
+pub struct CpuUse {
+    /// The proxy's on-CPU time (zero when there is none).
+    pub proxy: Duration,
+    /// The backend's on-CPU time.
+    pub backend: Duration,
+    /// The proxy's kernel time, where measured.
+    pub proxy_kernel: Option<Duration>,
+}
+
+impl CpuUse {
+    /// What was used between the samples `self` and `later`.
+    fn until(self, later: CpuUse) -> CpuUse {
+        CpuUse {
+            proxy: later.proxy.saturating_sub(self.proxy),
+            backend: later.backend.saturating_sub(self.backend),
+            proxy_kernel: later
+                .proxy_kernel
+                .zip(self.proxy_kernel)
+                .map(|(after, before)| after.saturating_sub(before)),
+        }
+    }
 }
 
 impl Point {
     /// The clients' records merged; prints the first wrong answer under `label`.
-    pub fn merge(label: &str, records: Vec<Record>, window: Duration, cpu: [Duration; 2]) -> Point {
+    pub fn merge(label: &str, records: Vec<Record>, window: Duration, cpu: CpuUse) -> Point {
         let mut point = Point {
             latencies_ns: Vec::new(),
             window,
             errors: 0,
             first_error: None,
-            proxy_cpu: cpu[0],
-            backend_cpu: cpu[1],
+            proxy_cpu: cpu.proxy,
+            backend_cpu: cpu.backend,
+            proxy_kernel: cpu.proxy_kernel,
         };
         for record in records {
             point.latencies_ns.extend(record.latencies_ns);
@@ -70,6 +98,7 @@ impl Point {
 }
 
 /// Points of one configuration pooled together.
+#[derive(Clone)]
 pub struct Stats {
     /// Operations per second over every window.
     pub rate: f64,
@@ -85,6 +114,8 @@ pub struct Stats {
     pub proxy_us: f64,
     /// CPU µs per operation of the backend.
     pub backend_us: f64,
+    /// Of `proxy_us`, the µs spent in the kernel, where measured.
+    pub proxy_kernel_us: Option<f64>,
 }
 
 impl Stats {
@@ -117,6 +148,11 @@ impl Stats {
             errors: points.iter().map(|p| p.errors).sum(),
             proxy_us: per_operation(points.iter().map(|p| p.proxy_cpu).sum()),
             backend_us: per_operation(points.iter().map(|p| p.backend_cpu).sum()),
+            proxy_kernel_us: points
+                .iter()
+                .map(|p| p.proxy_kernel)
+                .sum::<Option<Duration>>()
+                .map(per_operation),
         }
     }
 }
@@ -136,15 +172,15 @@ pub fn rss_kib(pid: u32) -> (u64, u64) {
 }
 
 /// Runs `clients` closed-loop clients: each starts shortly, warms up for `warmup`, and records
-/// for `window`; `cpu` is sampled at the window's edges (proxy, backend). Returns the records
-/// and the CPU each side used inside the window.
+/// for `window`; `cpu` is sampled at the window's edges. Returns the records and the CPU each
+/// side used inside the window.
 pub async fn closed_loop<F, Fut>(
     clients: usize,
     warmup: Duration,
     window: Duration,
-    cpu: impl Fn() -> [Duration; 2],
+    cpu: impl Fn() -> CpuUse,
     client: F,
-) -> anyhow::Result<(Vec<Record>, [Duration; 2])>
+) -> anyhow::Result<(Vec<Record>, CpuUse)>
 where
     F: Fn(Instant, Instant) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<Record>> + Send + 'static,
@@ -164,11 +200,7 @@ where
     tokio::time::sleep_until(measure_from.into()).await;
     let before = cpu();
     tokio::time::sleep_until(end.into()).await;
-    let after = cpu();
-    let used = [
-        after[0].saturating_sub(before[0]),
-        after[1].saturating_sub(before[1]),
-    ];
+    let used = before.until(cpu());
     let mut records = Vec::with_capacity(clients);
     for task in tasks {
         records.push(task.await??);
@@ -185,9 +217,10 @@ impl Stats {
     /// CPU per operation (`-` without a proxy), the backend's, and the errors.
     pub fn cells(&self, with_proxy: bool) -> String {
         let rounds: Vec<String> = self.round_rates.iter().map(|&r| super::kilo(r)).collect();
-        let proxy = match with_proxy {
-            true => format!("{:.1}", self.proxy_us),
-            false => "-".into(),
+        let proxy = match (with_proxy, self.proxy_kernel_us) {
+            (true, Some(kernel)) => format!("{:.1} (sys {kernel:.1})", self.proxy_us),
+            (true, None) => format!("{:.1}", self.proxy_us),
+            (false, _) => "-".into(),
         };
         format!(
             "{:>8} {:>15} {:>8.1} {:>8.1} {:>8.1} {:>8.0} {:>16} {:>12.1} {:>4}",

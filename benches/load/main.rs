@@ -235,9 +235,10 @@ fn measure(
     });
     let addr = target.addr;
     let window = plan.measure;
-    let cpu = || {
-        let proxy = target.proxy.map(Pinned::cpu_time).unwrap_or_default();
-        [proxy, backend_rt.cpu_time()]
+    let cpu = || CpuUse {
+        proxy: target.proxy.map(Pinned::cpu_time).unwrap_or_default(),
+        backend: backend_rt.cpu_time(),
+        proxy_kernel: None,
     };
     let (records, used) = client_rt.rt.block_on(closed_loop(
         clients,

@@ -248,7 +248,7 @@ fn rr_phase(
     gate: &Gate,
     (http_addr, ws_addr): (std::net::SocketAddr, std::net::SocketAddr),
     (workers, pin): (usize, bool),
-) -> anyhow::Result<Vec<(&'static str, f64, f64)>> {
+) -> anyhow::Result<Vec<(&'static str, Stats, Stats)>> {
     let (haproxy, missing) = match Haproxy::start(ws_addr, pin) {
         Ok(Some(h)) => match client_rt.rt.block_on(h.wait_ready()) {
             Ok(()) => (Some(h), None),
@@ -306,12 +306,11 @@ fn rr_phase(
         return Ok(Vec::new());
     };
     let row = &stats[ci];
-    let haproxy_rate = row[1].rate;
     Ok(targets
         .iter()
         .zip(row)
         .skip(2)
-        .map(|(target, s)| (target.name, s.rate, haproxy_rate))
+        .map(|(target, s)| (target.name, s.clone(), row[1].clone()))
         .collect())
 }
 

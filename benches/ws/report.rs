@@ -100,9 +100,9 @@ pub fn print_rr(stats: &[Vec<Stats>], targets: &[RrTarget], haproxy_missing: Opt
 
 /// The goals of issue 12 as ratios measured in this run.
 pub struct Goals {
-    /// Per ethgate configuration: its name, its and HAProxy's msg/s at c=16 (HAProxy
+    /// Per ethgate configuration: its name, its figures and HAProxy's at c=16 (HAProxy
     /// absent: none).
-    pub rr_c16: Vec<(&'static str, f64, f64)>,
+    pub rr_c16: Vec<(&'static str, Stats, Stats)>,
     /// ethgate and baseline CPU µs per notification at the largest fan-out size.
     pub cpu_per_notification: Option<(f64, f64)>,
     /// ethgate and baseline p99 delay, ns.
@@ -118,11 +118,13 @@ pub fn print_summary(goals: &Goals) {
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
     println!();
     println!("summary (issue 12 goals, measured side by side in this run)");
-    for &(name, e, h) in &goals.rr_c16 {
+    for (name, ethgate, haproxy) in &goals.rr_c16 {
+        let (e, h) = (ethgate.rate, haproxy.rate);
         println!(
             "  WS request/response c=16: {name} {} msg/s / HAProxy {} msg/s = {:.2}x (goal >= 1.5x: {})",
             kilo(e), kilo(h), e / h, verdict(e / h >= 1.5)
         );
+        print_cpu_budget(name, ethgate, haproxy);
     }
     if goals.rr_c16.is_empty() {
         println!(
@@ -156,6 +158,35 @@ pub fn print_summary(goals: &Goals) {
         "  errors: {} (goal 0: {})",
         goals.errors,
         verdict(goals.errors == 0)
+    );
+}
+
+/// Where each message's time on CPU 0 goes (proxy in user space and in the kernel, and the
+/// node), and what 1.5× HAProxy's rate would leave ethgate's user space: with both proxies
+/// keeping CPU 0 about as busy, the rate goes as the inverse of that sum.
+fn print_cpu_budget(name: &str, ethgate: &Stats, haproxy: &Stats) {
+    let (Some(e_sys), Some(h_sys)) = (ethgate.proxy_kernel_us, haproxy.proxy_kernel_us) else {
+        return;
+    };
+    let split = |s: &Stats, sys: f64| {
+        let user = s.proxy_us - sys;
+        let total = s.proxy_us + s.backend_us;
+        format!(
+            "user {user:.1} + kernel {sys:.1} + node {:.1} = {total:.1}",
+            s.backend_us
+        )
+    };
+    println!(
+        "    CPU 0 µs per message: {name} {}; HAProxy {}",
+        split(ethgate, e_sys),
+        split(haproxy, h_sys)
+    );
+    let budget = (haproxy.proxy_us + haproxy.backend_us) / 1.5;
+    let user_room = budget - e_sys - ethgate.backend_us;
+    println!(
+        "    1.5x needs <= {budget:.1} in all: with {name}'s kernel and node time as measured, \
+         {user_room:.1} µs of user time per message (HAProxy's own user time: {:.1})",
+        haproxy.proxy_us - h_sys
     );
 }
 

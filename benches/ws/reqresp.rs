@@ -10,7 +10,9 @@ use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{connect, next_text};
-use crate::common::{closed_loop, process_cpu_time, Pinned, Point, Record};
+use crate::common::{
+    closed_loop, process_cpu_time, process_kernel_time, CpuUse, Pinned, Point, Record,
+};
 use crate::Plan;
 
 /// Request/response connection counts.
@@ -73,9 +75,10 @@ pub fn rr_measure(
     conns: usize,
     plan: &Plan,
 ) -> anyhow::Result<Point> {
-    let cpu = || {
-        let proxy = target.proxy_pid.map(process_cpu_time).unwrap_or_default();
-        [proxy, upstream_rt.cpu_time()]
+    let cpu = || CpuUse {
+        proxy: target.proxy_pid.map(process_cpu_time).unwrap_or_default(),
+        backend: upstream_rt.cpu_time(),
+        proxy_kernel: target.proxy_pid.map(process_kernel_time),
     };
     let (records, used) = client_rt.rt.block_on(closed_loop(
         conns,

@@ -19,7 +19,7 @@ impl Frontend {
         // Empty and over-long batches were refused while decoding.
         let (slots, forwarded) = self.sort(transport, &items, pending);
         let answers = if forwarded.is_empty() {
-            Ok(Vec::new())
+            Ok(Rendered::new())
         } else {
             self.router.forward(&forwarded, Framing::Batch).await
         };

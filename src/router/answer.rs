@@ -215,8 +215,9 @@ impl Answer {
     }
 }
 
-/// Answers, one per forwarded call (`None` for notifications).
-pub type Rendered = Vec<Option<Answer>>;
+/// Answers, one per forwarded call (`None` for notifications); a single call's is held inline,
+/// saving an allocation per call.
+pub type Rendered = smallvec::SmallVec<[Option<Answer>; 1]>;
 
 /// Splices an upstream answer into one response per call under the client's ids, judging
 /// nothing: the splicing alone, public for the fuzz target and its corpus.
@@ -251,7 +252,7 @@ pub(super) fn render(
 ) -> Result<Attempted, String> {
     let answers = match_answers(body, base, calls.len(), framing)?;
     let mut verdicts = Verdicts::with_capacity(calls.len());
-    let mut rendered = Vec::with_capacity(calls.len());
+    let mut rendered = Rendered::with_capacity(calls.len());
     for (i, (call, answer)) in calls.iter().zip(&answers).enumerate() {
         if answer.result.is_none() && answer.error.is_none() {
             return Err(format!("answer {i} has neither result nor error"));

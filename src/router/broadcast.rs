@@ -209,7 +209,7 @@ pub(super) fn choose(
             }
             reply
         })
-        .collect::<Vec<Option<Answer>>>()
+        .collect()
 }
 
 /// A send that no node took afresh but some already hold is accepted: the client gets the

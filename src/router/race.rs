@@ -45,8 +45,8 @@ struct Race<'r> {
     router: &'r Router,
     upstreams: &'r Upstreams,
     order: <Ordered<'r> as IntoIterator>::IntoIter,
-    /// Upstreams with an attempt in flight.
-    in_flight: Vec<&'r Arc<Upstream>>,
+    /// Upstreams with an attempt in flight (two at most: the current one and a hedge).
+    in_flight: smallvec::SmallVec<[&'r Arc<Upstream>; 2]>,
     failures: Vec<(&'r Upstream, AttemptError)>,
     /// The last answer that wanted a retry, and the head of its upstream: upstreams below
     /// that head cannot do better.
@@ -70,17 +70,19 @@ pub(super) async fn read(
         order: plan
             .order(upstreams.candidates(Upstream::in_rotation), upstreams)
             .into_iter(),
-        in_flight: Vec::new(),
+        in_flight: smallvec::SmallVec::new(),
         failures: Vec::new(),
         fallback: None,
         stopped: false,
     };
     let start =
         |upstream, hedge: bool| attempt_until_left(router, &plan, calls, framing, upstream, hedge);
-    // At most two attempts run at once (the current one and a hedge), so two pinned slots on
-    // this future's own state hold them: no allocation per read.
+    // At most two attempts run at once (the current one and a hedge). The current one lives
+    // on this future's own state: no allocation per read. A hedge, rare, is boxed, so every
+    // read's future (which a WebSocket session moves into its call set, and which every call
+    // in flight holds) is not twice an attempt's size.
     let mut first = pin!(None);
-    let mut second = pin!(None);
+    let mut second = None;
     // Re-armed at every launch: the delay counts from the latest attempt's start. Without
     // hedging there is no timer at all (one per read would cost a clock read and its state).
     let mut hedge_timer = pin!(router.hedge_after.map(tokio::time::sleep));
@@ -93,7 +95,7 @@ pub(super) async fn read(
         tokio::select! {
             // A finished attempt first; no need for select's random order, and its cost.
             biased;
-            Some(finished) = next_finished(first.as_mut(), second.as_mut()) => {
+            Some(finished) = next_finished(first.as_mut(), &mut second) => {
                 let moved = matches!(finished.ending, Ending::Left(_));
                 if let Some(rendered) = race.settle_one(finished, &plan) {
                     race.abandon_the_rest();
@@ -121,8 +123,11 @@ pub(super) async fn read(
             }), if may_hedge && running == 1 => {
                 may_hedge = false;
                 if let Some(upstream) = race.next_candidate() {
-                    let hedge = Some(start(upstream, true));
-                    if first.is_none() { first.set(hedge) } else { second.set(hedge) }
+                    if first.is_none() {
+                        first.set(Some(start(upstream, true)));
+                    } else {
+                        second = Some(Box::pin(start(upstream, true)));
+                    }
                     router.metrics.hedge(HedgeResult::Sent);
                 }
             }
@@ -135,18 +140,22 @@ pub(super) async fn read(
 /// The next attempt to finish, its slot emptied; `None` when both slots are empty.
 async fn next_finished<F: Future>(
     mut first: Pin<&mut Option<F>>,
-    mut second: Pin<&mut Option<F>>,
+    second: &mut Option<Pin<Box<F>>>,
 ) -> Option<F::Output> {
     if first.is_none() && second.is_none() {
         return None;
     }
     poll_fn(|cx| {
-        for slot in [&mut first, &mut second] {
-            if let Some(attempt) = slot.as_mut().as_pin_mut() {
-                if let Poll::Ready(finished) = attempt.poll(cx) {
-                    slot.set(None);
-                    return Poll::Ready(Some(finished));
-                }
+        if let Some(attempt) = first.as_mut().as_pin_mut() {
+            if let Poll::Ready(finished) = attempt.poll(cx) {
+                first.set(None);
+                return Poll::Ready(Some(finished));
+            }
+        }
+        if let Some(attempt) = second {
+            if let Poll::Ready(finished) = attempt.as_mut().poll(cx) {
+                *second = None;
+                return Poll::Ready(Some(finished));
             }
         }
         Poll::Pending

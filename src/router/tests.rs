@@ -326,3 +326,23 @@ fn batch_answers_with_unknown_repeated_or_missing_ids_are_bad_answers() {
         ]
     );
 }
+
+/// Every call in flight holds its read's future, and a WebSocket session moves each one into
+/// its call set: a hedge's attempt is boxed, so the future holds one attempt, not two.
+#[test]
+fn a_read_future_holds_one_attempt_inline() {
+    let config = crate::config::Config::from_toml_str(
+        "[[upstream]]\nname = \"a\"\nhttp = \"http://127.0.0.1:1\"\nws = \"ws://127.0.0.1:1\"\n",
+    )
+    .unwrap();
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    let upstreams = std::sync::Arc::new(Upstreams::new(&config, metrics.clone()));
+    let router = Router::new(upstreams.clone(), Duration::from_secs(1), metrics);
+    let attempt = std::mem::size_of_val(&upstreams.all()[0].call(1, |_| Vec::new()));
+    let calls: Vec<&Call<'_>> = Vec::new();
+    let read = std::mem::size_of_val(&router.forward(&calls, Framing::Single));
+    assert!(
+        read < 2 * attempt + 1024,
+        "a read's future ({read} bytes) must not hold two attempts ({attempt} bytes each)"
+    );
+}

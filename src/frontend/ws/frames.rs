@@ -1,19 +1,19 @@
-//! The frames a node sends on a multiplexed WebSocket (RFC 6455, client side), read from a
-//! buffer the connection's task fills: no I/O here, so every rule is tested byte by byte.
+//! WebSocket frames (RFC 6455) as the other side sends them, in either role: a node's on a
+//! multiplexed upstream connection (ethgate the client), or a client's on its session
+//! (ethgate the server). Read from a buffer the connection's task fills: no I/O here, so
+//! every rule is tested byte by byte.
 //!
 //! The buffer is never zeroed (the socket reads into its spare capacity), a message is
 //! validated once, and a single-frame message leaves as a slice of the buffer (no copy, and
-//! no allocation per message). A message over
-//! `max_response_bytes` is skipped as it streams in: only its opening is kept, to name the
-//! call it answers, so one huge answer costs that call alone and never more memory than the
-//! limit.
+//! no allocation per message; a client's frame is unmasked in place). A message over the
+//! limit is skipped as it streams in: a node's keeps only its opening, to name the call it
+//! answers, so one huge answer costs that call alone and never more memory than the limit;
+//! a client's is reported at once, nothing of it kept.
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use super::ids::opening_id;
-
 /// Bytes read from the socket at a time, unless a frame in progress needs more.
-pub(super) const READ_CHUNK: usize = 16 * 1024;
+pub(crate) const READ_CHUNK: usize = 16 * 1024;
 
 /// Bytes of a skipped message kept to find its id: `{"jsonrpc":"2.0","id":` and 20 digits.
 const OPENING: usize = 64;
@@ -28,26 +28,39 @@ const CLOSE: u8 = 0x8;
 const PING: u8 = 0x9;
 const PONG: u8 = 0xA;
 
-/// What the node sent, one complete frame or message at a time.
+/// Whose frames a [`Reader`] reads.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Peer {
+    /// A node's, ethgate being its client: unmasked. A message over the limit is named by
+    /// `name` from its opening (the id of the call it answers, if any).
+    Server { name: fn(&[u8]) -> Option<u64> },
+    /// A client's, ethgate being its server: masked (RFC 6455 §5.1). A message over the limit
+    /// is reported as soon as its size is known.
+    Client,
+}
+
+/// What the other side sent, one complete frame or message at a time.
 #[derive(Debug, PartialEq)]
-pub(super) enum Event {
+pub(crate) enum Event {
     /// A whole data message; a text one is valid UTF-8.
     Message(Bytes),
     /// A ping, to be answered with a pong carrying `payload`.
     Ping(Bytes),
     /// A pong: the node is alive.
     Pong,
-    /// The node closes the connection; the payload (status code and reason) to echo.
+    /// The other side closes the connection; the payload (status code and reason).
     Close(Bytes),
     /// A message over the limit, skipped unread; the id its opening names, if any.
     TooLarge(Option<u64>),
 }
 
-/// A frame no conforming server sends: the connection cannot go on.
+/// A frame no conforming peer sends: the connection cannot go on.
 #[derive(Debug, PartialEq, thiserror::Error)]
-pub(super) enum FrameError {
+pub(crate) enum FrameError {
     #[error("masked frame from the server")]
     Masked,
+    #[error("unmasked frame from the client")]
+    Unmasked,
     #[error("reserved bits set")]
     Reserved,
     #[error("unknown opcode {0:#x}")]
@@ -80,13 +93,17 @@ struct Header {
     fin: bool,
     opcode: u8,
     len: u64,
+    /// Bytes of the header, masking key included.
     size: usize,
+    /// The masking key of a client's frame.
+    mask: Option<[u8; 4]>,
 }
 
 /// The reading side of one connection.
-pub(super) struct Reader {
+pub(crate) struct Reader {
     buf: BytesMut,
     max: usize,
+    peer: Peer,
     /// The fragments so far of a message sent in several frames, and whether it is text.
     partial: Option<(BytesMut, bool)>,
     /// Bytes of the current frame still to discard, and whether the message ends with it.
@@ -98,12 +115,13 @@ pub(super) struct Reader {
 }
 
 impl Reader {
-    /// A reader of messages up to `max` bytes that starts with `start` (bytes that arrived
-    /// with the handshake's answer).
-    pub(super) fn new(max: usize, start: BytesMut) -> Self {
+    /// A reader of `peer`'s messages up to `max` bytes that starts with `start` (bytes that
+    /// arrived with the handshake).
+    pub(crate) fn new(peer: Peer, max: usize, start: BytesMut) -> Self {
         Reader {
             buf: start,
             max,
+            peer,
             partial: None,
             skipping: None,
             skipped_goes_on: false,
@@ -113,7 +131,7 @@ impl Reader {
 
     /// The buffer the next read appends to, with room for it; and how much that read may
     /// bring (one chunk, or all a frame within the limit still lacks).
-    pub(super) fn space(&mut self) -> (&mut BytesMut, usize) {
+    pub(crate) fn space(&mut self) -> (&mut BytesMut, usize) {
         let room = self.buf.capacity() - self.buf.len();
         if room < self.lacking {
             self.buf.reserve(self.lacking);
@@ -125,12 +143,23 @@ impl Reader {
 
     /// Bytes held for messages not yet complete (the memory a connection's reading costs).
     #[cfg(test)]
-    pub(super) fn held(&self) -> usize {
+    pub(crate) fn held(&self) -> usize {
         self.buf.capacity() + self.partial.as_ref().map_or(0, |(data, _)| data.capacity())
     }
 
+    /// Bytes read and not yet consumed: the rest of a frame, or frames not asked for yet.
+    pub(crate) fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Exchanges the read buffer with `other` (a connection that lends its empty buffer
+    /// between reads, see `frontend::ws::incoming`).
+    pub(crate) fn swap_buffer(&mut self, other: &mut BytesMut) {
+        std::mem::swap(&mut self.buf, other);
+    }
+
     /// The next complete event in what was read so far; `None` until more bytes come.
-    pub(super) fn next(&mut self) -> Result<Option<Event>, FrameError> {
+    pub(crate) fn next(&mut self) -> Result<Option<Event>, FrameError> {
         loop {
             if let Some((remaining, fin)) = &mut self.skipping {
                 let n = (*remaining).min(self.buf.len() as u64);
@@ -144,7 +173,7 @@ impl Reader {
                 self.skipping = None;
                 continue;
             }
-            let Some(header) = header(&self.buf)? else {
+            let Some(header) = header(&self.buf, self.peer)? else {
                 self.lacking = 0;
                 return Ok(None);
             };
@@ -222,9 +251,18 @@ impl Reader {
         Ok(Step::Done(Event::Message(message)))
     }
 
-    /// Starts skipping the message `header` would take over the limit, once its opening is
-    /// in (`so_far` bytes of it came in earlier fragments).
+    /// Starts skipping the message `header` would take over the limit, once a node's opening
+    /// is in (`so_far` bytes of it came in earlier fragments).
     fn too_large(&mut self, header: &Header, so_far: usize) -> Option<Event> {
+        let name = match self.peer {
+            Peer::Server { name } => name,
+            Peer::Client => {
+                self.partial = None;
+                self.buf.advance(header.size);
+                self.skipping = Some((header.len, header.fin));
+                return Some(Event::TooLarge(None));
+            }
+        };
         let want = OPENING.saturating_sub(so_far).min(header.len as usize);
         if self.buf.len() < header.size + want {
             self.lacking = header.size + want - self.buf.len();
@@ -237,7 +275,7 @@ impl Reader {
         opening.extend_from_slice(&self.buf[header.size..header.size + want]);
         self.buf.advance(header.size);
         self.skipping = Some((header.len, header.fin));
-        Some(Event::TooLarge(opening_id(&opening)))
+        Some(Event::TooLarge(name(&opening)))
     }
 
     /// The payload of the frame `header` opens, once all of it is in.
@@ -253,7 +291,28 @@ impl Reader {
         self.buf.advance(header.size);
         // A slice of the buffer, not a copy: later reads fill the rest of its allocation, and
         // a new one is made only once that is used up while answers still hold the old.
-        Some(self.buf.split_to(len).freeze())
+        let mut payload = self.buf.split_to(len);
+        if let Some(mask) = header.mask {
+            unmask(&mut payload, mask);
+        }
+        Some(payload.freeze())
+    }
+}
+
+/// Unmasks a client frame's payload in place (RFC 6455 §5.3), eight bytes at a time.
+fn unmask(payload: &mut [u8], mask: [u8; 4]) {
+    let [a, b, c, d] = mask;
+    let word = u64::from_ne_bytes([a, b, c, d, a, b, c, d]);
+    let mut words = payload.chunks_exact_mut(8);
+    for chunk in &mut words {
+        let mut bytes = [0; 8];
+        bytes.copy_from_slice(chunk);
+        chunk.copy_from_slice(&(u64::from_ne_bytes(bytes) ^ word).to_ne_bytes());
+    }
+    // Eight is a multiple of the key's length: the rest (up to 7 bytes) starts at the key's
+    // first byte.
+    for (byte, key) in words.into_remainder().iter_mut().zip(mask.iter().cycle()) {
+        *byte ^= key;
     }
 }
 
@@ -269,16 +328,19 @@ fn grow_within(data: &mut BytesMut, more: usize, max: usize) {
     }
 }
 
-/// The header at the start of `buf`, checked; `None` while incomplete.
-fn header(buf: &[u8]) -> Result<Option<Header>, FrameError> {
+/// The header at the start of `buf`, checked for `peer`; `None` while incomplete.
+fn header(buf: &[u8], peer: Peer) -> Result<Option<Header>, FrameError> {
     let [first, second, ..] = *buf else {
         return Ok(None);
     };
     if first & 0x70 != 0 {
         return Err(FrameError::Reserved);
     }
-    if second & 0x80 != 0 {
-        return Err(FrameError::Masked);
+    let masked = second & 0x80 != 0;
+    match (peer, masked) {
+        (Peer::Server { .. }, true) => return Err(FrameError::Masked),
+        (Peer::Client, false) => return Err(FrameError::Unmasked),
+        _ => {}
     }
     let (len, size) = match second & 0x7F {
         126 => match buf.get(2..4) {
@@ -302,14 +364,25 @@ fn header(buf: &[u8]) -> Result<Option<Header>, FrameError> {
         CLOSE | PING | PONG => {}
         other => return Err(FrameError::Opcode(other)),
     }
+    let (size, mask) = match masked {
+        false => (size, None),
+        true => match buf
+            .get(size..size + 4)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        {
+            Some(key) => (size + 4, Some(key)),
+            None => return Ok(None),
+        },
+    };
     Ok(Some(Header {
         fin,
         opcode,
         len,
         size,
+        mask,
     }))
 }
 
 #[cfg(test)]
-#[path = "reader_tests.rs"]
+#[path = "frames_tests.rs"]
 mod tests;

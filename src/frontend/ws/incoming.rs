@@ -1,0 +1,111 @@
+//! The client's side of a session: its frames read straight from the socket by ethgate's own
+//! RFC 6455 reader (see `frames.rs`) into a buffer that is never zeroed.
+//!
+//! Each worker thread keeps one spare read buffer, and a session borrows it only for as long
+//! as a read and the frames it brought take: an idle client holds no read buffer at all, and
+//! a message read leaves as a slice of the thread's buffer (no copy). A session keeps the
+//! buffer only while it holds the start of a frame whose rest has not come yet.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::task::{Context, Poll};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use super::frames::{Event, FrameError, Peer, Reader};
+use crate::gate::Gate;
+
+thread_local! {
+    /// Each thread's read buffer, lent to the session reading at the moment.
+    static SPARE: Cell<BytesMut> = Cell::new(BytesMut::new());
+}
+
+/// Why a client's frames end.
+#[derive(Debug)]
+pub(super) enum End {
+    /// The client broke a rule of RFC 6455.
+    Frame(FrameError),
+    /// The socket closed or failed.
+    Gone,
+}
+
+/// The reading side of one session.
+pub(super) struct Incoming {
+    frames: Reader,
+    /// Polls the socket only when it woke the task or the last poll brought an event: the
+    /// session task wakes for every outgoing message, and a read attempt each time costs more
+    /// than the message itself.
+    gate: Gate,
+    /// Whether the buffer in `frames` may be the thread's (then given back once empty).
+    lent: bool,
+}
+
+impl Incoming {
+    /// The reader of a client's messages up to `max` bytes; `read_ahead` holds bytes that
+    /// came with the upgrade request (frames too).
+    pub(super) fn new(max: usize, read_ahead: Vec<u8>) -> Incoming {
+        let start = match read_ahead.is_empty() {
+            true => BytesMut::new(),
+            false => BytesMut::from(&read_ahead[..]),
+        };
+        Incoming {
+            frames: Reader::new(Peer::Client, max, start),
+            gate: Gate::default(),
+            lent: false,
+        }
+    }
+
+    /// The client's next event: a message, a ping, a close, a message over the limit.
+    pub(super) fn poll_next<T>(
+        &mut self,
+        io: &mut T,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Event, End>>
+    where
+        T: AsyncRead + Unpin,
+    {
+        let Incoming { frames, gate, lent } = self;
+        gate.poll(cx, |cx| loop {
+            match frames.next() {
+                Ok(Some(event)) => return Poll::Ready(Ok(event)),
+                Ok(None) => {}
+                Err(error) => return Poll::Ready(Err(End::Frame(error))),
+            }
+            if frames.buffered() == 0 && !*lent {
+                SPARE.with(|spare| {
+                    let mut buf = spare.take();
+                    frames.swap_buffer(&mut buf);
+                    spare.set(buf);
+                });
+                *lent = true;
+            }
+            let (buf, _) = frames.space();
+            // Into the buffer's spare room: neither TCP nor TLS zeroes it first.
+            match std::pin::pin!(io.read_buf(buf)).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Err(End::Gone)),
+                Poll::Ready(Ok(_)) => {}
+            }
+        })
+    }
+
+    /// Gives the thread's buffer back once nothing of a frame is left in it; the session
+    /// calls this before it waits.
+    pub(super) fn release(&mut self) {
+        if !self.lent || self.frames.buffered() != 0 {
+            return;
+        }
+        self.lent = false;
+        let mut ours = BytesMut::new();
+        self.frames.swap_buffer(&mut ours);
+        SPARE.with(|spare| {
+            let theirs = spare.take();
+            // The roomier one stays: the other is freed once the messages cut from it are.
+            spare.set(match ours.capacity() >= theirs.capacity() {
+                true => ours,
+                false => theirs,
+            });
+        });
+    }
+}

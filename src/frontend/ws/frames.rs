@@ -293,14 +293,16 @@ impl Reader {
         // a new one is made only once that is used up while answers still hold the old.
         let mut payload = self.buf.split_to(len);
         if let Some(mask) = header.mask {
-            unmask(&mut payload, mask);
+            apply_mask(&mut payload, mask);
         }
         Some(payload.freeze())
     }
 }
 
-/// Unmasks a client frame's payload in place (RFC 6455 §5.3), eight bytes at a time.
-fn unmask(payload: &mut [u8], mask: [u8; 4]) {
+/// XORs `payload` with the repeated 4-byte `mask` (RFC 6455 §5.3: masking and unmasking are
+/// the same), eight bytes at a time. (`upstream/ws/writer.rs` has the same function for the
+/// frames it masks; one of the two can go once both modules may be edited together.)
+pub(crate) fn apply_mask(payload: &mut [u8], mask: [u8; 4]) {
     let [a, b, c, d] = mask;
     let word = u64::from_ne_bytes([a, b, c, d, a, b, c, d]);
     let mut words = payload.chunks_exact_mut(8);

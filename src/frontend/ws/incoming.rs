@@ -109,3 +109,82 @@ impl Incoming {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// A client text frame carrying `payload`, masked.
+    fn masked(payload: &[u8]) -> Vec<u8> {
+        let key = [1, 2, 3, 4];
+        let mut out = vec![0x81, 0x80 | payload.len() as u8];
+        out.extend_from_slice(&key);
+        out.extend(payload.iter().zip(key.iter().cycle()).map(|(b, k)| b ^ k));
+        out
+    }
+
+    fn spare_capacity() -> usize {
+        SPARE.with(|spare| {
+            let buf = spare.take();
+            let capacity = buf.capacity();
+            spare.set(buf);
+            capacity
+        })
+    }
+
+    #[test]
+    fn an_idle_session_holds_no_read_buffer_and_one_holding_half_a_frame_keeps_it() {
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        let mut incoming = Incoming::new(1024, Vec::new());
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let mut frames = masked(b"one");
+        frames.extend_from_slice(&masked(b"two")[..3]);
+        runtime.block_on(client.write_all(&frames)).expect("write");
+        let Poll::Ready(Ok(Event::Message(one))) = incoming.poll_next(&mut server, &mut cx) else {
+            panic!("the first message");
+        };
+        assert_eq!(&one[..], b"one");
+        assert!(incoming.poll_next(&mut server, &mut cx).is_pending());
+        incoming.release();
+        assert!(incoming.frames.held() > 0, "half a frame: the buffer stays");
+        runtime
+            .block_on(client.write_all(&masked(b"two")[3..]))
+            .expect("write");
+        let Poll::Ready(Ok(Event::Message(two))) = incoming.poll_next(&mut server, &mut cx) else {
+            panic!("the second message");
+        };
+        assert_eq!(&two[..], b"two");
+        assert!(incoming.poll_next(&mut server, &mut cx).is_pending());
+        incoming.release();
+        assert_eq!(incoming.frames.held(), 0, "idle: no buffer of its own");
+        assert!(
+            spare_capacity() > 0,
+            "the thread keeps it for the next read"
+        );
+        // The next read borrows the thread's buffer rather than allocating one.
+        let before = spare_capacity();
+        runtime
+            .block_on(client.write_all(&masked(b"three")))
+            .expect("write");
+        let Poll::Ready(Ok(Event::Message(three))) = incoming.poll_next(&mut server, &mut cx)
+        else {
+            panic!("the third message");
+        };
+        assert_eq!(&three[..], b"three");
+        assert_eq!(spare_capacity(), 0, "lent");
+        incoming.release();
+        assert!(
+            spare_capacity() > 0 && spare_capacity() <= before,
+            "given back"
+        );
+        drop(client);
+        assert!(matches!(
+            incoming.poll_next(&mut server, &mut cx),
+            Poll::Ready(Err(End::Gone))
+        ));
+    }
+}

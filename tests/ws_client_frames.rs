@@ -245,7 +245,7 @@ async fn frames_sent_along_with_the_upgrade_request_are_read() {
     let mut along = masked(0x81, CALL.as_bytes());
     along.extend(masked(0x89, b"early"));
     let mut client = Raw::connect(&gw, &along).await;
-    let mut frames = vec![client.frame().await, client.frame().await];
+    let mut frames = [client.frame().await, client.frame().await];
     frames.sort();
     assert_eq!(frames[0].as_ref().map(|f| f.0), Some(0x81));
     assert_eq!(frames[1], Some((0x8A, b"early".to_vec())));

@@ -79,27 +79,6 @@ where
 {
     let (handle, outgoing) = SessionHandle::new(frontend.ws_queue);
     frontend.metrics.ws_connection_opened();
-    let drain = &frontend.drain;
-    // Polled only when one of them woke the task: polling a pending cancellation takes its
-    // lock, and the task wakes for every outgoing message.
-    let stops = Gate::default();
-    // Created once: re-created on every pass they would re-register with the shared shutdown
-    // token and the session's own each time a message goes out.
-    let shutdown = drain.shutdown.cancelled();
-    let closed = handle.closed();
-    tokio::pin!(shutdown, closed);
-    let mut stop = |cx: &mut Context<'_>| {
-        stops.poll(cx, |cx| {
-            if shutdown.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Close::Ours(SHUTTING_DOWN.0, SHUTTING_DOWN.1));
-            }
-            ready!(closed.as_mut().poll(cx));
-            Poll::Ready(match handle.close_reason() {
-                Some((code, reason)) => Close::Ours(code, reason),
-                None => Close::Silent,
-            })
-        })
-    };
     let mut session = Session {
         frontend: &frontend,
         handle: &handle,
@@ -110,13 +89,7 @@ where
         incoming: Incoming::new(frontend.max_request_bytes, read_ahead),
         calls: FuturesUnordered::new(),
     };
-    let close = poll_fn(|cx| {
-        let polled = session.poll_run(&mut io, cx, &mut stop);
-        // Before the task waits: an idle client holds no read buffer.
-        session.incoming.release();
-        polled
-    })
-    .await;
+    let close = session.run(&mut io).await;
     let Session {
         mut batch,
         mut control,
@@ -133,7 +106,7 @@ where
     // Past shutdown_grace nothing waits for a client that does not read its close frame.
     tokio::select! {
         _ = tokio::time::timeout(CLOSE_TIMEOUT, finish(&mut io, &mut batch, &mut control, close)) => {}
-        _ = drain.force_close.cancelled() => {}
+        _ = frontend.drain.force_close.cancelled() => {}
     }
 }
 
@@ -150,6 +123,14 @@ enum Close {
 }
 
 impl Close {
+    /// The close someone asked the session for (see [`SessionHandle::close`]), if any.
+    fn asked(handle: &SessionHandle) -> Close {
+        match handle.close_reason() {
+            Some((code, reason)) => Close::Ours(code, reason),
+            None => Close::Silent,
+        }
+    }
+
     /// The close a frame the client sent ends the session with.
     fn after(error: FrameError) -> Close {
         let (code, reason) = match error {
@@ -204,6 +185,38 @@ struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
+    /// Runs until the session ends, or the server shuts down, or someone closes the session.
+    async fn run<T>(&mut self, io: &mut T) -> Close
+    where
+        T: AsyncRead + AsyncWrite + Unpin,
+    {
+        let handle = self.handle;
+        // Polled only when one of them woke the task: polling a pending cancellation takes
+        // its lock, and the task wakes for every outgoing message.
+        let stops = Gate::default();
+        // Created once: re-created on every pass they would re-register with the shared
+        // shutdown token and the session's own each time a message goes out.
+        let shutdown = self.frontend.drain.shutdown.cancelled();
+        let closed = handle.closed();
+        tokio::pin!(shutdown, closed);
+        let mut stop = |cx: &mut Context<'_>| {
+            stops.poll(cx, |cx| {
+                if shutdown.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Close::Ours(SHUTTING_DOWN.0, SHUTTING_DOWN.1));
+                }
+                ready!(closed.as_mut().poll(cx));
+                Poll::Ready(Close::asked(handle))
+            })
+        };
+        poll_fn(|cx| {
+            let polled = self.poll_run(io, cx, &mut stop);
+            // Before the task waits: an idle client holds no read buffer.
+            self.incoming.release();
+            polled
+        })
+        .await
+    }
+
     /// Runs until the session ends. A stop first, then each pass: the calls (whose answers
     /// join the queue), the writer (a batch, then a pong), then, with the writer idle, the
     /// client's next frame.
@@ -259,10 +272,7 @@ impl<'a> Session<'a> {
     /// The close after the socket failed mid-write: none, unless the session was asked to
     /// close (nothing can be framed after a frame cut short; the code is still counted).
     fn failed(&self) -> Close {
-        match self.handle.close_reason() {
-            Some((code, reason)) => Close::Ours(code, reason),
-            None => Close::Silent,
-        }
+        Close::asked(self.handle)
     }
 
     /// Polls the calls, if any (an empty set is not touched: that costs a cache miss per

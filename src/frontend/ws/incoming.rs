@@ -16,6 +16,10 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use super::frames::{Event, FrameError, Peer, Reader};
 use crate::gate::Gate;
 
+/// Largest read buffer a thread keeps between reads; one grown past this by a large frame is
+/// freed instead (once the messages cut from it are).
+const SPARE_MAX: usize = 64 * 1024;
+
 thread_local! {
     /// Each thread's read buffer, lent to the session reading at the moment.
     static SPARE: Cell<BytesMut> = Cell::new(BytesMut::new());
@@ -99,6 +103,9 @@ impl Incoming {
         self.lent = false;
         let mut ours = BytesMut::new();
         self.frames.swap_buffer(&mut ours);
+        if ours.capacity() > SPARE_MAX {
+            return;
+        }
         SPARE.with(|spare| {
             let theirs = spare.take();
             // The roomier one stays: the other is freed once the messages cut from it are.
@@ -113,12 +120,20 @@ impl Incoming {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use tokio::io::AsyncWriteExt;
 
     /// A client text frame carrying `payload`, masked.
     fn masked(payload: &[u8]) -> Vec<u8> {
         let key = [1, 2, 3, 4];
-        let mut out = vec![0x81, 0x80 | payload.len() as u8];
+        let mut out = vec![0x81];
+        match payload.len() {
+            len @ 0..=125 => out.push(0x80 | len as u8),
+            len => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(len as u64).to_be_bytes());
+            }
+        }
         out.extend_from_slice(&key);
         out.extend(payload.iter().zip(key.iter().cycle()).map(|(b, k)| b ^ k));
         out
@@ -186,5 +201,34 @@ mod tests {
             incoming.poll_next(&mut server, &mut cx),
             Poll::Ready(Err(End::Gone))
         ));
+    }
+
+    /// The next message, the buffer given back as the session does before it waits.
+    async fn read(incoming: &mut Incoming, server: &mut tokio::io::DuplexStream) -> Bytes {
+        std::future::poll_fn(|cx| {
+            let event = incoming.poll_next(server, cx);
+            incoming.release();
+            event.map(|event| match event {
+                Ok(Event::Message(message)) => message,
+                other => panic!("{other:?}"),
+            })
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_buffer_grown_by_a_large_frame_is_not_kept_by_the_thread() {
+        let (mut client, mut server) = tokio::io::duplex(1 << 20);
+        let mut incoming = Incoming::new(1 << 20, Vec::new());
+        let large = vec![b'a'; 300_000];
+        client.write_all(&masked(&large)).await.expect("write");
+        let message = read(&mut incoming, &mut server).await;
+        assert_eq!(message.len(), large.len());
+        drop(message);
+        // Once the large message is gone, its buffer is whole again: not kept for the thread.
+        client.write_all(&masked(b"small")).await.expect("write");
+        assert_eq!(&read(&mut incoming, &mut server).await[..], b"small");
+        assert_eq!(incoming.frames.held(), 0);
+        assert!(spare_capacity() <= SPARE_MAX, "{}", spare_capacity());
     }
 }

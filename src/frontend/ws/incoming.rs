@@ -231,4 +231,38 @@ mod tests {
         assert_eq!(incoming.frames.held(), 0);
         assert!(spare_capacity() <= SPARE_MAX, "{}", spare_capacity());
     }
+
+    /// A socket that counts its reads and has nothing to read.
+    struct Counted(usize);
+
+    impl AsyncRead for Counted {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            self.0 += 1;
+            Poll::Pending
+        }
+    }
+
+    #[test]
+    fn the_socket_is_read_again_only_after_its_own_wake_or_an_event() {
+        let mut socket = Counted(0);
+        let mut incoming = Incoming::new(1024, masked(b"early"));
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        let Poll::Ready(Ok(Event::Message(early))) = incoming.poll_next(&mut socket, &mut cx)
+        else {
+            panic!("the frame sent with the upgrade request");
+        };
+        assert_eq!((&early[..], socket.0), (&b"early"[..], 0), "no read needed");
+        // After an event the next call reads (more may have come): nothing yet.
+        assert!(incoming.poll_next(&mut socket, &mut cx).is_pending());
+        assert_eq!(socket.0, 1);
+        // Woken for other reasons (an outgoing message each time): the socket is left alone.
+        for _ in 0..5 {
+            assert!(incoming.poll_next(&mut socket, &mut cx).is_pending());
+        }
+        assert_eq!(socket.0, 1, "no read without the socket's own wake");
+    }
 }

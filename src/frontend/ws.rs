@@ -3,7 +3,6 @@
 
 mod batch;
 mod control;
-pub(crate) mod frames;
 mod incoming;
 mod single;
 
@@ -20,13 +19,13 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use self::batch::Batch;
 use self::control::Control;
-use self::frames::{Event, FrameError};
 use self::incoming::{End, Incoming};
 use super::{Frontend, Transport};
 use crate::gate::Gate;
 use crate::http1::{BodyLength, RequestHead, Response};
 use crate::subscription::session::{Receiver, CLOSE_POLICY};
 use crate::subscription::SessionHandle;
+use crate::websocket::{Event, FrameError};
 
 /// Calls of one session answered concurrently; more wait, which pauses reading.
 const CALLS_IN_FLIGHT: usize = 32;
@@ -70,7 +69,7 @@ pub fn accept(head: &RequestHead) -> Result<&str, Response> {
 /// `read_ahead` holds what the client sent after its upgrade request, already read from the
 /// socket.
 ///
-/// ethgate reads the client's frames itself (see `ws/frames.rs`), and writes every frame of
+/// ethgate reads the client's frames itself (see `src/websocket.rs`), and writes every frame of
 /// its own straight to the socket: data frames (see `ws/batch.rs`), pongs and the close frame
 /// (see `ws/control.rs`).
 pub async fn serve_upgraded<IO>(frontend: Arc<Frontend>, mut io: IO, read_ahead: Vec<u8>)

@@ -1,5 +1,5 @@
 //! The client's side of a session: its frames read straight from the socket by ethgate's own
-//! RFC 6455 reader (see `frames.rs`) into a buffer that is never zeroed.
+//! RFC 6455 reader (see `src/websocket.rs`) into a buffer that is never zeroed.
 //!
 //! Each worker thread keeps one spare read buffer, and a session borrows it only for as long
 //! as a read and the frames it brought take: an idle client holds no read buffer at all, and
@@ -13,8 +13,8 @@ use std::task::{Context, Poll};
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::frames::{Event, FrameError, Peer, Reader};
 use crate::gate::Gate;
+use crate::websocket::{Event, FrameError, Peer, Reader};
 
 /// Largest read buffer a thread keeps between reads; one grown past this by a large frame is
 /// freed instead (once the messages cut from it are).

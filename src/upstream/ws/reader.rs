@@ -1,17 +1,17 @@
 //! The frames a node sends on a multiplexed WebSocket: the shared RFC 6455 reader
-//! (`frontend::ws::frames`, which reads a client's frames too) in the client role, where a
+//! (`crate::websocket`, which reads a client's frames too) in the client role, where a
 //! message over `max_response_bytes` is named by the id in its opening (see
 //! [`opening_id`]) so that only the call it answers fails.
 
 use bytes::BytesMut;
 
-pub(super) use crate::frontend::ws::frames::{Event, FrameError};
-use crate::frontend::ws::frames::{Peer, Reader as Frames};
+pub(super) use crate::websocket::{Event, FrameError};
+use crate::websocket::{Peer, Reader as Frames};
 
 use super::ids::opening_id;
 
 #[cfg(test)]
-use {crate::frontend::ws::frames::READ_CHUNK, bytes::Bytes};
+use {crate::websocket::READ_CHUNK, bytes::Bytes};
 
 /// The reading side of one upstream connection.
 pub(super) struct Reader(Frames);

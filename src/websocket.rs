@@ -153,7 +153,7 @@ impl Reader {
     }
 
     /// Exchanges the read buffer with `other` (a connection that lends its empty buffer
-    /// between reads, see `frontend::ws::incoming`).
+    /// between reads, see `frontend/ws/incoming.rs`).
     pub(crate) fn swap_buffer(&mut self, other: &mut BytesMut) {
         std::mem::swap(&mut self.buf, other);
     }
@@ -386,5 +386,4 @@ fn header(buf: &[u8], peer: Peer) -> Result<Option<Header>, FrameError> {
 }
 
 #[cfg(test)]
-#[path = "frames_tests.rs"]
 mod tests;

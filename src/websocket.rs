@@ -386,4 +386,4 @@ fn header(buf: &[u8], peer: Peer) -> Result<Option<Header>, FrameError> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

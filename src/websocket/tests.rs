@@ -7,7 +7,7 @@ use super::*;
 const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
 /// A client frame (masked with [`KEY`]) with `first` as its first byte.
-fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
     let mut out = vec![first];
     match payload.len() {
         len @ 0..=125 => out.push(0x80 | len as u8),

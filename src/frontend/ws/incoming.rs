@@ -125,18 +125,7 @@ mod tests {
 
     /// A client text frame carrying `payload`, masked.
     fn masked(payload: &[u8]) -> Vec<u8> {
-        let key = [1, 2, 3, 4];
-        let mut out = vec![0x81];
-        match payload.len() {
-            len @ 0..=125 => out.push(0x80 | len as u8),
-            len => {
-                out.push(0x80 | 127);
-                out.extend_from_slice(&(len as u64).to_be_bytes());
-            }
-        }
-        out.extend_from_slice(&key);
-        out.extend(payload.iter().zip(key.iter().cycle()).map(|(b, k)| b ^ k));
-        out
+        crate::websocket::tests::frame(0x81, payload)
     }
 
     fn spare_capacity() -> usize {

@@ -41,7 +41,9 @@
 //!   [`config::ConfigError`] naming their key), [`jsonrpc`] (framing: raw ids, rewritten
 //!   upstream ids, spliced answers; every error code ethgate mints, in [`jsonrpc::code`]),
 //!   [`metrics`] (atomic counters, label enums with `ALL` tables, histogram, text format), [`shutdown`] (signals and the drain
-//!   tokens), [`connection`] (a client connection's place in `max_connections`).
+//!   tokens), [`connection`] (a client connection's place in `max_connections`), `websocket`
+//!   (RFC 6455 frames read in either role: a client's for `frontend::ws`, a node's for
+//!   `upstream::ws`).
 //!
 //! Errors are typed per layer (`thiserror`): [`StartError`] from [`Server::bind`],
 //! [`reload::ReloadError`] from a reload, [`config::ConfigErrors`] from loading a file; only the
@@ -65,6 +67,7 @@ pub mod shutdown;
 pub mod subscription;
 pub mod upstream;
 pub mod watch;
+mod websocket;
 
 mod state;
 

@@ -2,7 +2,8 @@
 //! calls concurrently and one ordered, bounded outgoing queue shared with the hub.
 
 mod batch;
-mod gate;
+mod control;
+mod incoming;
 mod single;
 
 use std::future::{poll_fn, Future};
@@ -12,35 +13,40 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use futures_util::stream::FuturesUnordered;
-use futures_util::{FutureExt, Sink, SinkExt, StreamExt};
+use futures_util::{FutureExt, StreamExt};
 use http::StatusCode;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::WebSocketStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use self::batch::Batch;
-use self::gate::{Gate, ReadGate};
+use self::control::Control;
+use self::incoming::{End, Incoming};
 use super::{Frontend, Transport};
+use crate::gate::Gate;
 use crate::http1::{BodyLength, RequestHead, Response};
-use crate::subscription::session::Receiver;
+use crate::subscription::session::{Receiver, CLOSE_POLICY};
 use crate::subscription::SessionHandle;
+use crate::websocket::{Event, FrameError};
 
 /// Calls of one session answered concurrently; more wait, which pauses reading.
 const CALLS_IN_FLIGHT: usize = 32;
 
-/// Initial read buffer of a client WebSocket: a few calls' worth. tungstenite zeroes it before
-/// every read, and every idle client holds it (1 KiB instead of 4 took an idle subscribed
-/// client from 7.7 to 4.8 KiB of RSS); a larger frame grows it to the frame's size.
-const READ_BUFFER_BYTES: usize = 1024;
-
 /// How long a close frame may wait behind data the client has not read yet (a slow client
-/// closed with 1008 sees the code once it catches up).
+/// closed with 1008 sees the code once it catches up), and a client that sent its own close
+/// may keep the socket open.
 const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Close code and reason sent to every client when the server shuts down.
 const SHUTTING_DOWN: (u16, &str) = (1001, "server shutting down");
+
+/// Close code and reason for a message over `max_request_bytes`.
+const TOO_BIG: (u16, &str) = (1009, "message too big");
+
+/// Close code and reason for a frame RFC 6455 forbids, and for a close code no endpoint may
+/// send (tungstenite's reply, kept).
+const PROTOCOL_ERROR: (u16, &str) = (1002, "Protocol violation");
+
+/// Close code and reason for a text message (or close reason) that is not UTF-8.
+const NOT_UTF8: (u16, &str) = (1007, "invalid UTF-8");
 
 /// The `Sec-WebSocket-Accept` value of a valid upgrade request, or the 400 refusing it.
 pub fn accept(head: &RequestHead) -> Result<&str, Response> {
@@ -59,80 +65,102 @@ pub fn accept(head: &RequestHead) -> Result<&str, Response> {
     })
 }
 
-/// Runs a session on a connection whose `101` has been sent; `read_ahead` holds what the
-/// client sent after its upgrade request, already read from the socket.
-pub async fn serve_upgraded<IO>(frontend: Arc<Frontend>, io: IO, read_ahead: Vec<u8>)
+/// Runs a session on a connection whose `101` has been sent, until either side closes;
+/// `read_ahead` holds what the client sent after its upgrade request, already read from the
+/// socket.
+///
+/// ethgate reads the client's frames itself (see `src/websocket.rs`), and writes every frame of
+/// its own straight to the socket: data frames (see `ws/batch.rs`), pongs and the close frame
+/// (see `ws/control.rs`).
+pub async fn serve_upgraded<IO>(frontend: Arc<Frontend>, mut io: IO, read_ahead: Vec<u8>)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    // tungstenite's default 128 KiB read buffer, zeroed on every read, would cost each idle
-    // client ~130 KiB; requests are small, larger ones grow the buffer.
-    let config = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER_BYTES)
-        .max_message_size(Some(frontend.max_request_bytes))
-        .max_frame_size(Some(frontend.max_request_bytes));
-    let socket =
-        WebSocketStream::from_partially_read(io, read_ahead, Role::Server, Some(config)).await;
-    run_session(frontend, socket).await;
-}
-
-/// Runs one client session over `socket` until either side closes.
-///
-/// tungstenite reads the client's frames and answers its pings and close; the session writes
-/// its own frames straight to the socket underneath (see `ws/batch.rs`).
-pub async fn run_session<T>(frontend: Arc<Frontend>, mut socket: WebSocketStream<T>)
-where
-    T: AsyncRead + AsyncWrite + Unpin + Send,
-{
     let (handle, outgoing) = SessionHandle::new(frontend.ws_queue);
     frontend.metrics.ws_connection_opened();
-    let drain = &frontend.drain;
-    // Polled only when one of them woke the task: polling a pending cancellation takes its
-    // lock, and the task wakes for every outgoing message.
-    let stops = Gate::default();
-    // Created once: re-created on every pass they would re-register with the shared shutdown
-    // token and the session's own each time a message goes out.
-    let shutdown = drain.shutdown.cancelled();
-    let closed = handle.closed();
-    tokio::pin!(shutdown, closed);
-    let mut stop = |cx: &mut Context<'_>| {
-        stops.poll(cx, |cx| {
-            if shutdown.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Some(SHUTTING_DOWN));
-            }
-            ready!(closed.as_mut().poll(cx));
-            Poll::Ready(handle.close_reason())
-        })
-    };
     let mut session = Session {
         frontend: &frontend,
         handle: &handle,
         outgoing,
         batch: Batch::default(),
-        writing: None,
-        reader: ReadGate::default(),
+        writing: false,
+        control: Control::default(),
+        incoming: Incoming::new(frontend.max_request_bytes, read_ahead),
         calls: FuturesUnordered::new(),
     };
-    let close = poll_fn(|cx| session.poll_run(&mut socket, cx, &mut stop)).await;
+    let close = session.run(&mut io).await;
     let Session {
-        mut batch, calls, ..
+        mut batch,
+        mut control,
+        calls,
+        ..
     } = session;
     // Calls still running end here: their subscriptions are never activated.
     drop(calls);
     frontend.hub.drop_session(&handle);
-    if close.is_some_and(|(code, _)| code == crate::subscription::session::CLOSE_POLICY) {
+    if matches!(close, Close::Ours(CLOSE_POLICY, _)) {
         frontend.metrics.ws_queue_overflow();
     }
     frontend.metrics.ws_connection_closed();
     // Past shutdown_grace nothing waits for a client that does not read its close frame.
     tokio::select! {
-        _ = tokio::time::timeout(CLOSE_TIMEOUT, finish(&mut socket, &mut batch, close)) => {}
-        _ = drain.force_close.cancelled() => {}
+        _ = tokio::time::timeout(CLOSE_TIMEOUT, finish(&mut io, &mut batch, &mut control, close)) => {}
+        _ = frontend.drain.force_close.cancelled() => {}
     }
 }
 
-/// Why a session ends: the close code and reason to send, if any.
-type Close = Option<(u16, &'static str)>;
+/// How a session ends: the close frame to send, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Close {
+    /// None: the socket failed or closed, or the session's writer is gone.
+    Silent,
+    /// Ours, with this code and reason.
+    Ours(u16, &'static str),
+    /// The reply to the client's close frame: its status code, if it gave one (RFC 6455
+    /// §5.5.1).
+    Echo(Option<u16>),
+}
+
+impl Close {
+    /// The close someone asked the session for (see [`SessionHandle::close`]), if any.
+    fn asked(handle: &SessionHandle) -> Close {
+        match handle.close_reason() {
+            Some((code, reason)) => Close::Ours(code, reason),
+            None => Close::Silent,
+        }
+    }
+
+    /// The close a frame the client sent ends the session with.
+    fn after(error: FrameError) -> Close {
+        let (code, reason) = match error {
+            FrameError::Utf8 => NOT_UTF8,
+            _ => PROTOCOL_ERROR,
+        };
+        Close::Ours(code, reason)
+    }
+
+    /// The reply to a client's close frame with `payload` (a status code, then a reason).
+    fn reply(payload: &[u8]) -> Close {
+        let [high, low, reason @ ..] = payload else {
+            return Close::Echo(None);
+        };
+        let code = u16::from_be_bytes([*high, *low]);
+        if std::str::from_utf8(reason).is_err() {
+            return Close::Ours(NOT_UTF8.0, NOT_UTF8.1);
+        }
+        match sendable(code) {
+            true => Close::Echo(Some(code)),
+            false => Close::Ours(PROTOCOL_ERROR.0, PROTOCOL_ERROR.1),
+        }
+    }
+}
+
+/// Whether an endpoint may send close code `code` (RFC 6455 §7.4: 1004–1006 and 1015 are
+/// reserved, 1016–2999 are for the protocol's own extensions, below 1000 and from 5000 on
+/// are not codes). The codes tungstenite accepted, exactly.
+fn sendable(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1013 | 3000..=4999)
+}
 
 /// A call of the client's, run inside the session's own task.
 type Call<'a> = Pin<Box<dyn Future<Output = std::thread::Result<()>> + Send + 'a>>;
@@ -147,19 +175,53 @@ struct Session<'a> {
     handle: &'a Arc<SessionHandle>,
     outgoing: Receiver,
     batch: Batch,
-    /// A batch taken and not written yet; `Some(true)` while tungstenite's own buffer must be
-    /// flushed first (see [`poll_write_batch`]).
-    writing: Option<bool>,
-    reader: ReadGate,
+    /// Whether a batch is taken and not written yet.
+    writing: bool,
+    /// A pong to write (between batches, never inside one).
+    control: Control,
+    incoming: Incoming,
     calls: FuturesUnordered<Call<'a>>,
 }
 
 impl<'a> Session<'a> {
+    /// Runs until the session ends, or the server shuts down, or someone closes the session.
+    async fn run<T>(&mut self, io: &mut T) -> Close
+    where
+        T: AsyncRead + AsyncWrite + Unpin,
+    {
+        let handle = self.handle;
+        // Polled only when one of them woke the task: polling a pending cancellation takes
+        // its lock, and the task wakes for every outgoing message.
+        let stops = Gate::default();
+        // Created once: re-created on every pass they would re-register with the shared
+        // shutdown token and the session's own each time a message goes out.
+        let shutdown = self.frontend.drain.shutdown.cancelled();
+        let closed = handle.closed();
+        tokio::pin!(shutdown, closed);
+        let mut stop = |cx: &mut Context<'_>| {
+            stops.poll(cx, |cx| {
+                if shutdown.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Close::Ours(SHUTTING_DOWN.0, SHUTTING_DOWN.1));
+                }
+                ready!(closed.as_mut().poll(cx));
+                Poll::Ready(Close::asked(handle))
+            })
+        };
+        poll_fn(|cx| {
+            let polled = self.poll_run(io, cx, &mut stop);
+            // Before the task waits: an idle client holds no read buffer.
+            self.incoming.release();
+            polled
+        })
+        .await
+    }
+
     /// Runs until the session ends. A stop first, then each pass: the calls (whose answers
-    /// join the queue), the writer, then, with the writer idle, the client's next frame.
+    /// join the queue), the writer (a batch, then a pong), then, with the writer idle, the
+    /// client's next frame.
     fn poll_run<T>(
         &mut self,
-        socket: &mut WebSocketStream<T>,
+        io: &mut T,
         cx: &mut Context<'_>,
         stop: &mut impl FnMut(&mut Context<'_>) -> Poll<Close>,
     ) -> Poll<Close>
@@ -176,31 +238,40 @@ impl<'a> Session<'a> {
             // meanwhile need not wake the task.
             self.outgoing.unpark();
             self.poll_calls(cx);
-            if let Some(flush_first) = &mut self.writing {
+            if self.writing {
                 // A client that reads nothing holds the batch until the socket's write
                 // timeout fails it; shutdown does not wait for that (a stop ends the pass).
-                match ready!(poll_write_batch(socket, &mut self.batch, flush_first, cx)) {
-                    Ok(()) => self.batch.release(self.handle),
-                    Err(()) => return Poll::Ready(self.handle.close_reason()),
+                if ready!(self.batch.poll_write(io, cx)).is_err() {
+                    return Poll::Ready(self.failed());
                 }
-                self.writing = None;
+                self.batch.release(self.handle);
+                self.writing = false;
+            }
+            if self.control.is_pending() && ready!(self.control.poll_write(io, cx)).is_err() {
+                return Poll::Ready(self.failed());
             }
             if let Poll::Ready(first) = self.outgoing.poll_recv(cx) {
-                let vectored = socket.get_ref().is_write_vectored();
+                let vectored = io.is_write_vectored();
                 self.batch
                     .take(first, &mut self.outgoing, self.handle, vectored);
-                self.writing = Some(self.reader.take_polled());
+                self.writing = true;
                 continue;
             }
             // Reading pauses while CALLS_IN_FLIGHT calls run; the queue keeps draining.
             if self.calls.len() >= CALLS_IN_FLIGHT {
                 return Poll::Pending;
             }
-            let frame = ready!(self.reader.poll_next(socket, cx));
-            if let Some(close) = self.on_frame(frame) {
+            let event = ready!(self.incoming.poll_next(io, cx));
+            if let Some(close) = self.on_event(event) {
                 return Poll::Ready(close);
             }
         }
+    }
+
+    /// The close after the socket failed mid-write: none, unless the session was asked to
+    /// close (nothing can be framed after a frame cut short; the code is still counted).
+    fn failed(&self) -> Close {
+        Close::asked(self.handle)
     }
 
     /// Polls the calls, if any (an empty set is not touched: that costs a cache miss per
@@ -217,18 +288,20 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Takes one frame of the client's; `Some` ends the session.
-    fn on_frame(&mut self, frame: Option<Result<Message, WsError>>) -> Option<Close> {
-        match frame {
-            Some(Ok(Message::Text(text))) => self.dispatch(text.into()),
-            Some(Ok(Message::Binary(data))) => self.dispatch(data),
-            Some(Ok(Message::Close(_))) | None => return Some(None),
-            Some(Ok(_)) => {}
-            Some(Err(WsError::Capacity(_))) => return Some(Some((1009, "message too big"))),
-            Some(Err(error)) => {
-                tracing::debug!(%error, "client WebSocket failed");
-                return Some(None);
+    /// Takes one event of the client's; `Some` ends the session.
+    fn on_event(&mut self, event: Result<Event, End>) -> Option<Close> {
+        match event {
+            // Binary messages are answered like text ones.
+            Ok(Event::Message(body)) => self.dispatch(body),
+            Ok(Event::Ping(payload)) => self.control.pong(&payload),
+            Ok(Event::Pong) => {}
+            Ok(Event::Close(payload)) => return Some(Close::reply(&payload)),
+            Ok(Event::TooLarge(_)) => return Some(Close::Ours(TOO_BIG.0, TOO_BIG.1)),
+            Err(End::Frame(error)) => {
+                tracing::debug!(%error, "client broke the WebSocket protocol");
+                return Some(Close::after(error));
             }
+            Err(End::Gone) => return Some(Close::Silent),
         }
         None
     }
@@ -247,11 +320,9 @@ async fn answer(frontend: &Frontend, handle: &Arc<SessionHandle>, body: bytes::B
     let served = frontend.serve(Transport::Ws(handle), &body).await;
     drop(body);
     if let Some(body) = served.body {
-        let text = String::from_utf8(body)
-            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
         // The client's own answers wait for room rather than close it: a client that
         // reads promptly is never closed because of its own calls.
-        if !handle.push_answer(text).await {
+        if !handle.push_answer(body).await {
             return;
         }
     }
@@ -260,63 +331,37 @@ async fn answer(frontend: &Frontend, handle: &Arc<SessionHandle>, body: bytes::B
     }
 }
 
-/// Writes one batch, after whatever tungstenite still holds when the reader ran since the last
-/// batch (a pong or close reply it could not write at once must not land inside our frames).
-fn poll_write_batch<T>(
-    socket: &mut WebSocketStream<T>,
-    batch: &mut Batch,
-    flush_first: &mut bool,
-    cx: &mut Context<'_>,
-) -> Poll<Result<(), ()>>
-where
-    T: AsyncRead + AsyncWrite + Unpin,
-{
-    if *flush_first {
-        ready!(Pin::new(&mut *socket).poll_flush(cx)).map_err(|_| ())?;
-        *flush_first = false;
-    }
-    batch.poll_write(socket.get_mut(), cx).map_err(|_| ())
-}
-
-/// [`poll_write_batch`] as a future.
-async fn write_batch<T>(
-    socket: &mut WebSocketStream<T>,
-    batch: &mut Batch,
-    mut flush_first: bool,
-) -> Result<(), ()>
-where
-    T: AsyncRead + AsyncWrite + Unpin,
-{
-    poll_fn(|cx| poll_write_batch(socket, batch, &mut flush_first, cx)).await
-}
-
-/// The end of a session: the rest of a batch cut short (a close frame inside it would corrupt
-/// the stream), then our close frame if any, or flushing the reply tungstenite queued to the
-/// client's.
+/// The end of a session: the rest of a batch or pong cut short (a close frame inside it would
+/// corrupt the stream), then the close frame if any, then the socket's shutdown.
 ///
 /// Takes the socket by reference: a socket moved in would make every session's future (which
 /// an idle client keeps) larger by another copy of it.
-async fn finish<T>(socket: &mut WebSocketStream<T>, batch: &mut Batch, close: Close)
+async fn finish<T>(io: &mut T, batch: &mut Batch, control: &mut Control, close: Close)
 where
-    T: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncWrite + Unpin,
 {
-    if batch.unwritten() && write_batch(socket, batch, true).await.is_err() {
+    if batch.unwritten() && poll_fn(|cx| batch.poll_write(io, cx)).await.is_err() {
         // The socket failed inside a frame: nothing more can be framed after it.
         return;
     }
-    if let Some((code, reason)) = close {
-        let frame = CloseFrame {
-            code: CloseCode::from(code),
-            reason: reason.into(),
-        };
-        let _ = socket.send(Message::Close(Some(frame))).await;
+    if control.is_pending() && poll_fn(|cx| control.poll_write(io, cx)).await.is_err() {
+        return;
     }
-    let _ = SinkExt::close(socket).await;
+    match close {
+        Close::Silent => {}
+        Close::Ours(code, reason) => control.close(Some(code), reason),
+        Close::Echo(code) => control.close(code, ""),
+    }
+    if control.is_pending() && poll_fn(|cx| control.poll_write(io, cx)).await.is_err() {
+        return;
+    }
+    let _ = io.shutdown().await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
 
     /// A session whose queue holds one notification of `result`, taken as a batch.
     async fn one_batch(result: &str, vectored: bool) -> Batch {
@@ -331,42 +376,37 @@ mod tests {
         batch
     }
 
-    #[tokio::test]
-    async fn a_pong_tungstenite_left_half_written_is_finished_before_a_batch() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (server, mut client) = tokio::io::duplex(64);
-        let mut socket = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
-        // The client's direction fills up but for one byte.
-        socket.get_mut().write_all(&[0; 63]).await.unwrap();
-        // A masked ping "abc" from the client.
-        let mask = [1, 2, 3, 4];
-        let mut ping = vec![0x89, 0x83];
-        ping.extend_from_slice(&mask);
-        ping.extend(b"abc".iter().zip(mask).map(|(b, m)| b ^ m));
-        client.write_all(&ping).await.unwrap();
-        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
-        let read = socket.poll_next_unpin(&mut cx);
-        assert!(matches!(read, Poll::Ready(Some(Ok(Message::Ping(_))))));
-        // Reading on, tungstenite writes the first byte of its pong and keeps the rest.
-        assert!(socket.poll_next_unpin(&mut cx).is_pending());
-        let mut batch = one_batch("7", false).await;
-        let drain = tokio::spawn(async move {
+    /// Everything the client end of `client` receives until the server end closes.
+    fn drain(mut client: tokio::io::DuplexStream) -> tokio::task::JoinHandle<Vec<u8>> {
+        tokio::spawn(async move {
             let mut all = Vec::new();
             client.read_to_end(&mut all).await.unwrap();
             all
-        });
-        write_batch(&mut socket, &mut batch, true).await.unwrap();
-        drop(socket);
-        let all = drain.await.unwrap();
-        assert_eq!(
-            &all[63..68],
-            &[0x8a, 3, b'a', b'b', b'c'],
-            "the whole pong first"
-        );
-        let text = r#"{"jsonrpc":"2.0","method":"eth_subscription","params":{"subscription":"0x1","result":7}}"#;
-        assert_eq!(all[68], 0x81);
-        assert_eq!(all[69] as usize, text.len());
-        assert_eq!(&all[70..], text.as_bytes(), "then our frame, whole");
+        })
+    }
+
+    #[tokio::test]
+    async fn a_pong_cut_short_is_finished_before_the_close_frame() {
+        let (mut server, client) = tokio::io::duplex(64);
+        // The client's direction fills up but for one byte.
+        server.write_all(&[0; 63]).await.unwrap();
+        let mut control = Control::default();
+        control.pong(b"abc");
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        assert!(control.poll_write(&mut server, &mut cx).is_pending());
+        let all = drain(client);
+        let mut batch = Batch::default();
+        finish(
+            &mut server,
+            &mut batch,
+            &mut control,
+            Close::Echo(Some(1000)),
+        )
+        .await;
+        drop(server);
+        let all = all.await.unwrap();
+        assert_eq!(&all[63..68], &[0x8a, 3, b'a', b'b', b'c'], "the whole pong");
+        assert_eq!(&all[68..], &[0x88, 2, 0x03, 0xe8], "then the close frame");
     }
 
     #[tokio::test]
@@ -377,26 +417,18 @@ mod tests {
     }
 
     async fn a_batch_cut_short_is_finished_before_the_close_frame_when(vectored: bool) {
-        use tokio::io::AsyncReadExt;
-        let (server, mut client) = tokio::io::duplex(64);
-        let mut socket = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
+        let (mut server, client) = tokio::io::duplex(64);
         let result = format!("\"{}\"", "x".repeat(300));
         let mut batch = one_batch(&result, vectored).await;
         // The client reads nothing yet: the batch stops after 64 bytes (a shutdown now).
         let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
-        {
-            let mut write = std::pin::pin!(write_batch(&mut socket, &mut batch, false));
-            assert!(write.as_mut().poll(&mut cx).is_pending());
-        }
+        assert!(batch.poll_write(&mut server, &mut cx).is_pending());
         assert!(batch.unwritten());
-        let drain = tokio::spawn(async move {
-            let mut all = Vec::new();
-            client.read_to_end(&mut all).await.unwrap();
-            all
-        });
-        finish(&mut socket, &mut batch, Some(SHUTTING_DOWN)).await;
-        drop(socket);
-        let all = drain.await.unwrap();
+        let all = drain(client);
+        let close = Close::Ours(SHUTTING_DOWN.0, SHUTTING_DOWN.1);
+        finish(&mut server, &mut batch, &mut Control::default(), close).await;
+        drop(server);
+        let all = all.await.unwrap();
         let text = format!(
             r#"{{"jsonrpc":"2.0","method":"eth_subscription","params":{{"subscription":"0x1","result":{result}}}}}"#
         );
@@ -408,5 +440,58 @@ mod tests {
         assert_eq!(close[0], 0x88, "then the close frame");
         assert_eq!(u16::from_be_bytes([close[2], close[3]]), 1001);
         assert_eq!(&close[4..], SHUTTING_DOWN.1.as_bytes());
+    }
+
+    #[test]
+    fn a_clients_close_is_echoed_by_its_code_and_bad_codes_or_reasons_are_refused() {
+        let close = |code: u16, reason: &[u8]| {
+            let mut payload = code.to_be_bytes().to_vec();
+            payload.extend_from_slice(reason);
+            Close::reply(&payload)
+        };
+        assert_eq!(Close::reply(&[]), Close::Echo(None), "no code: none back");
+        for code in [1000, 1001, 1003, 1007, 1011, 1013, 3000, 4999] {
+            assert_eq!(close(code, b"bye"), Close::Echo(Some(code)), "{code}");
+        }
+        for code in [
+            0,
+            999,
+            1004,
+            1005,
+            1006,
+            1014,
+            1015,
+            1016,
+            2999,
+            5000,
+            u16::MAX,
+        ] {
+            assert_eq!(
+                close(code, b""),
+                Close::Ours(1002, PROTOCOL_ERROR.1),
+                "{code}"
+            );
+        }
+        assert_eq!(close(1000, &[0xff]), Close::Ours(1007, NOT_UTF8.1));
+    }
+
+    #[test]
+    fn frames_against_the_protocol_close_with_1002_and_bad_utf8_with_1007() {
+        assert_eq!(
+            Close::after(FrameError::Utf8),
+            Close::Ours(1007, NOT_UTF8.1)
+        );
+        for error in [
+            FrameError::Unmasked,
+            FrameError::Reserved,
+            FrameError::Opcode(3),
+            FrameError::Control,
+            FrameError::StrayContinuation,
+            FrameError::Interleaved,
+            FrameError::Length,
+            FrameError::Close,
+        ] {
+            assert_eq!(Close::after(error), Close::Ours(1002, PROTOCOL_ERROR.1));
+        }
     }
 }

@@ -34,13 +34,14 @@ pub struct QueueLimits {
     pub bytes: usize,
 }
 
-/// What a queued message holds: an answer's text, or a notification kept as its two shared
+/// What a queued message holds: an answer's JSON text, or a notification kept as its two shared
 /// parts (the subscription id and the result every subscriber of it gets), so a head fanned out
 /// to thousands of clients is stored once and each client's frame is built only when written.
 #[derive(Debug)]
 pub enum Body {
-    /// A whole JSON text.
-    Text(String),
+    /// A whole JSON text, as ethgate rendered it (valid UTF-8 by construction: kept as bytes,
+    /// it is never checked again on its way to the socket).
+    Text(Vec<u8>),
     /// `eth_subscription` for `id` carrying `result`.
     Notification {
         /// The subscription id.
@@ -73,11 +74,12 @@ impl Body {
         self.len() == 0
     }
 
-    /// The JSON text, built in one allocation of the exact size (so handing it to the
-    /// WebSocket as bytes allocates nothing more).
+    /// The JSON text, built in one allocation of the exact size (for tests and diagnostics;
+    /// the session's writer frames the parts where they are).
     pub fn into_text(self) -> String {
         match self {
-            Body::Text(text) => text,
+            Body::Text(text) => String::from_utf8(text)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into()),
             Body::Notification { id, result } => {
                 let mut text = String::with_capacity(notification_len(&id, &result));
                 for part in notification_parts(&id, &result) {
@@ -91,7 +93,7 @@ impl Body {
     /// Appends the JSON text to `out`, without building it on its own first.
     pub fn write_to(&self, out: &mut Vec<u8>) {
         match self {
-            Body::Text(text) => out.extend_from_slice(text.as_bytes()),
+            Body::Text(text) => out.extend_from_slice(text),
             Body::Notification { id, result } => {
                 for part in notification_parts(id, result) {
                     out.extend_from_slice(part.as_bytes());
@@ -286,7 +288,7 @@ impl SessionHandle {
 
     /// Queues the answer to one of the client's calls, waiting for room; false when the
     /// session closes first.
-    pub async fn push_answer(&self, text: String) -> bool {
+    pub async fn push_answer(&self, text: Vec<u8>) -> bool {
         let len = text.len();
         let mut outgoing = Outgoing {
             body: Body::Text(text),
@@ -570,7 +572,7 @@ mod tests {
         // Room for exactly one notification, and for the first answer but not the second.
         let bound = len_of("note");
         let (s, mut queue) = session(100, bound);
-        assert!(s.push_answer("a".repeat(bound - 2)).await);
+        assert!(s.push_answer("a".repeat(bound - 2).into()).await);
         let waiting = tokio::spawn({
             let s = s.clone();
             async move { s.push_answer("answer".into()).await }

@@ -10,10 +10,8 @@
 //! copy of its ~1.6 KB header text to be the largest part of framing), and a large answer is
 //! never copied at all. Small messages are copied whole; cheaper than another piece.
 //!
-//! tungstenite still reads, and while reading it writes control frames of its own (a pong, the
-//! reply to a close). Those are never cut into one of these frames: the session polls the
-//! reader only between batches, and flushes tungstenite's own buffer before a batch's first
-//! byte whenever the reader ran since the last batch (see `write_batch` in the parent).
+//! The session's control frames (a pong, the close) are written by `control.rs`, only while no
+//! batch is in progress: never inside one of these frames.
 
 use std::cell::Cell;
 use std::io::{self, IoSlice};
@@ -95,7 +93,7 @@ enum Part {
     /// A notification result shared with every subscriber.
     Shared(Arc<String>),
     /// An answer, written from its own allocation.
-    Answer(String),
+    Answer(Vec<u8>),
 }
 
 /// Messages taken from the queue together, framed into pieces, and how far they are written.
@@ -173,7 +171,7 @@ impl Batch {
                 self.bytes.extend_from_slice(NOTIFICATION_TAIL.as_bytes());
             }
             Body::Text(text) if text.len() >= piece_min => self.piece(Part::Answer(text)),
-            Body::Text(text) => self.bytes.extend_from_slice(text.as_bytes()),
+            Body::Text(text) => self.bytes.extend_from_slice(&text),
         }
     }
 
@@ -203,7 +201,7 @@ impl Batch {
         match part {
             Part::Own(range) => &self.bytes[range.clone()],
             Part::Shared(text) => text.as_bytes(),
-            Part::Answer(text) => text.as_bytes(),
+            Part::Answer(text) => text,
         }
     }
 
@@ -382,7 +380,7 @@ mod tests {
         let (handle, mut queue) = session(8);
         assert!(push(&handle, "1") && push(&handle, "2"));
         let answer = "a".repeat(300);
-        assert!(handle.push_answer(answer.clone()).await);
+        assert!(handle.push_answer(answer.clone().into_bytes()).await);
         assert!(push(&handle, "3"));
         let mut batch = Batch::default();
         batch.take(queue.recv().await, &mut queue, &handle, true);
@@ -524,7 +522,7 @@ mod tests {
         let result = Arc::new(format!("\"{}\"", "h".repeat(PIECE_MIN)));
         let answer = "a".repeat(PIECE_MIN);
         assert!(handle.push(&"0x9".into(), &result) && push(&handle, "1"));
-        assert!(handle.push_answer(answer.clone()).await);
+        assert!(handle.push_answer(answer.clone().into_bytes()).await);
         let mut batch = Batch::default();
         batch.take(queue.recv().await, &mut queue, &handle, true);
         assert_eq!(
@@ -572,14 +570,14 @@ mod tests {
         for len in [3, 300, 70_000] {
             let (handle, mut queue) = session(8);
             let answer = "a".repeat(len);
-            assert!(handle.push_answer(answer.clone()).await);
+            assert!(handle.push_answer(answer.clone().into_bytes()).await);
             let mut batch = Batch::default();
             batch.take(queue.recv().await, &mut queue, &handle, true);
             assert!(batch.single.is_some());
             assert_eq!(batch.bytes.capacity(), 0, "no buffer borrowed");
             for step in [1, 5, usize::MAX] {
                 let mut copy = Batch::default();
-                assert!(handle.push_answer(answer.clone()).await);
+                assert!(handle.push_answer(answer.clone().into_bytes()).await);
                 copy.take(queue.recv().await, &mut queue, &handle, true);
                 let socket = trickled(&mut copy, step).await;
                 let mut expected = header(len);

@@ -2,7 +2,7 @@
 //! for each answer: written with no buffer at all. Its frame header (and a notification's text
 //! before its result) is rebuilt on the stack for each write attempt, and goes out in one
 //! vectored write with the message's own text (a notification's shared result and tail, or
-//! the answer's string) where it is.
+//! the answer's bytes) where it is.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -65,7 +65,7 @@ impl Single {
                 put(NOTIFICATION_MIDDLE.as_bytes());
                 (result.as_bytes(), NOTIFICATION_TAIL.as_bytes())
             }
-            Body::Text(text) => (text.as_bytes(), &[][..]),
+            Body::Text(text) => (&text[..], &[][..]),
         };
         let pieces = [&prefix[..end], text, tail];
         loop {

@@ -147,7 +147,7 @@ mod tests {
 
     fn text(s: &str) -> Outgoing {
         Outgoing {
-            body: Body::Text(s.to_string()),
+            body: Body::Text(s.into()),
         }
     }
 

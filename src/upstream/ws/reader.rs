@@ -1,313 +1,44 @@
-//! The frames a node sends on a multiplexed WebSocket (RFC 6455, client side), read from a
-//! buffer the connection's task fills: no I/O here, so every rule is tested byte by byte.
-//!
-//! The buffer is never zeroed (the socket reads into its spare capacity), a message is
-//! validated once, and a single-frame message leaves as a slice of the buffer (no copy, and
-//! no allocation per message). A message over
-//! `max_response_bytes` is skipped as it streams in: only its opening is kept, to name the
-//! call it answers, so one huge answer costs that call alone and never more memory than the
-//! limit.
+//! The frames a node sends on a multiplexed WebSocket: the shared RFC 6455 reader
+//! (`crate::websocket`, which reads a client's frames too) in the client role, where a
+//! message over `max_response_bytes` is named by the id in its opening (see
+//! [`opening_id`]) so that only the call it answers fails.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::BytesMut;
+
+pub(super) use crate::websocket::{Event, FrameError};
+use crate::websocket::{Peer, Reader as Frames};
 
 use super::ids::opening_id;
 
-/// Bytes read from the socket at a time, unless a frame in progress needs more.
-pub(super) const READ_CHUNK: usize = 16 * 1024;
+#[cfg(test)]
+use {crate::websocket::READ_CHUNK, bytes::Bytes};
 
-/// Bytes of a skipped message kept to find its id: `{"jsonrpc":"2.0","id":` and 20 digits.
-const OPENING: usize = 64;
-
-/// Room below which the buffer is grown (by [`READ_CHUNK`]) before the next read.
-const MIN_ROOM: usize = READ_CHUNK / 4;
-
-const CONTINUATION: u8 = 0x0;
-const TEXT: u8 = 0x1;
-const BINARY: u8 = 0x2;
-const CLOSE: u8 = 0x8;
-const PING: u8 = 0x9;
-const PONG: u8 = 0xA;
-
-/// What the node sent, one complete frame or message at a time.
-#[derive(Debug, PartialEq)]
-pub(super) enum Event {
-    /// A whole data message; a text one is valid UTF-8.
-    Message(Bytes),
-    /// A ping, to be answered with a pong carrying `payload`.
-    Ping(Bytes),
-    /// A pong: the node is alive.
-    Pong,
-    /// The node closes the connection; the payload (status code and reason) to echo.
-    Close(Bytes),
-    /// A message over the limit, skipped unread; the id its opening names, if any.
-    TooLarge(Option<u64>),
-}
-
-/// A frame no conforming server sends: the connection cannot go on.
-#[derive(Debug, PartialEq, thiserror::Error)]
-pub(super) enum FrameError {
-    #[error("masked frame from the server")]
-    Masked,
-    #[error("reserved bits set")]
-    Reserved,
-    #[error("unknown opcode {0:#x}")]
-    Opcode(u8),
-    #[error("fragmented control frame, or one over 125 bytes")]
-    Control,
-    #[error("continuation frame outside a fragmented message")]
-    StrayContinuation,
-    #[error("new message inside a fragmented one")]
-    Interleaved,
-    #[error("text message not valid UTF-8")]
-    Utf8,
-    #[error("frame length with its top bit set")]
-    Length,
-    #[error("close frame with a one-byte payload")]
-    Close,
-}
-
-/// What reading one frame came to.
-enum Step {
-    Done(Event),
-    /// The frame is incomplete: wait for more bytes.
-    More,
-    /// The frame was consumed without completing an event: read the next.
-    Next,
-}
-
-/// A frame's header as read from its first bytes.
-struct Header {
-    fin: bool,
-    opcode: u8,
-    len: u64,
-    size: usize,
-}
-
-/// The reading side of one connection.
-pub(super) struct Reader {
-    buf: BytesMut,
-    max: usize,
-    /// The fragments so far of a message sent in several frames, and whether it is text.
-    partial: Option<(BytesMut, bool)>,
-    /// Bytes of the current frame still to discard, and whether the message ends with it.
-    skipping: Option<(u64, bool)>,
-    /// Whether a skipped message goes on in later frames (to be skipped as well).
-    skipped_goes_on: bool,
-    /// Bytes the frame in progress still lacks: how much the next read may bring at once.
-    lacking: usize,
-}
+/// The reading side of one upstream connection.
+pub(super) struct Reader(Frames);
 
 impl Reader {
     /// A reader of messages up to `max` bytes that starts with `start` (bytes that arrived
     /// with the handshake's answer).
     pub(super) fn new(max: usize, start: BytesMut) -> Self {
-        Reader {
-            buf: start,
-            max,
-            partial: None,
-            skipping: None,
-            skipped_goes_on: false,
-            lacking: 0,
-        }
+        Reader(Frames::new(Peer::Server { name: opening_id }, max, start))
     }
 
     /// The buffer the next read appends to, with room for it; and how much that read may
-    /// bring (one chunk, or all a frame within the limit still lacks).
+    /// bring (see `Reader::space` of the shared reader).
     pub(super) fn space(&mut self) -> (&mut BytesMut, usize) {
-        let room = self.buf.capacity() - self.buf.len();
-        if room < self.lacking {
-            self.buf.reserve(self.lacking);
-        } else if room < MIN_ROOM {
-            self.buf.reserve(READ_CHUNK);
-        }
-        (&mut self.buf, self.lacking.max(READ_CHUNK))
-    }
-
-    /// Bytes held for messages not yet complete (the memory a connection's reading costs).
-    #[cfg(test)]
-    pub(super) fn held(&self) -> usize {
-        self.buf.capacity() + self.partial.as_ref().map_or(0, |(data, _)| data.capacity())
+        self.0.space()
     }
 
     /// The next complete event in what was read so far; `None` until more bytes come.
     pub(super) fn next(&mut self) -> Result<Option<Event>, FrameError> {
-        loop {
-            if let Some((remaining, fin)) = &mut self.skipping {
-                let n = (*remaining).min(self.buf.len() as u64);
-                self.buf.advance(n as usize);
-                *remaining -= n;
-                if *remaining > 0 {
-                    self.lacking = 0;
-                    return Ok(None);
-                }
-                self.skipped_goes_on = !*fin;
-                self.skipping = None;
-                continue;
-            }
-            let Some(header) = header(&self.buf)? else {
-                self.lacking = 0;
-                return Ok(None);
-            };
-            let step = match header.opcode {
-                CLOSE | PING | PONG => self.control(&header).map_or(Step::More, Step::Done),
-                _ => self.data(&header)?,
-            };
-            match step {
-                Step::Done(event) => return Ok(Some(event)),
-                Step::More => return Ok(None),
-                Step::Next => {}
-            }
-        }
+        self.0.next()
     }
 
-    /// A ping, pong or close once whole (at most 125 bytes: [`header`] checked).
-    fn control(&mut self, header: &Header) -> Option<Event> {
-        let payload = self.take(header)?;
-        Some(match header.opcode {
-            PING => Event::Ping(payload),
-            PONG => Event::Pong,
-            _ => Event::Close(payload),
-        })
+    /// Bytes held for messages not yet complete.
+    #[cfg(test)]
+    pub(super) fn held(&self) -> usize {
+        self.0.held()
     }
-
-    /// A data frame: a whole message, a fragment kept for later, or the start of a skip.
-    fn data(&mut self, header: &Header) -> Result<Step, FrameError> {
-        let in_message = self.partial.is_some() || self.skipped_goes_on;
-        match (header.opcode, in_message) {
-            (CONTINUATION, false) => return Err(FrameError::StrayContinuation),
-            (TEXT | BINARY, true) => return Err(FrameError::Interleaved),
-            _ => {}
-        }
-        if self.skipped_goes_on {
-            // The rest of a message already reported as too large.
-            self.buf.advance(header.size);
-            self.skipping = Some((header.len, header.fin));
-            return Ok(Step::Next);
-        }
-        let so_far = self.partial.as_ref().map_or(0, |(data, _)| data.len());
-        if header.len > (self.max - so_far) as u64 {
-            return Ok(self
-                .too_large(header, so_far)
-                .map_or(Step::More, Step::Done));
-        }
-        let Some(payload) = self.take(header) else {
-            return Ok(Step::More);
-        };
-        let text = match &self.partial {
-            Some((_, text)) => *text,
-            None => header.opcode == TEXT,
-        };
-        let message = match (self.partial.take(), header.fin) {
-            (None, true) => payload,
-            (Some((mut data, text)), fin) => {
-                grow_within(&mut data, payload.len(), self.max);
-                data.extend_from_slice(&payload);
-                if !fin {
-                    self.partial = Some((data, text));
-                    return Ok(Step::Next);
-                }
-                data.freeze()
-            }
-            (None, false) => {
-                let mut data = BytesMut::new();
-                grow_within(&mut data, payload.len(), self.max);
-                data.extend_from_slice(&payload);
-                self.partial = Some((data, text));
-                return Ok(Step::Next);
-            }
-        };
-        if text && std::str::from_utf8(&message).is_err() {
-            return Err(FrameError::Utf8);
-        }
-        Ok(Step::Done(Event::Message(message)))
-    }
-
-    /// Starts skipping the message `header` would take over the limit, once its opening is
-    /// in (`so_far` bytes of it came in earlier fragments).
-    fn too_large(&mut self, header: &Header, so_far: usize) -> Option<Event> {
-        let want = OPENING.saturating_sub(so_far).min(header.len as usize);
-        if self.buf.len() < header.size + want {
-            self.lacking = header.size + want - self.buf.len();
-            return None;
-        }
-        let mut opening = Vec::with_capacity(OPENING);
-        if let Some((data, _)) = self.partial.take() {
-            opening.extend_from_slice(&data[..data.len().min(OPENING)]);
-        }
-        opening.extend_from_slice(&self.buf[header.size..header.size + want]);
-        self.buf.advance(header.size);
-        self.skipping = Some((header.len, header.fin));
-        Some(Event::TooLarge(opening_id(&opening)))
-    }
-
-    /// The payload of the frame `header` opens, once all of it is in.
-    fn take(&mut self, header: &Header) -> Option<Bytes> {
-        // Within the limit (checked by the caller, or at most 125 bytes): fits in usize.
-        let len = header.len as usize;
-        let end = header.size + len;
-        if self.buf.len() < end {
-            self.lacking = end - self.buf.len();
-            return None;
-        }
-        self.lacking = 0;
-        self.buf.advance(header.size);
-        // A slice of the buffer, not a copy: later reads fill the rest of its allocation, and
-        // a new one is made only once that is used up while answers still hold the old.
-        Some(self.buf.split_to(len).freeze())
-    }
-}
-
-/// Makes room for `more` bytes in a message being assembled, doubling (linear time) but never
-/// past `max` (the memory bound).
-fn grow_within(data: &mut BytesMut, more: usize, max: usize) {
-    let need = data.len() + more;
-    if need > data.capacity() {
-        let target = need.max(data.capacity() * 2).min(max).max(need);
-        let mut grown = BytesMut::with_capacity(target);
-        grown.extend_from_slice(data);
-        *data = grown;
-    }
-}
-
-/// The header at the start of `buf`, checked; `None` while incomplete.
-fn header(buf: &[u8]) -> Result<Option<Header>, FrameError> {
-    let [first, second, ..] = *buf else {
-        return Ok(None);
-    };
-    if first & 0x70 != 0 {
-        return Err(FrameError::Reserved);
-    }
-    if second & 0x80 != 0 {
-        return Err(FrameError::Masked);
-    }
-    let (len, size) = match second & 0x7F {
-        126 => match buf.get(2..4) {
-            Some(bytes) => (u64::from(u16::from_be_bytes([bytes[0], bytes[1]])), 4),
-            None => return Ok(None),
-        },
-        127 => match buf.get(2..10).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
-            Some(bytes) => (u64::from_be_bytes(bytes), 10),
-            None => return Ok(None),
-        },
-        short => (u64::from(short), 2),
-    };
-    if len >> 63 != 0 {
-        return Err(FrameError::Length);
-    }
-    let (fin, opcode) = (first & 0x80 != 0, first & 0x0F);
-    match opcode {
-        CONTINUATION | TEXT | BINARY => {}
-        CLOSE | PING | PONG if !fin || len > 125 => return Err(FrameError::Control),
-        CLOSE if len == 1 => return Err(FrameError::Close),
-        CLOSE | PING | PONG => {}
-        other => return Err(FrameError::Opcode(other)),
-    }
-    Ok(Some(Header {
-        fin,
-        opcode,
-        len,
-        size,
-    }))
 }
 
 #[cfg(test)]

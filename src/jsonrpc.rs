@@ -148,6 +148,12 @@ pub fn decode(body: &[u8], max_batch_len: usize) -> Result<Incoming<'_>, RpcErro
     // checked again (that check was the largest single cost of a batch). Invalid UTF-8 was a
     // parse error before too: outside strings JSON allows only ASCII.
     let text = std::str::from_utf8(body).map_err(|_| PARSE_ERROR)?;
+    decode_text(text, max_batch_len)
+}
+
+/// [`decode`] for a body already known to be UTF-8 (a WebSocket text message, which the frame
+/// reader checked): not checked a second time.
+pub fn decode_text(text: &str, max_batch_len: usize) -> Result<Incoming<'_>, RpcError> {
     // The hand-written scanner answers the common bodies; what it leaves goes to serde.
     if let Some(decoded) = fast::decode(text, max_batch_len) {
         return decoded;
@@ -155,7 +161,7 @@ pub fn decode(body: &[u8], max_batch_len: usize) -> Result<Incoming<'_>, RpcErro
     match single_pass(text, max_batch_len) {
         // The single pass refuses a few bodies the exact decoder reads (see `exact`); a body
         // that is not JSON costs a second look, and only then.
-        Err(error) if error == PARSE_ERROR => exact::decode(body, max_batch_len),
+        Err(error) if error == PARSE_ERROR => exact::decode(text.as_bytes(), max_batch_len),
         decoded => decoded,
     }
 }

@@ -11,6 +11,7 @@
 //! a client's is reported at once, nothing of it kept.
 
 use bytes::{Buf, Bytes, BytesMut};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Bytes read from the socket at a time, unless a frame in progress needs more.
 pub(crate) const READ_CHUNK: usize = 16 * 1024;
@@ -42,8 +43,11 @@ pub(crate) enum Peer {
 /// What the other side sent, one complete frame or message at a time.
 #[derive(Debug, PartialEq)]
 pub(crate) enum Event {
-    /// A whole data message; a text one is valid UTF-8.
-    Message(Bytes),
+    /// A whole text message, its UTF-8 checked here once: the type carries that, so nothing
+    /// downstream checks it again.
+    Text(Utf8Bytes),
+    /// A whole binary message, not checked.
+    Binary(Bytes),
     /// A ping, to be answered with a pong carrying `payload`.
     Ping(Bytes),
     /// A pong: the node is alive.
@@ -245,10 +249,11 @@ impl Reader {
                 return Ok(Step::Next);
             }
         };
-        if text && std::str::from_utf8(&message).is_err() {
-            return Err(FrameError::Utf8);
-        }
-        Ok(Step::Done(Event::Message(message)))
+        let event = match text {
+            true => Event::Text(Utf8Bytes::try_from(message).map_err(|_| FrameError::Utf8)?),
+            false => Event::Binary(message),
+        };
+        Ok(Step::Done(event))
     }
 
     /// Starts skipping the message `header` would take over the limit, once a node's opening
@@ -300,8 +305,8 @@ impl Reader {
 }
 
 /// XORs `payload` with the repeated 4-byte `mask` (RFC 6455 §5.3: masking and unmasking are
-/// the same), eight bytes at a time. (`upstream/ws/writer.rs` has the same function for the
-/// frames it masks; one of the two can go once both modules may be edited together.)
+/// the same), eight bytes at a time: the frames a client sends us, and those ethgate sends a
+/// node (`upstream/ws/writer.rs`).
 pub(crate) fn apply_mask(payload: &mut [u8], mask: [u8; 4]) {
     let [a, b, c, d] = mask;
     let word = u64::from_ne_bytes([a, b, c, d, a, b, c, d]);

@@ -119,23 +119,22 @@ pub fn task_kernel_time(dir: &str) -> Duration {
 
 /// Kernel time of every current thread of process `pid`.
 pub fn process_kernel_time(pid: u32) -> Duration {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Duration::ZERO;
-    };
-    tasks
-        .filter_map(Result::ok)
-        .map(|t| task_kernel_time(&t.path().to_string_lossy()))
-        .sum()
+    sum_over_threads(pid, task_kernel_time)
 }
 
 /// On-CPU time of every current thread of process `pid`.
 pub fn process_cpu_time(pid: u32) -> Duration {
+    sum_over_threads(pid, task_cpu_time)
+}
+
+/// `per_thread` of each current thread of process `pid` (its `/proc/PID/task/TID`), summed.
+fn sum_over_threads(pid: u32, per_thread: fn(&str) -> Duration) -> Duration {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return Duration::ZERO;
     };
     tasks
         .filter_map(Result::ok)
-        .map(|t| task_cpu_time(&t.path().to_string_lossy()))
+        .map(|t| per_thread(&t.path().to_string_lossy()))
         .sum()
 }
 

@@ -72,18 +72,37 @@ enum Local {
 impl Frontend {
     /// Decodes a request body and answers it.
     pub async fn serve(&self, transport: Transport<'_>, body: &[u8]) -> Served {
+        self.serve_decoded(transport, || jsonrpc::decode(body, self.max_batch_len))
+            .await
+    }
+
+    /// [`Frontend::serve`] for a body known to be UTF-8 (a WebSocket text message).
+    pub async fn serve_text(&self, transport: Transport<'_>, body: &str) -> Served {
+        self.serve_decoded(transport, || jsonrpc::decode_text(body, self.max_batch_len))
+            .await
+    }
+
+    async fn serve_decoded<'b>(
+        &self,
+        transport: Transport<'_>,
+        decode: impl FnOnce() -> Result<jsonrpc::Incoming<'b>, RpcError>,
+    ) -> Served {
         let started = tokio::time::Instant::now();
         // A guard, so a call dropped mid-way (client gone, shutdown) still leaves the gauge.
         let _inflight = InFlight::enter(&self.metrics);
-        let served = self.answer(transport, body).await;
+        let served = self.answer(transport, decode()).await;
         self.metrics
             .request_duration(transport.label(), started.elapsed());
         served
     }
 
-    async fn answer(&self, transport: Transport<'_>, body: &[u8]) -> Served {
+    async fn answer(
+        &self,
+        transport: Transport<'_>,
+        decoded: Result<jsonrpc::Incoming<'_>, RpcError>,
+    ) -> Served {
         let mut served = Served::default();
-        served.body = match jsonrpc::decode(body, self.max_batch_len) {
+        served.body = match decoded {
             Err(error) => {
                 self.metrics
                     .request(transport.label(), "other", CallResult::Invalid);

@@ -16,6 +16,7 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use self::batch::Batch;
 use self::control::Control;
@@ -291,8 +292,9 @@ impl<'a> Session<'a> {
     /// Takes one event of the client's; `Some` ends the session.
     fn on_event(&mut self, event: Result<Event, End>) -> Option<Close> {
         match event {
-            // Binary messages are answered like text ones.
-            Ok(Event::Message(body)) => self.dispatch(body),
+            Ok(Event::Text(text)) => self.dispatch(Request::Text(text)),
+            // Binary messages are answered like text ones (their UTF-8 checked when decoded).
+            Ok(Event::Binary(body)) => self.dispatch(Request::Binary(body)),
             Ok(Event::Ping(payload)) => self.control.pong(&payload),
             Ok(Event::Pong) => {}
             Ok(Event::Close(payload)) => return Some(Close::reply(&payload)),
@@ -307,17 +309,27 @@ impl<'a> Session<'a> {
     }
 
     /// Starts answering one message; the next pass polls it first.
-    fn dispatch(&mut self, body: bytes::Bytes) {
+    fn dispatch(&mut self, body: Request) {
         let call = answer(self.frontend, self.handle, body);
         self.calls
             .push(Box::pin(AssertUnwindSafe(call).catch_unwind()));
     }
 }
 
+/// A client's message: a text one is known to be UTF-8, a binary one is not.
+enum Request {
+    Text(Utf8Bytes),
+    Binary(bytes::Bytes),
+}
+
 /// Answers one message of the client's: the answer is queued, then the subscriptions it
 /// started are activated, so none of their notifications can overtake it.
-async fn answer(frontend: &Frontend, handle: &Arc<SessionHandle>, body: bytes::Bytes) {
-    let served = frontend.serve(Transport::Ws(handle), &body).await;
+async fn answer(frontend: &Frontend, handle: &Arc<SessionHandle>, body: Request) {
+    let transport = Transport::Ws(handle);
+    let served = match &body {
+        Request::Text(text) => frontend.serve_text(transport, text).await,
+        Request::Binary(bytes) => frontend.serve(transport, bytes).await,
+    };
     drop(body);
     if let Some(body) = served.body {
         // The client's own answers wait for room rather than close it: a client that

@@ -44,7 +44,11 @@ fn read_all(max: usize, bytes: &[u8]) -> Result<Vec<Event>, FrameError> {
 }
 
 fn message(text: &[u8]) -> Event {
-    Event::Message(Bytes::copy_from_slice(text))
+    Event::Text(Bytes::copy_from_slice(text).try_into().expect("UTF-8"))
+}
+
+fn binary(payload: &[u8]) -> Event {
+    Event::Binary(Bytes::copy_from_slice(payload))
 }
 
 #[test]
@@ -55,7 +59,7 @@ fn client_frames_of_every_length_are_unmasked() {
     ] {
         let payload: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
         let events = read_all(1 << 20, &frame(0x82, &payload)).expect("valid");
-        assert_eq!(events, vec![message(&payload)], "{len}");
+        assert_eq!(events, vec![binary(&payload)], "{len}");
     }
 }
 
@@ -104,7 +108,7 @@ fn invalid_utf8_in_a_client_text_message_is_an_error_and_binary_is_not_checked()
     assert_eq!(read_all(1024, &frame(0x81, &[0xff])), Err(FrameError::Utf8));
     assert_eq!(
         read_all(1024, &frame(0x82, &[0xff])),
-        Ok(vec![message(&[0xff])])
+        Ok(vec![binary(&[0xff])])
     );
 }
 

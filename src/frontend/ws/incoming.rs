@@ -148,20 +148,20 @@ mod tests {
         let mut frames = masked(b"one");
         frames.extend_from_slice(&masked(b"two")[..3]);
         runtime.block_on(client.write_all(&frames)).expect("write");
-        let Poll::Ready(Ok(Event::Message(one))) = incoming.poll_next(&mut server, &mut cx) else {
+        let Poll::Ready(Ok(Event::Text(one))) = incoming.poll_next(&mut server, &mut cx) else {
             panic!("the first message");
         };
-        assert_eq!(&one[..], b"one");
+        assert_eq!(one.as_str(), "one");
         assert!(incoming.poll_next(&mut server, &mut cx).is_pending());
         incoming.release();
         assert!(incoming.frames.held() > 0, "half a frame: the buffer stays");
         runtime
             .block_on(client.write_all(&masked(b"two")[3..]))
             .expect("write");
-        let Poll::Ready(Ok(Event::Message(two))) = incoming.poll_next(&mut server, &mut cx) else {
+        let Poll::Ready(Ok(Event::Text(two))) = incoming.poll_next(&mut server, &mut cx) else {
             panic!("the second message");
         };
-        assert_eq!(&two[..], b"two");
+        assert_eq!(two.as_str(), "two");
         assert!(incoming.poll_next(&mut server, &mut cx).is_pending());
         incoming.release();
         assert_eq!(incoming.frames.held(), 0, "idle: no buffer of its own");
@@ -174,11 +174,10 @@ mod tests {
         runtime
             .block_on(client.write_all(&masked(b"three")))
             .expect("write");
-        let Poll::Ready(Ok(Event::Message(three))) = incoming.poll_next(&mut server, &mut cx)
-        else {
+        let Poll::Ready(Ok(Event::Text(three))) = incoming.poll_next(&mut server, &mut cx) else {
             panic!("the third message");
         };
-        assert_eq!(&three[..], b"three");
+        assert_eq!(three.as_str(), "three");
         assert_eq!(spare_capacity(), 0, "lent");
         incoming.release();
         assert!(
@@ -198,7 +197,7 @@ mod tests {
             let event = incoming.poll_next(server, cx);
             incoming.release();
             event.map(|event| match event {
-                Ok(Event::Message(message)) => message,
+                Ok(Event::Text(message)) => message.into(),
                 other => panic!("{other:?}"),
             })
         })
@@ -240,11 +239,10 @@ mod tests {
         let mut socket = Counted(0);
         let mut incoming = Incoming::new(1024, masked(b"early"));
         let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
-        let Poll::Ready(Ok(Event::Message(early))) = incoming.poll_next(&mut socket, &mut cx)
-        else {
+        let Poll::Ready(Ok(Event::Text(early))) = incoming.poll_next(&mut socket, &mut cx) else {
             panic!("the frame sent with the upgrade request");
         };
-        assert_eq!((&early[..], socket.0), (&b"early"[..], 0), "no read needed");
+        assert_eq!((early.as_str(), socket.0), ("early", 0), "no read needed");
         // After an event the next call reads (more may have come): nothing yet.
         assert!(incoming.poll_next(&mut socket, &mut cx).is_pending());
         assert_eq!(socket.0, 1);

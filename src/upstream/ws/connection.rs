@@ -159,7 +159,8 @@ impl Task {
                 .map_err(|error| Reason::Other(format!("read failed: {error}")))?;
             match event {
                 None => break,
-                Some(Event::Message(answer)) => self.pending.deliver(answer, &self.upstream),
+                Some(Event::Text(answer)) => self.pending.deliver(answer.into(), &self.upstream),
+                Some(Event::Binary(answer)) => self.pending.deliver(answer, &self.upstream),
                 Some(Event::Ping(payload)) => self.writer.pong(&payload),
                 Some(Event::Pong) => {}
                 Some(Event::Close(payload)) => {

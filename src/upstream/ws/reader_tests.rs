@@ -42,7 +42,7 @@ fn read_in(max: usize, parts: &[&[u8]]) -> Result<Vec<Event>, FrameError> {
 }
 
 fn message(text: &str) -> Event {
-    Event::Message(Bytes::copy_from_slice(text.as_bytes()))
+    Event::Text(text.into())
 }
 
 #[test]
@@ -63,7 +63,7 @@ fn whole_and_fragmented_messages_are_read_with_control_frames_between_fragments(
             Event::Pong,
             message("two parts"),
             // Binary messages are not UTF-8 checked.
-            Event::Message(Bytes::from_static(&[0xff, 0x00])),
+            Event::Binary(Bytes::from_static(&[0xff, 0x00])),
         ]
     );
 }
@@ -101,7 +101,8 @@ impl CloneEvents for Vec<Event> {
     fn clone_events(&self) -> Vec<Event> {
         self.iter()
             .map(|event| match event {
-                Event::Message(b) => Event::Message(b.clone()),
+                Event::Text(t) => Event::Text(t.clone()),
+                Event::Binary(b) => Event::Binary(b.clone()),
                 Event::Ping(b) => Event::Ping(b.clone()),
                 Event::Pong => Event::Pong,
                 Event::Close(b) => Event::Close(b.clone()),
@@ -208,7 +209,7 @@ fn a_message_over_the_limit_is_skipped_and_named_by_its_opening_then_reading_goe
 fn a_message_at_the_limit_is_read() {
     let body = answer(1, 1000);
     let events = read_all(body.len(), &text(&body)).expect("valid");
-    assert_eq!(events, vec![Event::Message(Bytes::from(body))]);
+    assert_eq!(events, vec![Event::Text(body.try_into().expect("UTF-8"))]);
 }
 
 #[test]
@@ -249,7 +250,7 @@ fn a_fragmented_message_within_the_limit_is_assembled_within_it() {
     let (buf, _) = reader.space();
     buf.extend_from_slice(&bytes);
     let event = reader.next().expect("valid").expect("whole");
-    assert_eq!(event, Event::Message(Bytes::from(vec![b'a'; 100_000])));
+    assert_eq!(event, Event::Text("a".repeat(100_000).into()));
     assert!(reader.held() <= max + bytes.len());
 }
 
@@ -273,7 +274,7 @@ fn reading_time(size: usize, read: usize, warm: bool) -> std::time::Duration {
         }
     }
     let elapsed = begin.elapsed();
-    assert!(matches!(read_whole, Some(Event::Message(m)) if m.len() == size));
+    assert!(matches!(read_whole, Some(Event::Text(m)) if m.len() == size));
     elapsed
 }
 

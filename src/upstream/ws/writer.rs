@@ -5,6 +5,8 @@
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 
+use crate::websocket::apply_mask;
+
 const TEXT: u8 = 0x1;
 const CLOSE: u8 = 0x8;
 const PING: u8 = 0x9;
@@ -84,22 +86,6 @@ impl Writer {
         let start = self.out.len();
         self.out.extend_from_slice(payload);
         apply_mask(&mut self.out[start..], mask);
-    }
-}
-
-/// XORs `data` with the repeated 4-byte `mask`, eight bytes at a time.
-pub(super) fn apply_mask(data: &mut [u8], mask: [u8; 4]) {
-    let [a, b, c, d] = mask;
-    let word = u64::from_ne_bytes([a, b, c, d, a, b, c, d]);
-    let mut words = data.chunks_exact_mut(8);
-    for chunk in &mut words {
-        let mut bytes = [0; 8];
-        bytes.copy_from_slice(chunk);
-        chunk.copy_from_slice(&(u64::from_ne_bytes(bytes) ^ word).to_ne_bytes());
-    }
-    // Whole words keep the mask's phase: the tail starts again at its first byte.
-    for (i, byte) in words.into_remainder().iter_mut().enumerate() {
-        *byte ^= mask[i & 3];
     }
 }
 

@@ -12,6 +12,7 @@ use super::consistency::Verdict;
 use super::Framing;
 use super::{Attempted, Verdicts};
 use crate::jsonrpc::{self, Call, RpcError, UpstreamResponse};
+use crate::upstream::AnswerText;
 
 /// How every response ethgate writes opens, before the client's id.
 const OPENING: &[u8] = b"{\"jsonrpc\":\"2.0\",\"id\":";
@@ -242,15 +243,20 @@ pub fn splice(
 }
 
 /// Splits an upstream answer to calls numbered from `base` into one [`Answer`] per call, with
-/// `judge`'s verdict on each.
+/// `judge`'s verdict on each. Its UTF-8 is checked here once for the whole answer (rather than
+/// by serde_json string by string), unless its transport already did.
 pub(super) fn render(
-    body: &Bytes,
+    answer: &impl AnswerText,
     base: u64,
     calls: &[&Call<'_>],
     framing: Framing,
     mut judge: impl FnMut(usize, &UpstreamResponse<'_>) -> Verdict,
 ) -> Result<Attempted, String> {
-    let answers = match_answers(body, base, calls.len(), framing)?;
+    let text = answer
+        .text()
+        .map_err(|e| format!("not a JSON-RPC answer: {e}"))?;
+    let body = answer.bytes();
+    let answers = match_answers(text, base, calls.len(), framing)?;
     let mut verdicts = Verdicts::with_capacity(calls.len());
     let mut rendered = Rendered::with_capacity(calls.len());
     for (i, (call, answer)) in calls.iter().zip(&answers).enumerate() {
@@ -267,13 +273,11 @@ pub(super) fn render(
 /// response is put in the slot of its id (ethgate's `base..base + n`) as it is parsed, in one
 /// pass.
 fn match_answers(
-    body: &[u8],
+    body: &str,
     base: u64,
     n: usize,
     framing: Framing,
 ) -> Result<Responses<'_>, String> {
-    // UTF-8 checked once for the whole answer rather than by serde_json string by string.
-    let body = std::str::from_utf8(body).map_err(|e| format!("not a JSON-RPC answer: {e}"))?;
     // The hand-written scanner reads well-formed answers; anything else, serde reads and
     // reports on.
     if framing == Framing::Single {

@@ -1,6 +1,7 @@
 //! Upstream Ethereum nodes: one [`Upstream`] per configured node and the [`Upstreams`] set
 //! that holds their health model and publishes, through atomics, which ones are in rotation.
 
+mod body;
 pub mod dial;
 pub mod health;
 pub mod http;
@@ -19,6 +20,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::config::{CallTransport, UpstreamConfig};
+pub use body::{AnswerText, Body};
 use health::State;
 pub use http::{HttpPool, SendError};
 pub use metrics::AttemptResult;
@@ -120,10 +122,10 @@ impl Upstream {
         &self,
         n: u64,
         encode: impl FnOnce(u64) -> Vec<u8>,
-    ) -> Result<(Bytes, u64), SendError> {
+    ) -> Result<(Body, u64), SendError> {
         match (&self.ws_calls, &self.config.http) {
             (Some(mux), _) => mux.call(n, encode).await,
-            (None, Some(uri)) => Ok((self.pool.post(uri, &encode(0)).await?, 0)),
+            (None, Some(uri)) => Ok((self.pool.post(uri, &encode(0)).await?.into(), 0)),
             (None, None) => Err(SendError::NotSent("no endpoint".into())),
         }
     }

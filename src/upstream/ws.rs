@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use self::connection::{Live, Waiting};
-use super::SendError;
+use super::{Body, SendError};
 use crate::config::UpstreamConfig;
 
 /// First wait after a failed dial; doubled per failure up to [`MAX_BACKOFF`].
@@ -97,7 +97,7 @@ impl WsMux {
         &self,
         n: u64,
         encode: impl FnOnce(u64) -> Vec<u8>,
-    ) -> Result<(Bytes, u64), SendError> {
+    ) -> Result<(Body, u64), SendError> {
         let base = self.next_id.fetch_add(n.max(1), Ordering::Relaxed);
         let text = encode(base);
         debug_assert!(std::str::from_utf8(&text).is_ok(), "a text frame is UTF-8");
@@ -115,7 +115,7 @@ impl WsMux {
     }
 
     /// Writes `text` (ids `base..base + len`) and waits for the answer that carries them.
-    async fn exchange(&self, text: Vec<u8>, base: u64, len: u64) -> Result<Bytes, SendError> {
+    async fn exchange(&self, text: Vec<u8>, base: u64, len: u64) -> Result<Body, SendError> {
         let live = self.connection().await?;
         let (answer, answered) = oneshot::channel();
         // Removed however this call ends (answer, timeout, cancellation).

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use super::open::Stream;
 use super::reader::{Event, Reader};
 use super::writer::Writer;
+use crate::upstream::Body;
 use pending::{Pending, Reason};
 pub(super) use pending::{WaitGuard, Waiting};
 
@@ -159,8 +160,10 @@ impl Task {
                 .map_err(|error| Reason::Other(format!("read failed: {error}")))?;
             match event {
                 None => break,
-                Some(Event::Text(answer)) => self.pending.deliver(answer.into(), &self.upstream),
-                Some(Event::Binary(answer)) => self.pending.deliver(answer, &self.upstream),
+                Some(Event::Text(answer)) => {
+                    self.pending.deliver(Body::Text(answer), &self.upstream)
+                }
+                Some(Event::Binary(answer)) => self.pending.deliver(answer.into(), &self.upstream),
                 Some(Event::Ping(payload)) => self.writer.pong(&payload),
                 Some(Event::Pong) => {}
                 Some(Event::Close(payload)) => {

@@ -5,10 +5,9 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::super::super::SendError;
+use super::super::super::{Body, SendError};
 use super::super::ids::first_numeric_id;
 
 /// Calls that gave up are remembered until their answer comes, at most this many (the oldest
@@ -18,7 +17,7 @@ const MAX_ABANDONED: usize = 1024;
 /// One request waiting for its answer: its ids on the connection are `base..base + len`.
 pub(in super::super) struct Waiting {
     pub(in super::super) len: u64,
-    pub(in super::super) answer: oneshot::Sender<Result<Bytes, SendError>>,
+    pub(in super::super) answer: oneshot::Sender<Result<Body, SendError>>,
 }
 
 #[derive(Default)]
@@ -102,7 +101,7 @@ impl Pending {
     /// Hands an answer (object or batch array) to the call whose ids it carries. An answer
     /// without a usable id goes to the only call waiting, whose caller judges it; with more
     /// than one, nobody can tell whose it is. The answers of calls that gave up are dropped.
-    pub(in super::super) fn deliver(&self, answer: Bytes, upstream: &str) {
+    pub(in super::super) fn deliver(&self, answer: Body, upstream: &str) {
         // Read before the lock: an answer in an unusual layout is parsed to find its id.
         let id = first_numeric_id(&answer);
         let placed = self.lock().place(id);
@@ -194,10 +193,10 @@ mod tests {
         (pending.wait(base, Waiting { len, answer }), answered)
     }
 
-    type Receiver = oneshot::Receiver<Result<Bytes, SendError>>;
+    type Receiver = oneshot::Receiver<Result<Body, SendError>>;
 
-    fn answer(id: &str) -> Bytes {
-        Bytes::from(format!(r#"{{"jsonrpc":"2.0","id":{id},"result":"0x1"}}"#))
+    fn answer(id: &str) -> Body {
+        Body::Text(format!(r#"{{"jsonrpc":"2.0","id":{id},"result":"0x1"}}"#).into())
     }
 
     #[test]

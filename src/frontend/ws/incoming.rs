@@ -3,8 +3,10 @@
 //!
 //! Each worker thread keeps one spare read buffer, and a session borrows it only for as long
 //! as a read and the frames it brought take: an idle client holds no read buffer at all, and
-//! a message read leaves as a slice of the thread's buffer (no copy). A session keeps the
-//! buffer only while it holds the start of a frame whose rest has not come yet.
+//! a message read leaves as a slice of the thread's buffer (no copy). Bytes still unread when
+//! the session waits (the start of a frame whose rest has not come, or frames held back while
+//! its calls are full) are copied into a buffer of their own size: a client that sends half a
+//! frame and stalls holds what it sent, not a read buffer.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -41,7 +43,7 @@ pub(super) struct Incoming {
     /// session task wakes for every outgoing message, and a read attempt each time costs more
     /// than the message itself.
     gate: Gate,
-    /// Whether the buffer in `frames` may be the thread's (then given back once empty).
+    /// Whether the buffer in `frames` is the thread's (given back before the session waits).
     lent: bool,
 }
 
@@ -94,15 +96,20 @@ impl Incoming {
         })
     }
 
-    /// Gives the thread's buffer back once nothing of a frame is left in it; the session
-    /// calls this before it waits.
+    /// Gives the thread's buffer back, the bytes still unread in it kept in a copy of their
+    /// own size; the session calls this before it waits.
     pub(super) fn release(&mut self) {
-        if !self.lent || self.frames.buffered() != 0 {
+        if !self.lent {
             return;
         }
         self.lent = false;
         let mut ours = BytesMut::new();
         self.frames.swap_buffer(&mut ours);
+        if !ours.is_empty() {
+            let mut unread = BytesMut::from(&ours[..]);
+            ours.clear();
+            self.frames.swap_buffer(&mut unread);
+        }
         if ours.capacity() > SPARE_MAX {
             return;
         }
@@ -138,7 +145,7 @@ mod tests {
     }
 
     #[test]
-    fn an_idle_session_holds_no_read_buffer_and_one_holding_half_a_frame_keeps_it() {
+    fn an_idle_session_holds_no_read_buffer_and_one_holding_half_a_frame_keeps_only_its_bytes() {
         let (mut client, mut server) = tokio::io::duplex(4096);
         let mut incoming = Incoming::new(1024, Vec::new());
         let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
@@ -154,7 +161,17 @@ mod tests {
         assert_eq!(one.as_str(), "one");
         assert!(incoming.poll_next(&mut server, &mut cx).is_pending());
         incoming.release();
-        assert!(incoming.frames.held() > 0, "half a frame: the buffer stays");
+        // Half a frame: its 3 bytes are kept, in a buffer of their own size; the thread's
+        // read buffer goes back (a client that stalls mid-frame holds what it sent).
+        assert_eq!(
+            incoming.frames.held(),
+            3,
+            "half a frame: only its bytes stay"
+        );
+        assert!(
+            spare_capacity() > 0,
+            "the read buffer is the thread's again"
+        );
         runtime
             .block_on(client.write_all(&masked(b"two")[3..]))
             .expect("write");

@@ -79,11 +79,10 @@ impl Incoming {
                 Err(error) => return Poll::Ready(Err(End::Frame(error))),
             }
             if frames.buffered() == 0 && !*lent {
-                SPARE.with(|spare| {
-                    let mut buf = spare.take();
-                    frames.swap_buffer(&mut buf);
-                    spare.set(buf);
-                });
+                let mut buf = SPARE.with(Cell::take);
+                frames.swap_buffer(&mut buf);
+                // The session's own buffer, now empty (one it read a frame's rest into).
+                offer(buf);
                 *lent = true;
             }
             let (buf, _) = frames.space();
@@ -110,18 +109,23 @@ impl Incoming {
             ours.clear();
             self.frames.swap_buffer(&mut unread);
         }
-        if ours.capacity() > SPARE_MAX {
-            return;
-        }
-        SPARE.with(|spare| {
-            let theirs = spare.take();
-            // The roomier one stays: the other is freed once the messages cut from it are.
-            spare.set(match ours.capacity() >= theirs.capacity() {
-                true => ours,
-                false => theirs,
-            });
-        });
+        offer(ours);
     }
+}
+
+/// Offers an empty read buffer to the thread: the roomier of it and the thread's spare stays,
+/// none over [`SPARE_MAX`]; the other is freed once the messages cut from it are.
+fn offer(buf: BytesMut) {
+    if buf.capacity() > SPARE_MAX {
+        return;
+    }
+    SPARE.with(|spare| {
+        let theirs = spare.take();
+        spare.set(match buf.capacity() >= theirs.capacity() {
+            true => buf,
+            false => theirs,
+        });
+    });
 }
 
 #[cfg(test)]

@@ -25,9 +25,14 @@ pub(crate) fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Every event of `parts` fed one after the other, as separate reads would bring them.
+/// Every event of a client's `parts` fed one after the other, as separate reads would bring
+/// them.
 fn read_in(max: usize, parts: &[&[u8]]) -> Result<Vec<Event>, FrameError> {
-    let mut reader = Reader::new(Peer::Client, max, BytesMut::new());
+    events(Reader::new(Peer::Client, max, BytesMut::new()), parts)
+}
+
+/// Every event `reader` makes of `parts` fed one after the other (either role).
+pub(crate) fn events(mut reader: Reader, parts: &[&[u8]]) -> Result<Vec<Event>, FrameError> {
     let mut events = Vec::new();
     for part in parts {
         let (buf, _) = reader.space();

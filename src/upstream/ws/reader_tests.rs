@@ -29,16 +29,7 @@ fn read_all(max: usize, bytes: &[u8]) -> Result<Vec<Event>, FrameError> {
 
 /// Every event of `parts` fed one after the other, as separate reads would bring them.
 fn read_in(max: usize, parts: &[&[u8]]) -> Result<Vec<Event>, FrameError> {
-    let mut reader = Reader::new(max, BytesMut::new());
-    let mut events = Vec::new();
-    for part in parts {
-        let (buf, _) = reader.space();
-        buf.extend_from_slice(part);
-        while let Some(event) = reader.next()? {
-            events.push(event);
-        }
-    }
-    Ok(events)
+    crate::websocket::tests::events(Reader::new(max, BytesMut::new()).0, parts)
 }
 
 fn message(text: &str) -> Event {

@@ -189,8 +189,13 @@ async fn text_that_is_not_utf8_closes_with_1007_and_binary_is_answered_like_text
     let a = MockUpstream::start().await;
     let gw = gateway(&a, 1000).await;
     let mut client = Raw::connect(&gw, &[]).await;
+    let mut other = Raw::connect(&gw, &[]).await;
     client.send(&masked(0x82, CALL.as_bytes())).await;
     assert_eq!(client.json().await["result"], "0x2a");
+    // A binary message is not checked by the frame reader: bytes that are not UTF-8 are
+    // refused when decoded, as a parse error, and the session goes on.
+    client.send(&masked(0x82, &[b'{', 0xff, b'}'])).await;
+    assert_eq!(client.json().await["error"]["code"], -32700);
     // "é" (0xC3 0xA9) cut in two across fragments is still valid; a lone lead byte is not.
     let call = r#"{"jsonrpc":"2.0","id":"é","method":"eth_blockNumber","params":[]}"#;
     let cut = call.find('é').expect("in the call") + 1;
@@ -199,6 +204,9 @@ async fn text_that_is_not_utf8_closes_with_1007_and_binary_is_answered_like_text
     assert_eq!(client.json().await["id"], "é");
     client.send(&masked(0x81, &call.as_bytes()[..cut])).await;
     assert_eq!(client.close_code().await, Some(1007));
+    // Another client's session is untouched.
+    other.send(&masked(0x81, CALL.as_bytes())).await;
+    assert_eq!(other.json().await["result"], "0x2a");
 }
 
 #[tokio::test]

@@ -548,6 +548,15 @@ function goal(label, e, h, limit,    r) { # one row of the goals table: ratio e/
     printf "| %s | %.1f | %.1f | %s | ≤ %.1f× | %s |\n", label, e, h, (r < 0 ? "-" : sprintf("%.2f", r)), limit,
         (r < 0 ? "-" : (r <= limit ? "yes" : "no"))
 }
+function paired(label, e, h, per,    r, line, wins, runs) { # per-run values side by side: run r of each target ran back to back
+    line = ""; wins = 0; runs = 0
+    for (r = 1; r <= maxrun; r++) {
+        if (!((e SUBSEP r) in per) || !((h SUBSEP r) in per)) continue
+        line = line sprintf(" %.0f/%.0f", per[e SUBSEP r], per[h SUBSEP r]); runs++
+        if (per[e SUBSEP r] <= per[h SUBSEP r]) wins++
+    }
+    if (runs > 0) printf "%s per run, ethgate/HAProxy:%s; ethgate at or below in %d of %d runs\n", label, line, wins, runs
+}
 function cmp(c, a, b, label,    ka, kb) { # ratio row a/b at concurrency c, Δ CPU = a − b
     ka = a SUBSEP c SUBSEP 0; kb = b SUBSEP c SUBSEP 0
     if (!((ka SUBSEP "rps") in n) || !((kb SUBSEP "rps") in n)) return
@@ -564,6 +573,7 @@ function cmp(c, a, b, label,    ka, kb) { # ratio row a/b at concurrency c, Δ C
     if (reqs > 0) {
         add(k SUBSEP "pcpu", $13 * 1e6 / tck / reqs)
         pc[k SUBSEP $4] = $13 * 1e6 / tck / reqs; if ($4 > maxrun) maxrun = $4
+        p99r[k SUBSEP $4] = $10
         add(k SUBSEP "bcpu", $14 * 1e6 / tck / reqs)
     }
     raw[++rows] = sprintf("| %-11s | %3s | %5s | %s | %9.0f | %7.1f | %7.1f | %7.1f | %8.1f | %8.1f | %3s | %s | %5.1f |",
@@ -719,6 +729,10 @@ END {
         if (has("ethgate_tls") && has("haproxy_tls"))
             goal("CPU µs/req TLS adds, c=" cc, mean("ethgate_tls" SUBSEP cc SUBSEP 0 SUBSEP "pcpu") - mean(e SUBSEP "pcpu"),
                 mean("haproxy_tls" SUBSEP cc SUBSEP 0 SUBSEP "pcpu") - mean(h SUBSEP "pcpu"), 1.0)
+        # A p99 is a 1% tail on a CPU that proxy and nginx share: one stalled run moves a mean of
+        # two, so show every pair too.
+        print ""
+        paired("p99 µs, c=" cc, e, h, p99r)
     }
     errs = 0
     for (key in n) { split(key, parts, SUBSEP); if (parts[4] == "err") errs += sum[key] }

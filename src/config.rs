@@ -12,6 +12,7 @@ mod defaults;
 mod duration;
 mod env;
 mod error;
+mod locate;
 mod raw;
 pub mod upstream_tls;
 mod url;
@@ -28,6 +29,7 @@ use ipnet::IpNet;
 pub use defaults::DEFAULT_DENY_METHODS;
 pub use duration::parse_duration;
 pub use error::{ConfigError, ConfigErrors};
+pub use locate::Place;
 
 /// Validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -267,7 +269,8 @@ impl Config {
 
     /// Parses and validates a TOML document.
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigErrors> {
-        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError::syntax(&e))?;
+        let raw: raw::RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::syntax(&e, text))?;
         raw.validate()
     }
 }

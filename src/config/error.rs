@@ -4,6 +4,8 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use super::locate::{self, Place};
+
 /// One problem with a configuration.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -16,10 +18,10 @@ pub enum ConfigError {
         reason: String,
     },
     /// Not TOML, or a key or type the schema does not have (which toml names in `message`).
-    #[error("config{}: {message}", at.map(|at| format!(" (at byte {at})")).unwrap_or_default())]
+    #[error("{}: {message}", where_(at.as_ref()))]
     Syntax {
-        /// Byte offset in the file, when toml knows it.
-        at: Option<usize>,
+        /// Where in the file, when toml knows it, with the key written there.
+        at: Option<Place>,
         /// toml's description, on one line.
         message: String,
     },
@@ -38,16 +40,32 @@ impl ConfigError {
     pub fn key(&self) -> Option<&str> {
         match self {
             ConfigError::Invalid { key, .. } => Some(key),
-            ConfigError::Read { .. } | ConfigError::Syntax { .. } => None,
+            ConfigError::Syntax { at, .. } => at.as_ref().and_then(|at| at.key.as_deref()),
+            ConfigError::Read { .. } => None,
         }
     }
 
-    /// Renders a toml error on one line, with its position when toml knows it.
-    pub(super) fn syntax(e: &toml::de::Error) -> Self {
+    /// Renders a toml error on one line, with its line, column and key when toml knows
+    /// where in `text` it is.
+    pub(super) fn syntax(e: &toml::de::Error, text: &str) -> Self {
         ConfigError::Syntax {
-            at: e.span().map(|span| span.start),
+            at: e.span().map(|span| locate::place(text, span.start)),
             message: e.message().trim().to_string(),
         }
+    }
+}
+
+/// `server.max_connections (line 3, column 19)`, or `config (line 1, column 8)` where no key
+/// shows, or `config`.
+fn where_(at: Option<&Place>) -> String {
+    match at {
+        Some(Place {
+            line,
+            column,
+            key: Some(key),
+        }) => format!("{key} (line {line}, column {column})"),
+        Some(Place { line, column, .. }) => format!("config (line {line}, column {column})"),
+        None => "config".to_string(),
     }
 }
 
@@ -87,6 +105,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_type_or_schema_error_names_its_key_and_line() {
+        let wrong_type = crate::config::Config::from_toml_str(
+            "[server]\nlisten = [\"127.0.0.1:1\"]\nmax_connections = \"10\"\n",
+        )
+        .expect_err("a string for a number");
+        assert_eq!(wrong_type.0[0].key(), Some("server.max_connections"));
+        assert!(
+            wrong_type
+                .to_string()
+                .starts_with("server.max_connections (line 3, column 19): invalid type"),
+            "{wrong_type}"
+        );
+        let typo = crate::config::Config::from_toml_str(
+            "[[upstream]]\nname = \"a\"\nhttp = \"http://127.0.0.1:1\"\n\
+             [[upstream]]\nname = \"b\"\nhttp = \"http://127.0.0.1:2\"\npriorty = 1\n",
+        )
+        .expect_err("unknown key");
+        assert_eq!(typo.0[0].key(), Some("upstream[1].priorty"), "{typo}");
+    }
+
+    #[test]
     fn each_kind_renders_as_before_the_split() {
         let read = ConfigError::Read {
             path: "/etc/ethgate.toml".into(),
@@ -97,10 +136,30 @@ mod tests {
             "/etc/ethgate.toml: No such file or directory (os error 2)"
         );
         let at = ConfigError::Syntax {
-            at: Some(12),
+            at: Some(Place {
+                line: 2,
+                column: 1,
+                key: None,
+            }),
             message: "unknown field `x`".into(),
         };
-        assert_eq!(at.to_string(), "config (at byte 12): unknown field `x`");
+        assert_eq!(
+            at.to_string(),
+            "config (line 2, column 1): unknown field `x`"
+        );
+        let keyed = ConfigError::Syntax {
+            at: Some(Place {
+                line: 3,
+                column: 19,
+                key: Some("server.max_connections".into()),
+            }),
+            message: "invalid type".into(),
+        };
+        assert_eq!(
+            keyed.to_string(),
+            "server.max_connections (line 3, column 19): invalid type"
+        );
+        assert_eq!(keyed.key(), Some("server.max_connections"));
         let nowhere = ConfigError::Syntax {
             at: None,
             message: "bad".into(),

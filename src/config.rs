@@ -14,6 +14,7 @@ mod env;
 mod error;
 mod locate;
 mod raw;
+pub mod server_tls;
 pub mod upstream_tls;
 mod url;
 mod validate;

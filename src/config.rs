@@ -4,9 +4,10 @@
 //! `ethgate check` can print them together.
 //!
 //! Layout: this file holds the validated types; `raw` the serde structs as written,
-//! `validate` (with `validate/listen.rs`, `validate/upstream.rs`) the rules, `defaults` the value
-//! of every key left out, `error` the problems; `duration`, `values`, `url` and `env` parse
-//! single values; [`upstream_tls`] builds an upstream's rustls client config.
+//! `validate` (with `validate/server.rs`, `validate/listen.rs`, `validate/upstream.rs`) the
+//! rules, `defaults` the value of every key left out, `error` the problems; `duration`,
+//! `values`, `url` and `env` parse single values; [`upstream_tls`] builds an upstream's rustls
+//! client config.
 
 mod defaults;
 mod duration;

@@ -209,29 +209,7 @@ impl Server {
         ));
 
         // 4. Serve clients until shutdown, keep serving through the drain delay, then drain.
-        let listen: Vec<String> = clients
-            .iter()
-            .filter_map(|l| l.local_addr().ok())
-            .map(|a| a.to_string())
-            .collect();
-        let port = state.client_port(clients);
-        tracing::info!(
-            listen = %listen.join(", "),
-            tls = port.tls.is_some(),
-            upstreams = config.upstreams.len(),
-            "ethgate serving"
-        );
-        let serving = port.run(&config.server, drain.clone());
-        tokio::pin!(serving);
-        tokio::select! {
-            _ = &mut serving => {}
-            _ = shutdown => {
-                drain_delay(&drain, config.server.drain_delay).await;
-                tracing::info!("shutdown: no longer accepting connections");
-                drain.shutdown.cancel();
-                serving.await;
-            }
-        }
+        serve(&state, clients, &config, &drain, shutdown).await;
 
         // 5. Stop background tasks.
         stop_tasks.cancel();
@@ -239,6 +217,40 @@ impl Server {
         tracker.wait().await;
         tracing::info!("ethgate stopped");
         Ok(())
+    }
+}
+
+/// Step 4 of [`Server::run`]: serves the client port until `shutdown`, keeps serving through
+/// the drain delay, then drains the port.
+async fn serve(
+    state: &state::Shared,
+    clients: Vec<TcpListener>,
+    config: &Config,
+    drain: &shutdown::Drain,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    let listen: Vec<String> = clients
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .map(|a| a.to_string())
+        .collect();
+    let port = state.client_port(clients);
+    tracing::info!(
+        listen = %listen.join(", "),
+        tls = port.tls.is_some(),
+        upstreams = config.upstreams.len(),
+        "ethgate serving"
+    );
+    let serving = port.run(&config.server, drain.clone());
+    tokio::pin!(serving);
+    tokio::select! {
+        _ = &mut serving => {}
+        _ = shutdown => {
+            drain_delay(drain, config.server.drain_delay).await;
+            tracing::info!("shutdown: no longer accepting connections");
+            drain.shutdown.cancel();
+            serving.await;
+        }
     }
 }
 

@@ -102,6 +102,32 @@ fn apply(
 ) -> Result<ReloadNotes, ReloadError> {
     let mut notes = needs_restart(old, new);
     // TLS first: it is the only part that can still fail, and a failure must change nothing.
+    reload_tls(state, new, &mut notes)?;
+    reload_upstreams(state, old, new, tracker, stop, &mut notes);
+    if old.access != new.access {
+        state
+            .access
+            .store(Arc::new(server::access::Access::new(&new.access)));
+        state
+            .frontend
+            .deny
+            .store(Arc::new(policy::DenyList::new(&new.access.deny_methods)));
+        crate::log_access(new);
+        notes.push("access rules and deny list applied".into());
+    }
+    if old.watch != new.watch {
+        state
+            .balances
+            .store(Arc::new(watch::Balances::new(&new.watch)));
+        state.restart_watchers(tracker, stop);
+        notes.push("balance watches applied".into());
+    }
+    Ok(notes)
+}
+
+/// The client port's certificate and key, re-read from their files (which may have been
+/// renewed under the same paths); adding or removing TLS needs a restart.
+fn reload_tls(state: &Shared, new: &Config, notes: &mut ReloadNotes) -> Result<(), ReloadError> {
     match (&state.tls, &new.server.tls) {
         (Some(tls), Some(config)) => {
             tls.reload(config)?;
@@ -110,6 +136,19 @@ fn apply(
         (None, None) => {}
         _ => notes.push("server.tls added or removed: restart to apply".into()),
     }
+    Ok(())
+}
+
+/// A new upstream set when the upstreams, health settings or chain id changed, or when an
+/// upstream's TLS files may have.
+fn reload_upstreams(
+    state: &Shared,
+    old: &Config,
+    new: &Config,
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
+    notes: &mut ReloadNotes,
+) {
     // An upstream's TLS files may have changed on disk under the same path (a renewed client
     // certificate, a rotated CA): rebuilding the set re-reads them. Health carries over.
     let tls_files = new
@@ -131,25 +170,6 @@ fn apply(
             if tls_files { "; TLS files re-read" } else { "" }
         ));
     }
-    if old.access != new.access {
-        state
-            .access
-            .store(Arc::new(server::access::Access::new(&new.access)));
-        state
-            .frontend
-            .deny
-            .store(Arc::new(policy::DenyList::new(&new.access.deny_methods)));
-        crate::log_access(new);
-        notes.push("access rules and deny list applied".into());
-    }
-    if old.watch != new.watch {
-        state
-            .balances
-            .store(Arc::new(watch::Balances::new(&new.watch)));
-        state.restart_watchers(tracker, stop);
-        notes.push("balance watches applied".into());
-    }
-    Ok(notes)
 }
 
 /// Settings read once at start-up: changing them needs a restart, which is said, not ignored.

@@ -440,3 +440,57 @@ fn problems_carry_their_key_as_a_field() {
         "{missing}"
     );
 }
+
+#[test]
+fn server_problems_are_reported_in_a_fixed_order() {
+    let toml = with_upstream(
+        r#"[server]
+max_response_bytes = 0
+write_timeout = "0s"
+body_timeout = "0s"
+subscription_grace = "x"
+drain_delay = "x"
+shutdown_grace = "x"
+header_timeout = "x"
+max_subscriptions = 0
+max_subscriptions_per_connection = 0
+ws_queue_bytes = 0
+ws_queue_len = 0
+max_batch_len = 0
+max_request_bytes = 0
+max_connections = 0
+listen = []
+hedge_after = "0s"
+request_timeout = "0s"
+[server.tls]
+key = "k.pem"
+"#,
+    );
+    let errors = Config::from_toml_str(&toml).expect_err("invalid");
+    let keys: Vec<&str> = errors.0.iter().filter_map(ConfigError::key).collect();
+    // Written in reverse in the file: the order is the validator's, the same on every run.
+    assert_eq!(
+        keys,
+        [
+            "server.tls.cert",
+            "server.request_timeout",
+            "server.hedge_after",
+            "server.listen",
+            "server.max_connections",
+            "server.max_request_bytes",
+            "server.max_batch_len",
+            "server.ws_queue_len",
+            "server.ws_queue_bytes",
+            "server.max_subscriptions_per_connection",
+            "server.max_subscriptions",
+            "server.header_timeout",
+            "server.shutdown_grace",
+            "server.drain_delay",
+            "server.subscription_grace",
+            "server.body_timeout",
+            "server.write_timeout",
+            "server.max_response_bytes",
+        ],
+        "{errors}"
+    );
+}

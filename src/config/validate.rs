@@ -4,15 +4,15 @@
 use std::time::Duration;
 
 use super::defaults as default;
-use super::raw::{RawAccess, RawConfig, RawHealth, RawLog, RawServer, RawWatch};
+use super::raw::{RawAccess, RawConfig, RawHealth, RawLog, RawWatch};
 use super::values::parse_ether;
 use super::*;
 
 mod listen;
 mod problems;
+mod server;
 mod upstream;
 
-use listen::validate_listen;
 pub(super) use problems::Problems;
 use upstream::validate_upstreams;
 
@@ -54,137 +54,6 @@ impl RawConfig {
             watch,
         })
     }
-}
-
-impl RawServer {
-    fn validate(self, p: &mut Problems) -> ServerConfig {
-        let tls = self.tls.and_then(|tls| match (tls.cert, tls.key) {
-            (Some(cert), Some(key)) => Some(TlsConfig {
-                cert,
-                key,
-                client_ca: tls.client_ca,
-            }),
-            (None, _) => {
-                p.add("server.tls.cert", "required when [server.tls] is present");
-                None
-            }
-            (_, None) => {
-                p.add("server.tls.key", "required when [server.tls] is present");
-                None
-            }
-        });
-        let request_timeout = p.duration(
-            "server.request_timeout",
-            self.request_timeout.as_deref(),
-            default::REQUEST_TIMEOUT,
-        );
-        if request_timeout.is_zero() {
-            p.add("server.request_timeout", "must be greater than zero");
-        }
-        let hedge_after = validate_hedge_after(self.hedge_after.as_deref(), request_timeout, p);
-        ServerConfig {
-            listen: validate_listen(self.listen, p),
-            max_connections: p.positive(
-                "server.max_connections",
-                self.max_connections,
-                default::MAX_CONNECTIONS,
-            ),
-            max_request_bytes: p.positive(
-                "server.max_request_bytes",
-                self.max_request_bytes,
-                default::MAX_REQUEST_BYTES,
-            ),
-            max_batch_len: p.positive(
-                "server.max_batch_len",
-                self.max_batch_len,
-                default::MAX_BATCH_LEN,
-            ),
-            ws_queue_len: p.positive(
-                "server.ws_queue_len",
-                self.ws_queue_len,
-                default::WS_QUEUE_LEN,
-            ),
-            ws_queue_bytes: p.positive(
-                "server.ws_queue_bytes",
-                self.ws_queue_bytes,
-                default::WS_QUEUE_BYTES,
-            ),
-            max_subscriptions_per_connection: p.positive(
-                "server.max_subscriptions_per_connection",
-                self.max_subscriptions_per_connection,
-                default::MAX_SUBSCRIPTIONS_PER_CONNECTION,
-            ),
-            max_subscriptions: p.positive(
-                "server.max_subscriptions",
-                self.max_subscriptions,
-                default::MAX_SUBSCRIPTIONS,
-            ),
-            header_timeout: p.duration(
-                "server.header_timeout",
-                self.header_timeout.as_deref(),
-                default::HEADER_TIMEOUT,
-            ),
-            request_timeout,
-            hedge_after,
-            shutdown_grace: p.duration(
-                "server.shutdown_grace",
-                self.shutdown_grace.as_deref(),
-                default::SHUTDOWN_GRACE,
-            ),
-            // Zero is allowed: no delay, shutdown starts at once.
-            drain_delay: p.duration(
-                "server.drain_delay",
-                self.drain_delay.as_deref(),
-                default::DRAIN_DELAY,
-            ),
-            subscription_grace: p.duration(
-                "server.subscription_grace",
-                self.subscription_grace.as_deref(),
-                default::SUBSCRIPTION_GRACE,
-            ),
-            body_timeout: p.positive_duration(
-                "server.body_timeout",
-                self.body_timeout.as_deref(),
-                default::BODY_TIMEOUT,
-            ),
-            write_timeout: p.positive_duration(
-                "server.write_timeout",
-                self.write_timeout.as_deref(),
-                default::WRITE_TIMEOUT,
-            ),
-            max_response_bytes: p.positive(
-                "server.max_response_bytes",
-                self.max_response_bytes,
-                default::MAX_RESPONSE_BYTES,
-            ),
-            tls,
-        }
-    }
-}
-
-/// `server.hedge_after`: absent means off. Zero is refused rather than read as "off" (it
-/// would otherwise mean "send every read twice"), and so is a delay that `request_timeout`
-/// would end first.
-fn validate_hedge_after(
-    value: Option<&str>,
-    request_timeout: Duration,
-    p: &mut Problems,
-) -> Option<Duration> {
-    let text = value?;
-    let key = "server.hedge_after";
-    let delay = parse_duration(text).map_err(|e| p.add(key, e)).ok()?;
-    if delay.is_zero() {
-        p.add(
-            key,
-            "must be greater than zero (leave it out to turn hedging off)",
-        );
-        return None;
-    }
-    if !request_timeout.is_zero() && delay >= request_timeout {
-        p.add(key, "must be shorter than server.request_timeout");
-        return None;
-    }
-    Some(delay)
 }
 
 impl RawAccess {
@@ -240,17 +109,7 @@ impl RawHealth {
             self.timeout.as_deref(),
             default::HEALTH_TIMEOUT,
         );
-        if interval.is_zero() {
-            p.add("health.interval", "must be greater than zero");
-        }
-        if timeout.is_zero() {
-            p.add("health.timeout", "must be greater than zero");
-        } else if timeout >= interval && !interval.is_zero() {
-            p.add(
-                "health.timeout",
-                format!("must be shorter than health.interval ({interval:?})"),
-            );
-        }
+        check_probe_timing(interval, timeout, p);
         let failure_threshold = self.failure_threshold.unwrap_or(default::FAILURE_THRESHOLD);
         if failure_threshold == 0 {
             p.add("health.failure_threshold", "must be at least 1");
@@ -280,6 +139,21 @@ impl RawHealth {
             failure_threshold,
             recovery_threshold,
         }
+    }
+}
+
+/// `health.interval` and `health.timeout`: a probe must end before the next one is due.
+fn check_probe_timing(interval: Duration, timeout: Duration, p: &mut Problems) {
+    if interval.is_zero() {
+        p.add("health.interval", "must be greater than zero");
+    }
+    if timeout.is_zero() {
+        p.add("health.timeout", "must be greater than zero");
+    } else if timeout >= interval && !interval.is_zero() {
+        p.add(
+            "health.timeout",
+            format!("must be shorter than health.interval ({interval:?})"),
+        );
     }
 }
 

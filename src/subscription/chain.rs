@@ -210,6 +210,13 @@ impl ChainView {
             let parent = fetch.by_hash(&current.parent_hash).await?;
             branch.push(Arc::new(parent));
         }
+        Ok(self.switch_to(branch))
+    }
+
+    /// The plan onto `branch` (newest first; its lowest block's parent is delivered, or below
+    /// the window): everything delivered from the lowest block's height up is retracted newest
+    /// first, then the branch is added oldest first.
+    fn switch_to(&self, branch: Vec<Arc<Header>>) -> Plan {
         let fork = branch.last().map_or(0, |h| h.number);
         let mut changes: Vec<Change> = self
             .window
@@ -218,10 +225,10 @@ impl ChainView {
             .map(|(_, h)| Change::Removed(h.clone()))
             .collect();
         changes.extend(branch.into_iter().rev().map(Change::Added));
-        Ok(Plan {
+        Plan {
             changes,
             ..Plan::default()
-        })
+        }
     }
 
     fn restart(&self, branch: Vec<Arc<Header>>) -> Plan {

@@ -32,6 +32,7 @@ pub use defaults::DEFAULT_DENY_METHODS;
 pub use duration::parse_duration;
 pub use error::{ConfigError, ConfigErrors};
 pub use locate::Place;
+pub use values::check_log_filter;
 
 /// Validated configuration.
 #[derive(Debug, Clone, PartialEq)]

@@ -156,6 +156,7 @@ async fn reload_on_sighup(path: PathBuf, reloader: ethgate::reload::Reloader) {
 }
 
 fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
+    ethgate::config::check_log_filter(level)?;
     let filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()

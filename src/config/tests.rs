@@ -494,3 +494,40 @@ key = "k.pem"
         "{errors}"
     );
 }
+
+#[test]
+fn a_log_level_that_is_not_a_level_is_refused_rather_than_silencing_every_log() {
+    for bad in ["warning", "ethgate=loud", "=debug", "info,verbose"] {
+        let problems = errors(&with_upstream(&format!("[log]\nlevel = {bad:?}")));
+        assert!(
+            problems.len() == 1 && problems[0].starts_with("log.level: "),
+            "{bad}: {problems:?}"
+        );
+    }
+    for good in [
+        "warn",
+        "INFO",
+        "ethgate=debug",
+        "info,ethgate::router=trace",
+        "off",
+    ] {
+        let config = Config::from_toml_str(&with_upstream(&format!("[log]\nlevel = {good:?}")));
+        assert!(config.is_ok(), "{good}: {config:?}");
+    }
+}
+
+#[test]
+fn zero_durations_that_would_refuse_or_drop_everyone_are_refused() {
+    let problems = errors(&with_upstream(
+        "[server]\nheader_timeout = \"0s\"\nsubscription_grace = \"0s\"\n\
+         [[watch]]\naddress = \"0x0000000000000000000000000000000000000000\"\ninterval = \"0s\"",
+    ));
+    assert_eq!(
+        problems,
+        [
+            "server.header_timeout: must be greater than zero",
+            "server.subscription_grace: must be greater than zero",
+            "watch[0].interval: must be greater than zero",
+        ]
+    );
+}

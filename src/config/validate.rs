@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::defaults as default;
 use super::raw::{RawAccess, RawConfig, RawHealth, RawLog, RawWatch};
-use super::values::parse_ether;
+use super::values::{check_log_filter, parse_ether};
 use super::*;
 
 mod listen;
@@ -171,8 +171,8 @@ impl RawLog {
             }
         };
         let level = self.level.unwrap_or_else(|| default::LOG_LEVEL.to_string());
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
-            p.add("log.level", format!("invalid level {level:?}: {e}"));
+        if let Err(e) = check_log_filter(&level) {
+            p.add("log.level", e);
         }
         LogConfig { format, level }
     }
@@ -200,7 +200,7 @@ impl RawWatch {
         WatchConfig {
             address: self.address.to_ascii_lowercase(),
             min_balance_wei,
-            interval: p.duration(
+            interval: p.positive_duration(
                 &format!("{key}.interval"),
                 self.interval.as_deref(),
                 default::WATCH_INTERVAL,

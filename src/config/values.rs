@@ -1,4 +1,4 @@
-//! Single values with a syntax of their own: CIDRs and ether amounts.
+//! Single values with a syntax of their own: CIDRs, ether amounts and log filters.
 
 use ipnet::IpNet;
 
@@ -50,4 +50,29 @@ pub fn parse_ether(text: &str) -> Result<u128, String> {
         .checked_mul(10u128.pow(18))
         .and_then(|w| w.checked_add(scaled_fraction))
         .ok_or_else(bad)
+}
+
+/// Levels a log filter directive may name.
+const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// Checks a log filter: comma-separated directives, each a level (`info`) or `target=level`
+/// (`ethgate=debug`). tracing would read a bare word that is not a level (`warning`) as a
+/// target to log everything of, so a typo silently turned all logging off: refused here.
+pub fn check_log_filter(text: &str) -> Result<(), String> {
+    for directive in text.split(',').map(str::trim) {
+        let level = match directive.rsplit_once('=') {
+            Some((target, level)) if !target.trim().is_empty() => level.trim(),
+            Some(_) => return Err(format!("{directive:?} names no target before '='")),
+            None => directive,
+        };
+        if !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(level)) {
+            return Err(format!(
+                "{level:?} is not a level (trace, debug, info, warn, error, off) in {text:?}; \
+                 write a level, or target=level"
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(text)
+        .map(drop)
+        .map_err(|e| format!("invalid filter {text:?}: {e}"))
 }

@@ -109,7 +109,8 @@ impl RawServer {
 
     fn timeouts(&self, p: &mut Problems) -> Timeouts {
         Timeouts {
-            header: p.duration(
+            // It also bounds TLS handshakes and PROXY headers: zero would refuse every client.
+            header: p.positive_duration(
                 "server.header_timeout",
                 self.header_timeout.as_deref(),
                 default::HEADER_TIMEOUT,
@@ -125,7 +126,8 @@ impl RawServer {
                 self.drain_delay.as_deref(),
                 default::DRAIN_DELAY,
             ),
-            subscription_grace: p.duration(
+            // Zero would close every subscriber on any momentary loss of the source.
+            subscription_grace: p.positive_duration(
                 "server.subscription_grace",
                 self.subscription_grace.as_deref(),
                 default::SUBSCRIPTION_GRACE,

@@ -83,10 +83,14 @@ async fn probe_all(config: &Config) -> bool {
 struct Verdict {
     /// What is printed.
     line: String,
-    /// Reachable and on the expected chain (a syncing node still counts: it will catch up).
+    /// Reachable (its calls endpoint, and its WebSocket endpoint when it has one) and on the
+    /// expected chain (a syncing node still counts: it will catch up).
     good: bool,
 }
 
+/// The verdict on one upstream: `unreachable` (its calls endpoint failed), `wrong_chain`,
+/// `ws_unreachable` (calls are answered over HTTP but the `ws` handshake failed), `syncing` or
+/// `ok`; only the last two are good.
 fn describe(
     upstream: &UpstreamConfig,
     http: &Result<Report, String>,
@@ -94,6 +98,9 @@ fn describe(
     latency: Duration,
     expected: &mut Option<u64>,
 ) -> Verdict {
+    // A `ws` endpoint that is configured but down is an unreachable endpoint like any other
+    // (ethgate would use it for subscriptions), so the upstream does not pass the check.
+    let ws_ok = !matches!(ws, Some(Err(_)));
     let ws = match ws {
         None => "ws=-".to_string(),
         Some(Ok(())) => "ws=ok".to_string(),
@@ -109,6 +116,8 @@ fn describe(
             let chain_ok = report.chain_id == expected_id;
             let verdict = if !chain_ok {
                 "wrong_chain"
+            } else if !ws_ok {
+                "ws_unreachable"
             } else if report.syncing {
                 "syncing"
             } else {
@@ -124,7 +133,7 @@ fn describe(
             );
             Verdict {
                 line,
-                good: chain_ok,
+                good: chain_ok && ws_ok,
             }
         }
     }

@@ -1,8 +1,9 @@
 //! The shipped deployment files are checked, not just written: Kubernetes manifests against
 //! the Kubernetes schemas (kubernetes-validate, schemas bundled in the package, no network) and
 //! against the config they ship; the systemd unit with `systemd-analyze verify` and for the
-//! settings operators rely on; the Dockerfile with hadolint, and its HEALTHCHECK run against a
-//! real admin port; the HAProxy example with `haproxy -c`.
+//! settings operators rely on; the Dockerfile with hadolint, its dependency stage against the
+//! targets Cargo.toml declares, and its HEALTHCHECK run against a real admin port; the HAProxy
+//! example with `haproxy -c`.
 //!
 //! The tools come from scripts/install-test-deps.sh; a missing one skips the test, or fails it
 //! under CI.
@@ -350,6 +351,158 @@ fn dockerfile_passes_hadolint_and_pins_its_base_images() {
         out.status.success() && text_of(&out).is_empty(),
         "hadolint:\n{}",
         text_of(&out)
+    );
+}
+
+/// The source files cargo accepts for each target Cargo.toml declares: a `path` given, else
+/// the places cargo looks by default (one of them must exist, or cargo refuses the manifest).
+fn declared_targets(manifest: &str) -> Vec<(String, Vec<String>)> {
+    let manifest: toml::Table = manifest.parse().expect("Cargo.toml parses");
+    let package = manifest["package"]["name"].as_str().expect("package.name");
+    let mut targets = Vec::new();
+    if let Some(lib) = manifest.get("lib") {
+        let path = lib
+            .get("path")
+            .and_then(|p| p.as_str())
+            .unwrap_or("src/lib.rs");
+        targets.push(("[lib]".to_string(), vec![path.to_string()]));
+    }
+    for (kind, dir) in [
+        ("bin", "src/bin"),
+        ("bench", "benches"),
+        ("test", "tests"),
+        ("example", "examples"),
+    ] {
+        let Some(declared) = manifest.get(kind).and_then(|t| t.as_array()) else {
+            continue;
+        };
+        for target in declared {
+            let name = target["name"].as_str().expect("a target's name");
+            let candidates = match target.get("path").and_then(|p| p.as_str()) {
+                Some(path) => vec![path.to_string()],
+                None => {
+                    let mut default =
+                        vec![format!("{dir}/{name}.rs"), format!("{dir}/{name}/main.rs")];
+                    if kind == "bin" && name == package {
+                        default.push("src/main.rs".to_string());
+                    }
+                    default
+                }
+            };
+            targets.push((format!("[[{kind}]] {name}"), candidates));
+        }
+    }
+    targets
+}
+
+/// The instructions of the Dockerfile's first stage up to its `COPY . .`, continuation lines
+/// joined: what builds the dependency layer.
+fn dependency_stage(dockerfile: &str) -> Vec<String> {
+    let joined = dockerfile.replace("\\\n", " ");
+    let instructions: Vec<String> = joined
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .skip_while(|l| !l.starts_with("FROM "))
+        .skip(1)
+        .take_while(|l| *l != "COPY . ." && !l.starts_with("FROM "))
+        .map(str::to_string)
+        .collect();
+    assert!(
+        instructions
+            .iter()
+            .any(|i| i.starts_with("RUN ") && i.contains("cargo build")),
+        "no dependency build before `COPY . .`: {instructions:?}"
+    );
+    instructions
+}
+
+/// The files present when the dependency stage's `cargo build` runs: its COPYs from the repo
+/// and its RUN commands, run by `sh -c` as Docker does, with a `cargo` on PATH that lists the
+/// files instead of building.
+fn files_at_dependency_build(instructions: &[String]) -> Vec<String> {
+    let dir = TempDir::new("docker-stub-stage").expect("temp dir");
+    let build = dir.path().join("build");
+    let shim = dir.path().join("shim");
+    std::fs::create_dir_all(&build).unwrap();
+    std::fs::create_dir_all(&shim).unwrap();
+    let listing = dir.path().join("files.txt");
+    let cargo = shim.join("cargo");
+    std::fs::write(
+        &cargo,
+        "#!/bin/sh\nfind . -type f | sed 's|^\\./||' > \"$STUB_FILES\"\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&cargo, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        shim.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    for instruction in instructions {
+        if let Some(args) = instruction.strip_prefix("COPY ") {
+            let args: Vec<&str> = args.split_whitespace().collect();
+            assert!(
+                !args[0].starts_with("--"),
+                "COPY flags not handled: {instruction}"
+            );
+            for source in &args[..args.len() - 1] {
+                std::fs::copy(repo(source), build.join(source)).expect(source);
+            }
+        } else if let Some(script) = instruction.strip_prefix("RUN ") {
+            let out = Command::new("sh")
+                .args(["-c", script])
+                .current_dir(&build)
+                .env("PATH", &path)
+                .env("STUB_FILES", &listing)
+                .output()
+                .expect("run sh");
+            assert!(out.status.success(), "{instruction}:\n{}", text(&out));
+        }
+    }
+    let files = std::fs::read_to_string(&listing).expect("the stage ran cargo");
+    files.lines().map(str::to_string).collect()
+}
+
+/// The declared targets none of whose source files are in `files`.
+fn missing_targets(targets: &[(String, Vec<String>)], files: &[String]) -> Vec<String> {
+    targets
+        .iter()
+        .filter(|(_, candidates)| !candidates.iter().any(|c| files.contains(c)))
+        .map(|(target, candidates)| format!("{target} (one of {candidates:?})"))
+        .collect()
+}
+
+#[test]
+fn dockerfile_dependency_stage_stubs_every_target_cargo_toml_declares() {
+    let manifest = std::fs::read_to_string(repo("Cargo.toml")).expect("Cargo.toml");
+    let targets = declared_targets(&manifest);
+    let names: Vec<&str> = targets.iter().map(|(t, _)| t.as_str()).collect();
+    for expected in ["[lib]", "[[bin]] ethgate", "[[bench]] load", "[[bench]] ws"] {
+        assert!(
+            names.contains(&expected),
+            "{expected} not found in {names:?}"
+        );
+    }
+    let dockerfile = std::fs::read_to_string(repo("Dockerfile")).expect("Dockerfile");
+    let files = files_at_dependency_build(&dependency_stage(&dockerfile));
+    let missing = missing_targets(&targets, &files);
+    assert!(
+        missing.is_empty(),
+        "the Dockerfile's dependency stage has no stub for {missing:?} (cargo refuses the \
+         manifest); it created {files:?}"
+    );
+    // The check bites: without one bench's stub, that bench is reported.
+    let without_ws: Vec<String> = files
+        .iter()
+        .filter(|f| !f.starts_with("benches/ws"))
+        .cloned()
+        .collect();
+    let missing = missing_targets(&targets, &without_ws);
+    assert!(
+        missing.len() == 1 && missing[0].starts_with("[[bench]] ws "),
+        "{missing:?}"
     );
 }
 

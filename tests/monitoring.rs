@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use ethgate::upstream::metrics::AttemptResult;
 use serde_json::{json, Value};
 use support::gateway::{error_of, result_of, Gateway, GatewayConfig};
 use support::mock::MockUpstream;
@@ -92,6 +93,17 @@ impl Exported {
                 seen.entry(label.clone()).or_default().insert(value.clone());
             }
         }
+    }
+
+    /// Adds `values` of `label` to `metric`, which the scrape must have exported with that
+    /// label: values ethgate renders once they occur, from its own label table.
+    fn add_values(&mut self, metric: &str, label: &str, values: &[&str]) {
+        let seen = self
+            .metrics
+            .get_mut(metric)
+            .and_then(|labels| labels.get_mut(label))
+            .unwrap_or_else(|| panic!("{metric}{{{label}}} not in the scrape"));
+        seen.extend(values.iter().map(|v| v.to_string()));
     }
 
     fn has(&self, metric: &str) -> bool {
@@ -199,6 +211,11 @@ async fn exported_by_a_running_ethgate() -> (Exported, String) {
     error_of(&gw.call("eth_blockNumber", json!([])).await);
     let second = gw.metrics().await;
     exported.add_scrape(&Scrape::parse(&second));
+    // Attempt outcomes this traffic does not cause (an answer over max_response_bytes, a
+    // hedge's loser, a timeout): a series appears once it is non-zero, with a value from the
+    // same table as these.
+    let outcomes: Vec<&str> = AttemptResult::ALL.iter().map(|r| r.as_str()).collect();
+    exported.add_values("ethgate_upstream_requests_total", "result", &outcomes);
     client.close().await;
     (exported, first)
 }
@@ -256,6 +273,44 @@ fn every_alert_rule_is_complete() {
                 .iter()
                 .any(|r| selectors(r.get("expr")).iter().any(|s| s.metric == metric)),
             "no alert watches {metric}"
+        );
+    }
+}
+
+/// The alert table of deploy/monitoring/README.md: alert name and severity of each row.
+fn readme_alert_table() -> BTreeMap<String, String> {
+    let readme = read("deploy/monitoring/README.md");
+    let mut rows = BTreeMap::new();
+    for line in readme.lines().filter(|l| l.starts_with("| `Ethgate")) {
+        let cells: Vec<&str> = line.trim_matches('|').split(" | ").map(str::trim).collect();
+        let name = cells[0].trim_matches('`').to_string();
+        let severity = cells.last().expect("a severity cell").to_string();
+        assert!(
+            rows.insert(name.clone(), severity).is_none(),
+            "{name}: two rows in the README's alert table"
+        );
+    }
+    rows
+}
+
+#[test]
+fn every_alert_rule_has_a_row_in_the_readme_table() {
+    let table = readme_alert_table();
+    let rules = parse_rules(RULES, &read(RULES));
+    for rule in &rules {
+        let row = table.get(&rule.alert).unwrap_or_else(|| {
+            panic!(
+                "{} is in {RULES} but not in deploy/monitoring/README.md's alert table",
+                rule.alert
+            )
+        });
+        assert_eq!(row, rule.get("severity"), "{}: severity", rule.alert);
+    }
+    let names: HashSet<&str> = rules.iter().map(|r| r.alert.as_str()).collect();
+    for name in table.keys() {
+        assert!(
+            names.contains(name.as_str()),
+            "{name} is in the README's alert table but not in {RULES}"
         );
     }
 }

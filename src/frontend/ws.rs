@@ -88,6 +88,7 @@ where
         control: Control::default(),
         incoming: Incoming::new(frontend.max_request_bytes, read_ahead),
         calls: FuturesUnordered::new(),
+        draining: false,
     };
     let close = session.run(&mut io).await;
     let Session {
@@ -96,15 +97,19 @@ where
         calls,
         ..
     } = session;
-    // Calls still running end here: their subscriptions are never activated.
+    // Calls still running end here (the client closed, or shutdown_grace ran out): their
+    // subscriptions are never activated.
     drop(calls);
     frontend.hub.drop_session(&handle);
     if matches!(close, Close::Ours(CLOSE_POLICY, _)) {
         frontend.metrics.ws_queue_overflow();
     }
     frontend.metrics.ws_connection_closed();
-    // Past shutdown_grace nothing waits for a client that does not read its close frame.
+    // Past shutdown_grace nothing waits for a client that does not read its close frame, but
+    // the close is still tried once (first: `biased`): a client that reads gets its 1001 even
+    // when the grace ran out with a call still running.
     tokio::select! {
+        biased;
         _ = tokio::time::timeout(CLOSE_TIMEOUT, finish(&mut io, &mut batch, &mut control, close)) => {}
         _ = frontend.drain.force_close.cancelled() => {}
     }
@@ -163,6 +168,14 @@ fn sendable(code: u16) -> bool {
     matches!(code, 1000..=1003 | 1007..=1013 | 3000..=4999)
 }
 
+/// What stops a session, or changes how it runs.
+enum Stop {
+    /// The server shuts down: read no more calls, finish the ones running, then close 1001.
+    Drain,
+    /// End the session now, with this close.
+    End(Close),
+}
+
 /// A call of the client's, run inside the session's own task.
 type Call<'a> = Pin<Box<dyn Future<Output = std::thread::Result<()>> + Send + 'a>>;
 
@@ -182,30 +195,45 @@ struct Session<'a> {
     control: Control,
     incoming: Incoming,
     calls: FuturesUnordered<Call<'a>>,
+    /// The server shuts down: nothing more is read; the session closes with 1001 once its
+    /// calls are answered and every answer written (or when `shutdown_grace` runs out).
+    draining: bool,
 }
 
 impl<'a> Session<'a> {
-    /// Runs until the session ends, or the server shuts down, or someone closes the session.
+    /// Runs until the session ends: the client leaves, someone closes the session, or the
+    /// server shuts down (then once the calls running are answered, or `shutdown_grace` ran
+    /// out).
     async fn run<T>(&mut self, io: &mut T) -> Close
     where
         T: AsyncRead + AsyncWrite + Unpin,
     {
         let handle = self.handle;
+        let drain = &self.frontend.drain;
         // Polled only when one of them woke the task: polling a pending cancellation takes
         // its lock, and the task wakes for every outgoing message.
         let stops = Gate::default();
         // Created once: re-created on every pass they would re-register with the shared
-        // shutdown token and the session's own each time a message goes out.
-        let shutdown = self.frontend.drain.shutdown.cancelled();
+        // token and the session's own each time a message goes out. The shutdown, then (once
+        // the session drains) the end of shutdown_grace, in the same place: no idle session
+        // grows by a second waiter it would need only at shutdown.
+        let drain_stage = drain.shutdown.cancelled();
         let closed = handle.closed();
-        tokio::pin!(shutdown, closed);
+        tokio::pin!(drain_stage, closed);
+        let mut draining = false;
         let mut stop = |cx: &mut Context<'_>| {
             stops.poll(cx, |cx| {
-                if shutdown.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Close::Ours(SHUTTING_DOWN.0, SHUTTING_DOWN.1));
+                if drain_stage.as_mut().poll(cx).is_ready() {
+                    if !draining {
+                        draining = true;
+                        drain_stage.set(drain.force_close.cancelled());
+                        return Poll::Ready(Stop::Drain);
+                    }
+                    let close = Close::Ours(SHUTTING_DOWN.0, SHUTTING_DOWN.1);
+                    return Poll::Ready(Stop::End(close));
                 }
                 ready!(closed.as_mut().poll(cx));
-                Poll::Ready(Close::asked(handle))
+                Poll::Ready(Stop::End(Close::asked(handle)))
             })
         };
         poll_fn(|cx| {
@@ -224,15 +252,21 @@ impl<'a> Session<'a> {
         &mut self,
         io: &mut T,
         cx: &mut Context<'_>,
-        stop: &mut impl FnMut(&mut Context<'_>) -> Poll<Close>,
+        stop: &mut impl FnMut(&mut Context<'_>) -> Poll<Stop>,
     ) -> Poll<Close>
     where
         T: AsyncRead + AsyncWrite + Unpin,
     {
         // Once per poll: a stop arriving later in it wakes the task again. (Its gate lives in
-        // an allocation of its own, one more cache miss per notification in each pass.)
-        if let Poll::Ready(close) = stop(cx) {
-            return Poll::Ready(close);
+        // an allocation of its own, one more cache miss per notification in each pass.) A
+        // drain is asked for once; the stop is polled again at once so that it watches what
+        // ends the drain.
+        loop {
+            match stop(cx) {
+                Poll::Ready(Stop::Drain) => self.draining = true,
+                Poll::Ready(Stop::End(close)) => return Poll::Ready(close),
+                Poll::Pending => break,
+            }
         }
         loop {
             // The queue is looked at below before this pass waits: answers the calls queue
@@ -257,6 +291,15 @@ impl<'a> Session<'a> {
                     .take(first, &mut self.outgoing, self.handle, vectored);
                 self.writing = true;
                 continue;
+            }
+            // Draining: the client's next calls are not read (it is told to leave by the
+            // close). Here everything queued is written, so with no call left to answer the
+            // session closes; notifications go on until then.
+            if self.draining {
+                return match self.calls.is_empty() {
+                    true => Poll::Ready(Close::Ours(SHUTTING_DOWN.0, SHUTTING_DOWN.1)),
+                    false => Poll::Pending,
+                };
             }
             // Reading pauses while CALLS_IN_FLIGHT calls run; the queue keeps draining.
             if self.calls.len() >= CALLS_IN_FLIGHT {

@@ -531,3 +531,40 @@ fn zero_durations_that_would_refuse_or_drop_everyone_are_refused() {
         ]
     );
 }
+
+#[test]
+fn server_tls_files_are_loaded_by_check_as_run_loads_them() {
+    let dir = std::env::temp_dir().join(format!("ethgate-config-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert = write("cert.pem", &made.cert.pem());
+    let key = write("key.pem", &made.signing_key.serialize_pem());
+    let other = rcgen::generate_simple_self_signed(vec!["other".to_string()]).unwrap();
+    let other_key = write("other-key.pem", &other.signing_key.serialize_pem());
+    let tls = |cert: &str, key: &str| {
+        with_upstream(&format!("[server.tls]\ncert = {cert:?}\nkey = {key:?}"))
+    };
+
+    assert!(Config::from_toml_str(&tls(&cert, &key)).is_ok());
+    let missing = errors(&tls("/nonexistent/cert.pem", &key));
+    assert!(
+        missing.len() == 1 && missing[0].starts_with("server.tls.cert: /nonexistent/cert.pem: "),
+        "{missing:?}"
+    );
+    let not_a_key = errors(&tls(&cert, &cert));
+    assert!(
+        not_a_key[0].starts_with("server.tls.key: "),
+        "{not_a_key:?}"
+    );
+    let mismatched = errors(&tls(&cert, &other_key));
+    assert!(
+        mismatched[0].starts_with("server.tls: certificate and key do not work together"),
+        "{mismatched:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

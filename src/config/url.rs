@@ -27,6 +27,9 @@ pub(super) fn parse_url(text: &str, schemes: &[&str]) -> Result<Endpoint, String
             ))
         }
     }
+    if !uri.authority().is_some_and(|a| port_fits(a.as_str())) {
+        return Err(format!("invalid URL {shown:?}: the port is not 0–65535"));
+    }
     let invalid = || format!("invalid URL {shown:?}");
     let mut parts = uri.into_parts();
     // Present: `host()` was checked above.
@@ -43,6 +46,19 @@ pub(super) fn parse_url(text: &str, schemes: &[&str]) -> Result<Endpoint, String
         uri,
         basic: Some(basic),
     })
+}
+
+/// Whether an authority's port, if it has one, is a TCP port. http::Uri accepts any digits
+/// there (and reports no port when they overflow), so `:99999` would fail every dial instead.
+fn port_fits(authority: &str) -> bool {
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if host_port.ends_with(']') {
+        return true; // an IPv6 literal without a port
+    }
+    match host_port.rsplit_once(':') {
+        Some((_, port)) => port.is_empty() || port.parse::<u16>().is_ok(),
+        None => true,
+    }
 }
 
 /// What a problem message may show of a URL: scheme and host, without userinfo or path
@@ -139,6 +155,20 @@ mod tests {
             basic_auth("user:p%40ss"),
             format!("Basic {}", base64(b"user:p@ss"))
         );
+    }
+
+    #[test]
+    fn a_port_beyond_65535_is_refused() {
+        let error = parse_url("http://127.0.0.1:99999/", &["http"]).unwrap_err();
+        assert_eq!(
+            error,
+            "invalid URL \"http://127.0.0.1:99999/…\": the port is not 0–65535"
+        );
+        assert!(parse_url("http://127.0.0.1:65535/", &["http"]).is_ok());
+        assert!(parse_url("ws://user:pw@127.0.0.1:70000", &["ws"]).is_err());
+        assert!(parse_url("http://[::1]:8545/", &["http"]).is_ok());
+        assert!(parse_url("http://[::1]/", &["http"]).is_ok());
+        assert!(parse_url("http://[::1]:65536/", &["http"]).is_err());
     }
 
     #[test]

@@ -125,6 +125,7 @@ impl RawHealth {
             self.no_new_heads.as_deref(),
             default::NO_NEW_HEADS,
         );
+        // Zero turns stall detection off (documented); otherwise a probe must fit inside it.
         if !no_new_heads.is_zero() && no_new_heads <= interval {
             p.add(
                 "health.no_new_heads",

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::super::defaults as default;
 use super::super::raw::{RawServer, RawTls};
+use super::super::server_tls;
 use super::super::{parse_duration, ServerConfig, TlsConfig};
 use super::listen::validate_listen;
 use super::Problems;
@@ -146,14 +147,24 @@ impl RawServer {
     }
 }
 
-/// `[server.tls]`: present means both files are required.
+/// `[server.tls]`: present means both files are required, and they (with `client_ca`) must
+/// load as `run` would load them: `check` must not pass files the server then refuses.
 fn validate_tls(tls: RawTls, p: &mut Problems) -> Option<TlsConfig> {
     match (tls.cert, tls.key) {
-        (Some(cert), Some(key)) => Some(TlsConfig {
-            cert,
-            key,
-            client_ca: tls.client_ca,
-        }),
+        (Some(cert), Some(key)) => {
+            let config = TlsConfig {
+                cert,
+                key,
+                client_ca: tls.client_ca,
+            };
+            match server_tls::build(&config) {
+                Ok(_) => Some(config),
+                Err(e) => {
+                    p.add(e.key(), e.detail());
+                    None
+                }
+            }
+        }
         (None, _) => {
             p.add("server.tls.cert", "required when [server.tls] is present");
             None

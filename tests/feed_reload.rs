@@ -87,8 +87,9 @@ async fn a_reload_gives_up_a_silent_source_after_the_new_liveness_window() {
 
     let notes = reload(&gw, &config(600, &upstreams)).await;
     assert!(
-        notes.iter().any(|n| n.contains("subscription feed retimed")
-            && n.contains("given up after 1.5s")),
+        notes
+            .iter()
+            .any(|n| n.contains("subscription feed retimed") && n.contains("given up after 1.5s")),
         "{notes:?}"
     );
     // Given up after the new 1.5 s (not the old 121 s, nor at the old 60 s check): b feeds.

@@ -172,6 +172,10 @@ mod tests {
             start + Duration::from_millis(300),
             "already due: polled at once rather than 29 s later"
         );
-        assert_eq!(polling.timeout, Duration::from_secs(2), "a poll's new budget");
+        assert_eq!(
+            polling.timeout,
+            Duration::from_secs(2),
+            "a poll's new budget"
+        );
     }
 }

@@ -132,8 +132,16 @@ mod tests {
         let t = FeedTimings::new(&health(2000, 1000), Duration::from_secs(3));
         assert_eq!(t.ping_after, Duration::from_millis(2000));
         assert_eq!(t.dead_after, Duration::from_millis(5000));
-        assert_eq!(t.connect_timeout, Duration::from_secs(3), "request_timeout caps");
-        assert_eq!(t.logs_timeout, Duration::from_secs(3), "request_timeout caps");
+        assert_eq!(
+            t.connect_timeout,
+            Duration::from_secs(3),
+            "request_timeout caps"
+        );
+        assert_eq!(
+            t.logs_timeout,
+            Duration::from_secs(3),
+            "request_timeout caps"
+        );
         assert_eq!(t.poll_every, Duration::from_millis(1000));
         assert_eq!(t.check_every, Duration::from_millis(2000));
         assert_eq!(t.max_backoff, Duration::from_secs(8));

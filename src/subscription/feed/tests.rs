@@ -280,7 +280,8 @@ impl Harness {
             grace: GRACE,
             request_timeout: Duration::from_secs(30),
         };
-        let timings = TimingsControl::new(&health(interval, interval / 2), settings.request_timeout);
+        let timings =
+            TimingsControl::new(&health(interval, interval / 2), settings.request_timeout);
         let feed = Feed::new(
             hub.clone(),
             pool.clone(),
@@ -604,7 +605,11 @@ async fn a_reload_lowers_the_backoff_bound_and_times_the_next_connect() {
         let connects = h.pool.connects();
         connects[before - 1].1 - connects[before - 2].1
     };
-    assert_eq!(last_gap, Duration::from_secs(64), "backed off to 64 s so far");
+    assert_eq!(
+        last_gap,
+        Duration::from_secs(64),
+        "backed off to 64 s so far"
+    );
     let new = h.reload(Duration::from_secs(1));
     tokio::time::sleep(Duration::from_secs(20)).await;
     let connects = h.pool.connects();
@@ -621,7 +626,10 @@ async fn a_reload_lowers_the_backoff_bound_and_times_the_next_connect() {
         "bounded by 4 × the new interval: {gaps:?}"
     );
     let world = h.pool.world();
-    assert_eq!(world.connect_timings[before - 1].connect_timeout, Duration::from_secs(30));
+    assert_eq!(
+        world.connect_timings[before - 1].connect_timeout,
+        Duration::from_secs(30)
+    );
     assert_eq!(
         world.connect_timings.last(),
         Some(&new),

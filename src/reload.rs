@@ -1,7 +1,8 @@
 //! Live reload: a new config is applied to the running server without dropping connections.
-//! Upstreams (health carried over by name), health settings, access rules, the deny list,
-//! TLS material and balance watches change in place; listen addresses and the other
-//! `[server]` settings need a restart, which the outcome says.
+//! Upstreams (health carried over by name), health settings (the probers' and the
+//! subscription feed's timings), access rules, the deny list, TLS material and balance
+//! watches change in place; listen addresses and the other `[server]` settings need a
+//! restart, which the outcome says.
 
 use std::sync::Arc;
 
@@ -104,6 +105,7 @@ fn apply(
     // TLS first: it is the only part that can still fail, and a failure must change nothing.
     reload_tls(state, new, &mut notes)?;
     reload_upstreams(state, old, new, tracker, stop, &mut notes);
+    reload_feed_timings(state, old, new, &mut notes);
     if old.access != new.access {
         state
             .access
@@ -168,6 +170,22 @@ fn reload_upstreams(
             "upstreams and health settings applied ({} upstreams{})",
             new.upstreams.len(),
             if tls_files { "; TLS files re-read" } else { "" }
+        ));
+    }
+}
+
+/// The subscription feed's timings follow `[health]`: the followed source is retimed in
+/// place (no resubscribe), a new source is opened with them. `server.request_timeout`, which
+/// caps two of them, stays as started (a `[server]` key).
+fn reload_feed_timings(state: &Shared, old: &Config, new: &Config, notes: &mut ReloadNotes) {
+    if old.health == new.health {
+        return;
+    }
+    if let Some(t) = state.feed_timings.apply(&new.health) {
+        notes.push(format!(
+            "subscription feed retimed (source pinged after {:?} of silence, given up after \
+             {:?}, polled every {:?}, checked every {:?})",
+            t.ping_after, t.dead_after, t.poll_every, t.check_every
         ));
     }
 }

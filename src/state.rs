@@ -16,6 +16,8 @@ pub(crate) struct Shared {
     pub router: Arc<router::Router>,
     pub hub: Arc<subscription::Hub>,
     pub feed: Arc<subscription::feed::FeedStatus>,
+    /// The feed's timings from `[health]`: a reload sends new ones.
+    pub feed_timings: subscription::timings::TimingsControl,
     pub frontend: Arc<frontend::Frontend>,
     pub access: Arc<ArcSwap<server::access::Access>>,
     pub tls: Option<Arc<server::tls::Tls>>,
@@ -62,6 +64,10 @@ impl Shared {
             router,
             hub,
             feed: Arc::default(),
+            feed_timings: subscription::timings::TimingsControl::new(
+                &config.health,
+                config.server.request_timeout,
+            ),
             frontend,
             access: Arc::new(ArcSwap::from_pointee(server::access::Access::new(
                 &config.access,
@@ -74,7 +80,8 @@ impl Shared {
         }
     }
 
-    /// Starts probers, the subscription feed, balance watchers and the admin listener.
+    /// Starts probers, the subscription feed (timed by `feed_timings`, which reloads update),
+    /// balance watchers and the admin listener.
     pub fn spawn_background(
         &self,
         config: &Config,
@@ -84,30 +91,19 @@ impl Shared {
     ) {
         self.restart_probers(tracker, stop);
         self.restart_watchers(tracker, stop);
-        let health = &config.health;
-        let dead_after = health.interval * 2 + health.timeout;
         let pool = subscription::pool::RouterPool {
             router: self.router.clone(),
-            connect_timeout: config.server.request_timeout.min(health.interval * 2),
-            ping_after: health.interval,
-            dead_after,
-            // Half a health interval: heads of an HTTP-only source arrive at most that late.
-            poll_every: (health.interval / 2).max(std::time::Duration::from_millis(100)),
         };
         let feed_settings = subscription::feed::FeedSettings {
             grace: config.server.subscription_grace,
             request_timeout: config.server.request_timeout,
-            // A block's logs are one indexed lookup: a node slower than its own liveness
-            // window is asked elsewhere rather than holding every client's heads.
-            logs_timeout: config.server.request_timeout.min(dead_after),
-            check_every: health.interval,
-            max_backoff: (health.interval * 4).max(std::time::Duration::from_secs(1)),
         };
         let feed = subscription::feed::Feed::new(
             self.hub.clone(),
             pool,
             self.metrics.clone(),
             feed_settings,
+            self.feed_timings.subscribe(),
             self.feed.clone(),
         );
         tracker.spawn(feed.run(stop.clone()));

@@ -19,8 +19,9 @@ use super::pacing::{Backoff, RateLimit};
 use super::pool::{Connection, SourcePool};
 use super::select;
 use super::source::{Notification, SourceError};
+use super::timings::{FeedTimings, Timings};
 use super::{Hub, Kind};
-use crate::metrics::{FailoverKind, Metrics};
+use crate::metrics::Metrics;
 
 mod deliver;
 mod status;
@@ -33,19 +34,14 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 /// At most one "source lost" or "logs unavailable" warning per this period.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
-/// Timing of the feed.
+/// The feed's `[server]` settings, fixed until a restart (its `[health]` timings follow
+/// reloads: [`Timings`]).
 #[derive(Debug, Clone)]
 pub struct FeedSettings {
     /// How long subscribers may go unserved before they are closed with 1011.
     pub grace: Duration,
     /// Budget of one request to the source (subscribe, ancestor fetch).
     pub request_timeout: Duration,
-    /// Budget of one block's logs fetch; beyond it the logs are asked elsewhere.
-    pub logs_timeout: Duration,
-    /// How often rotation and pending-subscription needs are re-checked.
-    pub check_every: Duration,
-    /// Longest wait between rounds when every upstream failed.
-    pub max_backoff: Duration,
 }
 
 /// What the feed holds about the source it follows now.
@@ -72,6 +68,8 @@ pub struct Feed<P: SourcePool> {
     pool: P,
     metrics: Arc<Metrics>,
     settings: FeedSettings,
+    /// Timings from `[health]`, new ones sent on reload.
+    timings: Timings,
     status: Arc<FeedStatus>,
     view: ChainView,
     delivered_logs: DeliveredLogs,
@@ -91,20 +89,22 @@ pub struct Feed<P: SourcePool> {
 }
 
 impl<P: SourcePool> Feed<P> {
-    /// A feed over `pool` delivering into `hub`, reporting to `status`.
+    /// A feed over `pool` delivering into `hub`, reporting to `status`, timed by `timings`.
     pub fn new(
         hub: Arc<Hub>,
         pool: P,
         metrics: Arc<Metrics>,
         settings: FeedSettings,
+        timings: Timings,
         status: Arc<FeedStatus>,
     ) -> Self {
-        let backoff = Backoff::new(FIRST_BACKOFF, settings.max_backoff);
+        let backoff = Backoff::new(FIRST_BACKOFF, timings.now().max_backoff);
         Feed {
             hub,
             pool,
             metrics,
             settings,
+            timings,
             status,
             view: ChainView::default(),
             delivered_logs: DeliveredLogs::default(),
@@ -127,11 +127,13 @@ impl<P: SourcePool> Feed<P> {
             let current = self.current.as_deref();
             let next = select::pick(&candidates, current, &self.failed, self.delivered());
             let Some(name) = next.map(|c| c.name.clone()) else {
+                let timings = self.timings.latest();
                 let wait = if select::all_failed(&candidates, &self.failed) {
                     self.failed.clear();
+                    self.backoff.set_max(timings.max_backoff);
                     self.backoff.step()
                 } else {
-                    self.settings.check_every
+                    timings.check_every
                 };
                 self.idle(wait, &shutdown).await;
                 continue;
@@ -162,7 +164,8 @@ impl<P: SourcePool> Feed<P> {
         self.status.lock().source = None;
     }
 
-    /// Waits `wait` while nothing serves, closing subscribers once the grace is over.
+    /// Waits `wait` (or until a reload retimes the feed) while nothing serves, closing
+    /// subscribers once the grace is over.
     async fn idle(&mut self, wait: Duration, shutdown: &CancellationToken) {
         if self.hub.is_empty() {
             self.unserved_since = None;
@@ -179,6 +182,8 @@ impl<P: SourcePool> Feed<P> {
         tokio::select! {
             _ = shutdown.cancelled() => {}
             _ = tokio::time::sleep(wait) => {}
+            // A reload's timings (a shorter interval, a lower backoff bound) apply now.
+            _ = self.timings.changed() => {}
         }
     }
 
@@ -188,12 +193,13 @@ impl<P: SourcePool> Feed<P> {
         name: &Arc<str>,
         shutdown: &CancellationToken,
     ) -> Result<(), SourceError> {
-        let mut source = self.pool.connect(name).await?;
+        // Seen from here on: a reload during the connect retimes the source below.
+        let timings = self.timings.latest();
+        let mut source = self.pool.connect(name, &timings).await?;
         let timeout = self.settings.request_timeout;
         let heads = subscribe(&mut source, r#"["newHeads"]"#, timeout).await?;
         let mut following = self.start_following(name, heads);
-        let every = self.settings.check_every;
-        let mut check = tokio::time::interval_at(Instant::now() + every, every);
+        let mut check = check_interval(timings.check_every);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => {
@@ -211,6 +217,9 @@ impl<P: SourcePool> Feed<P> {
                         return Err(SourceError::Lost(reason));
                     }
                     self.on_check(&mut source, &mut following).await?;
+                }
+                _ = self.timings.changed() => {
+                    retime(&mut source, &mut check, &self.timings.latest());
                 }
             }
         }
@@ -276,39 +285,6 @@ impl<P: SourcePool> Feed<P> {
         Ok(())
     }
 
-    /// The source counts as serving once it passed a rotation check or gave a head: only
-    /// then does the unserved time end (a source that connects and fails at once does not
-    /// reset `subscription_grace`).
-    fn establish(&mut self, following: &mut Following) {
-        if std::mem::replace(&mut following.established, true) {
-            return;
-        }
-        let unserved = self.unserved_since.take().map(|since| since.elapsed());
-        let subscribed = !self.hub.is_empty();
-        if following.failover && subscribed {
-            self.metrics.failover(FailoverKind::Subscription);
-            self.metrics
-                .subscription_failover(unserved.unwrap_or_default());
-        }
-        let duration_ms = unserved.unwrap_or_default().as_millis() as u64;
-        if following.failover {
-            let from = following.previous.as_deref().unwrap_or("");
-            tracing::warn!(
-                from,
-                to = &*following.name,
-                duration_ms,
-                subscriptions = subscribed,
-                "subscription failover"
-            );
-        } else if unserved.is_some() {
-            tracing::info!(
-                upstream = &*following.name,
-                duration_ms,
-                "subscription source back"
-            );
-        }
-    }
-
     /// Holds an upstream newPendingTransactions subscription exactly while clients want one.
     async fn track_pending_subscription(
         &self,
@@ -358,6 +334,27 @@ impl<P: SourcePool> Feed<P> {
             self.hub.deliver(Kind::Syncing, &result);
         }
     }
+}
+
+/// A reload changed the timings: the source keeps serving (no resubscribe, so no glitch for
+/// clients) under the new liveness window and poll period, and rotation checks follow the
+/// new interval from now.
+fn retime<C: Connection>(source: &mut C, check: &mut tokio::time::Interval, timings: &FeedTimings) {
+    source.retime(timings);
+    if check.period() != timings.check_every {
+        *check = check_interval(timings.check_every);
+    }
+    tracing::info!(
+        ping_after = ?timings.ping_after,
+        dead_after = ?timings.dead_after,
+        check_every = ?timings.check_every,
+        "subscription source retimed"
+    );
+}
+
+/// Rotation checks every `every`, the first one `every` from now.
+fn check_interval(every: Duration) -> tokio::time::Interval {
+    tokio::time::interval_at(Instant::now() + every, every)
 }
 
 /// Subscribes upstream; returns the upstream's subscription id.

@@ -9,7 +9,8 @@
 //! Layout: [`Hub`] (this file: ids, caps, fan-out), [`session`] (a client's bounded queue),
 //! [`filter`] (geth's filter object, validation, matching), [`logs`] (logs of a block per
 //! filter, retraction on reorgs), [`chain`] (canonical window), [`select`] (which upstream
-//! feeds), [`feed`] (the loop), [`pool`] and [`source`] (the upstreams it reads).
+//! feeds), [`feed`] (the loop), [`pool`] and [`source`] (the upstreams it reads), [`timings`]
+//! (the feed's timings from `[health]`, retimed on reload).
 
 pub mod chain;
 pub mod feed;
@@ -22,6 +23,7 @@ pub mod pool;
 pub mod select;
 pub mod session;
 pub mod source;
+pub mod timings;
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;

@@ -30,6 +30,12 @@ impl Backoff {
         now
     }
 
+    /// A new bound (a reload changed it): the next delay is at most `max`.
+    pub fn set_max(&mut self, max: Duration) {
+        self.max = max;
+        self.next = self.next.min(max);
+    }
+
     /// Back to the first delay, after progress.
     pub fn reset(&mut self) {
         self.next = self.first;
@@ -78,6 +84,18 @@ mod tests {
         assert_eq!(steps, [100, 200, 400, 500, 500]);
         b.reset();
         assert_eq!(b.step(), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_new_bound_caps_the_next_delay_and_the_growth() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(800));
+        let steps: Vec<u64> = (0..4).map(|_| b.step().as_millis() as u64).collect();
+        assert_eq!(steps, [100, 200, 400, 800]);
+        b.set_max(Duration::from_millis(300));
+        assert_eq!(b.step(), Duration::from_millis(300), "lowered at once");
+        b.set_max(Duration::from_millis(1000));
+        let steps: Vec<u64> = (0..3).map(|_| b.step().as_millis() as u64).collect();
+        assert_eq!(steps, [300, 600, 1000], "raised: grows to the new bound");
     }
 
     #[tokio::test(start_paused = true)]

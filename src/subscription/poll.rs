@@ -23,7 +23,8 @@ pub struct Polling {
     uri: http::Uri,
     every: Duration,
     timeout: Duration,
-    next_poll: Instant,
+    /// When the last poll went out; the next is due one period later.
+    last_poll: Option<Instant>,
     heads_wanted: bool,
     last_hash: Option<String>,
 }
@@ -36,7 +37,7 @@ impl Polling {
             uri,
             every,
             timeout,
-            next_poll: Instant::now(),
+            last_poll: None,
             heads_wanted: false,
             last_hash: None,
         }
@@ -57,6 +58,19 @@ impl Polling {
             .map_err(|_| SourceError::Timeout(method.into()))?
             .map_err(|e| SourceError::Lost(e.to_string()))?;
         answer_result(method, &answer)
+    }
+
+    /// From now on, polls every `every` (the next poll is due `every` after the last one,
+    /// so a shorter period applies at once) and gives a poll up after `timeout`.
+    pub fn retime(&mut self, every: Duration, timeout: Duration) {
+        self.every = every;
+        self.timeout = timeout;
+    }
+
+    /// When the next poll is due: at once for the first one.
+    fn next_poll(&self) -> Instant {
+        self.last_poll
+            .map_or_else(Instant::now, |last| last + self.every)
     }
 
     /// `eth_subscribe` is answered here: newHeads by polling, nothing else.
@@ -82,8 +96,8 @@ impl Polling {
             return std::future::pending().await;
         }
         loop {
-            tokio::time::sleep_until(self.next_poll).await;
-            self.next_poll = Instant::now() + self.every;
+            tokio::time::sleep_until(self.next_poll()).await;
+            self.last_poll = Some(Instant::now());
             let latest = r#"["latest",false]"#;
             let block = match self
                 .call("eth_getBlockByNumber", latest, self.timeout)
@@ -126,5 +140,42 @@ pub(super) fn answer_result(method: &str, answer: &[u8]) -> Result<Box<RawValue>
         (_, Some(error)) => Err(rpc(error.get().to_string())),
         (Some(result), None) => Ok(result.to_owned()),
         (None, None) => Err(rpc("no result".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn polling(every: Duration) -> Polling {
+        let pool = HttpPool::new(
+            Duration::from_secs(1),
+            1 << 20,
+            crate::config::upstream_tls::plain_only(),
+            &crate::config::Credentials::default(),
+        );
+        let uri = "http://127.0.0.1:9/".parse().unwrap();
+        Polling::new(pool, uri, every, Duration::from_secs(1))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retime_reschedules_the_next_poll_from_the_last_one() {
+        let mut polling = polling(Duration::from_secs(30));
+        let start = Instant::now();
+        assert_eq!(polling.next_poll(), start, "the first poll is at once");
+        polling.last_poll = Some(start);
+        assert_eq!(polling.next_poll(), start + Duration::from_secs(30));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        polling.retime(Duration::from_millis(300), Duration::from_secs(2));
+        assert_eq!(
+            polling.next_poll(),
+            start + Duration::from_millis(300),
+            "already due: polled at once rather than 29 s later"
+        );
+        assert_eq!(
+            polling.timeout,
+            Duration::from_secs(2),
+            "a poll's new budget"
+        );
     }
 }

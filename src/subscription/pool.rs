@@ -12,6 +12,7 @@ use serde_json::value::RawValue;
 use super::poll::{answer_result, Polling};
 use super::select::Candidate;
 use super::source::{Notification, Source, SourceError};
+use super::timings::FeedTimings;
 use crate::router::tags::Tag;
 use crate::router::Router;
 use crate::upstream::health::State;
@@ -31,6 +32,9 @@ pub trait Connection: Send {
     ) -> impl Future<Output = Result<Notification, SourceError>> + Send;
     /// Closes the connection politely.
     fn close(self) -> impl Future<Output = ()> + Send;
+    /// Adopts new timings (a reload changed `[health]`) without reconnecting: the liveness
+    /// window and poll period apply from the next wait on.
+    fn retime(&mut self, timings: &FeedTimings);
 }
 
 /// The upstreams the feed may read from.
@@ -43,10 +47,11 @@ pub trait SourcePool: Send + Sync + 'static {
     fn syncing(&self) -> Option<u64>;
     /// Block `number` reached clients as a head: no later read may answer below it.
     fn delivered(&self, number: u64);
-    /// Connects to the upstream named `name`.
+    /// Connects to the upstream named `name`, with the feed's current `timings`.
     fn connect(
         &self,
         name: &str,
+        timings: &FeedTimings,
     ) -> impl Future<Output = Result<Self::Connection, SourceError>> + Send;
     /// `eth_getLogs` with `params` on in-rotation upstreams other than `skip`, the first
     /// answer winning; the error lists why each one failed.
@@ -96,20 +101,19 @@ impl Connection for FeedConnection {
             source.close().await
         }
     }
+
+    fn retime(&mut self, timings: &FeedTimings) {
+        match self {
+            FeedConnection::Ws(source) => source.retime(timings.ping_after, timings.dead_after),
+            FeedConnection::Poll(polling) => polling.retime(timings.poll_every, timings.dead_after),
+        }
+    }
 }
 
 /// The router's upstream set, reached over WebSocket (and HTTP for logs elsewhere).
 pub struct RouterPool {
     /// The router holding the current upstream set (swapped on reload).
     pub router: Arc<Router>,
-    /// Budget of a WebSocket connect.
-    pub connect_timeout: Duration,
-    /// Silence after which the source is pinged.
-    pub ping_after: Duration,
-    /// Silence after which the source is given up (for polling: a poll's budget).
-    pub dead_after: Duration,
-    /// How often an upstream without WebSocket is polled for its latest block.
-    pub poll_every: Duration,
 }
 
 impl SourcePool for RouterPool {
@@ -142,7 +146,11 @@ impl SourcePool for RouterPool {
         self.router.marks().observe(Tag::Latest, number);
     }
 
-    async fn connect(&self, name: &str) -> Result<FeedConnection, SourceError> {
+    async fn connect(
+        &self,
+        name: &str,
+        timings: &FeedTimings,
+    ) -> Result<FeedConnection, SourceError> {
         let upstreams = self.router.upstreams();
         let upstream = upstreams.all().iter().find(|u| u.name() == name);
         let Some(upstream) = upstream else {
@@ -155,9 +163,9 @@ impl SourcePool for RouterPool {
                 drop(upstreams);
                 let source = Source::connect(
                     &config,
-                    self.connect_timeout,
-                    self.ping_after,
-                    self.dead_after,
+                    timings.connect_timeout,
+                    timings.ping_after,
+                    timings.dead_after,
                 )
                 .await?;
                 Ok(FeedConnection::Ws(Box::new(source)))
@@ -165,8 +173,8 @@ impl SourcePool for RouterPool {
             (None, Some(http)) => Ok(FeedConnection::Poll(Box::new(Polling::new(
                 upstream.pool().clone(),
                 http.clone(),
-                self.poll_every,
-                self.dead_after,
+                timings.poll_every,
+                timings.dead_after,
             )))),
             (None, None) => Err(SourceError::Connect(format!("{name} has no endpoint"))),
         }

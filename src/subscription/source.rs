@@ -160,7 +160,17 @@ impl Source {
         }
     }
 
+    /// From now on, pings after `ping_after` and gives up after `dead_after` of silence
+    /// (counted from the last frame, so a source already quiet past the new window is given
+    /// up at its next wait).
+    pub fn retime(&mut self, ping_after: Duration, dead_after: Duration) {
+        self.ping_after = ping_after;
+        self.dead_after = dead_after;
+    }
+
     /// The next notification, pinging when quiet; an error means the source is gone.
+    /// Cancel-safe: the liveness clock lives in `self`, so a call cut short (for a rotation
+    /// check, a retime) loses nothing.
     pub async fn next_notification(&mut self) -> Result<Notification, SourceError> {
         loop {
             if let Some(notification) = self.buffered.pop_front() {
@@ -232,5 +242,46 @@ impl Source {
     /// Closes the connection politely.
     pub async fn close(mut self) {
         let _ = timeout(Duration::from_secs(1), self.socket.close(None)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// An upstream whose WebSocket completes the handshake and then reads nothing, so pings
+    /// get no pong: a half-open node. The task holds the socket until aborted.
+    async fn silent_upstream() -> (crate::config::UpstreamConfig, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let _held = tokio_tungstenite::accept_async(stream).await.unwrap();
+            std::future::pending::<()>().await
+        });
+        let toml = format!("[[upstream]]\nname = \"a\"\nws = \"ws://{addr}\"\n");
+        let config = crate::config::Config::from_toml_str(&toml).unwrap();
+        (config.upstreams[0].clone(), server)
+    }
+
+    #[tokio::test]
+    async fn a_retime_applies_to_a_quiet_source_without_reconnecting() {
+        let (upstream, server) = silent_upstream().await;
+        let hour = Duration::from_secs(3600);
+        let mut source = Source::connect(&upstream, Duration::from_secs(5), hour, hour * 2)
+            .await
+            .unwrap();
+        // The feed cuts a wait short to retime the source (its select loop): the liveness
+        // clock lives in the source, so the cut loses nothing.
+        let cut = timeout(Duration::from_millis(50), source.next_notification()).await;
+        assert!(cut.is_err(), "quiet, and far from the old window");
+        let dead_after = Duration::from_millis(300);
+        source.retime(Duration::from_millis(100), dead_after);
+        let outcome = timeout(Duration::from_secs(10), source.next_notification())
+            .await
+            .expect("given up within the new window, not after two hours");
+        assert_eq!(outcome.unwrap_err(), SourceError::Silent(dead_after));
+        server.abort();
     }
 }

@@ -130,7 +130,7 @@ impl<P: SourcePool> Feed<P> {
             return Ok(Vec::new());
         }
         let params = merged_query(filters.iter().map(|(_, f)| f), &header.hash);
-        let limit = self.settings.logs_timeout;
+        let limit = self.timings.now().logs_timeout;
         let from_source = match source.request("eth_getLogs", &params, limit).await {
             Err(lost @ (SourceError::Lost(_) | SourceError::Silent(_))) => return Err(lost),
             Err(error) => Err(error.to_string()),

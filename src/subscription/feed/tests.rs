@@ -10,10 +10,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
+use crate::metrics::FailoverKind;
 use crate::subscription::pool::{Connection, SourcePool};
 use crate::subscription::select::Candidate;
 use crate::subscription::session::Receiver;
 use crate::subscription::source::Notification;
+use crate::subscription::timings::{FeedTimings, TimingsControl};
 use crate::subscription::{Limits, QueueLimits, SessionHandle};
 
 const GRACE: Duration = Duration::from_secs(30);
@@ -55,6 +57,10 @@ struct World {
     /// Where the test pushes notifications of each upstream's live connection.
     feeds: HashMap<String, mpsc::UnboundedSender<Result<Notification, SourceError>>>,
     connects: Vec<(String, Instant)>,
+    /// The timings each connect was given, in order.
+    connect_timings: Vec<FeedTimings>,
+    /// Timings each live connection was retimed to: (upstream, timings).
+    retimed: Vec<(String, FeedTimings)>,
     logs: String,
     elsewhere: Option<Result<String, String>>,
     /// Heads reported as delivered to clients.
@@ -176,6 +182,11 @@ impl Connection for ScriptedConnection {
     }
 
     async fn close(self) {}
+
+    fn retime(&mut self, timings: &FeedTimings) {
+        let mut world = self.world.lock().unwrap();
+        world.retimed.push((self.name.clone(), *timings));
+    }
 }
 
 impl SourcePool for Scripted {
@@ -193,9 +204,14 @@ impl SourcePool for Scripted {
         self.world().delivered.push(number);
     }
 
-    async fn connect(&self, name: &str) -> Result<ScriptedConnection, SourceError> {
+    async fn connect(
+        &self,
+        name: &str,
+        timings: &FeedTimings,
+    ) -> Result<ScriptedConnection, SourceError> {
         let mut world = self.world();
         world.connects.push((name.to_string(), Instant::now()));
+        world.connect_timings.push(*timings);
         if world.scripts[name].refuse {
             return Err(SourceError::Connect("refused".into()));
         }
@@ -230,11 +246,32 @@ struct Harness {
     hub: Arc<Hub>,
     status: Arc<FeedStatus>,
     metrics: Arc<Metrics>,
+    /// Where a test sends reloaded `[health]` settings, as a reload does.
+    timings: TimingsControl,
     stop: CancellationToken,
 }
 
+/// `[health]` with this interval and timeout.
+fn health(interval: Duration, timeout: Duration) -> crate::config::HealthConfig {
+    crate::config::HealthConfig {
+        interval,
+        timeout,
+        max_lag_blocks: 5,
+        no_new_heads: Duration::ZERO,
+        failure_threshold: 3,
+        recovery_threshold: 1,
+    }
+}
+
 impl Harness {
+    /// A feed checking every `CHECK` (2 s): given up after 5 s of silence, logs within 5 s,
+    /// backoff bound 8 s.
     fn start(names: &[&str]) -> Harness {
+        Harness::start_with(names, CHECK)
+    }
+
+    /// A feed over `names` with `health.interval` = `interval` (timeout: half of it).
+    fn start_with(names: &[&str], interval: Duration) -> Harness {
         let pool = Scripted::with(names);
         let hub = Arc::new(Hub::new(Limits::default()));
         let status = Arc::new(FeedStatus::default());
@@ -242,15 +279,15 @@ impl Harness {
         let settings = FeedSettings {
             grace: GRACE,
             request_timeout: Duration::from_secs(30),
-            logs_timeout: Duration::from_secs(5),
-            check_every: CHECK,
-            max_backoff: Duration::from_secs(8),
         };
+        let timings =
+            TimingsControl::new(&health(interval, interval / 2), settings.request_timeout);
         let feed = Feed::new(
             hub.clone(),
             pool.clone(),
             metrics.clone(),
             settings,
+            timings.subscribe(),
             status.clone(),
         );
         let stop = CancellationToken::new();
@@ -260,8 +297,16 @@ impl Harness {
             hub,
             status,
             metrics,
+            timings,
             stop,
         }
+    }
+
+    /// Applies a reloaded `health.interval` (timeout: half of it); the new timings.
+    fn reload(&self, interval: Duration) -> FeedTimings {
+        self.timings
+            .apply(&health(interval, interval / 2))
+            .expect("the timings changed")
     }
 
     fn client(&self, kind: &str) -> Client {
@@ -500,4 +545,94 @@ async fn a_block_nobody_knows_any_more_is_a_stale_head_not_a_filter_problem() {
     assert!(h.pool.emit("b", 2));
     settle().await;
     assert_eq!(heads.head_numbers(), [2]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_retimes_the_followed_source_in_place_without_resubscribing() {
+    let h = Harness::start_with(&["a", "b"], Duration::from_secs(60));
+    let mut heads = h.client(r#"["newHeads"]"#);
+    settle().await;
+    assert!(h.pool.emit("a", 1));
+    settle().await;
+    let new = h.reload(Duration::from_secs(1));
+    settle().await;
+    assert_eq!(new.dead_after, Duration::from_millis(2500));
+    assert_eq!(
+        h.pool.world().retimed,
+        [("a".to_string(), new)],
+        "the followed source takes the new liveness window and poll period at once"
+    );
+    assert!(h.pool.emit("a", 2));
+    settle().await;
+    assert_eq!(heads.head_numbers(), [1, 2]);
+    assert_eq!(
+        h.pool.connects().len(),
+        1,
+        "no reconnect, no resubscribe: nothing for clients to notice"
+    );
+    assert_eq!(heads.closed_with(), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_shortens_the_rotation_check_of_the_followed_source() {
+    let h = Harness::start_with(&["a", "b"], Duration::from_secs(600));
+    let mut heads = h.client(r#"["newHeads"]"#);
+    settle().await;
+    assert!(h.pool.emit("a", 5));
+    settle().await;
+    h.pool.set_head("b", 7);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(!h.pool.connected("b"), "not before a 600 s check");
+    h.reload(CHECK);
+    tokio::time::sleep(CHECK + Duration::from_millis(10)).await;
+    assert!(
+        h.pool.connected("b"),
+        "a lagging source is left at the reloaded interval's check"
+    );
+    assert!(h.pool.emit("b", 7));
+    settle().await;
+    assert_eq!(heads.head_numbers(), [5, 6, 7]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_lowers_the_backoff_bound_and_times_the_next_connect() {
+    // interval 60 s: backoff bound 240 s, so a refusing upstream is retried ever more rarely.
+    let h = Harness::start_with(&["a"], Duration::from_secs(60));
+    h.pool.script("a", |s| s.refuse = true);
+    tokio::time::sleep(Duration::from_secs(130)).await;
+    let before = h.pool.connects().len();
+    let last_gap = {
+        let connects = h.pool.connects();
+        connects[before - 1].1 - connects[before - 2].1
+    };
+    assert_eq!(
+        last_gap,
+        Duration::from_secs(64),
+        "backed off to 64 s so far"
+    );
+    let new = h.reload(Duration::from_secs(1));
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let connects = h.pool.connects();
+    let gaps: Vec<u64> = connects[before - 1..]
+        .windows(2)
+        .map(|w| (w[1].1 - w[0].1).as_millis() as u64)
+        .collect();
+    assert!(
+        connects.len() - before >= 5,
+        "retried at the new bound (4 s), not after 128 s: {gaps:?}"
+    );
+    assert!(
+        gaps[1..].iter().all(|&g| g <= 4000),
+        "bounded by 4 × the new interval: {gaps:?}"
+    );
+    let world = h.pool.world();
+    assert_eq!(
+        world.connect_timings[before - 1].connect_timeout,
+        Duration::from_secs(30)
+    );
+    assert_eq!(
+        world.connect_timings.last(),
+        Some(&new),
+        "a new source is opened with the reloaded timings"
+    );
 }

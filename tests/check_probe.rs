@@ -5,25 +5,14 @@
 mod support;
 
 use support::mock::MockUpstream;
-use support::process::{free_addr, TempDir};
+use support::process::{self, free_addr, TempDir};
 
-/// Runs `ethgate check --probe` on `toml`; its exit code and standard output. Async: the mocks
-/// run on this test's runtime and must keep serving while the check dials them.
+/// Runs `ethgate check --probe` on `toml`; its exit code and standard output.
 async fn check_probe(toml: &str) -> (Option<i32>, String) {
     let dir = TempDir::new("check-probe").expect("temp dir");
     let path = dir.path().join("ethgate.toml");
     std::fs::write(&path, toml).expect("write config");
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ethgate"))
-        .args(["check", "--probe", "--config"])
-        .arg(&path)
-        .env_remove("ETHGATE_CONFIG")
-        .output()
-        .await
-        .expect("run ethgate check");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    process::check_probe(&path).await
 }
 
 fn upstream(name: &str, http: &str, ws: &str) -> String {

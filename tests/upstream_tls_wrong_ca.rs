@@ -71,15 +71,8 @@ async fn a_certificate_from_another_ca_is_unreachable_with_the_reason_everywhere
     // `ethgate check --probe` says the same, and exits 1. (Async: the relay runs on this
     // test's runtime and must keep serving while the check dials it.)
     let path = write_file(dir.path(), "ethgate.toml", &toml);
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ethgate"))
-        .args(["check", "--probe", "--config"])
-        .arg(&path)
-        .env_remove("ETHGATE_CONFIG")
-        .output()
-        .await
-        .expect("run ethgate check");
-    let check = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(out.status.code(), Some(1), "{check}");
+    let (code, check) = support::process::check_probe(&path).await;
+    assert_eq!(code, Some(1), "{check}");
     let line = check
         .lines()
         .find(|l| l.starts_with("hosted:"))

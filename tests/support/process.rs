@@ -368,3 +368,20 @@ pub fn ethgate_bin() -> PathBuf {
         .map(|d| d.join("ethgate"))
         .unwrap_or_else(|| PathBuf::from("ethgate"))
 }
+
+/// Runs `ethgate check --probe` on the config file at `path`: its exit code and standard
+/// output. Async: mocks and relays on the caller's runtime must keep serving while the check
+/// dials them.
+pub async fn check_probe(path: &Path) -> (Option<i32>, String) {
+    let out = tokio::process::Command::new(ethgate_bin())
+        .args(["check", "--probe", "--config"])
+        .arg(path)
+        .env_remove("ETHGATE_CONFIG")
+        .output()
+        .await
+        .expect("run ethgate check");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}

@@ -105,7 +105,7 @@ fn apply(
     // TLS first: it is the only part that can still fail, and a failure must change nothing.
     reload_tls(state, new, &mut notes)?;
     reload_upstreams(state, old, new, tracker, stop, &mut notes);
-    reload_feed_timings(state, old, new, &mut notes);
+    reload_feed_timings(state, new, &mut notes);
     if old.access != new.access {
         state
             .access
@@ -177,10 +177,9 @@ fn reload_upstreams(
 /// The subscription feed's timings follow `[health]`: the followed source is retimed in
 /// place (no resubscribe), a new source is opened with them. `server.request_timeout`, which
 /// caps two of them, stays as started (a `[server]` key).
-fn reload_feed_timings(state: &Shared, old: &Config, new: &Config, notes: &mut ReloadNotes) {
-    if old.health == new.health {
-        return;
-    }
+fn reload_feed_timings(state: &Shared, new: &Config, notes: &mut ReloadNotes) {
+    // `apply` compares the derived timings: a `[health]` change that moves none of them (a
+    // threshold) sends nothing.
     if let Some(t) = state.feed_timings.apply(&new.health) {
         notes.push(format!(
             "subscription feed retimed (source pinged after {:?} of silence, given up after \

@@ -67,8 +67,9 @@ async fn idle_server_shuts_down_cleanly() {
     );
 }
 
-#[tokio::test]
-async fn shutdown_does_not_wait_past_grace() {
+/// A gateway whose shutdown grace (300 ms) ends long before an upstream attempt would time
+/// out, in front of a healthy mock.
+async fn short_grace_gateway() -> (MockUpstream, Gateway) {
     let a = MockUpstream::start().await;
     let cfg = GatewayConfig::new()
         .server("shutdown_grace", "\"300ms\"")
@@ -76,6 +77,12 @@ async fn shutdown_does_not_wait_past_grace() {
         .upstream("a", &a, 0);
     let gw = Gateway::start(&cfg).await;
     gw.wait_all_healthy().await;
+    (a, gw)
+}
+
+#[tokio::test]
+async fn shutdown_does_not_wait_past_grace() {
+    let (a, gw) = short_grace_gateway().await;
     a.hold("eth_call");
     let url = gw.url();
     let client = tokio::spawn(async move { Http::per_request().post(&url, CALL).await });
@@ -169,13 +176,7 @@ async fn a_websocket_call_in_flight_at_shutdown_is_answered_before_the_1001_clos
 
 #[tokio::test]
 async fn a_websocket_call_still_running_when_the_grace_ends_is_cut_and_the_client_gets_1001() {
-    let a = MockUpstream::start().await;
-    let cfg = GatewayConfig::new()
-        .server("shutdown_grace", "\"300ms\"")
-        .server("request_timeout", "\"60s\"")
-        .upstream("a", &a, 0);
-    let gw = Gateway::start(&cfg).await;
-    gw.wait_all_healthy().await;
+    let (a, gw) = short_grace_gateway().await;
     let mut ws = WsClient::connect(&gw.ws_url()).await;
     a.hold("eth_call");
     ws.call(json!(1), "eth_call", call_params()).await;
